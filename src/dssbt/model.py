@@ -1,0 +1,178 @@
+"""The S4 backbone with DSS layers: encoder, residual DSS blocks, pooling decoder, optional two-tower head.
+
+Tensors inside the backbone are (B, L, H); the DSS layer convolves along L in (B, H, L).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .dss import DSS
+from .hippo import INITS
+
+_CHOICES = {
+    "encoder": ("embedding", "linear"),
+    "norm": ("layer", "batch"),
+    "output": ("linear", "glu"),
+    "pool": ("mean", "last"),
+    "init": tuple(INITS),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Complete description of a model's architecture (two equal configs build interchangeable models)."""
+
+    d_input: int  # vocabulary size (encoder "embedding", token 0 is padding) or input features per step ("linear")
+    d_output: int  # number of classes
+    encoder: str = "linear"  # "embedding" | "linear"
+    d_model: int = 64  # H, channels
+    d_state: int = 64  # N, complex modes per channel
+    n_layers: int = 4
+    dropout: float = 0.0
+    norm: str = "layer"  # "layer" | "batch"
+    prenorm: bool = True
+    output: str = "glu"  # position-wise output map after the DSS layer: "linear" (H -> H) | "glu" (H -> 2H -> GLU)
+    pool: str = "mean"  # "mean" over valid positions | "last" valid position
+    bidirectional: bool = False
+    init: str = "skew_hippo"  # Lambda init, see dssbt.hippo.INITS
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    dual: bool = False  # two-tower Retrieval head: inputs (B, 2, L), features [a, b, a*b, a-b] -> MLP
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = {"int": int, "float": (int, float), "str": str, "bool": bool}[str(f.type)]
+            if isinstance(v, bool) and f.type != "bool" or not isinstance(v, want):
+                raise ValueError(f"model config: {f.name} must be {f.type}, got {v!r}")
+            if f.name in _CHOICES and v not in _CHOICES[f.name]:
+                raise ValueError(f"model config: {f.name}={v!r} is not one of {list(_CHOICES[f.name])}")
+        for name in ("d_input", "d_output", "d_model", "d_state", "n_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model config: dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"model config: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Build from a dict; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"model config: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        try:
+            return cls(**d)
+        except TypeError as e:  # a missing required key
+            raise ValueError(f"model config: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class Block(nn.Module):
+    """Residual block: [norm] -> DSS -> GELU -> dropout -> output map -> dropout -> + residual [-> norm]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        H = cfg.d_model
+        self.prenorm = cfg.prenorm
+        self.norm = nn.LayerNorm(H) if cfg.norm == "layer" else nn.BatchNorm1d(H)
+        self.dss = DSS(H, cfg.d_state, cfg.init, cfg.dt_min, cfg.dt_max, cfg.bidirectional)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.glu = cfg.output == "glu"
+        self.out = nn.Linear(H, 2 * H if self.glu else H)
+
+    def _norm(self, x: Tensor) -> Tensor:
+        if isinstance(self.norm, nn.BatchNorm1d):
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(x)
+
+    def _after_dss(self, x: Tensor, z: Tensor) -> Tensor:
+        """Everything after the DSS layer. x: block input, z: DSS output, both (B, L, H)."""
+        z = self.dropout(F.gelu(z))
+        z = self.out(z)  # (B, L, H) or (B, L, 2H)
+        if self.glu:
+            z = F.glu(z, dim=-1)
+        x = x + self.dropout(z)
+        return x if self.prenorm else self._norm(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, L, H) -> (B, L, H)."""
+        z = self._norm(x) if self.prenorm else x
+        z = self.dss(z.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
+        return self._after_dss(x, z)
+
+    def forward_recurrent(self, x: Tensor) -> Tensor:
+        """Same as ``forward`` with the DSS layer run step by step. x: (B, L, H) -> (B, L, H)."""
+        z = self._norm(x) if self.prenorm else x
+        z = self.dss.forward_recurrent(z.transpose(1, 2)).transpose(1, 2)
+        return self._after_dss(x, z)
+
+
+class S4Model(nn.Module):
+    """Encoder -> n_layers residual DSS blocks -> final norm (prenorm) -> pooling -> decoder."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.d_model
+        if cfg.encoder == "embedding":
+            self.encoder: nn.Module = nn.Embedding(cfg.d_input, H, padding_idx=0)
+        else:
+            self.encoder = nn.Linear(cfg.d_input, H)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(H) if cfg.prenorm else nn.Identity()
+        if cfg.dual:
+            self.decoder: nn.Module = nn.Sequential(nn.Linear(4 * H, H), nn.GELU(), nn.Linear(H, cfg.d_output))
+        else:
+            self.decoder = nn.Linear(H, cfg.d_output)
+
+    def dss_layers(self) -> list[DSS]:
+        return [b.dss for b in self.blocks]
+
+    def features(self, x: Tensor, lengths: Tensor | None = None, recurrent: bool = False) -> Tensor:
+        """Pooled features (B, H) of one sequence batch.
+
+        x: long (B, L) token ids (embedding) or float (B, L) / (B, L, d_input) (linear); lengths: long (B,) or None.
+        """
+        if self.cfg.encoder == "linear" and x.dim() == 2:
+            x = x.unsqueeze(-1)  # (B, L, 1)
+        h = self.encoder(x)  # (B, L, H)
+        for block in self.blocks:
+            h = block.forward_recurrent(h) if recurrent else block(h)
+        h = self.final_norm(h)
+        L = h.shape[1]
+        if lengths is None:
+            lengths = torch.full((h.shape[0],), L, dtype=torch.long, device=h.device)
+        if self.cfg.pool == "last":
+            return h[torch.arange(h.shape[0], device=h.device), lengths - 1]  # (B, H)
+        mask = (torch.arange(L, device=h.device) < lengths.unsqueeze(-1)).to(h.dtype)  # (B, L)
+        return (h * mask.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, H)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, recurrent: bool = False) -> Tensor:
+        """Class logits (B, d_output). For ``dual``, x is (B, 2, L) and lengths (B, 2)."""
+        if not self.cfg.dual:
+            return self.decoder(self.features(x, lengths, recurrent))
+        la, lb = (None, None) if lengths is None else (lengths[:, 0], lengths[:, 1])
+        a = self.features(x[:, 0], la, recurrent)  # (B, H)
+        b = self.features(x[:, 1], lb, recurrent)
+        return self.decoder(torch.cat([a, b, a * b, a - b], dim=-1))
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Real parameter counts: total, and the SSM part (Lambda, B, C, D, log_dt of every DSS layer)."""
+    total = sum(p.numel() for p in model.parameters())
+    ssm = sum(p.numel() for m in model.modules() if isinstance(m, DSS) for p in m.parameters())
+    return {"total": total, "ssm": ssm}
