@@ -114,7 +114,7 @@ class DSS(nn.Module):
             Lambda = np.stack([init_lambda(init, N, rng) for _ in range(n_dir * H)]).reshape(n_dir, H, N)
         else:
             Lambda = np.broadcast_to(init_lambda(init, N), (n_dir, H, N))
-        Lambda = torch.as_tensor(np.ascontiguousarray(Lambda), dtype=torch.complex128)
+        Lambda = torch.tensor(np.array(Lambda), dtype=torch.complex128)
         self.Lambda_log_neg_re = nn.Parameter(torch.log(-Lambda.real).float())
         self.Lambda_im = nn.Parameter(Lambda.imag.float())
         self.B = nn.Parameter(torch.view_as_real(torch.ones(n_dir, H, N, dtype=torch.complex64)).clone())
@@ -139,13 +139,14 @@ class DSS(nn.Module):
         Returns Lambda, B, C: (n_dir, H, N); D: (H,); dt: (H,).
         """
         with torch.no_grad():
-            return {
+            ss = {
                 "Lambda": self.Lambda().to(torch.complex128),
                 "B": torch.view_as_complex(self.B).to(torch.complex128),
                 "C": torch.view_as_complex(self.C).to(torch.complex128),
-                "D": self.D.double().clone(),
+                "D": self.D.double(),
                 "dt": torch.exp(self.log_dt.double()),
             }
+        return {k: v.detach().clone() for k, v in ss.items()}
 
     def load_ss_params(
         self,

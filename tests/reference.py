@@ -1,0 +1,44 @@
+"""Slow, independent references for the tests: dense real realizations simulated with scipy's expm."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.linalg import expm
+
+
+def real_realization(Lambda: np.ndarray, B: np.ndarray, C: np.ndarray):
+    """Real 2N-state realization of ``y = Re(C x)``, ``x' = diag(Lambda) x + B u`` (u real). Returns A, b, c."""
+    Lr, Li = np.diag(Lambda.real), np.diag(Lambda.imag)
+    A = np.block([[Lr, -Li], [Li, Lr]])
+    b = np.concatenate([B.real, B.imag])
+    c = np.concatenate([C.real, -C.imag])
+    return A, b, c
+
+
+def simulate_dense(Lambda, B, C, D, dt, u: np.ndarray) -> np.ndarray:
+    """One channel, causal: ZOH of the dense real realization by expm, then the recurrence. u (L,) -> y (L,)."""
+    A, b, c = real_realization(np.asarray(Lambda), np.asarray(B), np.asarray(C))
+    n = A.shape[0]
+    M = np.zeros((n + 1, n + 1))
+    M[:n, :n], M[:n, n] = A, b
+    E = expm(M * dt)
+    Ad, bd = E[:n, :n], E[:n, n]
+    x = np.zeros(n)
+    y = np.empty(len(u))
+    for t, ut in enumerate(u):
+        x = Ad @ x + bd * ut
+        y[t] = c @ x + D * ut
+    return y
+
+
+def transfer(Lambda: np.ndarray, B: np.ndarray, C: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``G(s) = sum_n C_n B_n / (s - Lambda_n)`` for systems (..., N) at points s (S,). Returns (..., S)."""
+    return (C[..., None, :] * B[..., None, :] / (s[:, None] - Lambda[..., None, :])).sum(-1)
+
+
+def random_stable(rng: np.random.Generator, shape: tuple[int, ...], N: int, im_scale: float = 5.0):
+    """Random stable diagonal systems (..., N): Re Lambda in [-1, -0.05], Im in [-im_scale, im_scale]."""
+    Lambda = -rng.uniform(0.05, 1.0, shape + (N,)) + 1j * rng.uniform(-im_scale, im_scale, shape + (N,))
+    B = rng.normal(size=shape + (N,)) + 1j * rng.normal(size=shape + (N,))
+    C = rng.normal(size=shape + (N,)) + 1j * rng.normal(size=shape + (N,))
+    return Lambda, B, C
