@@ -105,7 +105,7 @@ def balance(
         dominance = np.abs(C * B) / -Lambda.real
     else:
         A, Bs = zoh(Lambda, B, dt)
-        P, Q = gramians_discrete(A, Bs, C)
+        P, Q = gramians_discrete(A, Bs, C, dtLambda=dt[..., None] * Lambda)
         dominance = np.abs(C * Bs) / (1.0 - np.abs(A))
     Lp = _psd_sqrt(P)  # (..., N, N)
     LqH = np.swapaxes(_psd_sqrt(Q), -1, -2).conj()

@@ -33,10 +33,20 @@ def gramians_continuous(Lambda: np.ndarray, B: np.ndarray, C: np.ndarray) -> tup
     return P, Q
 
 
-def gramians_discrete(Lambda_bar: np.ndarray, B_bar: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gramians of the discrete diagonal system (|Lambda_bar| < 1), complex128 (..., N, N)."""
+def gramians_discrete(
+    Lambda_bar: np.ndarray, B_bar: np.ndarray, C: np.ndarray, dtLambda: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gramians of the discrete diagonal system (|Lambda_bar| < 1), complex128 (..., N, N).
+
+    Pass ``dtLambda`` (= log Lambda_bar, e.g. dt * Lambda for a ZOH system) where poles may lie near the unit
+    circle: ``1 - lb_i conj(lb_j) = -expm1(dtL_i + conj(dtL_j))`` then keeps full relative accuracy.
+    """
     Lambda_bar, B_bar, C = (np.asarray(a, dtype=np.complex128) for a in (Lambda_bar, B_bar, C))
-    den = 1.0 - Lambda_bar[..., :, None] * Lambda_bar.conj()[..., None, :]  # 1 - lb_i conj(lb_j)
+    if dtLambda is None:
+        den = 1.0 - Lambda_bar[..., :, None] * Lambda_bar.conj()[..., None, :]  # 1 - lb_i conj(lb_j)
+    else:
+        dtLambda = np.asarray(dtLambda, dtype=np.complex128)
+        den = -np.expm1(dtLambda[..., :, None] + dtLambda.conj()[..., None, :])
     P = (B_bar[..., :, None] * B_bar.conj()[..., None, :]) / den
     Q = (C.conj()[..., :, None] * C[..., None, :]) / den.conj()
     return P, Q
