@@ -162,3 +162,35 @@ def test_checkpoint_round_trip_and_architecture_mismatch(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.pt: not a readable model file"):
         load_model(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(norm="layer", prenorm=True, output="linear", pool="mean"),
+        dict(norm="layer", prenorm=False, output="glu", pool="last"),
+        dict(norm="batch", prenorm=False, output="linear", pool="mean", bidirectional=True),
+        dict(norm="batch", prenorm=True, output="glu", pool="last", init="s4d_inv"),
+    ],
+)
+def test_every_block_variant_trains_and_matches_its_recurrent_mode(options):
+    model = small_model(**options)
+    x = torch.randn(3, 40, 3)
+    logits = model(x)
+    logits.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, recurrent=True), logits.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_padding_after_the_length_does_not_change_a_causal_token_model():
+    model = small_model(encoder="embedding", d_input=11, norm="layer")
+    x = torch.randint(2, 11, (2, 30))
+    lengths = torch.tensor([30, 17])
+    padded = torch.cat([x, torch.zeros(2, 25, dtype=torch.long)], 1)  # 0 = padding id
+    x[1, 17:] = 0
+    padded[1, 17:] = 0
+    with torch.no_grad():
+        for pool in ("mean", "last"):
+            model.cfg = model.cfg.replace(pool=pool)
+            torch.testing.assert_close(model(padded, lengths), model(x, lengths), rtol=1e-5, atol=1e-5)
