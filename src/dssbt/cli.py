@@ -11,33 +11,97 @@ import torch
 from . import __version__
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the job's share of cores)")
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    train(args.data, args.hparams, args.init, args.seed, args.out_dir, order=args.order, reduced=args.reduced,
+          device=args.device)
+
+
+def _evaluated_metrics(model, meta, data, hp, init, seed, device, N, extra) -> dict:
+    from .train import base_metrics, summary_metrics
+
+    return base_metrics(meta, model, hp, init, seed, device, N) | summary_metrics(model, data, hp, device) | extra
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .checkpoint import load_model
+    from .hparams import parse_hparams
+    from .io import write_json
+    from .train import load_task, resolve_device
+
+    hp = parse_hparams(args.hparams)
+    model, meta_ckpt = load_model(args.checkpoint)
+    meta, data = load_task(args.data)
+    dev = resolve_device(args.device)
+    metrics = _evaluated_metrics(model.to(dev), meta, data, hp, meta_ckpt.get("init"), meta_ckpt.get("seed"), dev,
+                                 model.cfg.d_state, {"checkpoint": str(args.checkpoint), "epochs_run": 0})
+    write_json(args.out, metrics)
+    print(f"{args.checkpoint}: test accuracy {metrics['accuracy']['test']:.4f}; wrote {args.out}")
 
 
 def cmd_reduce(args: argparse.Namespace) -> None:
     from .checkpoint import load_model, save_model
+    from .hparams import parse_hparams
     from .io import write_json
     from .reduction.apply import reduce_model
+    from .train import load_task, resolve_device
 
+    if (args.data is None) != (args.metrics is None):
+        raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
+    hp = parse_hparams(args.hparams)
     model, meta = load_model(args.checkpoint)
+    task = load_task(args.data) if args.data else None  # read before writing anything: bad data fails early
     L = args.kernel_length or meta.get("l_max")
     if not L:
         raise ValueError(f"{args.checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
     reduced, report = reduce_model(model, args.order, method=args.method, route=args.route, kernel_length=int(L))
     report["checkpoint"] = str(args.checkpoint)
-    save_model(args.out, reduced, {**meta, "reduced_from": str(args.checkpoint), "reduction": {
-        "method": args.method, "route": args.route, "r": args.order}})
+    metrics = None
+    if task is not None:
+        dev = resolve_device(args.device)
+        metrics = _evaluated_metrics(reduced.to(dev), task[0], task[1], hp, f"{args.method}_no_retrain",
+                                     meta.get("seed"), dev, model.cfg.d_state,
+                                     {"reduced_from": str(args.checkpoint), "epochs_run": 0, "route": args.route})
+        reduced.cpu()
+    reduction = {"method": args.method, "route": args.route, "r": args.order}
+    save_model(args.out, reduced, {**meta, "reduced_from": str(args.checkpoint), "reduction": reduction})
     write_json(args.report, report)
+    if metrics is not None:
+        write_json(args.metrics, metrics)
     worst = max(max(max(ch) for ch in layer["rel_kernel_error"]) for layer in report["layers"])
+    acc = "" if metrics is None else f"; test accuracy without retraining {metrics['accuracy']['test']:.4f}"
     print(f"reduced {args.checkpoint} N={model.cfg.d_state} -> r={args.order} ({args.method}, {args.route}); "
-          f"worst relative kernel error {worst:.3e}; wrote {args.out} and {args.report}")
+          f"worst relative kernel error {worst:.3e}{acc}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dssbt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dssbt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=int, default=1, help="torch threads: the job's share of cores (default 1)")
+        p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+
+    p = sub.add_parser("train", help="train a model on a prepared task (resumes an interrupted run)")
+    p.add_argument("--data", required=True, help="prepared task folder (meta.json + {train,val,test}.npz)")
+    p.add_argument("--hparams", default="{}", help="hyper-parameter JSON (see dssbt.hparams)")
+    p.add_argument("--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced")
+    p.add_argument("--order", type=int, default=None, help="state size r < N of a reduced-order model")
+    p.add_argument("--reduced", default=None, help="model file written by dssbt reduce (for --init from_reduced)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.json, history.csv")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and loss of a model file on every split of a prepared task")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size and optim.amp are used")
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    common(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("reduce", help="reduce every DSS channel of a model checkpoint to order r")
     p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
@@ -49,14 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kernel length for the measured error (default: l_max stored in the checkpoint)")
     p.add_argument("--out", required=True, help="reduced model file to write")
     p.add_argument("--report", required=True, help="reduction report (JSON) to write")
-    _add_threads(p)
+    p.add_argument("--data", default=None, help="prepared task: also measure accuracy without retraining")
+    p.add_argument("--metrics", default=None, help="metrics JSON of the reduced model without retraining")
+    p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size and optim.amp are used")
+    common(p)
     p.set_defaults(func=cmd_reduce)
+    try:
+        from .data.cli import add_subcommands
+    except ImportError:  # the data stage is not installed in this checkout
+        pass
+    else:
+        add_subcommands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    threads = getattr(args, "threads", 1)
+    torch.set_num_threads(max(1, threads))
     try:
         args.func(args)
     except ValueError as e:

@@ -1,0 +1,98 @@
+"""Hyper-parameters of one training job, parsed from JSON with every key checked.
+
+The JSON has two sections; every key is optional (defaults below) and unknown keys are an error:
+
+    {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
+     "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
+               eval_batch_size, amp}}
+
+The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
+the Lambda init from the job's ``--init``, the state size from the job's ``--order`` (default: d_state = N).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+MODEL_KEYS = {
+    "d_model": int,
+    "d_state": int,
+    "n_layers": int,
+    "dropout": float,
+    "norm": str,
+    "prenorm": bool,
+    "output": str,
+    "pool": str,
+    "bidirectional": bool,
+    "dt_min": float,
+    "dt_max": float,
+}
+
+
+@dataclass
+class OptimHparams:
+    epochs: int = 10  # maximum number of epochs
+    batch_size: int = 32
+    lr: float = 4e-3  # AdamW learning rate of every non-SSM weight
+    ssm_lr: float = 1e-3  # learning rate of Lambda, B, C, log_dt (no weight decay)
+    weight_decay: float = 0.01  # non-SSM weights only
+    warmup_epochs: float = 1.0  # linear warmup length (cosine schedule)
+    schedule: str = "cosine"  # "cosine" (warmup, then cosine decay per step) | "plateau" (halve on a val plateau)
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables
+    patience: int = 0  # early stopping after this many epochs without a better val accuracy; 0 disables
+    eval_batch_size: int = 256
+    amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
+
+
+@dataclass
+class Hparams:
+    model: dict[str, Any] = field(default_factory=dict)  # keys of MODEL_KEYS, validated by ModelConfig
+    optim: OptimHparams = field(default_factory=OptimHparams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dict(sorted(self.model.items())), "optim": asdict(self.optim)}
+
+
+def _check_type(where: str, key: str, value: Any, want: type) -> None:
+    ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ValueError(f"hyper-parameters: {where}.{key} must be {want.__name__}, got {value!r}")
+
+
+def parse_hparams(source: str | dict[str, Any]) -> Hparams:
+    """Parse and validate hyper-parameters from a JSON string or a dict. Raises ValueError naming the bad key."""
+    if isinstance(source, str):
+        try:
+            source = json.loads(source)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"hyper-parameters: not valid JSON ({e})") from None
+    if not isinstance(source, dict):
+        raise ValueError(f"hyper-parameters: expected a JSON object, got {type(source).__name__}")
+    unknown = sorted(set(source) - {"model", "optim"})
+    if unknown:
+        raise ValueError(f"hyper-parameters: unknown section(s) {unknown}; sections are ['model', 'optim']")
+    model = dict(source.get("model", {}))
+    for k, v in model.items():
+        if k not in MODEL_KEYS:
+            raise ValueError(f"hyper-parameters: unknown key model.{k}; known: {sorted(MODEL_KEYS)}")
+        _check_type("model", k, v, MODEL_KEYS[k])
+    optim_in = dict(source.get("optim", {}))
+    types = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)] for f in fields(OptimHparams)}
+    for k, v in optim_in.items():
+        if k not in types:
+            raise ValueError(f"hyper-parameters: unknown key optim.{k}; known: {sorted(types)}")
+        _check_type("optim", k, v, types[k])
+    optim = OptimHparams(**optim_in)
+    if optim.schedule not in ("cosine", "plateau"):
+        raise ValueError(f"hyper-parameters: optim.schedule={optim.schedule!r} is not one of ['cosine', 'plateau']")
+    for k in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(optim, k) < 1:
+            raise ValueError(f"hyper-parameters: optim.{k} must be >= 1, got {getattr(optim, k)}")
+    for k in ("lr", "ssm_lr", "weight_decay", "warmup_epochs", "grad_clip", "patience"):
+        if getattr(optim, k) < 0:
+            raise ValueError(f"hyper-parameters: optim.{k} must be >= 0, got {getattr(optim, k)}")
+    return Hparams(model=model, optim=optim)
