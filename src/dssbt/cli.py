@@ -56,7 +56,7 @@ def cmd_reduce(args: argparse.Namespace) -> None:
     if not L:
         raise ValueError(f"{args.checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
     reduced, report = reduce_model(model, args.order, method=args.method, route=args.route, kernel_length=int(L))
-    report["checkpoint"] = str(args.checkpoint)
+    report.update(checkpoint=str(args.checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     metrics = None
     if task is not None:
         dev = resolve_device(args.device)

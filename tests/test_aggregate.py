@@ -1,0 +1,60 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dssbt.aggregate import runs_table, summary_table, write_tables
+
+
+def metrics(tmp_path, name, task, seed, order, init, acc, N=8, params=(100, 40)):
+    path = tmp_path / f"{name}_{task}_{seed}_{order}.json"
+    path.write_text(json.dumps({
+        "task": task, "seed": seed, "order": order, "N": N, "init": init,
+        "accuracy": {"train": acc, "val": acc, "test": acc}, "loss": {"train": 1, "val": 1, "test": 1},
+        "params": {"total": params[0], "ssm": params[1]}, "epochs_run": 3, "wall_time_s": 1.0,
+    }))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    f = []
+    for seed, (pre, sh, bt, nr) in enumerate([(0.90, 0.60, 0.80, 0.50), (0.94, 0.70, 0.90, 0.40)]):
+        f.append(metrics(tmp_path, "pre", "t", seed, 8, "skew_hippo", pre, params=(200, 80)))
+        f.append(metrics(tmp_path, "sh", "t", seed, 2, "skew_hippo", sh))
+        f.append(metrics(tmp_path, "bt", "t", seed, 2, "from_reduced", bt))
+        f.append(metrics(tmp_path, "nr", "t", seed, 2, "bt_no_retrain", nr))
+    return f
+
+
+def test_summary_means_stds_and_signed_differences(files):
+    s = summary_table(runs_table(files)).set_index(["order", "init"])
+    assert list(s.index) == [(8, "skew_hippo"), (2, "skew_hippo"), (2, "bt_init"), (2, "bt_no_retrain")]
+    assert s.loc[(8, "skew_hippo"), "acc_mean"] == pytest.approx(0.92) and s.loc[(8, "skew_hippo"), "reference"]
+    assert s.loc[(2, "bt_init"), "acc_mean"] == pytest.approx(0.85)
+    assert s.loc[(2, "bt_init"), "acc_std"] == pytest.approx(np.sqrt(2 * 0.05**2))  # sample std of 0.8, 0.9
+    assert s.loc[(2, "bt_init"), "diff_vs_skew_hippo"] == pytest.approx(0.20)
+    assert s.loc[(2, "bt_init"), "sign"] == "+"
+    assert s.loc[(2, "bt_no_retrain"), "diff_vs_skew_hippo"] == pytest.approx(-0.20)
+    assert s.loc[(2, "bt_no_retrain"), "sign"] == "-"
+    assert np.isnan(s.loc[(8, "skew_hippo"), "diff_vs_skew_hippo"]) and s.loc[(8, "skew_hippo"), "sign"] == ""
+    assert s.loc[(8, "skew_hippo"), "params_total"] == 200 and s.loc[(2, "bt_init"), "params_ssm"] == 40
+    assert (s["n_seeds"] == 2).all()
+
+
+def test_written_tables(files, tmp_path):
+    out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex")}
+    write_tables(files, out["runs"], out["csv"], out["md"], out["tex"])
+    runs = pd.read_csv(out["runs"])
+    assert len(runs) == 8 and set(runs["init"]) == {"skew_hippo", "bt_init", "bt_no_retrain"}
+    md = out["md"].read_text().splitlines()
+    assert md[2].startswith("| t | 8 (full N) | Skew-HiPPO | 92.00 ± 2.83 | 2 | 200 | 80 |")
+    assert "| t | 2 | BT-init (retrained) | 85.00 ± 7.07 | 2 | 100 | 40 | +20.00 |" in md
+    tex = out["tex"].read_text()
+    assert r"85.00 $\pm$ 7.07" in tex and r"\begin{tabular}" in tex and "test acc. \\% (mean" in tex
+
+
+def test_no_metrics_is_an_error():
+    with pytest.raises(ValueError, match="no metrics files"):
+        runs_table([])

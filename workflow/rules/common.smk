@@ -1,0 +1,94 @@
+# Config helpers, wildcards and paths shared by every rule. No model code, no math: the dssbt package does that.
+
+import copy
+import json
+import os
+
+CONDA_ENV = "../envs/dssbt.yaml"
+TASKS = config["tasks"]
+SEEDS = config["seeds"]
+ORDERS = config["orders"]
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    seed=r"\d+",
+    order=r"\d+",
+
+
+def deep_merge(base, override):
+    """Recursive dict merge (override wins); lists and scalars are replaced whole."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def hparams_json(task, stage):
+    """Sorted JSON of a job's hyper-parameters: the global model/optim sections, then the task's overrides, then
+    (stage "retrain") the retrain overrides, global then per task. A job sees only what can change its output, so
+    editing one task or the retrain section reruns only the jobs it reaches."""
+    hp = {"model": config["model"], "optim": config["optim"]}
+    task_cfg = config.get("task_settings", {}).get(task, {})
+    hp = deep_merge(hp, {k: task_cfg[k] for k in ("model", "optim") if k in task_cfg})
+    if stage == "retrain":
+        hp = deep_merge(hp, {"optim": config["retrain"]["optim"]})
+        hp = deep_merge(hp, {"optim": task_cfg.get("retrain", {}).get("optim", {})})
+    return json.dumps(hp, sort_keys=True)
+
+
+def eval_hparams_json(task):
+    """Only the evaluation settings of the retrain stage (what the reduce job's accuracy depends on)."""
+    optim = json.loads(hparams_json(task, "retrain"))["optim"]
+    return json.dumps({"optim": {k: optim[k] for k in ("eval_batch_size", "amp") if k in optim}}, sort_keys=True)
+
+
+def prepared(task):
+    """The files of a prepared task (meta.json last: it marks completeness)."""
+    return [f"data/prepared/{task}/{split}.npz" for split in ("train", "val", "test")] + [
+        f"data/prepared/{task}/meta.json"
+    ]
+
+
+def run_dir(kind):
+    """Folder of one run: results/runs/{task}/seed{seed}/{kind}/ (kind may hold the {order} wildcard)."""
+    return f"results/runs/{{task}}/seed{{seed}}/{kind}/"
+
+
+def rule_resources(name):
+    """mem_mb and runtime (minutes) of a rule from config['resources'] (default section, then the rule's)."""
+    res = deep_merge(config["resources"]["default"], config["resources"].get(name, {}))
+    return {k: v for k, v in res.items() if k != "gpu" or v}
+
+
+def train_resources(name):
+    """Resources of a training rule: the 'train' section, then the rule's own; gpu only where > 0."""
+    res = deep_merge(config["resources"]["default"], config["resources"].get("train", {}))
+    res = deep_merge(res, config["resources"].get(name, {}))
+    return {k: v for k, v in res.items() if k != "gpu" or v}
+
+
+def expand_runs(kind, filename, orders=True):
+    pattern = f"results/runs/{{task}}/seed{{seed}}/{kind}/{filename}"
+    if orders:
+        return expand(pattern, task=TASKS, seed=SEEDS, order=ORDERS)
+    return expand(pattern, task=TASKS, seed=SEEDS)
+
+
+def all_metrics():
+    return (
+        expand_runs("pretrain", "metrics.json", orders=False)
+        + expand_runs("skew_hippo_r{order}", "metrics.json")
+        + expand_runs("bt_r{order}", "metrics.json")
+        + expand_runs("bt_init_r{order}", "metrics.json")
+    )
+
+
+def all_hsv_reports():
+    """One reduction report per pretrained model (HSVs do not depend on the order: take the smallest)."""
+    return expand(
+        "results/runs/{task}/seed{seed}/bt_r{order}/report.json", task=TASKS, seed=SEEDS, order=min(ORDERS)
+    )

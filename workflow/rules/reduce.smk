@@ -1,0 +1,28 @@
+# Balanced truncation of every DSS channel of a pretrained model, and the reduced model's accuracy as it is.
+
+
+rule reduce:
+    input:
+        data=prepared("{task}"),
+        model=run_dir("pretrain") + "model.pt",
+    output:
+        reduced=run_dir("bt_r{order}") + "reduced.pt",
+        report=run_dir("bt_r{order}") + "report.json",
+        metrics=run_dir("bt_r{order}") + "metrics.json",
+    params:
+        method=config["reduction"]["method"],
+        route=config["reduction"]["route"],
+        hparams=lambda wc: eval_hparams_json(wc.task),
+        device=config["device"],
+    log:
+        "logs/reduce/{task}/seed{seed}_r{order}.log",
+    threads: config["threads"]["reduce"]
+    resources:
+        **rule_resources("reduce"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m dssbt reduce --checkpoint {input.model} --order {wildcards.order}"
+        " --method {params.method} --route {params.route} --data data/prepared/{wildcards.task}"
+        " --hparams {params.hparams:q} --out {output.reduced} --report {output.report}"
+        " --metrics {output.metrics} --threads {threads} --device {params.device} > {log} 2>&1"

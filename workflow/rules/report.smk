@@ -1,0 +1,53 @@
+# Tables and figures of the whole grid (cheap: script rules).
+
+
+rule aggregate:
+    input:
+        metrics=all_metrics(),
+    output:
+        runs="results/tables/runs.csv",
+        csv=report("results/tables/accuracy.csv", caption="../report/accuracy.rst", category="Tables"),
+        md="results/tables/accuracy.md",
+        tex="results/tables/accuracy.tex",
+    log:
+        "logs/aggregate.log",
+    threads: 1
+    resources:
+        **rule_resources("aggregate"),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/aggregate.py"
+
+
+rule plot:
+    input:
+        runs="results/tables/runs.csv",
+        reports=all_hsv_reports(),
+    output:
+        accuracy=report(
+            multiext("results/plots/accuracy_vs_order", ".png", ".pdf"),
+            caption="../report/accuracy_vs_order.rst",
+            category="Figures",
+        ),
+        hsv=report(
+            multiext("results/plots/hsv_decay", ".png", ".pdf"),
+            caption="../report/hsv_decay.rst",
+            category="Figures",
+        ),
+        scatter=report(
+            multiext("results/plots/pretrained_vs_bt", ".png", ".pdf"),
+            caption="../report/pretrained_vs_bt.rst",
+            category="Figures",
+        ),
+    params:
+        settings=config["plot"],
+    log:
+        "logs/plot.log",
+    threads: 1
+    resources:
+        **rule_resources("plot"),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/plot.py"
