@@ -32,12 +32,12 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         "results/tables/accuracy.csv",
         "results/plots/accuracy_vs_order.png",
         "results/plots/hsv_decay.png",
         "results/plots/pretrained_vs_bt.png",
-    default_target: True
 
 
 rule data_all:

@@ -4,14 +4,45 @@ import copy
 import json
 import os
 
+from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
+
 CONDA_ENV = "../envs/dssbt.yaml"
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
 ORDERS = config["orders"]
 
+EMBEDDED_TASKS = ("listops", "pathfinder", "image")
+
+
+def check_config():
+    """Cross-key checks the JSON schema cannot express; errors name the key and the value."""
+    for task in TASKS:
+        if task not in config["data"]:
+            raise ValueError(
+                f"config: tasks lists {task!r} but data.{task} is missing (where its data comes from)"
+            )
+        if config["data"][task]["source"] == "embedded" and task not in EMBEDDED_TASKS:
+            raise ValueError(
+                f"config: data.{task}.source = embedded, but only {EMBEDDED_TASKS} have embedded data"
+            )
+    for task in TASKS:
+        N = json.loads(hparams_json(task, "train"))["model"].get("d_state", 64)
+        for r in ORDERS:
+            if r >= N:
+                where = (
+                    f"task_settings.{task}.model.d_state"
+                    if "d_state"
+                    in config.get("task_settings", {}).get(task, {}).get("model", {})
+                    else "model.d_state"
+                )
+                raise ValueError(
+                    f"config: orders contains {r}, not below N = {where} = {N} (task {task})"
+                )
+
 
 wildcard_constraints:
     task="|".join(TASKS),
+    filename="|".join(a.filename.replace(".", r"\.") for a in ARCHIVES.values()),
     seed=r"\d+",
     order=r"\d+",
 
@@ -40,17 +71,23 @@ def hparams_json(task, stage):
     return json.dumps(hp, sort_keys=True)
 
 
+check_config()
+
+
 def eval_hparams_json(task):
     """Only the evaluation settings of the retrain stage (what the reduce job's accuracy depends on)."""
     optim = json.loads(hparams_json(task, "retrain"))["optim"]
-    return json.dumps({"optim": {k: optim[k] for k in ("eval_batch_size", "amp") if k in optim}}, sort_keys=True)
+    return json.dumps(
+        {"optim": {k: optim[k] for k in ("eval_batch_size", "amp") if k in optim}},
+        sort_keys=True,
+    )
 
 
 def prepared(task):
     """The files of a prepared task (meta.json last: it marks completeness)."""
-    return [f"data/prepared/{task}/{split}.npz" for split in ("train", "val", "test")] + [
-        f"data/prepared/{task}/meta.json"
-    ]
+    return [
+        f"data/prepared/{task}/{split}.npz" for split in ("train", "val", "test")
+    ] + [f"data/prepared/{task}/meta.json"]
 
 
 def run_dir(kind):
@@ -66,7 +103,9 @@ def rule_resources(name):
 
 def train_resources(name):
     """Resources of a training rule: the 'train' section, then the rule's own; gpu only where > 0."""
-    res = deep_merge(config["resources"]["default"], config["resources"].get("train", {}))
+    res = deep_merge(
+        config["resources"]["default"], config["resources"].get("train", {})
+    )
     res = deep_merge(res, config["resources"].get(name, {}))
     return {k: v for k, v in res.items() if k != "gpu" or v}
 
@@ -90,5 +129,32 @@ def all_metrics():
 def all_hsv_reports():
     """One reduction report per pretrained model (HSVs do not depend on the order: take the smallest)."""
     return expand(
-        "results/runs/{task}/seed{seed}/bt_r{order}/report.json", task=TASKS, seed=SEEDS, order=min(ORDERS)
+        "results/runs/{task}/seed{seed}/bt_r{order}/report.json",
+        task=TASKS,
+        seed=SEEDS,
+        order=min(ORDERS),
     )
+
+
+# ----- data
+
+ARCHIVE_BY_FILE = {a.filename: key for key, a in ARCHIVES.items()}
+
+
+def cli_options(options):
+    """{"n_train": 100, "seed": 0} -> "--n-train 100 --seed 0" (None values left to the CLI's default)."""
+    return " ".join(
+        f"--{key.replace('_', '-')} {value}"
+        for key, value in sorted((options or {}).items())
+        if value is not None
+    )
+
+
+def prepare_input(wildcards):
+    """What `dssbt prepare` reads: the generated folder, a user-given archive, or the downloaded archive."""
+    task_cfg = config["data"][wildcards.task]
+    if task_cfg["source"] == "embedded":
+        return f"data/raw/embedded/{wildcards.task}"
+    key = TASK_ARCHIVE[wildcards.task]
+    given = config.get("downloads", {}).get(key, {}).get("path")
+    return given or f"data/downloads/{ARCHIVES[key].filename}"

@@ -9,18 +9,18 @@ rule reduce:
         reduced=run_dir("bt_r{order}") + "reduced.pt",
         report=run_dir("bt_r{order}") + "report.json",
         metrics=run_dir("bt_r{order}") + "metrics.json",
+    log:
+        "logs/reduce/{task}/seed{seed}_r{order}.log",
+    conda:
+        CONDA_ENV
+    threads: config["threads"]["reduce"]
+    resources:
+        **rule_resources("reduce"),
     params:
         method=config["reduction"]["method"],
         route=config["reduction"]["route"],
         hparams=lambda wc: eval_hparams_json(wc.task),
         device=config["device"],
-    log:
-        "logs/reduce/{task}/seed{seed}_r{order}.log",
-    threads: config["threads"]["reduce"]
-    resources:
-        **rule_resources("reduce"),
-    conda:
-        CONDA_ENV
     shell:
         "python -m dssbt reduce --checkpoint {input.model} --order {wildcards.order}"
         " --method {params.method} --route {params.route} --data data/prepared/{wildcards.task}"

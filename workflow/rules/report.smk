@@ -6,16 +6,20 @@ rule aggregate:
         metrics=all_metrics(),
     output:
         runs="results/tables/runs.csv",
-        csv=report("results/tables/accuracy.csv", caption="../report/accuracy.rst", category="Tables"),
+        csv=report(
+            "results/tables/accuracy.csv",
+            caption="../report/accuracy.rst",
+            category="Tables",
+        ),
         md="results/tables/accuracy.md",
         tex="results/tables/accuracy.tex",
     log:
         "logs/aggregate.log",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         **rule_resources("aggregate"),
-    conda:
-        CONDA_ENV
     script:
         "../scripts/aggregate.py"
 
@@ -40,14 +44,14 @@ rule plot:
             caption="../report/pretrained_vs_bt.rst",
             category="Figures",
         ),
-    params:
-        settings=config["plot"],
     log:
         "logs/plot.log",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         **rule_resources("plot"),
-    conda:
-        CONDA_ENV
+    params:
+        settings=config["plot"],
     script:
         "../scripts/plot.py"

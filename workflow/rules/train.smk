@@ -9,19 +9,19 @@ rule pretrain:
         model=run_dir("pretrain") + "model.pt",
         metrics=run_dir("pretrain") + "metrics.json",
         history=run_dir("pretrain") + "history.csv",
-    params:
-        hparams=lambda wc: hparams_json(wc.task, "train"),
-        out_dir=lambda wc, output: os.path.dirname(output.model),
-        device=config["device"],
     log:
         "logs/pretrain/{task}/seed{seed}.log",
     benchmark:
         "benchmarks/pretrain/{task}/seed{seed}.tsv"
+    conda:
+        CONDA_ENV
     threads: config["threads"]["train"]
     resources:
         **train_resources("pretrain"),
-    conda:
-        CONDA_ENV
+    params:
+        hparams=lambda wc: hparams_json(wc.task, "train"),
+        out_dir=lambda wc, output: os.path.dirname(output.model),
+        device=config["device"],
     shell:
         "python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
         " --seed {wildcards.seed} --hparams {params.hparams:q} --out-dir {params.out_dir}"
@@ -35,19 +35,19 @@ rule train_baseline:
         model=run_dir("skew_hippo_r{order}") + "model.pt",
         metrics=run_dir("skew_hippo_r{order}") + "metrics.json",
         history=run_dir("skew_hippo_r{order}") + "history.csv",
-    params:
-        hparams=lambda wc: hparams_json(wc.task, "train"),
-        out_dir=lambda wc, output: os.path.dirname(output.model),
-        device=config["device"],
     log:
         "logs/train_baseline/{task}/seed{seed}_r{order}.log",
     benchmark:
         "benchmarks/train_baseline/{task}/seed{seed}_r{order}.tsv"
+    conda:
+        CONDA_ENV
     threads: config["threads"]["train"]
     resources:
         **train_resources("train_baseline"),
-    conda:
-        CONDA_ENV
+    params:
+        hparams=lambda wc: hparams_json(wc.task, "train"),
+        out_dir=lambda wc, output: os.path.dirname(output.model),
+        device=config["device"],
     shell:
         "python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
         " --order {wildcards.order} --seed {wildcards.seed} --hparams {params.hparams:q}"
@@ -62,19 +62,19 @@ rule retrain:
         model=run_dir("bt_init_r{order}") + "model.pt",
         metrics=run_dir("bt_init_r{order}") + "metrics.json",
         history=run_dir("bt_init_r{order}") + "history.csv",
-    params:
-        hparams=lambda wc: hparams_json(wc.task, "retrain"),
-        out_dir=lambda wc, output: os.path.dirname(output.model),
-        device=config["device"],
     log:
         "logs/retrain/{task}/seed{seed}_r{order}.log",
     benchmark:
         "benchmarks/retrain/{task}/seed{seed}_r{order}.tsv"
+    conda:
+        CONDA_ENV
     threads: config["threads"]["train"]
     resources:
         **train_resources("retrain"),
-    conda:
-        CONDA_ENV
+    params:
+        hparams=lambda wc: hparams_json(wc.task, "retrain"),
+        out_dir=lambda wc, output: os.path.dirname(output.model),
+        device=config["device"],
     shell:
         "python -m dssbt train --data data/prepared/{wildcards.task} --init from_reduced"
         " --reduced {input.reduced} --order {wildcards.order} --seed {wildcards.seed}"
