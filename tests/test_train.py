@@ -167,4 +167,5 @@ def test_evaluate_command_matches_training_metrics(task, tmp_path):
                 "--hparams", json.dumps(hp), "--out", str(tmp_path / "e.json"))
     assert p.returncode == 0, p.stderr
     e = json.loads((tmp_path / "e.json").read_text())
-    assert e["accuracy"] == m["accuracy"] and e["params"] == m["params"]
+    assert {k: e["accuracy"][k] for k in ("val", "test")} == {k: m["accuracy"][k] for k in ("val", "test")}
+    assert e["params"] == m["params"] and 0 <= e["accuracy"]["train"] <= 1

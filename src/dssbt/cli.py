@@ -18,10 +18,11 @@ def cmd_train(args: argparse.Namespace) -> None:
           device=args.device)
 
 
-def _evaluated_metrics(model, meta, data, hp, init, seed, device, N, extra) -> dict:
+def _evaluated_metrics(model, meta, data, hp, init, seed, device, N, extra, splits=("train", "val", "test")) -> dict:
     from .train import base_metrics, summary_metrics
 
-    return base_metrics(meta, model, hp, init, seed, device, N) | summary_metrics(model, data, hp, device) | extra
+    measured = summary_metrics(model, data, hp, device, splits)
+    return base_metrics(meta, model, hp, init, seed, device, N) | measured | extra
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -62,7 +63,8 @@ def cmd_reduce(args: argparse.Namespace) -> None:
         dev = resolve_device(args.device)
         metrics = _evaluated_metrics(reduced.to(dev), task[0], task[1], hp, f"{args.method}_no_retrain",
                                      meta.get("seed"), dev, model.cfg.d_state,
-                                     {"reduced_from": str(args.checkpoint), "epochs_run": 0, "route": args.route})
+                                     {"reduced_from": str(args.checkpoint), "epochs_run": 0, "route": args.route},
+                                     splits=("val", "test"))
         reduced.cpu()
     reduction = {"method": args.method, "route": args.route, "r": args.order}
     save_model(args.out, reduced, {**meta, "reduced_from": str(args.checkpoint), "reduction": reduction})

@@ -225,7 +225,7 @@ def train(
         order_idx = torch.randperm(len(data["train"]), generator=shuffle)
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{hp.optim.epochs}", file=sys.stderr, ascii=True,
-                   mininterval=1.0 if tty else 30.0, leave=tty, disable=False)
+                   mininterval=1.0 if tty else 30.0, ncols=100, disable=False)
         for x, lengths, y in batches(data["train"], order_idx, hp.optim.batch_size, dev):
             with _autocast(dev, hp.optim.amp):
                 logits = model(x, lengths).float()
@@ -266,7 +266,11 @@ def train(
             torch.save(st, tmp)
 
     model.load_state_dict(best["state"])
-    final = summary_metrics(model, data, hp, dev)
+    # val/test re-measured on the best model; train as measured during its epoch (saves a pass over train)
+    final = summary_metrics(model, data, hp, dev, splits=("val", "test"))
+    best_row = history[best["epoch"]]
+    for key, col in (("accuracy", "train_accuracy"), ("loss", "train_loss")):
+        final[key]["train"] = None if math.isnan(best_row[col]) else best_row[col]  # None: best is epoch 0
     N = hp.model.get("d_state", ModelConfig.__dataclass_fields__["d_state"].default)
     metrics = base_metrics(meta, model, hp, init, seed, dev, N) | final | {
         "initial": {"accuracy": {"val": history[0]["val_accuracy"], "test": history[0]["test_accuracy"]}},
