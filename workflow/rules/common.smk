@@ -7,6 +7,9 @@ import os
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
 
 CONDA_ENV = "../envs/dssbt.yaml"
+# glibc returns every freed block above 32 MiB to the OS and maps it again on the next step: millions of page
+# faults per training run. Keeping freed memory in the heap made a training job 1.4x faster here (README).
+TRAIN_ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10000000000"
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
 ORDERS = config["orders"]

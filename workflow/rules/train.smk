@@ -23,7 +23,7 @@ rule pretrain:
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
     shell:
-        "python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
+        "{TRAIN_ENV} python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
         " --seed {wildcards.seed} --hparams {params.hparams:q} --out-dir {params.out_dir}"
         " --threads {threads} --device {params.device} > {log} 2>&1"
 
@@ -49,7 +49,7 @@ rule train_baseline:
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
     shell:
-        "python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
+        "{TRAIN_ENV} python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
         " --order {wildcards.order} --seed {wildcards.seed} --hparams {params.hparams:q}"
         " --out-dir {params.out_dir} --threads {threads} --device {params.device} > {log} 2>&1"
 
@@ -76,7 +76,7 @@ rule retrain:
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
     shell:
-        "python -m dssbt train --data data/prepared/{wildcards.task} --init from_reduced"
+        "{TRAIN_ENV} python -m dssbt train --data data/prepared/{wildcards.task} --init from_reduced"
         " --reduced {input.reduced} --order {wildcards.order} --seed {wildcards.seed}"
         " --hparams {params.hparams:q} --out-dir {params.out_dir} --threads {threads}"
         " --device {params.device} > {log} 2>&1"
