@@ -1,0 +1,143 @@
+"""The Snakemake workflow: lint, format, config validation, dry-run job counts, and a tiny real run followed by
+config edits that must schedule exactly the invalidated jobs."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).parent / "workflow" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("workflow", "profiles"):
+        shutil.copytree(ROOT / name, dest / name)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def job_counts(cwd: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule that a dry run schedules (the 'Job stats' table), without the target rule 'all'."""
+    out = snakemake(cwd, "-n", *args).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out[out.index("Job stats:") :].splitlines()[3:]
+    counts = {}
+    for line in table:
+        if line.startswith("total"):
+            break
+        rule, n = line.split()
+        counts[rule] = int(n)
+    counts.pop("all", None)
+    return counts
+
+
+def test_lint_is_clean():
+    p = snakemake(ROOT, "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in p.stdout + p.stderr
+
+
+def test_snakefmt_check_passes():
+    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_default_config_dry_run_job_counts(tmp_path):
+    wf = copy_workflow(tmp_path)
+    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed)
+    assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18, "reduce": 18,
+                              "retrain": 18, "aggregate": 1, "plot": 1}
+
+
+def test_lra_preset_dry_run_needs_no_data(tmp_path):
+    wf = copy_workflow(tmp_path)
+    # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions
+    assert job_counts(wf, "--configfile", "workflow/presets/lra.yaml") == {
+        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "reduce": 72, "retrain": 72,
+        "aggregate": 1, "plot": 1}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("tasks: [listops, sudoku]", r"'sudoku' is not one of"),
+        ("seeds: []", r"\[\] should be non-empty|is too short"),
+        ("seeds: [zero]", r"'zero' is not of type 'integer'"),
+        ("orders: [2, 4]", r"orders contains 4, not below N = model.d_state = 4"),
+        ("optim: {lr: '1e-3'}", r"'1e-3' is not of type 'number'"),
+        ("model: {norm: group}", r"'group' is not one of \['layer', 'batch'\]"),
+        ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
+    ],
+)
+def test_bad_config_fails_at_parse_time_naming_key_and_value(tmp_path, edit, message):
+    wf = copy_workflow(tmp_path)
+    (wf / "edit.yaml").write_text(edit + "\n")
+    p = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml", check=False)
+    assert p.returncode != 0
+    assert re.search(message, p.stdout + p.stderr), (p.stdout + p.stderr)[-2000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny grid, run for real once (about a minute on 2 cores)."""
+    wf = copy_workflow(tmp_path_factory.mktemp("wf"))
+    shutil.copy(TINY, wf / "tiny.yaml")
+    snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
+    return wf
+
+
+def edited(wf: Path, text: str) -> dict[str, int]:
+    (wf / "edit.yaml").write_text(text)
+    return job_counts(wf, "--configfile", "tiny.yaml", "edit.yaml")
+
+
+def test_tiny_run_produces_tables_and_plots(tiny_run):
+    for name in ("tables/accuracy.csv", "tables/accuracy.md", "tables/accuracy.tex", "tables/runs.csv",
+                 "plots/accuracy_vs_order.png", "plots/accuracy_vs_order.pdf", "plots/hsv_decay.png",
+                 "plots/pretrained_vs_bt.png"):
+        assert (tiny_run / "results" / name).stat().st_size > 0, name
+    md = (tiny_run / "results/tables/accuracy.md").read_text()
+    for row in ("| image | 4 (full N) | Skew-HiPPO |", "| image | 2 | BT-init (retrained) |",
+                "| listops | 2 | BT, no retraining |"):
+        assert row in md
+
+
+def test_noop_rerun_schedules_nothing(tiny_run):
+    assert job_counts(tiny_run, "--configfile", "tiny.yaml") == {}
+
+
+def test_retrain_edit_schedules_retrain_and_downstream_only(tiny_run):
+    assert edited(tiny_run, "retrain: {optim: {epochs: 2}}\n") == {"retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_one_task_edit_schedules_that_tasks_jobs_only(tiny_run):
+    assert edited(tiny_run, "task_settings: {image: {optim: {lr: 0.02}}}\n") == {
+        "pretrain": 1, "train_baseline": 1, "reduce": 1, "retrain": 1, "aggregate": 1, "plot": 1}
+
+
+def test_new_order_schedules_its_jobs_and_aggregation_only(tiny_run):
+    assert edited(tiny_run, "orders: [2, 3]\n") == {
+        "train_baseline": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_plot_edit_schedules_plots_only(tiny_run):
+    assert edited(tiny_run, "plot: {dpi: 80}\n") == {"plot": 1}
+
+
+def test_reduction_route_edit_schedules_reduce_and_downstream(tiny_run):
+    assert edited(tiny_run, "reduction: {route: continuous}\n") == {
+        "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
