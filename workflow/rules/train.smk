@@ -22,8 +22,9 @@ rule pretrain:
         hparams=lambda wc: hparams_json(wc.task, "train"),
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
+        env=TRAIN_ENV,
     shell:
-        "{TRAIN_ENV} python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
+        "{params.env} python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
         " --seed {wildcards.seed} --hparams {params.hparams:q} --out-dir {params.out_dir}"
         " --threads {threads} --device {params.device} > {log} 2>&1"
 
@@ -48,8 +49,9 @@ rule train_baseline:
         hparams=lambda wc: hparams_json(wc.task, "train"),
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
+        env=TRAIN_ENV,
     shell:
-        "{TRAIN_ENV} python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
+        "{params.env} python -m dssbt train --data data/prepared/{wildcards.task} --init skew_hippo"
         " --order {wildcards.order} --seed {wildcards.seed} --hparams {params.hparams:q}"
         " --out-dir {params.out_dir} --threads {threads} --device {params.device} > {log} 2>&1"
 
@@ -75,8 +77,9 @@ rule retrain:
         hparams=lambda wc: hparams_json(wc.task, "retrain"),
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
+        env=TRAIN_ENV,
     shell:
-        "{TRAIN_ENV} python -m dssbt train --data data/prepared/{wildcards.task} --init from_reduced"
+        "{params.env} python -m dssbt train --data data/prepared/{wildcards.task} --init from_reduced"
         " --reduced {input.reduced} --order {wildcards.order} --seed {wildcards.seed}"
         " --hparams {params.hparams:q} --out-dir {params.out_dir} --threads {threads}"
         " --device {params.device} > {log} 2>&1"
