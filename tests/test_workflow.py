@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, format, config validation, dry-run job counts, and a tiny real run followed by
 config edits that must schedule exactly the invalidated jobs."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "workflow" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Jobs run `python -m dssbt`: put this interpreter first on PATH, as an activated venv would.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -23,7 +26,7 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
+    p = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=ENV)
     if check and p.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
