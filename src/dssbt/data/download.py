@@ -296,7 +296,11 @@ def extract_task(archive: str | os.PathLike, task: str, dest: str | os.PathLike,
         with tarfile.open(archive, "r|*") as tar:
             for m in tar:
                 if (m.isfile() or m.isdir()) and wanted(m.name):
-                    tar.extract(m, tmp, filter="data")
+                    if os.path.isabs(m.name) or ".." in Path(m.name).parts:
+                        raise ValueError(f"{archive}: unsafe member path {m.name!r} (absolute or with '..')")
+                    # tarfile's "data" filter exists from Python 3.11.4/3.12 (3.10: the check above suffices,
+                    # only plain files and folders reach this point)
+                    tar.extract(m, tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
                     n += 1
         if n == 0:
             raise ValueError(f"{archive}: holds nothing the {task} task needs (is this the right archive?)")
