@@ -194,3 +194,21 @@ def test_padding_after_the_length_does_not_change_a_causal_token_model():
         for pool in ("mean", "last"):
             model.cfg = model.cfg.replace(pool=pool)
             torch.testing.assert_close(model(padded, lengths), model(x, lengths), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["mean", "last"])
+@pytest.mark.parametrize("encoder", ["linear", "embedding"])
+def test_step_by_step_inference_equals_the_convolution_on_every_prefix(pool, encoder):
+    model = small_model(pool=pool, encoder=encoder, d_input=9 if encoder == "embedding" else 3)
+    x = torch.randint(1, 9, (2, 25)) if encoder == "embedding" else torch.randn(2, 25, 3)
+    state = model.init_state(2)
+    for t in range(25):
+        logits = model.step(x[:, t], state)
+        if t in (0, 11, 24):
+            with torch.no_grad():
+                torch.testing.assert_close(logits, model(x[:, : t + 1]), rtol=1e-4, atol=1e-5)
+
+
+def test_step_inference_refuses_bidirectional_models():
+    with pytest.raises(ValueError, match="unidirectional"):
+        small_model(bidirectional=True).init_state(1)

@@ -114,6 +114,15 @@ class Block(nn.Module):
         z = self.dss(z.transpose(1, 2)).transpose(1, 2)  # (B, L, H)
         return self._after_dss(x, z)
 
+    def step(self, x_t: Tensor, state: Tensor, params: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """One time step. x_t: (B, H), state: complex (B, H, N), params: ``dss.step_params()`` -> (y_t (B, H), state)."""
+        z = self._norm_step(x_t) if self.prenorm else x_t
+        z, state = self.dss.step(z, state, params)  # (B, H)
+        return self._after_dss(x_t.unsqueeze(1), z.unsqueeze(1)).squeeze(1), state
+
+    def _norm_step(self, x_t: Tensor) -> Tensor:
+        return self._norm(x_t.unsqueeze(1)).squeeze(1)  # batch norm in eval mode is per position anyway
+
     def forward_recurrent(self, x: Tensor) -> Tensor:
         """Same as ``forward`` with the DSS layer run step by step. x: (B, L, H) -> (B, L, H)."""
         z = self._norm(x) if self.prenorm else x
@@ -141,6 +150,35 @@ class S4Model(nn.Module):
 
     def dss_layers(self) -> list[DSS]:
         return [b.dss for b in self.blocks]
+
+    def init_state(self, batch: int) -> dict[str, Any]:
+        """Recurrent inference state: per-layer SSM states, discretised parameters, running sum for mean pooling."""
+        if self.cfg.bidirectional or self.cfg.dual:
+            raise ValueError("step-by-step inference needs a unidirectional single-sequence model")
+        layers = self.dss_layers()
+        return {
+            "ssm": [layer.initial_state(batch) for layer in layers],  # complex (B, H, N) each
+            "params": [layer.step_params() for layer in layers],  # computed once per sequence
+            "sum": torch.zeros(batch, self.cfg.d_model, device=layers[0].log_dt.device),  # (B, H)
+            "t": 0,
+        }
+
+    @torch.no_grad()
+    def step(self, x_t: Tensor, state: dict[str, Any]) -> Tensor:
+        """Consume one input step and return the logits of the sequence so far (B, d_output); updates ``state``.
+
+        x_t: long (B,) token ids or float (B,) / (B, d_input). Equals ``forward`` on the prefix (mean or last pooling).
+        """
+        if self.cfg.encoder == "linear" and x_t.dim() == 1:
+            x_t = x_t.unsqueeze(-1)
+        h = self.encoder(x_t)  # (B, H)
+        for i, block in enumerate(self.blocks):
+            h, state["ssm"][i] = block.step(h, state["ssm"][i], state["params"][i])
+        h = self.final_norm(h)
+        state["sum"] += h
+        state["t"] += 1
+        pooled = h if self.cfg.pool == "last" else state["sum"] / state["t"]
+        return self.decoder(pooled)
 
     def features(self, x: Tensor, lengths: Tensor | None = None, recurrent: bool = False) -> Tensor:
         """Pooled features (B, H) of one sequence batch.
