@@ -212,3 +212,30 @@ def test_step_by_step_inference_equals_the_convolution_on_every_prefix(pool, enc
 def test_step_inference_refuses_bidirectional_models():
     with pytest.raises(ValueError, match="unidirectional"):
         small_model(bidirectional=True).init_state(1)
+
+
+@pytest.mark.parametrize("method", ["bsp", "modal", "h2"])
+def test_other_methods_at_model_level(method):
+    model = small_model(bidirectional=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reduced, report = reduce_model(model, 4, method=method, route="continuous", kernel_length=60)
+    assert report["method"] == method and reduced.cfg.d_state == 4
+    assert count_parameters(reduced) == count_parameters(S4Model(model.cfg.replace(d_state=4)))
+    for k, v in model.state_dict().items():
+        if k.split(".")[-1] not in SSM and not k.endswith("dss.D"):
+            assert torch.equal(reduced.state_dict()[k], v), k
+    for layer_full, layer_red, rep in zip(model.dss_layers(), reduced.dss_layers(), report["layers"]):
+        ss = {a: v.numpy() for a, v in layer_full.ss_params().items()}
+        res = reduce(ss["Lambda"], ss["B"], ss["C"], 4, method=method)
+        expect_D = ss["D"] + (0 if res.D is None else res.D.real.sum(0))
+        np.testing.assert_allclose(layer_red.D.detach().double().numpy(), expect_D, rtol=1e-6, atol=1e-6)
+        if method == "bsp":  # the stored reduced layer keeps each channel's DC gain Re(-sum C B / Lambda) + D
+            def dc(layer):
+                p = layer.ss_params()
+                return (-(p["C"] * p["B"] / p["Lambda"]).sum(-1)).real.sum(0) + p["D"]  # (H,)
+
+            torch.testing.assert_close(dc(layer_red), dc(layer_full), rtol=1e-4, atol=1e-4)
+        assert np.all(np.isfinite(rep["rel_kernel_error"]))

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reduce", help="reduce every DSS channel of a model checkpoint to order r")
     p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
     p.add_argument("--order", type=int, required=True, help="reduced order r, 1 <= r < N")
-    p.add_argument("--method", default="bt", help="reduction method (default: bt)")
+    p.add_argument("--method", default="bt", choices=["bt", "bsp", "modal", "h2"],
+                   help="bt (balanced truncation, default), bsp (balanced singular perturbation), modal, h2 (IRKA);"
+                        " bsp and h2 need --route continuous")
     p.add_argument("--route", default="discrete", choices=["continuous", "discrete"],
                    help="Gramians of the continuous system or of its ZOH discretisation (default: discrete)")
     p.add_argument("--kernel-length", type=int, default=None,

@@ -12,7 +12,7 @@ import numpy as np
 from .balanced import BalancedFactors, ReducedSystem, balance, balanced_truncation, truncate
 from .gramians import gramians_continuous, gramians_discrete, zoh
 
-METHODS = ("bt",)
+METHODS = ("bt", "bsp", "modal", "h2")
 
 
 def reduce(
@@ -24,10 +24,15 @@ def reduce(
     dt: np.ndarray | None = None,
     **options,
 ) -> ReducedSystem:
-    """Reduce every system of the batch to order r with ``method`` (one of ``METHODS``)."""
+    """Reduce every system of the batch to order r with ``method`` (one of ``METHODS``, see ``methods.py``).
+
+    ``options``: ``rank_rtol`` (BT-based methods), ``tol`` and ``max_iter`` (h2).
+    """
     if method not in METHODS:
         raise ValueError(f"unknown reduction method {method!r}; choose one of {list(METHODS)}")
-    return balanced_truncation(Lambda, B, C, r, dt=dt, **options)
+    from .methods import reduce_with
+
+    return reduce_with(method, Lambda, B, C, r, dt=dt, **options)
 
 
 __all__ = [

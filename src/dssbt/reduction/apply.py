@@ -9,7 +9,7 @@ import torch
 
 from ..dss import DSS, ss_kernel
 from ..model import S4Model
-from . import METHODS
+from . import METHODS, reduce
 from .balanced import balance, truncate
 
 ROUTES = ("continuous", "discrete")
@@ -29,7 +29,8 @@ def reduce_model(
     order tried (bench/bt_route.py, numbers in the README).
 
     The copy has the architecture of a fresh order-r model (``cfg.d_state = r``); its DSS parameters
-    (Lambda, B, C) come from the reduction of each channel, D and dt are kept, and every non-SSM weight is copied.
+    (Lambda, B, C) come from the reduction of each channel, dt is kept, D is kept (bsp adds the real part of its
+    reduced feedthrough), and every non-SSM weight is copied.
     The report holds, per layer, the HSVs (n_dir, H, N), the error bound and the measured relative kernel error
     ``||K - K_r||_2 / ||K||_2`` over ``kernel_length`` steps (n_dir, H), computed from the weights actually stored.
     """
@@ -43,7 +44,11 @@ def reduce_model_orders(
     route: str = "discrete",
     kernel_length: int = 1024,
 ) -> dict[int, tuple[S4Model, dict[str, Any]]]:
-    """``reduce_model`` at several orders; BT factors each channel once and truncates it at every order."""
+    """``reduce_model`` at several orders; BT factors each channel once and truncates it at every order.
+
+    Report entries per layer: hsv (NaN for modal), bound (BT-based methods: 2 * discarded HSVs; modal: the sum of
+    the discarded modes' dominance), rank, n_clamped, rel_kernel_error, and for h2 the converged flags.
+    """
     N = model.cfg.d_state
     for r in orders:
         if not (isinstance(r, int) and 1 <= r < N):
@@ -69,14 +74,19 @@ def reduce_model_orders(
         ss = {k: v.numpy() for k, v in full.ss_params().items()}  # Lambda, B, C (n_dir, H, N); D, dt (H,)
         dt = np.broadcast_to(ss["dt"], ss["Lambda"].shape[:-1]) if route == "discrete" else None
         try:
-            factors = balance(ss["Lambda"], ss["B"], ss["C"], dt=dt)
-            results = {r: truncate(factors, r) for r in orders}
+            if method == "bt":  # factor once, truncate at every order
+                factors = balance(ss["Lambda"], ss["B"], ss["C"], dt=dt)
+                results = {r: truncate(factors, r) for r in orders}
+            else:
+                results = {r: reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt) for r in orders}
         except ValueError as e:
             raise ValueError(f"layer {i} (index = direction, channel): {e}") from None
         for r, res in results.items():
             reduced, report = out[r]
             red = reduced.dss_layers()[i]
-            red.load_ss_params(res.Lambda, res.B, res.C, where=f"reduced layer {i}")
+            # a reduced feedthrough (bsp) adds to D; a bidirectional layer has one D for both directions
+            D = ss["D"] + (0.0 if res.D is None else res.D.real.sum(0))
+            red.load_ss_params(res.Lambda, res.B, res.C, D=D, where=f"reduced layer {i}")
             report["layers"].append(
                 {
                     "layer": i,
@@ -85,6 +95,7 @@ def reduce_model_orders(
                     "rank": res.rank.tolist(),
                     "n_clamped": res.n_clamped.tolist(),
                     "rel_kernel_error": relative_kernel_error(full, red, kernel_length).tolist(),
+                    **({} if res.converged is None else {"converged": res.converged.tolist()}),
                 }
             )
     return out
