@@ -57,12 +57,12 @@ rule baseline_all:
 
 rule reduce_all:
     input:
-        expand_runs("bt_r{order}", "metrics.json"),
+        expand_runs("{method}_r{order}", "metrics.json"),
 
 
 rule retrain_all:
     input:
-        expand_runs("bt_init_r{order}", "metrics.json"),
+        expand_runs("{method}_init_r{order}", "metrics.json"),
 
 
 rule tables:

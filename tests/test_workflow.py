@@ -84,6 +84,7 @@ def test_lra_preset_dry_run_needs_no_data(tmp_path):
         ("optim: {lr: '1e-3'}", r"'1e-3' is not of type 'number'"),
         ("model: {norm: group}", r"'group' is not one of \['layer', 'batch'\]"),
         ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
+        ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2'\]"),
     ],
 )
 def test_bad_config_fails_at_parse_time_naming_key_and_value(tmp_path, edit, message):
@@ -144,3 +145,7 @@ def test_plot_edit_schedules_plots_only(tiny_run):
 def test_reduction_route_edit_schedules_reduce_and_downstream(tiny_run):
     assert edited(tiny_run, "reduction: {route: continuous}\n") == {
         "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_new_method_schedules_only_that_methods_jobs(tiny_run):
+    assert edited(tiny_run, "methods: [bt, modal]\n") == {"reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}

@@ -1,8 +1,8 @@
 """Accuracy tables from the metrics files of every run (long form, then mean ± std over seeds).
 
-Inits in the tables: ``skew_hippo`` (a model of order r trained from the Skew-HiPPO init), ``bt_init`` (order r,
-retrained from the BT-reduced pretrained model), ``bt_no_retrain`` (the BT-reduced model as is), and the full-N
-reference ``skew_hippo`` at order N (the pretrained model).
+Inits in the tables: ``skew_hippo`` (a model of order r trained from the Skew-HiPPO init), ``{method}_init``
+(order r, retrained from the pretrained model reduced by ``method``: bt, bsp, modal, h2), ``{method}_no_retrain``
+(the reduced model as is), and the full-N reference ``skew_hippo`` at order N (the pretrained model).
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ import pandas as pd
 
 from .io import atomic_path
 
-INIT_ORDER = ["skew_hippo", "bt_init", "bt_no_retrain"]
-LABELS = {"skew_hippo": "Skew-HiPPO", "bt_init": "BT-init (retrained)", "bt_no_retrain": "BT, no retraining"}
+METHOD_NAMES = {"bt": "BT", "bsp": "BSP", "modal": "Modal", "h2": "H2 (IRKA)"}
+INIT_ORDER = ["skew_hippo"] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
+LABELS = {"skew_hippo": "Skew-HiPPO"} | {
+    f"{m}_{k}": f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining"
+    for m, name in METHOD_NAMES.items()
+    for k in ("init", "no_retrain")
+}
 
 
 def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -26,11 +31,9 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
     rows = []
     for path in metrics_files:
         m = json.loads(Path(path).read_text())
-        init = m["init"]
+        init, method = m["init"], m.get("method")
         if init == "from_reduced":
-            init = "bt_init"
-        elif init.endswith("_no_retrain"):
-            init = "bt_no_retrain"
+            init = f"{method or 'bt'}_init"
         rows.append(
             {
                 "task": m["task"],
@@ -38,6 +41,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 "order": m["order"],
                 "N": m["N"],
                 "init": init,
+                "method": init.split("_")[0] if init != "skew_hippo" else None,
                 "test_accuracy": m["accuracy"]["test"],
                 "val_accuracy": m["accuracy"]["val"],
                 "train_accuracy": m["accuracy"].get("train"),

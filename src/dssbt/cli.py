@@ -63,7 +63,8 @@ def cmd_reduce(args: argparse.Namespace) -> None:
         dev = resolve_device(args.device)
         metrics = _evaluated_metrics(reduced.to(dev), task[0], task[1], hp, f"{args.method}_no_retrain",
                                      meta.get("seed"), dev, model.cfg.d_state,
-                                     {"reduced_from": str(args.checkpoint), "epochs_run": 0, "route": args.route},
+                                     {"reduced_from": str(args.checkpoint), "epochs_run": 0, "route": args.route,
+                                      "method": args.method},
                                      splits=("val", "test"))
         reduced.cpu()
     reduction = {"method": args.method, "route": args.route, "r": args.order}

@@ -93,15 +93,16 @@ def hsv_decay(report_files: Iterable[str | os.PathLike], paths: Iterable, settin
 
 
 def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
-    """Scatter over runs (task × seed × order): accuracy of the pretrained full-N model vs the final accuracy of
-    the BT-initialised order-r model, with Pearson's rho."""
+    """Scatter over runs (task × seed × order × method): accuracy of the pretrained full-N model vs the final
+    accuracy of the reduction-initialised order-r model, with Pearson's rho."""
     _style(settings)
     pre = runs[runs["order"] == runs["N"]].set_index(["task", "seed"])["test_accuracy"]
-    bt = runs[runs["init"] == "bt_init"].copy()
+    bt = runs[runs["init"].str.endswith("_init")].copy()
     bt["pretrained_accuracy"] = [pre.get((t, s), np.nan) for t, s in zip(bt["task"], bt["seed"])]
     bt = bt.dropna(subset=["pretrained_accuracy"])
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
-    sns.scatterplot(data=bt, x="pretrained_accuracy", y="test_accuracy", hue="task", style="order", ax=ax)
+    style = "method" if bt["method"].nunique() > 1 else "order"
+    sns.scatterplot(data=bt, x="pretrained_accuracy", y="test_accuracy", hue="task", style=style, ax=ax)
     x, y = bt["pretrained_accuracy"].to_numpy(), bt["test_accuracy"].to_numpy()
     if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
         rho, p = pearsonr(x, y)

@@ -176,9 +176,11 @@ def train(
         raise ValueError("init from_reduced needs --reduced (the model file written by dssbt reduce)")
     torch.manual_seed(seed)
     model = S4Model(cfg)
+    method = None
     if init == "from_reduced":
-        start, _ = load_model(reduced, expect=cfg)
+        start, start_meta = load_model(reduced, expect=cfg)
         model.load_state_dict(start.state_dict())
+        method = start_meta.get("reduction", {}).get("method")
     model.to(dev)
     opt = optimizer(model, hp)
     steps_per_epoch = math.ceil(len(data["train"]) / hp.optim.batch_size)
@@ -274,6 +276,7 @@ def train(
     N = hp.model.get("d_state", ModelConfig.__dataclass_fields__["d_state"].default)
     metrics = base_metrics(meta, model, hp, init, seed, dev, N) | final | {
         "initial": {"accuracy": {"val": history[0]["val_accuracy"], "test": history[0]["test_accuracy"]}},
+        "method": method,  # the reduction the model started from (init from_reduced), else None
         "best_epoch": best["epoch"],
         "epochs_run": epoch,
         "wall_time_s": time.perf_counter() - t0,

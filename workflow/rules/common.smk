@@ -13,6 +13,9 @@ TRAIN_ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10000000000"
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
 ORDERS = config["orders"]
+METHODS = config["methods"]
+# bsp and h2 are implemented on continuous Gramians; bt and modal follow reduction.route.
+CONTINUOUS_ONLY = ("bsp", "h2")
 
 EMBEDDED_TASKS = ("listops", "pathfinder", "image")
 
@@ -47,6 +50,7 @@ wildcard_constraints:
     task="|".join(TASKS),
     filename="|".join(a.filename.replace(".", r"\.") for a in ARCHIVES.values()),
     seed=r"\d+",
+    method="bt|bsp|modal|h2",
     order=r"\d+",
 
 
@@ -113,19 +117,26 @@ def train_resources(name):
     return {k: v for k, v in res.items() if k != "gpu" or v}
 
 
+def reduction_route(method):
+    return "continuous" if method in CONTINUOUS_ONLY else config["reduction"]["route"]
+
+
 def expand_runs(kind, filename, orders=True):
     pattern = f"results/runs/{{task}}/seed{{seed}}/{kind}/{filename}"
+    axes = {"task": TASKS, "seed": SEEDS}
     if orders:
-        return expand(pattern, task=TASKS, seed=SEEDS, order=ORDERS)
-    return expand(pattern, task=TASKS, seed=SEEDS)
+        axes["order"] = ORDERS
+    if "{method}" in kind:
+        axes["method"] = METHODS
+    return expand(pattern, **axes)
 
 
 def all_metrics():
     return (
         expand_runs("pretrain", "metrics.json", orders=False)
         + expand_runs("skew_hippo_r{order}", "metrics.json")
-        + expand_runs("bt_r{order}", "metrics.json")
-        + expand_runs("bt_init_r{order}", "metrics.json")
+        + expand_runs("{method}_r{order}", "metrics.json")
+        + expand_runs("{method}_init_r{order}", "metrics.json")
     )
 
 

@@ -6,23 +6,22 @@ rule reduce:
         data=prepared("{task}"),
         model=run_dir("pretrain") + "model.pt",
     output:
-        reduced=run_dir("bt_r{order}") + "reduced.pt",
-        report=run_dir("bt_r{order}") + "report.json",
-        metrics=run_dir("bt_r{order}") + "metrics.json",
+        reduced=run_dir("{method}_r{order}") + "reduced.pt",
+        report=run_dir("{method}_r{order}") + "report.json",
+        metrics=run_dir("{method}_r{order}") + "metrics.json",
     log:
-        "logs/reduce/{task}/seed{seed}_r{order}.log",
+        "logs/reduce/{task}/seed{seed}_{method}_r{order}.log",
     conda:
         CONDA_ENV
     threads: config["threads"]["reduce"]
     resources:
         **rule_resources("reduce"),
     params:
-        method=config["reduction"]["method"],
-        route=config["reduction"]["route"],
+        route=lambda wc: reduction_route(wc.method),
         hparams=lambda wc: eval_hparams_json(wc.task),
         device=config["device"],
     shell:
         "python -m dssbt reduce --checkpoint {input.model} --order {wildcards.order}"
-        " --method {params.method} --route {params.route} --data data/prepared/{wildcards.task}"
+        " --method {wildcards.method} --route {params.route} --data data/prepared/{wildcards.task}"
         " --hparams {params.hparams:q} --out {output.reduced} --report {output.report}"
         " --metrics {output.metrics} --threads {threads} --device {params.device} > {log} 2>&1"

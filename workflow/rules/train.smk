@@ -59,15 +59,15 @@ rule train_baseline:
 rule retrain:
     input:
         data=prepared("{task}"),
-        reduced=run_dir("bt_r{order}") + "reduced.pt",
+        reduced=run_dir("{method}_r{order}") + "reduced.pt",
     output:
-        model=run_dir("bt_init_r{order}") + "model.pt",
-        metrics=run_dir("bt_init_r{order}") + "metrics.json",
-        history=run_dir("bt_init_r{order}") + "history.csv",
+        model=run_dir("{method}_init_r{order}") + "model.pt",
+        metrics=run_dir("{method}_init_r{order}") + "metrics.json",
+        history=run_dir("{method}_init_r{order}") + "history.csv",
     log:
-        "logs/retrain/{task}/seed{seed}_r{order}.log",
+        "logs/retrain/{task}/seed{seed}_{method}_r{order}.log",
     benchmark:
-        "benchmarks/retrain/{task}/seed{seed}_r{order}.tsv"
+        "benchmarks/retrain/{task}/seed{seed}_{method}_r{order}.tsv"
     conda:
         CONDA_ENV
     threads: config["threads"]["train"]
