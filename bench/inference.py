@@ -1,0 +1,221 @@
+"""Compressed inference: a full-N model vs its BT-reduced order-r models, recurrent and convolution mode.
+
+A freshly initialised S4Model (default 6 layers x H=256, N=64) is reduced by ``reduce_model_orders`` (discrete
+route, the default) to every r in {4, 8, 16, 32}; the reduced models are the order-r architecture with every non-SSM
+weight copied. Figures, all variants timed interleaved in one process:
+
+* ``DSS.step`` alone (one layer, discretised parameters precomputed as ``S4Model.init_state`` does): time per step
+  at batch 1 (streaming latency) and at a larger batch; target: full / reduced >= 0.5 * N / r;
+* ``S4Model.step`` (whole model: encoder, per block norm + DSS step + GELU + output GLU + residual, pooling,
+  decoder): time per step, the whole-model speed-up;
+* memory of recurrent inference, exactly from the tensors: weights (all, and SSM only) and the per-sequence state
+  (complex SSM states + the discretised step parameters);
+* convolution mode (``S4Model.forward``, no grad) on long sequences: sequences per second.
+
+Checks: every model's recurrent outputs equal its convolution-mode outputs (prefix logits) to 1e-4.
+
+    python bench/inference.py [--quick] [--layers 6] [--H 256] [--N 64] [--orders 4 8 16 32] [--batch 1 32]
+    python bench/inference.py --profile     # torch.profiler of DSS.step and S4Model.step at batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from common import check, finish, fmt_s, header, interleaved, ratio, time_line
+from dssbt.model import ModelConfig, S4Model, count_parameters
+from dssbt.reduction.apply import reduce_model_orders
+
+TOL = 1e-4
+
+
+def build(a) -> dict[str, S4Model]:
+    """{"N=64": full, "r=32": reduced, ...}, all in eval mode."""
+    torch.manual_seed(0)
+    full = S4Model(ModelConfig(d_input=1, d_output=10, d_model=a.H, d_state=a.N, n_layers=a.layers)).eval()
+    t = time.perf_counter()
+    reduced = reduce_model_orders(full, sorted(a.orders, reverse=True), kernel_length=256)
+    print(f"   reduce_model_orders (discrete route, {len(a.orders)} orders, incl. the kernel-error report): "
+          f"{fmt_s(time.perf_counter() - t)}")
+    models = {f"N={a.N}": full}
+    for r in sorted(a.orders, reverse=True):
+        model, report = reduced[r]
+        models[f"r={r}"] = model.eval()
+        errs = torch.tensor([e for lay in report["layers"] for e in lay["rel_kernel_error"][0]])
+        print(f"   r={r}: median relative kernel error of the reduced channels {errs.median():.2g} "
+              "(a fresh, untrained model: informative only)")
+    return models
+
+
+def order(name: str) -> int:
+    return int(name.split("=")[1])
+
+
+def check_recurrent_equals_convolution(models: dict[str, S4Model], L: int) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, L)
+    worst = 0.0
+    for name, m in models.items():
+        state = m.init_state(2)
+        for t in range(L):
+            logits = m.step(x[:, t], state)
+            if t + 1 in (L // 2, L):
+                with torch.no_grad():
+                    ref = m(x[:, : t + 1])
+                worst = max(worst, ((logits - ref).norm() / ref.norm()).item())
+    check("inference recurrent step equals convolution mode", worst <= TOL,
+          f"{len(models)} models, prefixes {L // 2} and {L}; worst relative difference {worst:.1e} (tol {TOL:g})")
+    ok = all(layer.N == order(n) for n, m in models.items() for layer in m.dss_layers())
+    check("inference reduced models have state size r", ok)
+
+
+def memory_report(models: dict[str, S4Model], N: int) -> None:
+    """Exact bytes: weights, SSM weights, and recurrent state per sequence (SSM states + step parameters)."""
+    full = None
+    for name, m in models.items():
+        counts = count_parameters(m)
+        w = sum(p.numel() * p.element_size() for p in m.parameters())
+        st = m.init_state(1)
+        state = sum(s.numel() * s.element_size() for s in st["ssm"])  # complex SSM states, one sequence
+        pool = st["sum"].numel() * st["sum"].element_size()  # running sum for mean pooling (size H, any order)
+        params = sum(p.numel() * p.element_size() for ps in st["params"] for p in ps)
+        full = full or (state, params, w, pool)
+        print(f"MEMORY inference {name}: weights {w / 1024:.0f} KiB ({counts['total']} params, SSM {counts['ssm']}); "
+              f"SSM state per sequence {state / 1024:.1f} KiB (+ {pool / 1024:.1f} KiB pooling sum); "
+              f"discretised step parameters {params / 1024:.0f} KiB per model")
+        if name != f"N={N}":
+            print(f"RATIO inference memory N={N} / {name}: SSM state {full[0] / state:.2f}x, "
+                  f"weights + step parameters + one sequence's state {sum(full) / (state + params + w + pool):.2f}x"
+                  "  no target: info")
+
+
+def time_dss_step(models: dict[str, S4Model], batch: int, steps: int, repeats: int) -> dict[str, list[float]]:
+    """Per-step time of DSS.step of the first layer of each model (parameters discretised once, as in inference)."""
+    fns = {}
+    for name, m in models.items():
+        layer = m.dss_layers()[0]
+        with torch.no_grad():
+            params = layer.step_params()
+        u = torch.randn(batch, layer.H)
+
+        def run(layer=layer, params=params, u=u):
+            with torch.no_grad():
+                x = layer.initial_state(u.shape[0])
+                for _ in range(steps):
+                    _, x = layer.step(u, x, params)
+
+        fns[name] = run
+    return {k: [t / steps for t in v] for k, v in interleaved(fns, repeats).items()}
+
+
+def time_model_step(models: dict[str, S4Model], batch: int, steps: int, repeats: int) -> dict[str, list[float]]:
+    fns = {}
+    for name, m in models.items():
+        x = torch.randn(batch)
+
+        def run(m=m, x=x):
+            state = m.init_state(x.shape[0])
+            for _ in range(steps):
+                m.step(x, state)
+
+        fns[name] = run
+    return {k: [t / steps for t in v] for k, v in interleaved(fns, repeats).items()}
+
+
+def time_convolution(models: dict[str, S4Model], batch: int, L: int, repeats: int) -> dict[str, list[float]]:
+    x = torch.randn(batch, L)
+
+    def fn(m):
+        def run():
+            with torch.no_grad():
+                m(x)
+        return run
+
+    return interleaved({name: fn(m) for name, m in models.items()}, repeats)
+
+
+def profile(a, models: dict[str, S4Model]) -> None:
+    names = [f"N={a.N}", f"r={min(a.orders)}"]
+    for name in names:
+        m = models[name]
+        layer = m.dss_layers()[0]
+        with torch.no_grad():
+            params = layer.step_params()
+            x, u = layer.initial_state(1), torch.randn(1, layer.H)
+            state, xt = m.init_state(1), torch.randn(1)
+            for _ in range(20):
+                _, x = layer.step(u, x, params)
+                m.step(xt, state)
+            cases = (("DSS.step", lambda: layer.step(u, x, params)), ("S4Model.step", lambda: m.step(xt, state)))
+            for what, fn in cases:
+                with torch.profiler.profile() as prof:
+                    for _ in range(200):
+                        fn()
+                print(f"== profile {what}, {name}, batch 1, 200 steps")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats (keeps the script working in tests)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--H", type=int, default=256)
+    ap.add_argument("--N", type=int, default=64)
+    ap.add_argument("--orders", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes of the recurrent timings")
+    ap.add_argument("--steps", type=int, default=200, help="steps per timed block")
+    ap.add_argument("--conv", nargs="+", default=["4096x4", "16384x1"],
+                    help="convolution-mode sizes as LENGTHxBATCH (16K input steps per forward by default)")
+    ap.add_argument("--conv-repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: an edge core; 0: torch's default)")
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.layers, a.H, a.N, a.orders, a.batch, a.steps, a.repeats = 2, 16, 16, [2, 4], [1, 4], 20, 2
+        a.conv, a.conv_repeats = ["256x2"], 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    header("Compressed inference: full-N model vs BT-reduced order-r models (recurrent and convolution mode)",
+           layers=a.layers, H=a.H, N=a.N, orders=a.orders, threads=torch.get_num_threads(), repeats=a.repeats,
+           steps_per_block=a.steps)
+    models = build(a)
+    if a.profile:
+        return profile(a, models)
+    full = f"N={a.N}"
+    check_recurrent_equals_convolution(models, 16 if a.quick else 64)
+    memory_report(models, a.N)
+
+    for b in a.batch:
+        t = time_dss_step(models, b, a.steps, a.repeats)
+        for name, ts in t.items():
+            time_line(f"inference DSS.step per layer, batch {b}, {name}", ts)
+        for name in t:
+            if name != full:
+                r = order(name)
+                ratio(f"inference DSS.step speed-up {full} vs {name}, batch {b}", t[full], t[name], 0.5 * a.N / r)
+    for b in a.batch:
+        t = time_model_step(models, b, a.steps, a.repeats)
+        for name, ts in t.items():
+            time_line(f"inference S4Model.step, batch {b}, {name}", ts,
+                      extra=f"  -> {b / min(ts):.0f} steps/s at min")
+        for name in t:
+            if name != full:
+                ratio(f"inference whole-model step speed-up {full} vs {name}, batch {b}", t[full], t[name])
+    for size in a.conv:
+        L, cb = (int(v) for v in size.split("x"))
+        t = time_convolution(models, cb, L, a.conv_repeats)
+        for name, ts in t.items():
+            time_line(f"inference convolution mode L={L} batch {cb}, {name}", ts,
+                      extra=f"  -> {cb / min(ts):.2f} sequences/s, {cb * L / min(ts):.0f} steps/s at min")
+        for name in t:
+            if name != full:
+                ratio(f"inference convolution-mode speed-up L={L} {full} vs {name}", t[full], t[name])
+    finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Run the benchmarks and print their figures: ``python bench/run.py [--quick] [NAME ...]``.
+
+Names: layer (DSS layer fwd+bwd vs a textbook reference), reduction (BT of a whole model vs per-channel library
+and scipy loops), inference (recurrent and convolution-mode inference of full vs BT-reduced models), workflow
+(Snakemake dry run of the LRA preset and no-op rerun). Default: all four, in that order. Each runs as its own
+process (``python bench/<name>.py``), one after the other, never concurrently; its output is streamed, and a
+summary of every RATIO / TARGET / CHECK line and the wall time of each benchmark is printed at the end.
+``--quick``: tiny sizes, 1-2 repeats, no tiny workflow run -- keeps the scripts working (tests/test_bench.py);
+its timings mean nothing. Exit status 1 if a benchmark failed or one of its checks failed.
+
+Other scripts in bench/ (not run here): dss_layer.py (our fast vs our naive kernel path, both from dssbt.dss),
+reduce_model.py (BT core vs model-level reduction with its report), bt_route.py (continuous vs discrete Gramians
+on a trained model; trains for minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+NAMES = {
+    "layer": "layer.py",
+    "reduction": "reduction.py",
+    "inference": "inference.py",
+    "workflow": "workflow.py",
+}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}")
+
+
+def run_one(name: str, quick: bool) -> tuple[int, float, list[str]]:
+    cmd = [sys.executable, "-u", str(BENCH / NAMES[name])] + (["--quick"] if quick else [])
+    print(f"\n######## {name}: {' '.join(cmd[2:])}", flush=True)
+    t = time.perf_counter()
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=BENCH.parent) as p:
+        for line in p.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    return p.returncode, time.perf_counter() - t, lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 1-2 repeats (for the test suite)")
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run, among {list(NAMES)}")
+    a = ap.parse_args()
+    names = a.names or list(NAMES)
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; choose among {list(NAMES)}")
+    print(f"machine: {machine()}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results = {n: run_one(n, a.quick) for n in names}
+    print("\n######## summary" + (" (--quick: tiny sizes, timings meaningless)" if a.quick else ""))
+    failed = []
+    for n, (rc, wall, lines) in results.items():
+        status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        print(f"{n}: {status}, {wall:.1f} s wall")
+        for line in lines:
+            if line.startswith(("RATIO", "TARGET", "MEMORY")) or line.startswith("CHECK") and ": FAIL" in line:
+                print(f"   {line}")
+        n_ok = sum(1 for line in lines if line.startswith("CHECK") and ": ok" in line)
+        n_checks = sum(1 for line in lines if line.startswith("CHECK"))
+        print(f"   {n_ok}/{n_checks} checks ok")
+        if rc != 0:
+            failed.append(n)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

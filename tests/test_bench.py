@@ -1,0 +1,61 @@
+"""The benchmark scripts keep working: ``python bench/run.py --quick`` runs all four at tiny sizes.
+
+Timings at tiny sizes mean nothing and are not asserted; what is asserted is that every script ran, that every
+correctness check it prints passed (layer outputs and gradients equal a textbook reference; HSVs and reduced
+transfer functions equal python-control/slycot and scipy; recurrent equals convolution mode; the LRA dry run
+plans 245 jobs), and that each printed its figures.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+EXPECTED_CHECKS = {
+    "layer L=256 outputs agree", "layer L=256 gradients agree", "layer L=512 outputs agree",
+    "layer L=512 gradients agree",
+    "reduction HSVs equal python-control/slycot", "reduction HSVs equal scipy-Lyapunov BT",
+    "reduction transfer functions equal python-control/slycot", "reduction transfer functions equal scipy-Lyapunov BT",
+    "inference recurrent step equals convolution mode", "inference reduced models have state size r",
+    "workflow LRA dry run plans the full grid", "workflow tiny dry run plans jobs",
+}
+EXPECTED_FIGURES = [
+    r"^RATIO layer L=\d+ speed-up ours vs textbook: [\d.]+x",
+    r"^MEMORY layer L=\d+ ours: peak RSS \d+ MiB",
+    r"^RATIO reduction speed-up ours vs library loop: [\d.]+x",
+    r"^RATIO reduction speed-up ours vs scipy loop: [\d.]+x",
+    r"^RATIO inference DSS\.step speed-up N=\d+ vs r=\d+, batch \d+: [\d.]+x",
+    r"^RATIO inference whole-model step speed-up",
+    r"^RATIO inference convolution-mode speed-up",
+    r"^MEMORY inference r=\d+: weights",
+    r"^TARGET workflow LRA dry run.*: median [\d.]+ s",
+]
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_run_and_every_check_passes():
+    pytest.importorskip("control", reason="the reduction benchmark compares with python-control (test extra)")
+    pytest.importorskip("slycot", reason="python-control's balred needs slycot (test extra)")
+    p = subprocess.run([sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                       env=ENV, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-4000:]
+    checks = dict(re.findall(r"^CHECK (.+?): (ok|FAIL)", p.stdout, re.M))
+    assert EXPECTED_CHECKS <= set(checks), sorted(EXPECTED_CHECKS - set(checks))
+    assert all(v == "ok" for v in checks.values()), {k: v for k, v in checks.items() if v != "ok"}
+    for pattern in EXPECTED_FIGURES:
+        assert re.search(pattern, p.stdout, re.M), pattern
+    for name in ("layer", "reduction", "inference", "workflow"):
+        assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
+
+
+def test_run_rejects_an_unknown_benchmark_name():
+    p = subprocess.run([sys.executable, "bench/run.py", "--quick", "nosuch"], cwd=ROOT, capture_output=True,
+                       text=True, env=ENV)
+    assert p.returncode != 0 and "unknown benchmark" in p.stderr
