@@ -1,4 +1,3 @@
-# DRAFT, not collected by pytest (file name) and not run in CI: unverified on a fresh machine; see issue 6.
 """The SLURM profile against a real one-node SLURM cluster on this machine (tests/slurm/cluster.sh: munged, MariaDB,
 slurmdbd, slurmctld, slurmd from Debian's packages). The cluster comes up once per session and goes down at its
 end, also when a test fails. Tests are marked `slurm`; they are skipped, with the reason in pytest's summary, only
