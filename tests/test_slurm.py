@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import ENV, ROOT, SNAKEMAKE, TINY, copy_workflow, job_counts
+from test_workflow import ENV, ROOT, SNAKEMAKE, TINY, copy_workflow, job_counts, run_tiny_locally
 
 pytestmark = pytest.mark.slurm
 
@@ -139,10 +139,7 @@ def slurm_runs(slurm_cluster, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     """The same config run locally with 2 cores."""
-    wf = copy_workflow(tmp_path_factory.mktemp("local_wf"))
-    shutil.copy(TINY, wf / "tiny.yaml")
-    snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
-    return wf
+    return run_tiny_locally(tmp_path_factory.mktemp("local_wf"))
 
 
 def test_tiny_grid_completes_with_every_job_through_slurm(slurm_runs):

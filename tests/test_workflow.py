@@ -95,13 +95,18 @@ def test_bad_config_fails_at_parse_time_naming_key_and_value(tmp_path, edit, mes
     assert re.search(message, p.stdout + p.stderr), (p.stdout + p.stderr)[-2000:]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny grid, run for real once (about a minute on 2 cores)."""
-    wf = copy_workflow(tmp_path_factory.mktemp("wf"))
+def run_tiny_locally(dest: Path) -> Path:
+    """Copy the workflow into ``dest`` and run the tiny grid there with 2 cores (about a minute)."""
+    wf = copy_workflow(dest)
     shutil.copy(TINY, wf / "tiny.yaml")
     snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
     return wf
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny grid, run for real once."""
+    return run_tiny_locally(tmp_path_factory.mktemp("wf"))
 
 
 def edited(wf: Path, text: str) -> dict[str, int]:

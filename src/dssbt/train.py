@@ -59,11 +59,16 @@ def batches(split: Split, index: torch.Tensor, batch_size: int, device: torch.de
 
 # ----- model -------------------------------------------------------------------------------------------------------
 
+def full_state_size(hp: Hparams) -> int:
+    """N of a job: model.d_state, or ModelConfig's default."""
+    return hp.model.get("d_state", ModelConfig.__dataclass_fields__["d_state"].default)
+
+
 def model_config(meta: dict[str, Any], hp: Hparams, init: str, order: int | None = None) -> ModelConfig:
     """The architecture of a job: task part from ``meta``, the rest from ``hp``, state size ``order`` (or N)."""
     if init not in TRAIN_INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {list(TRAIN_INITS)}")
-    N = hp.model.get("d_state", ModelConfig.__dataclass_fields__["d_state"].default)
+    N = full_state_size(hp)
     if order is not None and not 1 <= order < N:
         raise ValueError(f"order r={order} must satisfy 1 <= r < N={N} (model.d_state)")
     if init == "from_reduced" and order is None:
@@ -273,7 +278,7 @@ def train(
     best_row = history[best["epoch"]]
     for key, col in (("accuracy", "train_accuracy"), ("loss", "train_loss")):
         final[key]["train"] = None if math.isnan(best_row[col]) else best_row[col]  # None: best is epoch 0
-    N = hp.model.get("d_state", ModelConfig.__dataclass_fields__["d_state"].default)
+    N = full_state_size(hp)
     metrics = base_metrics(meta, model, hp, init, seed, dev, N) | final | {
         "initial": {"accuracy": {"val": history[0]["val_accuracy"], "test": history[0]["test_accuracy"]}},
         "method": method,  # the reduction the model started from (init from_reduced), else None
