@@ -19,7 +19,8 @@ def test_reduce_command_writes_model_and_report(tmp_path):
     p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--order", "4", "--out", str(out), "--report", str(rep))
     assert p.returncode == 0, p.stderr
     reduced, meta = load_model(out)
-    assert reduced.cfg.d_state == 4 and meta["reduction"] == {"method": "bt", "route": "discrete", "r": 4}
+    assert reduced.cfg.d_state == 4
+    assert meta["reduction"] == {"method": "bt", "route": "discrete", "r": 4, "layer_orders": [4, 4], "order_spec": "4"}
     report = json.loads(rep.read_text())
     assert report["kernel_length"] == 64 and report["r"] == 4 and len(report["layers"]) == 2
     layer = report["layers"][0]

@@ -15,14 +15,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
     train(args.data, args.hparams, args.init, args.seed, args.out_dir, order=args.order, reduced=args.reduced,
-          device=args.device)
+          device=args.device, layer_orders=args.layer_orders)
 
 
-def _evaluated_metrics(model, meta, data, hp, init, seed, device, N, extra, splits=("train", "val", "test")) -> dict:
+def _evaluated_metrics(model, meta, data, hp, init, seed, device, N, extra, splits=("train", "val", "test"),
+                       order_spec=None) -> dict:
     from .train import base_metrics, summary_metrics
 
     measured = summary_metrics(model, data, hp, device, splits)
-    return base_metrics(meta, model, hp, init, seed, device, N) | measured | extra
+    return base_metrics(meta, model, hp, init, seed, device, N, order_spec) | measured | extra
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -41,22 +42,45 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"{args.checkpoint}: test accuracy {metrics['accuracy']['test']:.4f}; wrote {args.out}")
 
 
+def cmd_orders(args: argparse.Namespace) -> None:
+    from .checkpoint import load_model
+    from .io import write_json
+    from .reduction.apply import choose_layer_orders
+
+    model, meta = load_model(args.checkpoint)
+    chosen = choose_layer_orders(model, args.tol, route=args.route)
+    chosen.update(checkpoint=str(args.checkpoint), task=meta.get("task"), seed=meta.get("seed"))
+    write_json(args.out, chosen)
+    print(f"{args.checkpoint}: tol {args.tol:g} ({args.route}) -> layer orders {chosen['layer_orders']} of "
+          f"{chosen['N']}; discarded HSV fractions {[f'{x:.2e}' for x in chosen['discarded_fraction']]}")
+
+
 def cmd_reduce(args: argparse.Namespace) -> None:
     from .checkpoint import load_model, save_model
     from .hparams import parse_hparams
     from .io import write_json
-    from .reduction.apply import reduce_model
+    from .reduction.apply import load_layer_orders, order_spec, reduce_model, reduce_model_layers
     from .train import load_task, resolve_device
 
     if (args.data is None) != (args.metrics is None):
         raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
+    if (args.order is None) == (args.layer_orders is None):
+        raise ValueError("give exactly one of --order r and --layer-orders FILE")
     hp = parse_hparams(args.hparams)
+    orders_file = None if args.layer_orders is None else load_layer_orders(args.layer_orders)
     model, meta = load_model(args.checkpoint)
     task = load_task(args.data) if args.data else None  # read before writing anything: bad data fails early
     L = args.kernel_length or meta.get("l_max")
     if not L:
         raise ValueError(f"{args.checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
-    reduced, report = reduce_model(model, args.order, method=args.method, route=args.route, kernel_length=int(L))
+    if orders_file is None:
+        spec = None
+        reduced, report = reduce_model(model, args.order, method=args.method, route=args.route, kernel_length=int(L))
+    else:
+        spec = order_spec(orders_file["tol"])
+        reduced, report = reduce_model_layers(model, orders_file["layer_orders"], method=args.method,
+                                              route=args.route, kernel_length=int(L))
+        report.update(tol=orders_file["tol"], order_spec=spec, layer_orders_file=str(args.layer_orders))
     report.update(checkpoint=str(args.checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     metrics = None
     if task is not None:
@@ -65,16 +89,19 @@ def cmd_reduce(args: argparse.Namespace) -> None:
                                      meta.get("seed"), dev, model.cfg.d_state,
                                      {"reduced_from": str(args.checkpoint), "epochs_run": 0, "route": args.route,
                                       "method": args.method},
-                                     splits=("val", "test"))
+                                     splits=("val", "test"), order_spec=spec)
         reduced.cpu()
-    reduction = {"method": args.method, "route": args.route, "r": args.order}
+    reduction = {"method": args.method, "route": args.route, "r": args.order,
+                 "layer_orders": reduced.cfg.state_sizes(), "order_spec": spec or str(args.order)}
     save_model(args.out, reduced, {**meta, "reduced_from": str(args.checkpoint), "reduction": reduction})
     write_json(args.report, report)
     if metrics is not None:
         write_json(args.metrics, metrics)
-    worst = max(max(max(ch) for ch in layer["rel_kernel_error"]) for layer in report["layers"])
+    worst = max((max(max(ch) for ch in layer["rel_kernel_error"]) for layer in report["layers"]
+                 if "rel_kernel_error" in layer), default=0.0)
     acc = "" if metrics is None else f"; test accuracy without retraining {metrics['accuracy']['test']:.4f}"
-    print(f"reduced {args.checkpoint} N={model.cfg.d_state} -> r={args.order} ({args.method}, {args.route}); "
+    print(f"reduced {args.checkpoint} N={model.cfg.d_state} -> r={spec or args.order} "
+          f"(layers {reduced.cfg.state_sizes()}, {args.method}, {args.route}); "
           f"worst relative kernel error {worst:.3e}{acc}")
 
 
@@ -93,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced")
     p.add_argument("--order", type=int, default=None, help="state size r < N of a reduced-order model")
     p.add_argument("--reduced", default=None, help="model file written by dssbt reduce (for --init from_reduced)")
+    p.add_argument("--layer-orders", default=None,
+                   help="file written by dssbt orders: one state size per layer (instead of --order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.json, history.csv")
     common(p)
@@ -108,10 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reduce", help="reduce every DSS channel of a model checkpoint to order r")
     p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
-    p.add_argument("--order", type=int, required=True, help="reduced order r, 1 <= r < N")
+    p.add_argument("--order", type=int, default=None, help="reduced order r, 1 <= r < N (or --layer-orders)")
+    p.add_argument("--layer-orders", default=None, help="file written by dssbt orders: one order per layer")
     p.add_argument("--method", default="bt", choices=["bt", "bsp", "modal", "h2"],
-                   help="bt (balanced truncation, default), bsp (balanced singular perturbation), modal, h2 (IRKA);"
-                        " bsp and h2 need --route continuous")
+                   help="bt (balanced truncation, default), bsp (balanced singular perturbation), modal, h2 (IRKA)")
     p.add_argument("--route", default="discrete", choices=["continuous", "discrete"],
                    help="Gramians of the continuous system or of its ZOH discretisation (default: discrete)")
     p.add_argument("--kernel-length", type=int, default=None,
@@ -123,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size and optim.amp are used")
     common(p)
     p.set_defaults(func=cmd_reduce)
+
+    p = sub.add_parser("orders", help="choose one reduced order per layer by a tolerance on the discarded HSVs")
+    p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
+    p.add_argument("--tol", type=float, required=True,
+                   help="keep the smallest r_i with sum of discarded HSVs <= tol * sum of all HSVs of layer i")
+    p.add_argument("--route", default="discrete", choices=["continuous", "discrete"])
+    p.add_argument("--out", required=True, help="JSON with layer_orders to write")
+    common(p)
+    p.set_defaults(func=cmd_orders)
     from .data.cli import add_subcommands
 
     add_subcommands(sub)

@@ -45,10 +45,19 @@ class ModelConfig:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     dual: bool = False  # two-tower Retrieval head: inputs (B, 2, L), features [a, b, a*b, a-b] -> MLP
+    # per-layer state sizes (one per layer, each <= d_state) where layers differ, e.g. after a reduction whose order
+    # was chosen per layer by tolerance; empty: every layer has d_state modes
+    layer_states: tuple = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.layer_states, list):  # from JSON
+            object.__setattr__(self, "layer_states", tuple(self.layer_states))
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "layer_states":
+                if not (isinstance(v, tuple) and all(isinstance(n, int) and not isinstance(n, bool) for n in v)):
+                    raise ValueError(f"model config: layer_states must be a list of ints, got {v!r}")
+                continue
             want = {"int": int, "float": (int, float), "str": str, "bool": bool}[str(f.type)]
             if isinstance(v, bool) and f.type != "bool" or not isinstance(v, want):
                 raise ValueError(f"model config: {f.name} must be {f.type}, got {v!r}")
@@ -57,6 +66,13 @@ class ModelConfig:
         for name in ("d_input", "d_output", "d_model", "d_state", "n_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.layer_states and (
+            len(self.layer_states) != self.n_layers or not all(1 <= n <= self.d_state for n in self.layer_states)
+        ):
+            raise ValueError(
+                f"model config: layer_states must hold n_layers={self.n_layers} sizes in [1, d_state={self.d_state}],"
+                f" got {list(self.layer_states)}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model config: dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.dt_min <= self.dt_max:
@@ -75,7 +91,20 @@ class ModelConfig:
             raise ValueError(f"model config: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["layer_states"] = list(self.layer_states)
+        return d
+
+    def with_state_sizes(self, sizes: list[int]) -> "ModelConfig":
+        """The same architecture with ``sizes[i]`` modes in layer i (d_state = the largest; uniform sizes need no
+        layer_states, so an order-r reduction and a fresh order-r model have equal configs)."""
+        sizes = [int(n) for n in sizes]
+        uniform = len(set(sizes)) == 1
+        return self.replace(d_state=max(sizes), layer_states=() if uniform else tuple(sizes))
+
+    def state_sizes(self) -> list[int]:
+        """The number of complex modes of each layer (length n_layers)."""
+        return list(self.layer_states) or [self.d_state] * self.n_layers
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -84,12 +113,12 @@ class ModelConfig:
 class Block(nn.Module):
     """Residual block: [norm] -> DSS -> GELU -> dropout -> output map -> dropout -> + residual [-> norm]."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, d_state: int | None = None) -> None:
         super().__init__()
         H = cfg.d_model
         self.prenorm = cfg.prenorm
         self.norm = nn.LayerNorm(H) if cfg.norm == "layer" else nn.BatchNorm1d(H)
-        self.dss = DSS(H, cfg.d_state, cfg.init, cfg.dt_min, cfg.dt_max, cfg.bidirectional)
+        self.dss = DSS(H, d_state or cfg.d_state, cfg.init, cfg.dt_min, cfg.dt_max, cfg.bidirectional)
         self.dropout = nn.Dropout(cfg.dropout)
         self.glu = cfg.output == "glu"
         self.out = nn.Linear(H, 2 * H if self.glu else H)
@@ -141,7 +170,7 @@ class S4Model(nn.Module):
             self.encoder: nn.Module = nn.Embedding(cfg.d_input, H, padding_idx=0)
         else:
             self.encoder = nn.Linear(cfg.d_input, H)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, n) for n in cfg.state_sizes())
         self.final_norm = nn.LayerNorm(H) if cfg.prenorm else nn.Identity()
         if cfg.dual:
             self.decoder: nn.Module = nn.Sequential(nn.Linear(4 * H, H), nn.GELU(), nn.Linear(H, cfg.d_output))

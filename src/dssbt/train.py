@@ -31,6 +31,7 @@ from .hippo import INITS
 from .hparams import Hparams, parse_hparams
 from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model, count_parameters
+from .reduction.apply import load_layer_orders, order_spec
 
 TRAIN_INITS = (*INITS, "from_reduced")
 SSM_PARAMS = ("Lambda_log_neg_re", "Lambda_im", "B", "C", "log_dt")
@@ -64,19 +65,27 @@ def full_state_size(hp: Hparams) -> int:
     return hp.model.get("d_state", ModelConfig.__dataclass_fields__["d_state"].default)
 
 
-def model_config(meta: dict[str, Any], hp: Hparams, init: str, order: int | None = None) -> ModelConfig:
-    """The architecture of a job: task part from ``meta``, the rest from ``hp``, state size ``order`` (or N)."""
+def model_config(
+    meta: dict[str, Any], hp: Hparams, init: str, order: int | None = None, layer_orders: list[int] | None = None
+) -> ModelConfig:
+    """The architecture of a job: task part from ``meta``, the rest from ``hp``, state size ``order`` (or N), or
+    one state size per layer (``layer_orders``, each <= N)."""
     if init not in TRAIN_INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {list(TRAIN_INITS)}")
     N = full_state_size(hp)
+    if order is not None and layer_orders is not None:
+        raise ValueError("give either --order or --layer-orders, not both")
     if order is not None and not 1 <= order < N:
         raise ValueError(f"order r={order} must satisfy 1 <= r < N={N} (model.d_state)")
-    if init == "from_reduced" and order is None:
-        raise ValueError("init from_reduced needs --order r (the state size of the reduced model)")
+    if init == "from_reduced" and order is None and layer_orders is None:
+        raise ValueError("init from_reduced needs --order r or --layer-orders (the state sizes of the reduced model)")
     task = {k: meta[k] for k in ("d_input", "d_output", "encoder", "dual")}
-    return ModelConfig.from_dict(
-        {**hp.model, **task, "d_state": order or N, "init": init if init in INITS else "skew_hippo"}
-    )
+    cfg = ModelConfig.from_dict({**hp.model, **task, "d_state": order or N, "init": init if init in INITS else "skew_hippo"})
+    if layer_orders is not None:
+        if len(layer_orders) != cfg.n_layers or not all(1 <= r <= N for r in layer_orders):
+            raise ValueError(f"layer orders {list(layer_orders)} must be n_layers={cfg.n_layers} sizes in [1, N={N}]")
+        cfg = cfg.with_state_sizes(layer_orders)
+    return cfg
 
 
 def optimizer(model: S4Model, hp: Hparams) -> torch.optim.AdamW:
@@ -132,13 +141,22 @@ def summary_metrics(
     return {"accuracy": {s: r["accuracy"] for s, r in res.items()}, "loss": {s: r["loss"] for s, r in res.items()}}
 
 
-def base_metrics(meta: dict[str, Any], model: S4Model, hp: Hparams, init: str, seed: int | None, device, N: int) -> dict:
-    """The fields every metrics.json carries (train, reduce and evaluate write the same shape)."""
+def base_metrics(
+    meta: dict[str, Any], model: S4Model, hp: Hparams, init: str, seed: int | None, device, N: int,
+    order_spec: str | None = None,
+) -> dict:
+    """The fields every metrics.json carries (train, reduce and evaluate write the same shape).
+
+    ``order`` is the largest state size of a layer, ``layer_orders`` the size of each, ``order_spec`` how the
+    order was asked for: the order itself, or ``tol:<tolerance>`` for orders chosen per layer.
+    """
     return {
         "task": meta.get("task"),
         "init": init,
         "seed": seed,
         "order": model.cfg.d_state,
+        "layer_orders": model.cfg.state_sizes(),
+        "order_spec": order_spec or str(model.cfg.d_state),
         "N": N,
         "params": count_parameters(model),
         "device": str(device),
@@ -171,11 +189,16 @@ def train(
     reduced: str | os.PathLike | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    layer_orders: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring."""
+    """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
+
+    ``layer_orders``: a file written by ``dssbt orders`` (one state size per layer, chosen by tolerance)."""
     hp = parse_hparams(hparams)
+    orders_file = None if layer_orders is None else load_layer_orders(layer_orders)
     meta, data = load_task(data_dir)
-    cfg = model_config(meta, hp, init, order)
+    cfg = model_config(meta, hp, init, order, None if orders_file is None else orders_file["layer_orders"])
+    spec = None if orders_file is None else order_spec(orders_file["tol"])
     dev = resolve_device(device)
     if init == "from_reduced" and reduced is None:
         raise ValueError("init from_reduced needs --reduced (the model file written by dssbt reduce)")
@@ -197,6 +220,7 @@ def train(
     state_path = out / "train_state.pt"
     job = json.dumps(
         {"data": str(Path(data_dir).resolve()), "hparams": hp.to_dict(), "init": init, "seed": seed, "order": order,
+         "layer_orders": None if orders_file is None else orders_file["layer_orders"],
          "reduced": None if reduced is None else hashlib.sha256(Path(reduced).read_bytes()).hexdigest()},
         sort_keys=True,
     )
@@ -279,7 +303,7 @@ def train(
     for key, col in (("accuracy", "train_accuracy"), ("loss", "train_loss")):
         final[key]["train"] = None if math.isnan(best_row[col]) else best_row[col]  # None: best is epoch 0
     N = full_state_size(hp)
-    metrics = base_metrics(meta, model, hp, init, seed, dev, N) | final | {
+    metrics = base_metrics(meta, model, hp, init, seed, dev, N, spec) | final | {
         "initial": {"accuracy": {"val": history[0]["val_accuracy"], "test": history[0]["test_accuracy"]}},
         "method": method,  # the reduction the model started from (init from_reduced), else None
         "best_epoch": best["epoch"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,47 +52,132 @@ def reduce_model_orders(
     Report entries per layer: hsv (NaN for modal), bound (BT-based methods: 2 * discarded HSVs; modal: the sum of
     the discarded modes' dominance), rank, n_clamped, rel_kernel_error, and for h2 the converged flags.
     """
-    N = model.cfg.d_state
+    N = min(model.cfg.state_sizes())
     for r in orders:
-        if not (isinstance(r, int) and 1 <= r < N):
+        if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r < N):
             raise ValueError(f"reduced order must be an integer with 1 <= r < N = {N}, got r={r!r}")
+    n_layers = model.cfg.n_layers
+    return _reduce_layers(model, {r: [r] * n_layers for r in orders}, method, route, kernel_length)
+
+
+def reduce_model_layers(
+    model: S4Model,
+    layer_orders: list[int],
+    method: str = "bt",
+    route: str = "discrete",
+    kernel_length: int = 1024,
+) -> tuple[S4Model, dict[str, Any]]:
+    """``reduce_model`` with one order per layer (e.g. from ``choose_layer_orders``); a layer whose order equals its
+    state size is copied unchanged."""
+    sizes = model.cfg.state_sizes()
+    if len(layer_orders) != len(sizes) or not all(
+        isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= n for r, n in zip(layer_orders, sizes)
+    ):
+        raise ValueError(f"layer orders must be {len(sizes)} integers with 1 <= r_i <= N_i = {sizes}, "
+                         f"got {layer_orders!r}")
+    return _reduce_layers(model, {0: list(layer_orders)}, method, route, kernel_length)[0]
+
+
+def choose_layer_orders(model: S4Model, tol: float, route: str = "discrete") -> dict[str, Any]:
+    """The smallest order of each layer whose discarded Hankel singular values are at most ``tol`` of the total.
+
+    Per layer i, over all its channels and directions h: ``r_i = min { r >= 1 : sum_h sum_{k>r} hsv_hk <= tol *
+    sum_h sum_k hsv_hk }`` (HSVs of the route's balanced realization). The sum is the H-infinity bound's currency
+    (``||G - G_r|| <= 2 sum of discarded HSVs``), so tol bounds the layer's total error bound relative to the sum of
+    all its HSVs. Returns {"tol", "route", "layer_orders", "discarded_fraction" (per layer, at r_i), "N" (per layer)}.
+    """
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0.0 < tol < 1.0):
+        raise ValueError(f"order tolerance must be a number in (0, 1), got {tol!r}")
+    if route not in ROUTES:
+        raise ValueError(f"unknown Gramian route {route!r}; choose one of {list(ROUTES)}")
+    orders, fractions = [], []
+    for hsv in hankel_singular_values(model, route):  # (n_dir, H, N) per layer
+        per_k = hsv.reshape(-1, hsv.shape[-1]).sum(0)  # (N,) summed over channels, descending HSVs per channel
+        tail = np.concatenate([np.cumsum(per_k[::-1])[::-1], [0.0]])  # tail[r] = sum_{k >= r} (0-based k)
+        frac = tail / max(tail[0], np.finfo(float).tiny)  # (N + 1,), frac[r] = discarded share when keeping r
+        r = int(np.argmax(frac[1:] <= tol)) + 1  # frac[N] = 0 <= tol, so some r in [1, N] qualifies
+        orders.append(r)
+        fractions.append(float(frac[r]))
+    return {"tol": float(tol), "route": route, "layer_orders": orders, "discarded_fraction": fractions,
+            "N": model.cfg.state_sizes()}
+
+
+def order_spec(tol: float) -> str:
+    """How a tolerance-chosen order is named in metrics and tables."""
+    return f"tol:{tol:g}"
+
+
+def load_layer_orders(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by ``dssbt orders`` (``choose_layer_orders``' result); errors name the file and key."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the layer orders file: {e}") from None
+    orders = d.get("layer_orders") if isinstance(d, dict) else None
+    if not (isinstance(orders, list) and orders and all(isinstance(r, int) and r >= 1 for r in orders)):
+        raise ValueError(f"{path}: key layer_orders must be a non-empty list of positive integers, got {orders!r}")
+    tol = d.get("tol")
+    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+        raise ValueError(f"{path}: key tol must be a number in (0, 1), got {tol!r}")
+    return d
+
+
+def _reduce_layers(
+    model: S4Model,
+    specs: dict[Any, list[int]],
+    method: str,
+    route: str,
+    kernel_length: int,
+) -> dict[Any, tuple[S4Model, dict[str, Any]]]:
+    """Reduce ``model`` once per spec (key -> one order per layer); BT factors each layer once for all specs."""
     if method not in METHODS:
         raise ValueError(f"unknown reduction method {method!r}; choose one of {list(METHODS)}")
     if route not in ROUTES:
         raise ValueError(f"unknown Gramian route {route!r}; choose one of {list(ROUTES)}")
+    sizes = model.cfg.state_sizes()
     ssm_names = {
         f"blocks.{i}.dss.{p}" for i in range(model.cfg.n_layers) for p in ("Lambda_log_neg_re", "Lambda_im", "B", "C")
     }
     copied = {k: v for k, v in model.state_dict().items() if k not in ssm_names}
-    out: dict[int, tuple[S4Model, dict[str, Any]]] = {}
-    for r in orders:
-        reduced = S4Model(model.cfg.replace(d_state=r))
+    out: dict[Any, tuple[S4Model, dict[str, Any]]] = {}
+    for key, layer_orders in specs.items():
+        reduced = S4Model(model.cfg.with_state_sizes(layer_orders))
         reduced.train(model.training)
         missing, unexpected = reduced.load_state_dict(copied, strict=False)
         assert set(missing) == ssm_names and not unexpected, (missing, unexpected)
-        report = {"method": method, "route": route, "N": N, "r": r, "kernel_length": kernel_length, "layers": []}
-        out[r] = (reduced, report)
+        uniform = len(set(layer_orders)) == 1 and layer_orders[0] < min(sizes)
+        report = {"method": method, "route": route, "N": model.cfg.d_state, "r": layer_orders[0] if uniform else None,
+                  "layer_orders": list(layer_orders), "kernel_length": kernel_length, "layers": []}
+        out[key] = (reduced, report)
 
     for i, full in enumerate(model.dss_layers()):
         ss = {k: v.numpy() for k, v in full.ss_params().items()}  # Lambda, B, C (n_dir, H, N); D, dt (H,)
         dt = np.broadcast_to(ss["dt"], ss["Lambda"].shape[:-1]) if route == "discrete" else None
+        wanted = sorted({orders[i] for orders in specs.values() if orders[i] < sizes[i]})
         try:
-            if method == "bt":  # factor once, truncate at every order
+            if method == "bt" and wanted:  # factor once, truncate at every order
                 factors = balance(ss["Lambda"], ss["B"], ss["C"], dt=dt)
-                results = {r: truncate(factors, r) for r in orders}
+                results = {r: truncate(factors, r) for r in wanted}
             else:
-                results = {r: reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt) for r in orders}
+                results = {r: reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt) for r in wanted}
         except ValueError as e:
             raise ValueError(f"layer {i} (index = direction, channel): {e}") from None
-        for r, res in results.items():
-            reduced, report = out[r]
+        for key, layer_orders in specs.items():
+            reduced, report = out[key]
             red = reduced.dss_layers()[i]
+            r = layer_orders[i]
+            if r == sizes[i]:  # nothing to remove in this layer: copy it
+                red.load_state_dict(full.state_dict())
+                report["layers"].append({"layer": i, "r": r, "unchanged": True})
+                continue
+            res = results[r]
             # a reduced feedthrough (bsp) adds to D; a bidirectional layer has one D for both directions
             D = ss["D"] + (0.0 if res.D is None else res.D.real.sum(0))
             red.load_ss_params(res.Lambda, res.B, res.C, D=D, where=f"reduced layer {i}")
             report["layers"].append(
                 {
                     "layer": i,
+                    "r": r,
                     "hsv": res.hsv.tolist(),
                     "bound": res.bound.tolist(),
                     "rank": res.rank.tolist(),
@@ -120,4 +208,14 @@ def relative_kernel_error(full: DSS, reduced: DSS, L: int) -> np.ndarray:
     return (torch.linalg.vector_norm(K[0] - K[1], dim=-1) / torch.linalg.vector_norm(K[0], dim=-1)).numpy()
 
 
-__all__ = ["ROUTES", "hankel_singular_values", "reduce_model", "reduce_model_orders", "relative_kernel_error"]
+__all__ = [
+    "ROUTES",
+    "choose_layer_orders",
+    "load_layer_orders",
+    "order_spec",
+    "hankel_singular_values",
+    "reduce_model",
+    "reduce_model_layers",
+    "reduce_model_orders",
+    "relative_kernel_error",
+]
