@@ -58,3 +58,30 @@ def test_written_tables(files, tmp_path):
 def test_no_metrics_is_an_error():
     with pytest.raises(ValueError, match="no metrics files"):
         runs_table([])
+
+
+def test_tolerance_orders_group_by_spec_across_seeds_with_their_mean_state_size(tmp_path):
+    files = []
+    for seed, (layers, sh, bt) in enumerate([([5, 2], 0.6, 0.7), ([6, 3], 0.5, 0.9)]):
+        files.append(metrics(tmp_path, "pre", "t", seed, 8, "skew_hippo", 0.9))
+        files.append(metrics(tmp_path, "sh2", "t", seed, 2, "skew_hippo", 0.4))
+        for name, init, acc in (("sh", "skew_hippo", sh), ("bt", "from_reduced", bt)):
+            p = metrics(tmp_path, name, "t", seed, max(layers), init, acc, params=(90 + seed, 30 + seed))
+            m = json.loads(p.read_text())
+            p.write_text(json.dumps(m | {"layer_orders": layers, "order_spec": "tol:0.05", "method": "bt"}))
+            files.append(p)
+    runs = runs_table(files)
+    tol = runs[runs["order_spec"] == "tol:0.05"]
+    assert sorted(tol["order"]) == [3.5, 3.5, 4.5, 4.5] and not tol["reference"].any()
+    assert set(tol["layer_orders"]) == {"5 2", "6 3"}
+    s = summary_table(runs).set_index(["order_spec", "init"])
+    # fixed orders first, then the tolerance row; the full model (order 8 = N) is the reference
+    assert list(s.index) == [("8", "skew_hippo"), ("2", "skew_hippo"), ("tol:0.05", "skew_hippo"),
+                             ("tol:0.05", "bt_init")]
+    row = s.loc[("tol:0.05", "bt_init")]
+    assert row["order"] == pytest.approx(4.0) and row["params_total"] == pytest.approx(90.5)
+    assert row["diff_vs_skew_hippo"] == pytest.approx(0.8 - 0.55)  # against Skew-HiPPO at the same spec
+    out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex")}
+    write_tables(files, out["runs"], out["csv"], out["md"], out["tex"])
+    assert "| t | tol:0.05 (mean r 4.0) | BT-init (retrained) | 80.00 ± 14.14 | 2 | 90.5 | 30.5 | +25.00 |" in \
+        out["md"].read_text()

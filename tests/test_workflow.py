@@ -85,6 +85,8 @@ def test_lra_preset_dry_run_needs_no_data(tmp_path):
         ("model: {norm: group}", r"'group' is not one of \['layer', 'batch'\]"),
         ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
         ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2'\]"),
+        ("orders: [2, 'tol:1.5']", r"orders contains 'tol:1.5'; the tolerance must lie in \(0, 1\)"),
+        ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
     ],
 )
 def test_bad_config_fails_at_parse_time_naming_key_and_value(tmp_path, edit, message):
@@ -154,3 +156,31 @@ def test_reduction_route_edit_schedules_reduce_and_downstream(tiny_run):
 
 def test_new_method_schedules_only_that_methods_jobs(tiny_run):
     assert edited(tiny_run, "methods: [bt, modal]\n") == {"reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_tolerance_order_schedules_its_own_jobs(tiny_run):
+    assert edited(tiny_run, "orders: [2, 'tol:0.1']\n") == {
+        "choose_orders": 2, "train_baseline_tol": 2, "reduce_tol": 2, "retrain_tol": 2, "aggregate": 1, "plot": 1}
+
+
+def test_tolerance_order_runs_end_to_end(tiny_run):
+    """Last in this file: it changes the tiny run's tables (the tests above compare against the plain grid)."""
+    import json
+
+    (tiny_run / "tol.yaml").write_text("orders: [2, 'tol:0.1']\nmethods: [bt, modal]\n")
+    snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "tol.yaml")
+    run = tiny_run / "results/runs/image/seed0"
+    chosen = json.loads((run / "orders_tol0.1.json").read_text())
+    assert chosen["tol"] == 0.1 and len(chosen["layer_orders"]) == 1 and 1 <= chosen["layer_orders"][0] <= 4
+    for kind in ("skew_hippo_rtol0.1", "bt_rtol0.1", "bt_init_rtol0.1", "modal_init_rtol0.1"):
+        m = json.loads((run / kind / "metrics.json").read_text())
+        assert m["layer_orders"] == chosen["layer_orders"] and m["order_spec"] == "tol:0.1", kind
+    report = json.loads((run / "bt_rtol0.1/report.json").read_text())
+    assert report["layer_orders"] == chosen["layer_orders"] and report["order_spec"] == "tol:0.1"
+    # retraining starts from the reduced model: its epoch-0 accuracy is the reduce job's
+    red = json.loads((run / "bt_rtol0.1/metrics.json").read_text())
+    ret = json.loads((run / "bt_init_rtol0.1/metrics.json").read_text())
+    assert ret["initial"]["accuracy"]["test"] == red["accuracy"]["test"]
+    md = (tiny_run / "results/tables/accuracy.md").read_text()
+    assert re.search(r"\| image \| tol:0.1 \(mean r \d\.\d\) \| Modal-init \(retrained\) \|", md), md
+    assert job_counts(tiny_run, "--configfile", "tiny.yaml", "tol.yaml") == {}

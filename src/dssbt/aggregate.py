@@ -3,6 +3,9 @@
 Inits in the tables: ``skew_hippo`` (a model of order r trained from the Skew-HiPPO init), ``{method}_init``
 (order r, retrained from the pretrained model reduced by ``method``: bt, bsp, modal, h2), ``{method}_no_retrain``
 (the reduced model as is), and the full-N reference ``skew_hippo`` at order N (the pretrained model).
+
+Orders are grouped by how they were asked for (``order_spec``): an integer r, or ``tol:<x>`` where every layer got
+its own order; ``order`` is then the mean state size over layers (and seeds, in the summary).
 """
 
 from __future__ import annotations
@@ -34,12 +37,17 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
         init, method = m["init"], m.get("method")
         if init == "from_reduced":
             init = f"{method or 'bt'}_init"
+        layer_orders = m.get("layer_orders") or [m["order"]]
+        spec = str(m.get("order_spec") or m["order"])
         rows.append(
             {
                 "task": m["task"],
                 "seed": m["seed"],
-                "order": m["order"],
+                "order_spec": spec,
+                "order": float(np.mean(layer_orders)) if spec.startswith("tol:") else m["order"],
+                "layer_orders": " ".join(str(r) for r in layer_orders),
                 "N": m["N"],
+                "reference": spec == str(m["N"]),
                 "init": init,
                 "method": init.split("_")[0] if init != "skew_hippo" else None,
                 "test_accuracy": m["accuracy"]["test"],
@@ -55,7 +63,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
         )
     if not rows:
         raise ValueError("no metrics files given")
-    return pd.DataFrame(rows).sort_values(["task", "order", "init", "seed"], ignore_index=True)
+    return pd.DataFrame(rows).sort_values(["task", "order", "order_spec", "init", "seed"], ignore_index=True)
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -64,26 +72,38 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     ``diff_vs_skew_hippo`` is the mean accuracy minus the Skew-HiPPO mean at the same task and order (empty for the
     Skew-HiPPO rows themselves and for the full-N reference); ``sign`` is ``+``, ``-`` or ``0``.
     """
-    g = runs.groupby(["task", "order", "init"], sort=False)
+    g = runs.groupby(["task", "order_spec", "init"], sort=False)
     s = g.agg(
+        order=("order", "mean"),
         N=("N", "first"),
+        reference=("reference", "first"),
         acc_mean=("test_accuracy", "mean"),
         acc_std=("test_accuracy", lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0),
         n_seeds=("seed", "nunique"),
-        params_total=("params_total", "first"),
-        params_ssm=("params_ssm", "first"),
+        params_total=("params_total", "mean"),  # differs between seeds only for tolerance-chosen orders
+        params_ssm=("params_ssm", "mean"),
     ).reset_index()
-    s["reference"] = s["order"] == s["N"]
-    base = s[s["init"] == "skew_hippo"].set_index(["task", "order"])["acc_mean"]
-    key = list(zip(s["task"], s["order"]))
+    base = s[s["init"] == "skew_hippo"].set_index(["task", "order_spec"])["acc_mean"]
+    key = list(zip(s["task"], s["order_spec"]))
     s["diff_vs_skew_hippo"] = [
         (m - base[k]) if (i != "skew_hippo" and not ref and k in base.index) else np.nan
         for m, k, i, ref in zip(s["acc_mean"], key, s["init"], s["reference"])
     ]
     s["sign"] = [("" if np.isnan(d) else "+" if d > 0 else "-" if d < 0 else "0") for d in s["diff_vs_skew_hippo"]]
     s["init_rank"] = s["init"].map({k: i for i, k in enumerate(INIT_ORDER)})
-    s = s.sort_values(["task", "reference", "order", "init_rank"], ascending=[True, False, True, True])
-    return s.drop(columns="init_rank").reset_index(drop=True)
+    s["by_tol"] = s["order_spec"].str.startswith("tol:")  # fixed orders first, then tolerance-chosen ones
+    s = s.sort_values(["task", "reference", "by_tol", "order", "init_rank"], ascending=[True, False, True, True, True])
+    return s.drop(columns=["init_rank", "by_tol"]).reset_index(drop=True)
+
+
+def _order_label(spec: str, order: float, reference: bool) -> str:
+    if reference:
+        return f"{spec} (full N)"
+    return f"{spec} (mean r {order:.1f})" if spec.startswith("tol:") else spec
+
+
+def _count(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -94,12 +114,12 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "task": summary["task"],
-            "order": [f"{o} (full N)" if ref else str(o) for o, ref in zip(summary["order"], summary["reference"])],
+            "order": [_order_label(*a) for a in zip(summary["order_spec"], summary["order"], summary["reference"])],
             "init": [LABELS.get(i, i) for i in summary["init"]],
             "test acc. % (mean ± std)": [_pm(m, s) for m, s in zip(summary["acc_mean"], summary["acc_std"])],
             "seeds": summary["n_seeds"],
-            "params": summary["params_total"],
-            "SSM params": summary["params_ssm"],
+            "params": [_count(x) for x in summary["params_total"]],
+            "SSM params": [_count(x) for x in summary["params_ssm"]],
             "vs Skew-HiPPO (pp)": ["" if np.isnan(d) else f"{100 * d:+.2f}" for d in summary["diff_vs_skew_hippo"]],
         }
     )

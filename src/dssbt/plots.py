@@ -34,20 +34,31 @@ def _style(settings: dict[str, Any]) -> None:
 
 def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
     """Test accuracy vs reduced order per task, one line per init (mean ± sd over seeds, seeds as dots);
-    the dashed line is the full-N pretrained model."""
+    the dashed line is the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at their mean
+    state size per layer, one per init, labelled with the tolerance."""
     _style(settings)
-    reduced = runs[runs["order"] < runs["N"]].copy()
+    by_tol = runs["order_spec"].astype(str).str.startswith("tol:")
+    tol_runs = runs[by_tol].copy()
+    tol_runs["init"] = tol_runs["init"].map(LABELS)
+    reduced = runs[~runs["reference"] & ~by_tol].copy()
     reduced["init"] = reduced["init"].map(LABELS)
     tasks = sorted(runs["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    hue_order = [LABELS[i] for i in INIT_ORDER if LABELS[i] in set(reduced["init"])]
+    hue_order = [LABELS[i] for i in INIT_ORDER if LABELS[i] in set(reduced["init"]) | set(tol_runs["init"])]
     for ax, task in zip(axes[0], tasks):
         d = reduced[reduced["task"] == task]
-        sns.lineplot(data=d, x="order", y="test_accuracy", hue="init", hue_order=hue_order, errorbar="sd",
-                     marker="o", ax=ax, legend=ax is axes[0][0])
-        sns.stripplot(data=d, x="order", y="test_accuracy", hue="init", hue_order=hue_order, native_scale=True,
-                      dodge=False, alpha=0.4, size=3, ax=ax, legend=False)
-        full = runs[(runs["task"] == task) & (runs["order"] == runs["N"])]["test_accuracy"]
+        if len(d):
+            sns.lineplot(data=d, x="order", y="test_accuracy", hue="init", hue_order=hue_order, errorbar="sd",
+                         marker="o", ax=ax, legend=ax is axes[0][0])
+            sns.stripplot(data=d, x="order", y="test_accuracy", hue="init", hue_order=hue_order, native_scale=True,
+                          dodge=False, alpha=0.4, size=3, ax=ax, legend=False)
+        palette = dict(zip(hue_order, sns.color_palette()))
+        t = tol_runs[tol_runs["task"] == task].groupby(["order_spec", "init"], as_index=False)[
+            ["order", "test_accuracy"]].mean()
+        for spec, init, x, y in t[["order_spec", "init", "order", "test_accuracy"]].itertuples(index=False):
+            ax.scatter([x], [y], marker="*", s=90, color=palette.get(init, "0.3"), edgecolor="k", lw=0.4, zorder=5)
+            ax.annotate(spec, (x, y), textcoords="offset points", xytext=(4, 3), fontsize="x-small")
+        full = runs[(runs["task"] == task) & runs["reference"]]["test_accuracy"]
         if len(full):
             ax.axhline(full.mean(), ls="--", c="0.3", lw=1, label=f"full N={int(runs['N'].max())}")
         ax.set_xscale("log", base=2)
@@ -69,7 +80,10 @@ def hsv_decay(report_files: Iterable[str | os.PathLike], paths: Iterable, settin
         rep = json.loads(Path(path).read_text())
         task = rep.get("task") or Path(path).parts[-4]
         for layer in rep["layers"]:
-            hsv = np.asarray(layer["hsv"]).reshape(-1, rep["N"])  # (n_dir * H, N)
+            if "hsv" not in layer:  # a layer kept unchanged by a tolerance-chosen order
+                continue
+            hsv = np.asarray(layer["hsv"])
+            hsv = hsv.reshape(-1, hsv.shape[-1])  # (n_dir * H, N)
             norm = hsv / np.where(hsv[:, :1] > 0, hsv[:, :1], 1.0)
             per_task.setdefault(task, {}).setdefault(layer["layer"], []).append(norm)
     tasks = sorted(per_task)
@@ -96,7 +110,7 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     """Scatter over runs (task × seed × order × method): accuracy of the pretrained full-N model vs the final
     accuracy of the reduction-initialised order-r model, with Pearson's rho."""
     _style(settings)
-    pre = runs[runs["order"] == runs["N"]].set_index(["task", "seed"])["test_accuracy"]
+    pre = runs[runs["reference"]].set_index(["task", "seed"])["test_accuracy"]
     bt = runs[runs["init"].str.endswith("_init")].copy()
     bt["pretrained_accuracy"] = [pre.get((t, s), np.nan) for t, s in zip(bt["task"], bt["seed"])]
     bt = bt.dropna(subset=["pretrained_accuracy"])

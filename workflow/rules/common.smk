@@ -12,7 +12,13 @@ CONDA_ENV = "../envs/dssbt.yaml"
 TRAIN_ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10000000000"
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
-ORDERS = config["orders"]
+ORDERS = config[
+    "orders"
+]  # integers r, and "tol:<x>" (one order per layer, chosen by tolerance)
+INT_ORDERS = [o for o in ORDERS if isinstance(o, int)]
+TOLS = [o.split(":", 1)[1] for o in ORDERS if isinstance(o, str)]
+# the {order} part of run folders: "8" or "tol0.01" (rules *_tol handle the latter)
+ORDER_WILDCARDS = [str(o) for o in INT_ORDERS] + [f"tol{t}" for t in TOLS]
 METHODS = config["methods"]
 # bsp and h2 are implemented on continuous Gramians; bt and modal follow reduction.route.
 CONTINUOUS_ONLY = ("bsp", "h2")
@@ -31,9 +37,14 @@ def check_config():
             raise ValueError(
                 f"config: data.{task}.source = embedded, but only {EMBEDDED_TASKS} have embedded data"
             )
+    for t in TOLS:
+        if not 0.0 < float(t) < 1.0:
+            raise ValueError(
+                f"config: orders contains 'tol:{t}'; the tolerance must lie in (0, 1)"
+            )
     for task in TASKS:
         N = json.loads(hparams_json(task, "train"))["model"].get("d_state", 64)
-        for r in ORDERS:
+        for r in INT_ORDERS:
             if r >= N:
                 where = (
                     f"task_settings.{task}.model.d_state"
@@ -52,6 +63,7 @@ wildcard_constraints:
     seed=r"\d+",
     method="bt|bsp|modal|h2",
     order=r"\d+",
+    tol=r"[0-9][0-9.eE+-]*",
 
 
 def deep_merge(base, override):
@@ -125,7 +137,7 @@ def expand_runs(kind, filename, orders=True):
     pattern = f"results/runs/{{task}}/seed{{seed}}/{kind}/{filename}"
     axes = {"task": TASKS, "seed": SEEDS}
     if orders:
-        axes["order"] = ORDERS
+        axes["order"] = ORDER_WILDCARDS
     if "{method}" in kind:
         axes["method"] = METHODS
     return expand(pattern, **axes)
@@ -141,13 +153,19 @@ def all_metrics():
 
 
 def all_hsv_reports():
-    """One reduction report per pretrained model (HSVs do not depend on the order: take the smallest)."""
+    """One reduction report per pretrained model (HSVs do not depend on the order: take the first order)."""
     return expand(
-        "results/runs/{task}/seed{seed}/bt_r{order}/report.json",
+        "results/runs/{task}/seed{seed}/{method}_r{order}/report.json",
         task=TASKS,
         seed=SEEDS,
-        order=min(ORDERS),
+        method=next((m for m in ("bt", "bsp", "h2") if m in METHODS), METHODS[0]),
+        order=str(min(INT_ORDERS)) if INT_ORDERS else ORDER_WILDCARDS[0],
     )
+
+
+def layer_orders_file(kind="{tol}"):
+    """The per-layer orders chosen by tolerance for one pretrained model (rule choose_orders)."""
+    return f"results/runs/{{task}}/seed{{seed}}/orders_tol{kind}.json"
 
 
 # ----- data
