@@ -5,16 +5,35 @@ import warnings
 import numpy as np
 import pytest
 from scipy.integrate import quad
-from scipy.linalg import solve_continuous_lyapunov
+from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
-from dssbt.reduction import reduce
+from dssbt.reduction import balance, reduce
 from dssbt.reduction.h2 import h2_error, h2_norm
-from reference import random_stable, transfer
+from reference import random_stable, simulate_dense, transfer
 
 
 def dtransfer(Lambda, B, C, s):
     """dG/ds = -sum C B / (s - Lambda)^2 at points s (S,). Returns (..., S)."""
     return -(C[..., None, :] * B[..., None, :] / (s[:, None] - Lambda[..., None, :]) ** 2).sum(-1)
+
+
+def discretise(Lambda, B, dt):
+    """ZOH in closed form, written out here: Lambda_bar = exp(dt Lambda), B_bar = expm1(dt Lambda) / Lambda * B."""
+    dtL = np.asarray(dt)[..., None] * Lambda
+    return np.exp(dtL), np.expm1(dtL) / Lambda * B
+
+
+def kernel_transfer(Lambda_bar, B_bar, C, z, D=0.0):
+    """``sum_l K_c[l] z^-l + D = sum_n C_n B_bar_n z / (z - Lambda_bar_n) + D`` at points z (S,). Returns (..., S)."""
+    return z * transfer(Lambda_bar, B_bar, C, z) + np.asarray(D)[..., None]
+
+
+def dense_kernel(Lambda_bar, B_bar, C, L, D=0.0):
+    """Complex kernel ``K_c[l] = sum_n C_n B_bar_n Lambda_bar_n^l`` (+ D at l = 0) by powers, (..., L)."""
+    powers = Lambda_bar[..., None] ** np.arange(L)  # (..., N, L)
+    K = np.einsum("...n,...nl->...l", C * B_bar, powers)
+    K[..., 0] += D
+    return K
 
 
 def test_h2_norm_closed_form_matches_lyapunov_and_quadrature():
@@ -105,9 +124,206 @@ def test_h2_falls_back_to_bt_with_a_warning_when_not_converged():
     assert not res.converged.any()
 
 
-def test_continuous_only_methods_refuse_the_discrete_route():
-    rng = np.random.default_rng(9)
-    Lambda, B, C = random_stable(rng, (2,), 5)
-    for method in ("bsp", "h2"):
-        with pytest.raises(ValueError, match=f"method {method} is implemented for the continuous route only"):
-            reduce(Lambda, B, C, 2, method=method, dt=np.full(2, 0.1))
+# ----- discrete route: balanced singular perturbation ---------------------------------------------------------------
+
+def test_discrete_bsp_balances_the_kernel_realization_g2():
+    """hsv of discrete bsp = HSVs of (Lambda_bar, B_bar, C Lambda_bar), from dense Stein equations."""
+    rng = np.random.default_rng(20)
+    Lambda, B, C = random_stable(rng, (4,), 8)
+    dt = np.array([0.05, 0.2, 0.5, 1.0])
+    res = reduce(Lambda, B, C, 3, method="bsp", dt=dt)
+    Lb, Bb = discretise(Lambda, B, dt)
+    for i in range(4):
+        A, b, c = np.diag(Lb[i]), Bb[i][:, None], (C[i] * Lb[i])[None, :]
+        P = solve_discrete_lyapunov(A, b @ b.conj().T)
+        Q = solve_discrete_lyapunov(A.conj().T, c.conj().T @ c)
+        hsv = np.sort(np.sqrt(np.abs(np.linalg.eigvals(P @ Q))))[::-1]
+        np.testing.assert_allclose(res.hsv[i], hsv, rtol=1e-8, atol=1e-12 * hsv[0])
+        np.testing.assert_allclose(res.bound[i], 2 * hsv[3:].sum(), rtol=1e-8)
+    np.testing.assert_allclose(res.hsv, balance(Lambda, B, C * Lb, dt=dt).hsv, rtol=1e-10, atol=1e-13)
+    assert np.all(res.hsv < balance(Lambda, B, C, dt=dt).hsv)  # the Hankel matrix of G1 shifted by one step
+
+
+@pytest.mark.parametrize("r", [1, 3, 7, 11])
+def test_discrete_bsp_matches_the_dc_gain_of_the_kernel_exactly(r):
+    rng = np.random.default_rng(30 + r)
+    Lambda, B, C = random_stable(rng, (2, 25), 12)
+    dt = rng.uniform(0.02, 1.0, (2, 25))
+    res = reduce(Lambda, B, C, r, method="bsp", dt=dt)
+    assert res.method == "bsp" and res.route == "discrete" and res.D.shape == (2, 25)
+    assert np.all(res.Lambda.real < 0) and np.all(res.D != 0)  # SPA on every channel, no BT fallback here
+    Lb, Bb = discretise(Lambda, B, dt)
+    Lbr, Bbr = discretise(res.Lambda, res.B, dt)
+    dc = (C * Bb / (1 - Lb)).sum(-1)  # sum_l K_c[l]
+    dc_r = (res.C * Bbr / (1 - Lbr)).sum(-1) + res.D
+    np.testing.assert_allclose(dc, -(C * B / Lambda).sum(-1), rtol=1e-9)  # ZOH keeps the continuous DC gain
+    np.testing.assert_allclose(dc_r, dc, rtol=1e-9, atol=1e-12 * np.abs(dc).max())
+    np.testing.assert_allclose(dc_r.real, dc.real, rtol=1e-9, atol=1e-12 * np.abs(dc).max())  # what a layer sums
+    bt = reduce(Lambda, B, C, r, dt=dt)
+    assert not np.allclose(bt.Lambda, res.Lambda)
+
+
+@pytest.mark.parametrize("r", [2, 5, 9])
+def test_discrete_bsp_kernel_error_is_within_the_spa_bound(r):
+    """The reduced kernel, by powers with D_r at lag 0, against the full one: sup over the unit circle <= bound."""
+    rng = np.random.default_rng(40 + r)
+    S, N, L = 20, 12, 2**14
+    Lambda, B, C = random_stable(rng, (S,), N)
+    dt = rng.uniform(0.1, 0.5, S)
+    res = reduce(Lambda, B, C, r, method="bsp", dt=dt)
+    Lb, Bb = discretise(Lambda, B, dt)
+    Lbr, Bbr = discretise(res.Lambda, res.B, dt)
+    dK = dense_kernel(Lb, Bb, C, L) - dense_kernel(Lbr, Bbr, res.C, L, res.D)  # (S, L)
+    # what the first L lags leave out, per channel: sum_n |C_n B_bar_n| |Lambda_bar_n|^L / (1 - |Lambda_bar_n|)
+    tail = sum((np.abs(c * b) * np.abs(lb) ** L / (1 - np.abs(lb))).sum(-1)
+               for lb, b, c in ((Lb, Bb, C), (Lbr, Bbr, res.C)))
+    assert np.all(tail < 1e-9 * res.bound)
+    err = np.abs(np.fft.fft(dK, n=2 * L)).max(-1)  # sup over 2L equispaced points of the unit circle
+    assert np.all(err <= res.bound * (1 + 1e-9) + tail), err / res.bound
+    assert np.all(err > 0.2 * res.bound)  # not vacuous
+    # The same through the layer's own recurrence (real input, real output Re(C x) + Re(D) u), by a dense
+    # real realization: the l2 gain of the error system is at most the bound.
+    u = rng.normal(size=300)
+    for i in range(3):
+        y = simulate_dense(Lambda[i], B[i], C[i], 0.0, dt[i], u)
+        y_r = simulate_dense(res.Lambda[i], res.B[i], res.C[i], res.D[i].real, dt[i], u)
+        assert 0 < np.linalg.norm(y - y_r) <= res.bound[i] * np.linalg.norm(u)
+
+
+@pytest.mark.parametrize("r", [3, 4, 6])
+def test_discrete_bsp_at_and_beyond_the_numerical_rank(r):
+    rng = np.random.default_rng(50)
+    L0, B, C = random_stable(rng, (3,), 8)
+    Lambda = np.concatenate([L0[:, :4], L0[:, :4]], -1)  # every pole twice: numerical rank 4
+    B[2], C[2, :3] = B[0], 0  # channel 2: dead modes
+    C[1] = 0  # channel 1: dead channel, every HSV 0
+    dt = np.array([0.1, 0.3, 0.05])
+    res = reduce(Lambda, B, C, r, method="bsp", dt=dt)
+    for a in (res.Lambda, res.B, res.C, res.D, res.bound):
+        assert np.all(np.isfinite(a))
+    assert np.all(res.Lambda.real < 0)
+    bt = reduce(Lambda, B, C, r, dt=dt)
+    assert np.all(res.D[1] == 0) and np.all(res.C[1] == 0) and res.bound[1] == 0
+    if r > 4:  # r beyond the numerical rank: BT (with padding modes), no feedthrough
+        np.testing.assert_array_equal(res.D, 0)
+        np.testing.assert_array_equal(res.Lambda, bt.Lambda)
+        np.testing.assert_array_equal(res.rank, bt.rank)
+    Lb, Bb = discretise(Lambda, B, dt)
+    Lbr, Bbr = discretise(res.Lambda, res.B, dt)
+    z = np.exp(1j * np.unique(np.concatenate([np.linspace(-np.pi, np.pi, 8001), np.angle(Lb).ravel()])))
+    G, Gr = kernel_transfer(Lb, Bb, C, z), kernel_transfer(Lbr, Bbr, res.C, z, res.D)
+    err = np.abs(G - Gr).max(-1)
+    assert np.all(err <= res.bound * (1 + 1e-6) + 1e-8 * np.abs(G).max())
+    if r == 3:  # SPA proper on the live channels: the DC gain is exact
+        assert np.all(res.D[[0, 2]] != 0)
+        np.testing.assert_allclose(Gr[:, np.argmin(np.abs(z - 1))], G[:, np.argmin(np.abs(z - 1))], atol=1e-10)
+
+
+def test_discrete_bsp_of_a_trained_like_channel_with_fast_decaying_hsvs():
+    rng = np.random.default_rng(7)
+    N = 64
+    Lambda = -np.logspace(-3, 1, N) + 1j * rng.uniform(0, 50, N)
+    B = np.ones(N, complex)
+    C = np.logspace(0, -14, N) * np.exp(1j * rng.uniform(0, 2 * np.pi, N))
+    dt = np.array([0.05])
+    Lb, Bb = discretise(Lambda[None], B[None], dt)
+    z = np.exp(1j * np.unique(np.concatenate([np.linspace(-np.pi, np.pi, 8001), np.angle(Lb).ravel()])))
+    G = kernel_transfer(Lb, Bb, C[None], z)
+    for r in (4, 16, 32, 63):
+        res = reduce(Lambda[None], B[None], C[None], r, method="bsp", dt=dt)
+        assert np.all(np.isfinite(res.Lambda)) and np.all(np.isfinite(res.D)) and np.all(res.Lambda.real < 0)
+        Lbr, Bbr = discretise(res.Lambda, res.B, dt)
+        err = np.abs(G - kernel_transfer(Lbr, Bbr, res.C, z, res.D)).max(-1)
+        assert np.all(err <= res.bound * (1 + 1e-6) + 1e-8 * np.abs(G).max()), (r, err, res.bound)
+
+
+# ----- discrete route: H2 (IRKA) ---------------------------------------------------------------------------------
+
+def test_discrete_h2_norm_matches_stein_and_the_kernel_energy():
+    rng = np.random.default_rng(60)
+    Lambda, B, C = random_stable(rng, (3,), 6)
+    dt = np.array([0.1, 0.3, 1.0])
+    got = h2_norm(Lambda, B, C, dt=dt)
+    Lb, Bb = discretise(Lambda, B, dt)
+    K = dense_kernel(Lb, Bb, C, 20000)  # |Lambda_bar| <= exp(-0.005): the tail beyond 20000 lags is < 1e-40
+    np.testing.assert_allclose(got, np.sqrt((np.abs(K) ** 2).sum(-1)), rtol=1e-10)
+    for i in range(3):
+        P = solve_discrete_lyapunov(np.diag(Lb[i]), np.outer(Bb[i], Bb[i].conj()))
+        np.testing.assert_allclose(got[i], np.sqrt((C[i] @ P @ C[i].conj()).real), rtol=1e-10)
+    r = reduce(Lambda, B, C, 3, dt=dt)
+    Lbr, Bbr = discretise(r.Lambda, r.B, dt)
+    err = h2_error(Lambda, B, C, r.Lambda, r.B, r.C, dt=dt)
+    np.testing.assert_allclose(err, np.linalg.norm(K - dense_kernel(Lbr, Bbr, r.C, 20000), axis=-1), rtol=1e-8)
+    assert np.all(err > 0) and not np.allclose(err, h2_error(Lambda, B, C, r.Lambda, r.B, r.C))
+
+
+def test_discrete_irka_satisfies_the_interpolation_conditions_and_beats_bt_in_most_trials(capsys):
+    rng = np.random.default_rng(70)
+    Lambda, B, C = random_stable(rng, (300,), 12)
+    dt = rng.uniform(0.05, 1.0, 300)  # dt |Im Lambda| up to 5 > pi: aliased poles included
+    Lb, Bb = discretise(Lambda, B, dt)
+    fractions, ratios = {}, {}
+    for r in (2, 4, 6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a few channels fall back to BT, by design
+            res = reduce(Lambda, B, C, r, method="h2", dt=dt, tol=1e-10, max_iter=200)
+        assert res.route == "discrete" and np.all(res.Lambda.real < 0)
+        ok = res.converged
+        assert ok.mean() > 0.8
+        Lbr, Bbr = discretise(res.Lambda, res.B, dt)
+        assert np.all(np.abs(Lbr) < 1)
+        sigma = 1 / np.conj(Lbr[ok])  # (n_ok, r) reduced poles reflected across the unit circle
+        for fn in (transfer, dtransfer):  # G1(z) = sum C B_bar / (z - Lambda_bar) and its derivative
+            full = np.stack([fn(Lb[ok][k], Bb[ok][k], C[ok][k], sigma[k]) for k in range(ok.sum())])
+            red = np.stack([fn(Lbr[ok][k], Bbr[ok][k], res.C[ok][k], sigma[k]) for k in range(ok.sum())])
+            np.testing.assert_allclose(red, full, rtol=1e-6, atol=1e-8 * np.abs(full).max())
+        bt = reduce(Lambda, B, C, r, dt=dt)
+        e_h2 = h2_error(Lambda, B, C, res.Lambda, res.B, res.C, dt=dt)
+        e_bt = h2_error(Lambda, B, C, bt.Lambda, bt.B, bt.C, dt=dt)
+        fractions[r] = float(np.mean(e_h2 <= e_bt * (1 + 1e-9)))
+        ratios[r] = round(float(np.median(e_h2 / e_bt)), 3)
+        assert fractions[r] >= 0.8
+    with capsys.disabled():
+        print(f"\nIRKA discrete-H2 error <= BT's on random stable ZOH systems (N=12, 300 each): {fractions}; "
+              f"median ratio IRKA/BT: {ratios}")
+
+
+def test_discrete_h2_falls_back_to_bt_with_a_warning_when_not_converged():
+    rng = np.random.default_rng(80)
+    Lambda, B, C = random_stable(rng, (20,), 12)
+    dt = np.full(20, 0.1)
+    with pytest.warns(RuntimeWarning, match="IRKA did not converge for 20 of 20 channels"):
+        res = reduce(Lambda, B, C, 4, method="h2", dt=dt, max_iter=1, tol=0.0)
+    bt = reduce(Lambda, B, C, 4, dt=dt)
+    np.testing.assert_array_equal(res.Lambda, bt.Lambda)
+    assert not res.converged.any() and res.route == "discrete"
+
+
+@pytest.mark.parametrize("dt", [None, 0.1])
+def test_irka_keeps_bt_on_rank_deficient_channels_instead_of_failing_the_batch(dt):
+    rng = np.random.default_rng(90)
+    Lambda, B, C = random_stable(rng, (3,), 8)
+    C[0] = 0  # dead channel: W^H V = 0
+    B[1, :6] = 0  # two controllable modes: singular W^H V at r = 4
+    dts = None if dt is None else np.full(3, dt)
+    with pytest.warns(RuntimeWarning, match="IRKA did not converge for 2 of 3 channels"):
+        res = reduce(Lambda, B, C, 4, method="h2", dt=dts)
+    np.testing.assert_array_equal(res.converged, [False, False, True])
+    bt = reduce(Lambda, B, C, 4, dt=dts)
+    np.testing.assert_array_equal(res.Lambda[:2], bt.Lambda[:2])
+    assert np.all(np.isfinite(res.Lambda)) and np.all(res.Lambda.real < 0)
+
+
+def test_discrete_h2_norm_keeps_its_accuracy_for_poles_next_to_the_unit_circle():
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    rng = np.random.default_rng(61)
+    Lambda, B, C = random_stable(rng, (), 4)
+    Lambda = -1e-9 * np.array([1, 2, 3, 4]) + 1j * Lambda.imag  # 1 - |Lambda_bar| ~ 1e-11 at dt = 0.01
+    dt = 0.01
+    lb = [mp.exp(dt * mp.mpc(complex(x))) for x in Lambda]
+    w = [mp.mpc(complex(c)) * (z - 1) / mp.mpc(complex(x)) * mp.mpc(complex(b))
+         for c, b, x, z in zip(C, B, Lambda, lb)]  # C_n B_bar_n
+    exact = mp.sqrt(mp.re(sum(w[i] * mp.conj(w[j]) / (1 - lb[i] * mp.conj(lb[j]))
+                              for i in range(4) for j in range(4))))
+    assert h2_norm(Lambda, B, C, dt=np.array(dt)) == pytest.approx(float(exact), rel=1e-9)

@@ -215,13 +215,14 @@ def test_step_inference_refuses_bidirectional_models():
 
 
 @pytest.mark.parametrize("method", ["bsp", "modal", "h2"])
-def test_other_methods_at_model_level(method):
+@pytest.mark.parametrize("route", ["continuous", "discrete"])
+def test_other_methods_at_model_level(method, route):
     model = small_model(bidirectional=True)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        reduced, report = reduce_model(model, 4, method=method, route="continuous", kernel_length=60)
+        reduced, report = reduce_model(model, 4, method=method, route=route, kernel_length=60)
     assert report["method"] == method and reduced.cfg.d_state == 4
     assert count_parameters(reduced) == count_parameters(S4Model(model.cfg.replace(d_state=4)))
     for k, v in model.state_dict().items():
@@ -229,13 +230,35 @@ def test_other_methods_at_model_level(method):
             assert torch.equal(reduced.state_dict()[k], v), k
     for layer_full, layer_red, rep in zip(model.dss_layers(), reduced.dss_layers(), report["layers"]):
         ss = {a: v.numpy() for a, v in layer_full.ss_params().items()}
-        res = reduce(ss["Lambda"], ss["B"], ss["C"], 4, method=method)
+        dt = None if route == "continuous" else np.broadcast_to(ss["dt"], ss["Lambda"].shape[:-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = reduce(ss["Lambda"], ss["B"], ss["C"], 4, method=method, dt=dt)
         expect_D = ss["D"] + (0 if res.D is None else res.D.real.sum(0))
         np.testing.assert_allclose(layer_red.D.detach().double().numpy(), expect_D, rtol=1e-6, atol=1e-6)
-        if method == "bsp":  # the stored reduced layer keeps each channel's DC gain Re(-sum C B / Lambda) + D
+        if method == "bsp":  # the stored reduced layer keeps each channel's DC gain + D
+            # Re(-sum C B / Lambda) + D; ZOH keeps the DC gain, so this is also the discrete kernel's sum
+            # sum_l K[l] = Re(sum C B_bar / (1 - Lambda_bar)) (+ D) that the discrete route matches
             def dc(layer):
                 p = layer.ss_params()
                 return (-(p["C"] * p["B"] / p["Lambda"]).sum(-1)).real.sum(0) + p["D"]  # (H,)
 
             torch.testing.assert_close(dc(layer_red), dc(layer_full), rtol=1e-4, atol=1e-4)
         assert np.all(np.isfinite(rep["rel_kernel_error"]))
+
+
+def test_reported_kernel_error_counts_a_changed_feedthrough():
+    """bsp moves part of the response into D: the reported error is that of the impulse responses (dense reference)."""
+    model = small_model()
+    reduced, report = reduce_model(model, 3, method="bsp", route="discrete", kernel_length=80)
+    impulse = np.zeros(80)
+    impulse[0] = 1.0
+    for full, red, rep in zip(model.dss_layers(), reduced.dss_layers(), report["layers"]):
+        f, g = ({a: v.numpy() for a, v in layer.ss_params().items()} for layer in (full, red))
+        assert not np.allclose(f["D"], g["D"])  # the feedthrough did change
+        for h in range(6):
+            y_full = simulate_dense(f["Lambda"][0, h], f["B"][0, h], f["C"][0, h], f["D"][h], f["dt"][h], impulse)
+            y_red = simulate_dense(g["Lambda"][0, h], g["B"][0, h], g["C"][0, h], g["D"][h], g["dt"][h], impulse)
+            kernel = y_full - f["D"][h] * impulse
+            want = np.linalg.norm(y_full - y_red) / np.linalg.norm(kernel)
+            assert rep["rel_kernel_error"][0][h] == pytest.approx(want, rel=1e-6)

@@ -20,8 +20,6 @@ TOLS = [o.split(":", 1)[1] for o in ORDERS if isinstance(o, str)]
 # the {order} part of run folders: "8" or "tol0.01" (rules *_tol handle the latter)
 ORDER_WILDCARDS = [str(o) for o in INT_ORDERS] + [f"tol{t}" for t in TOLS]
 METHODS = config["methods"]
-# bsp and h2 are implemented on continuous Gramians; bt and modal follow reduction.route.
-CONTINUOUS_ONLY = ("bsp", "h2")
 
 EMBEDDED_TASKS = ("listops", "pathfinder", "image")
 
@@ -130,7 +128,8 @@ def train_resources(name):
 
 
 def reduction_route(method):
-    return "continuous" if method in CONTINUOUS_ONLY else config["reduction"]["route"]
+    """Every method follows reduction.route (continuous or discrete Gramians)."""
+    return config["reduction"]["route"]
 
 
 def expand_runs(kind, filename, orders=True):

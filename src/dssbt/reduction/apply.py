@@ -200,12 +200,19 @@ def hankel_singular_values(model: S4Model, route: str = "discrete") -> list[np.n
 
 
 def relative_kernel_error(full: DSS, reduced: DSS, L: int) -> np.ndarray:
-    """``||K_full - K_red|| / ||K_full||`` per channel over L steps, in float64. Returns (n_dir, H)."""
-    K = []
+    """``||K_full - K_red|| / ||K_full||`` per channel over L steps, in float64. Returns (n_dir, H).
+
+    A change of the feedthrough D (bsp adds its reduced feedthrough there) counts as an error at lag 0 of the
+    forward direction: the layer's response to an impulse is ``K[0] + D`` at lag 0.
+    """
+    K, D = [], []
     for layer in (full, reduced):
         ss = layer.ss_params()  # complex128 / float64
         K.append(ss_kernel(ss["Lambda"], ss["B"], ss["C"], ss["dt"], L))  # (n_dir, H, L)
-    return (torch.linalg.vector_norm(K[0] - K[1], dim=-1) / torch.linalg.vector_norm(K[0], dim=-1)).numpy()
+        D.append(ss["D"])  # (H,)
+    diff = K[0] - K[1]
+    diff[0, :, 0] += D[0] - D[1]
+    return (torch.linalg.vector_norm(diff, dim=-1) / torch.linalg.vector_norm(K[0], dim=-1)).numpy()
 
 
 __all__ = [
