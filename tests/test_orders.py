@@ -1,4 +1,4 @@
-"""Orders chosen per layer by a tolerance on the discarded Hankel singular values, and models with per-layer sizes."""
+"""Orders chosen per layer by a tolerance on the discarded Hankel-singular-value energy; models with per-layer sizes."""
 
 import json
 import subprocess
@@ -44,10 +44,11 @@ def test_chosen_orders_match_a_brute_force_search_over_scipy_hsvs(tol):
         ss = {k: v.numpy() for k, v in layer.ss_params().items()}
         hsv = np.stack([dense_hsv_discrete(ss["Lambda"][0, h], ss["B"][0, h], ss["C"][0, h], ss["dt"][h])
                         for h in range(6)])  # (H, N)
-        total = hsv.sum()
-        want = next(r for r in range(1, 13) if hsv[:, r:].sum() <= tol * total + 1e-9 * total)
+        energy = hsv**2
+        total = energy.sum()
+        want = next(r for r in range(1, 13) if energy[:, r:].sum() <= tol * total + 1e-9 * total)
         assert chosen["layer_orders"][i] == want, (i, tol)
-        assert chosen["discarded_fraction"][i] == pytest.approx(hsv[:, want:].sum() / total, rel=1e-5, abs=1e-12)
+        assert chosen["discarded_energy"][i] == pytest.approx(energy[:, want:].sum() / total, rel=1e-5, abs=1e-12)
     assert chosen["layer_orders"][1] <= 2  # rank-2 layer
     if tol <= 0.05:
         assert chosen["layer_orders"][0] > chosen["layer_orders"][1]  # the two layers get different orders

@@ -52,7 +52,7 @@ def cmd_orders(args: argparse.Namespace) -> None:
     chosen.update(checkpoint=str(args.checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     write_json(args.out, chosen)
     print(f"{args.checkpoint}: tol {args.tol:g} ({args.route}) -> layer orders {chosen['layer_orders']} of "
-          f"{chosen['N']}; discarded HSV fractions {[f'{x:.2e}' for x in chosen['discarded_fraction']]}")
+          f"{chosen['N']}; discarded HSV energy {[f'{x:.2e}' for x in chosen['discarded_energy']]}")
 
 
 def cmd_reduce(args: argparse.Namespace) -> None:
@@ -153,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_reduce)
 
-    p = sub.add_parser("orders", help="choose one reduced order per layer by a tolerance on the discarded HSVs")
+    p = sub.add_parser("orders", help="choose one reduced order per layer by a tolerance on the discarded HSV energy")
     p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
     p.add_argument("--tol", type=float, required=True,
-                   help="keep the smallest r_i with sum of discarded HSVs <= tol * sum of all HSVs of layer i")
+                   help="keep the smallest r_i whose discarded HSV energy (sum of squares) is <= tol of layer i's total")
     p.add_argument("--route", default="discrete", choices=["continuous", "discrete"])
     p.add_argument("--out", required=True, help="JSON with layer_orders to write")
     common(p)

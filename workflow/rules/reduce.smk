@@ -27,8 +27,8 @@ rule reduce:
         " --metrics {output.metrics} --threads {threads} --device {params.device} > {log} 2>&1"
 
 
-# Orders by tolerance ("tol:<x>" in orders): one order per layer, the smallest whose discarded HSVs are at most
-# x of the layer's total; chosen once per pretrained model and shared by every method and the baseline.
+# Orders by tolerance ("tol:<x>" in orders): one order per layer, the smallest whose discarded HSVs carry at most
+# x of the layer's HSV energy (sum of squares); chosen once per pretrained model and shared by every method and the baseline.
 
 
 rule choose_orders:

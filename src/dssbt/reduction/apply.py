@@ -79,12 +79,13 @@ def reduce_model_layers(
 
 
 def choose_layer_orders(model: S4Model, tol: float, route: str = "discrete") -> dict[str, Any]:
-    """The smallest order of each layer whose discarded Hankel singular values are at most ``tol`` of the total.
+    """The smallest order of each layer whose discarded Hankel-singular-value energy is at most ``tol`` of the total.
 
-    Per layer i, over all its channels and directions h: ``r_i = min { r >= 1 : sum_h sum_{k>r} hsv_hk <= tol *
-    sum_h sum_k hsv_hk }`` (HSVs of the route's balanced realization). The sum is the H-infinity bound's currency
-    (``||G - G_r|| <= 2 sum of discarded HSVs``), so tol bounds the layer's total error bound relative to the sum of
-    all its HSVs. Returns {"tol", "route", "layer_orders", "discarded_fraction" (per layer, at r_i), "N" (per layer)}.
+    Per layer i, over all its channels and directions h: ``r_i = min { r >= 1 : sum_h sum_{k>r} hsv_hk^2 <= tol *
+    sum_h sum_k hsv_hk^2 }`` (HSVs of the route's balanced realization). ``sum_k hsv_k^2`` is the squared Frobenius
+    norm of a channel's Hankel operator, so tol is the share of that energy the reduction may drop; the H-infinity
+    bound of each channel at the chosen order is in the reduce report. Returns {"tol", "route", "layer_orders",
+    "discarded_energy" (per layer, at r_i), "N" (per layer)}.
     """
     if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0.0 < tol < 1.0):
         raise ValueError(f"order tolerance must be a number in (0, 1), got {tol!r}")
@@ -92,13 +93,13 @@ def choose_layer_orders(model: S4Model, tol: float, route: str = "discrete") -> 
         raise ValueError(f"unknown Gramian route {route!r}; choose one of {list(ROUTES)}")
     orders, fractions = [], []
     for hsv in hankel_singular_values(model, route):  # (n_dir, H, N) per layer
-        per_k = hsv.reshape(-1, hsv.shape[-1]).sum(0)  # (N,) summed over channels, descending HSVs per channel
-        tail = np.concatenate([np.cumsum(per_k[::-1])[::-1], [0.0]])  # tail[r] = sum_{k >= r} (0-based k)
+        energy = (hsv.reshape(-1, hsv.shape[-1]) ** 2).sum(0)  # (N,) summed over channels
+        tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])  # tail[r] = sum_{k >= r} (0-based k)
         frac = tail / max(tail[0], np.finfo(float).tiny)  # (N + 1,), frac[r] = discarded share when keeping r
         r = int(np.argmax(frac[1:] <= tol)) + 1  # frac[N] = 0 <= tol, so some r in [1, N] qualifies
         orders.append(r)
         fractions.append(float(frac[r]))
-    return {"tol": float(tol), "route": route, "layer_orders": orders, "discarded_fraction": fractions,
+    return {"tol": float(tol), "route": route, "layer_orders": orders, "discarded_energy": fractions,
             "N": model.cfg.state_sizes()}
 
 
