@@ -28,7 +28,8 @@ rule reduce:
 
 
 # Orders by tolerance ("tol:<x>" in orders): one order per layer, the smallest whose discarded HSVs carry at most
-# x of the layer's HSV energy (sum of squares); chosen once per pretrained model and shared by every method and the baseline.
+# x of the layer's HSV energy (sum of squares); chosen once per pretrained model, shared by every method and the
+# baseline.
 
 
 rule choose_orders:
