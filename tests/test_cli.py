@@ -45,3 +45,15 @@ def test_reduce_command_needs_a_kernel_length(tmp_path):
     p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--order", "2", "--out", str(tmp_path / "o.pt"),
             "--report", str(tmp_path / "o.json"))
     assert p.returncode == 2 and "pass --kernel-length" in p.stderr
+
+
+def test_a_job_limits_numpy_blas_to_its_threads(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from dssbt import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_orders", lambda args: seen.extend(p["num_threads"] for p in threadpool_info()
+                                                                     if p["user_api"] == "blas"))
+    assert cli.main(["orders", "--checkpoint", "x", "--tol", "0.1", "--out", "y", "--threads", "1"]) == 0
+    assert seen and set(seen) == {1}

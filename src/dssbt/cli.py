@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from . import __version__
 
@@ -169,10 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    threads = getattr(args, "threads", 1)
-    torch.set_num_threads(max(1, threads))
+    threads = max(1, getattr(args, "threads", 1))
+    torch.set_num_threads(threads)
     try:
-        args.func(args)
+        # numpy's BLAS too (the reductions): a job uses exactly its share of cores; more BLAS threads than cores
+        # made the batched BT 3x slower on a loaded 2-core machine (README, Benchmarks)
+        with threadpool_limits(limits=threads):
+            args.func(args)
     except ValueError as e:
         print(f"dssbt {args.command}: error: {e}", file=sys.stderr)
         return 2
