@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy.stats import pearsonr  # noqa: E402
 
-from .aggregate import INIT_ORDER, LABELS  # noqa: E402
+from .aggregate import METHOD_NAMES  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
@@ -33,41 +33,55 @@ def _style(settings: dict[str, Any]) -> None:
 
 
 def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
-    """Test accuracy vs reduced order per task, one line per init (mean ± sd over seeds, seeds as dots);
-    the dashed line is the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at their mean
-    state size per layer, one per init, labelled with the tolerance."""
+    """Test accuracy vs reduced order, one column per task and two rows: after retraining (each method's
+    reduction-initialised model) and without retraining (the reduced model as is). One colour per method, the same
+    in both rows; the Skew-HiPPO baseline (trained at order r) is in both rows for reference. Lines: mean ± sd over
+    seeds, seeds as dots; dashed: the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at
+    their mean state size per layer, labelled with the tolerance."""
     _style(settings)
+    runs = runs.copy()
+    runs["method_name"] = [
+        "Skew-HiPPO" if i == "skew_hippo" else METHOD_NAMES.get(i.split("_")[0], i) for i in runs["init"]
+    ]
     by_tol = runs["order_spec"].astype(str).str.startswith("tol:")
-    tol_runs = runs[by_tol].copy()
-    tol_runs["init"] = tol_runs["init"].map(LABELS)
-    reduced = runs[~runs["reference"] & ~by_tol].copy()
-    reduced["init"] = reduced["init"].map(LABELS)
+    names = ["Skew-HiPPO"] + [n for n in METHOD_NAMES.values() if n in set(runs["method_name"])]
+    palette = {"Skew-HiPPO": "0.35"} | dict(zip(names[1:], sns.color_palette()))
+    rows = [("after retraining", lambda i: i == "skew_hippo" or i.endswith("_init"))]
+    if runs["init"].str.endswith("_no_retrain").any():
+        rows.append(("without retraining", lambda i: i == "skew_hippo" or i.endswith("_no_retrain")))
     tasks = sorted(runs["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    hue_order = [LABELS[i] for i in INIT_ORDER if LABELS[i] in set(reduced["init"]) | set(tol_runs["init"])]
-    for ax, task in zip(axes[0], tasks):
-        d = reduced[reduced["task"] == task]
-        if len(d):
-            sns.lineplot(data=d, x="order", y="test_accuracy", hue="init", hue_order=hue_order, errorbar="sd",
-                         marker="o", ax=ax, legend=ax is axes[0][0])
-            sns.stripplot(data=d, x="order", y="test_accuracy", hue="init", hue_order=hue_order, native_scale=True,
-                          dodge=False, alpha=0.4, size=3, ax=ax, legend=False)
-        palette = dict(zip(hue_order, sns.color_palette()))
-        t = tol_runs[tol_runs["task"] == task].groupby(["order_spec", "init"], as_index=False)[
-            ["order", "test_accuracy"]].mean()
-        for spec, init, x, y in t[["order_spec", "init", "order", "test_accuracy"]].itertuples(index=False):
-            ax.scatter([x], [y], marker="*", s=90, color=palette.get(init, "0.3"), edgecolor="k", lw=0.4, zorder=5)
-            ax.annotate(spec, (x, y), textcoords="offset points", xytext=(4, 3), fontsize="x-small")
-        full = runs[(runs["task"] == task) & runs["reference"]]["test_accuracy"]
-        if len(full):
-            ax.axhline(full.mean(), ls="--", c="0.3", lw=1, label=f"full N={int(runs['N'].max())}")
-        ax.set_xscale("log", base=2)
-        orders = sorted(d["order"].unique())
-        ax.set_xticks(orders, [str(o) for o in orders])
-        ax.set_title(task)
-        ax.set_xlabel("reduced order r")
-        ax.set_ylabel("test accuracy")
-    axes[0][0].legend(fontsize="small")
+    fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.2 * len(tasks), 3.4 * len(rows)), squeeze=False)
+    for row, (title, wanted) in enumerate(rows):
+        keep = runs["init"].map(wanted) & ~runs["reference"]
+        for col, task in enumerate(tasks):
+            ax = axes[row][col]
+            d = runs[keep & ~by_tol & (runs["task"] == task)]
+            hue_order = [n for n in names if n in set(d["method_name"])]
+            if len(d):
+                sns.lineplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
+                             palette=palette, errorbar="sd", marker="o", ax=ax, legend=col == 0)
+                sns.stripplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
+                              palette=palette, native_scale=True, dodge=False, alpha=0.4, size=3, ax=ax,
+                              legend=False)
+            t = runs[keep & by_tol & (runs["task"] == task)].groupby(["order_spec", "method_name"], as_index=False)[
+                ["order", "test_accuracy"]].mean()
+            for spec, name, x, y in t[["order_spec", "method_name", "order", "test_accuracy"]].itertuples(index=False):
+                ax.scatter([x], [y], marker="*", s=90, color=palette.get(name, "0.3"), edgecolor="k", lw=0.4, zorder=5)
+            for spec, g in t.groupby("order_spec"):  # one label per tolerance, above its highest star
+                top = g["test_accuracy"].idxmax()
+                ax.annotate(spec, (g.loc[top, "order"], g.loc[top, "test_accuracy"]), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize="x-small")
+            full = runs[(runs["task"] == task) & runs["reference"]]["test_accuracy"]
+            if len(full):
+                ax.axhline(full.mean(), ls="--", c="0.3", lw=1, label=f"full N={int(runs['N'].max())}")
+            ax.set_xscale("log", base=2)
+            orders = sorted(d["order"].unique())
+            ax.set_xticks(orders, [f"{o:g}" for o in orders])
+            ax.set_title(f"{task}: {title}")
+            ax.set_xlabel("reduced order r")
+            ax.set_ylabel("test accuracy")
+        axes[row][0].legend(fontsize="small", title=None)
+    fig.tight_layout()
     _save(fig, paths, settings.get("dpi", 150))
 
 
