@@ -327,3 +327,18 @@ def test_discrete_h2_norm_keeps_its_accuracy_for_poles_next_to_the_unit_circle()
     exact = mp.sqrt(mp.re(sum(w[i] * mp.conj(w[j]) / (1 - lb[i] * mp.conj(lb[j]))
                               for i in range(4) for j in range(4))))
     assert h2_norm(Lambda, B, C, dt=np.array(dt)) == pytest.approx(float(exact), rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["bt", "bsp", "h2"])
+@pytest.mark.parametrize("dt", [None, 0.3])
+def test_re_diagonalised_methods_split_each_modes_gain_evenly(method, dt):
+    """|B_n| = |C_n| per reduced mode, whatever length eig gave the eigenvectors (the DC-gain, bound and
+    interpolation tests above check the transfer functions of these same split outputs)."""
+    rng = np.random.default_rng(7)
+    Lambda, B, C = random_stable(rng, (20,), 10)
+    B = B * rng.uniform(0.01, 100, B.shape)  # far from balanced gains to start with
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = reduce(Lambda, B, C, 4, method=method, dt=None if dt is None else np.full(20, dt))
+    assert np.all(np.abs(res.C) > 0)
+    np.testing.assert_allclose(np.abs(res.B), np.abs(res.C), rtol=1e-10)

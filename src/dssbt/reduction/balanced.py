@@ -175,11 +175,7 @@ def truncate(f: BalancedFactors, r: int, max_cond: float = 1e12) -> ReducedSyste
         Lambda_r = np.log(lam) / dt  # principal branch, see module docstring
         B_r = Bd * Lambda_r / np.expm1(dt * Lambda_r)  # invert B_bar = (exp(dt Lambda) - 1) / Lambda * B
 
-    # Split each mode's gain C_n B_n evenly between |B_n| and |C_n| (padding modes, C = 0, keep their B).
-    mag_B, mag_C = np.abs(B_r), np.abs(Cd)
-    both = (mag_B > 0) & (mag_C > 0)
-    alpha = np.sqrt(np.where(both, mag_C, 1.0) / np.where(both, mag_B, 1.0))
-    B_r, C_r = B_r * alpha, Cd / alpha
+    B_r, C_r = split_gains(B_r, Cd)
 
     order = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
     Lambda_r, B_r, C_r = (np.take_along_axis(a, order, -1) for a in (Lambda_r, B_r, C_r))
@@ -212,6 +208,19 @@ def balanced_truncation(
 ) -> ReducedSystem:
     """Balanced truncation of diagonal systems (..., N) to order r. See the module docstring."""
     return truncate(balance(Lambda, B, C, dt=dt, rank_rtol=rank_rtol), r)
+
+
+def split_gains(B: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale each mode so that ``|B_n| = |C_n|`` with ``C_n B_n`` unchanged (..., r).
+
+    A re-diagonalised reduced system has eigenvectors of arbitrary length, so its B and C carry arbitrary scales; the
+    transfer function does not see them, gradient descent does. Every reduction hands the retraining the same
+    convention (modes with B = 0 or C = 0, e.g. padding modes, are left as they are).
+    """
+    mag_B, mag_C = np.abs(B), np.abs(C)
+    both = (mag_B > 0) & (mag_C > 0)
+    alpha = np.sqrt(np.where(both, mag_C, 1.0) / np.where(both, mag_B, 1.0))
+    return B * alpha, C / alpha
 
 
 def _psd_sqrt(P: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ import dataclasses
 
 import numpy as np
 
-from .balanced import BalancedFactors, ReducedSystem, balance, check_system, truncate
+from .balanced import BalancedFactors, ReducedSystem, balance, check_system, split_gains, truncate
 from .gramians import zoh
 from .h2 import irka, solve_or_nan, warn_unconverged
 
@@ -120,6 +120,8 @@ def singular_perturbation(f: BalancedFactors, r: int, max_cond: float = 1e12) ->
         else:
             stable = lam.real < 0
             Lambda_r, B_r, C_r, D = lam, Bd, Cd, Dr
+    with np.errstate(invalid="ignore", over="ignore"):
+        B_r, C_r = split_gains(B_r, C_r)  # |B_n| = |C_n|, as BT returns them
     finite = np.all(np.isfinite(Lambda_r) & np.isfinite(B_r) & np.isfinite(C_r), -1) & np.isfinite(D)
     # Where r reaches the numerical rank, SPA and BT coincide up to the discarded (zero) part: keep BT there.
     use_bt = ~spa_ok | (rank < r) | (bt.rank < r) | ~np.all(stable, -1) | ~finite | ~(cond < max_cond)
@@ -192,6 +194,8 @@ def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, ma
         C_r = res.C
         order = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
         Lambda_r, B_r, C_r = (np.take_along_axis(a, order, -1) for a in (Lambda_r, B_r, C_r))
+    with np.errstate(invalid="ignore", over="ignore"):
+        B_r, C_r = split_gains(B_r, C_r)  # |B_n| = |C_n|, as BT returns them
     ok = res.converged & stable & np.all(np.isfinite(Lambda_r) & np.isfinite(B_r) & np.isfinite(C_r), -1)
     if f.dt is not None:
         ok &= np.all(Lambda_r.real < 0, -1)  # |lambda_bar| < 1 up to the log's round-off
