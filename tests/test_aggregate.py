@@ -85,3 +85,19 @@ def test_tolerance_orders_group_by_spec_across_seeds_with_their_mean_state_size(
     write_tables(files, out["runs"], out["csv"], out["md"], out["tex"])
     assert "| t | tol:0.05 (mean r 4.0) | BT-init (retrained) | 80.00 ± 14.14 | 2 | 90.5 | 30.5 | +25.00 |" in \
         out["md"].read_text()
+
+
+def test_methods_table_puts_every_init_of_an_order_side_by_side(files, tmp_path):
+    from dssbt.aggregate import methods_table
+
+    t = methods_table(summary_table(runs_table(files)))
+    assert list(t.columns) == ["task", "order", "params", "Skew-HiPPO", "BT-init (retrained)", "BT, no retraining"]
+    assert t.to_dict("records") == [
+        {"task": "t", "order": "8 (full N)", "params": "200", "Skew-HiPPO": "92.00 ± 2.83", "BT-init (retrained)": "",
+         "BT, no retraining": ""},
+        {"task": "t", "order": "2", "params": "100", "Skew-HiPPO": "65.00 ± 7.07", "BT-init (retrained)": "85.00 ± 7.07",
+         "BT, no retraining": "45.00 ± 7.07"},
+    ]
+    out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex", "methods")}
+    write_tables(files, out["runs"], out["csv"], out["md"], out["tex"], out["methods"])
+    assert "| t | 2 | 100 | 65.00 ± 7.07 | 85.00 ± 7.07 | 45.00 ± 7.07 |" in out["methods"].read_text()

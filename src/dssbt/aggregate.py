@@ -142,20 +142,44 @@ def _latex(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path, md_path, tex_path) -> pd.DataFrame:
-    """Write the long-form runs CSV and the summary as CSV, Markdown and LaTeX (each atomically)."""
+def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary side by side: one row per task × order, one column per init (Skew-HiPPO, then each method
+    without and after retraining), cells "mean ± std" test accuracy in %, and the row's total parameter count."""
+    rows = []
+    for (task, spec), g in summary.groupby(["task", "order_spec"], sort=False):
+        first = g.iloc[0]
+        row = {"task": task, "order": _order_label(spec, first["order"], first["reference"]),
+               "params": _count(g["params_total"].mean())}
+        for init, m, sd in zip(g["init"], g["acc_mean"], g["acc_std"]):
+            row[LABELS.get(init, init)] = _pm(m, sd)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    columns = ["task", "order", "params"] + [LABELS[i] for i in INIT_ORDER if LABELS[i] in table.columns]
+    return table[columns].fillna("")
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    md = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    md += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(md) + "\n"
+
+
+def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path, md_path, tex_path,
+                 methods_md=None) -> pd.DataFrame:
+    """Write the long-form runs CSV and the summary as CSV, Markdown and LaTeX (each atomically); ``methods_md``:
+    also the side-by-side table of ``methods_table`` as Markdown."""
     runs = runs_table(metrics_files)
     summary = summary_table(runs)
     shown = _display(summary)
-    md = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    md += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    tex = _latex(shown)
-    for path, text in (
+    outputs = [
         (runs_csv, runs.to_csv(index=False)),
         (csv_path, summary.to_csv(index=False)),
-        (md_path, "\n".join(md) + "\n"),
-        (tex_path, tex),
-    ):
+        (md_path, _markdown(shown)),
+        (tex_path, _latex(shown)),
+    ]
+    if methods_md is not None:
+        outputs.append((methods_md, _markdown(methods_table(summary))))
+    for path, text in outputs:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)
     return summary

@@ -13,6 +13,7 @@ rule aggregate:
         ),
         md="results/tables/accuracy.md",
         tex="results/tables/accuracy.tex",
+        methods="results/tables/methods.md",
     log:
         "logs/aggregate.log",
     conda:
