@@ -34,12 +34,17 @@ def run(*argv) -> argparse.Namespace:
 
 
 def load_all(folder):
-    return {s: load_split(folder, s) for s in SPLITS}, load_meta(folder)
+    """The prepared splits as a reader produced them (decoded from their compact storage), and meta."""
+    return {s: load_split(folder, s).decoded() for s in SPLITS}, load_meta(folder)
 
 
 def check_contract(folder: Path, task: str, source: str):
     """The prepared form of dssbt.data.prepared, whatever the task."""
     splits, meta = load_all(folder)
+    for name in SPLITS:  # stored compactly: ids in uint8 (every vocabulary here is < 256), 8-bit pixels as codes
+        stored = load_split(folder, name)
+        assert stored.inputs.dtype == np.uint8, (name, stored.inputs.dtype)
+        assert (stored.table is None) == (meta["encoder"] == "embedding")
     for key in ("task", "source", "encoder", "d_input", "d_output", "l_max", "dual", "vocab", "sizes",
                 "majority_baseline", "preprocessing"):
         assert key in meta, key
@@ -52,14 +57,15 @@ def check_contract(folder: Path, task: str, source: str):
             assert s.inputs.shape[1:] == (2, meta["l_max"]) and s.lengths.shape == (len(s), 2)
         else:
             assert s.inputs.shape[1:] == (meta["l_max"],) and s.lengths.shape == (len(s),)
+        x = s.inputs
         if meta["encoder"] == "embedding":
-            assert s.inputs.dtype == np.int64 and s.inputs.max() < meta["d_input"] == len(meta["vocab"])
+            assert x.dtype == np.int64 and x.max() < meta["d_input"] == len(meta["vocab"])
             assert meta["vocab"][:2] == ["<pad>", "<unk>"]
             pos = np.arange(meta["l_max"])
-            assert ((s.inputs == 0) == (pos >= s.lengths[..., None])).all()  # 0 exactly on the padding
+            assert ((x == 0) == (pos >= s.lengths[..., None])).all()  # 0 exactly on the padding
         else:
-            assert s.inputs.dtype == np.float32 and meta["d_input"] == 1 and meta["vocab"] is None
-            assert (s.lengths == meta["l_max"]).all() and np.isfinite(s.inputs).all()
+            assert x.dtype == np.float32 and meta["d_input"] == 1 and meta["vocab"] is None
+            assert (s.lengths == meta["l_max"]).all() and np.isfinite(x).all()
     return splits, meta
 
 

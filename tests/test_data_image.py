@@ -186,7 +186,7 @@ def test_mnist_goes_through_the_cifar_reader(tmp_path):
     assert meta["sizes"] == {"train": 80, "val": 20, "test": 30}  # val_size taken from generator.json
     on_disk = load_meta(tmp_path / "p")
     assert on_disk["label_counts"] == {"train": [8] * 10, "val": [2] * 10, "test": [3] * 10}
-    test = load_split(tmp_path / "p", "test")
+    test = load_split(tmp_path / "p", "test").decoded()
     raw = pickle.loads((tmp_path / "g" / "cifar-10-batches-py" / "test_batch").read_bytes(), encoding="bytes")
     mean, std = on_disk["normalisation"]["mean"], on_disk["normalisation"]["std"]
     np.testing.assert_allclose(test.inputs * std + mean, raw[b"data"][:, :1024] / 255.0, atol=1e-6)

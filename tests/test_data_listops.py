@@ -170,7 +170,7 @@ def test_generated_data_goes_through_the_real_reader(tmp_path):
     assert meta["generator"]["params"]["max_length"] == 60 and meta["source"] == "embedded"
     on_disk = load_meta(tmp_path / "p")
     assert on_disk["sizes"] == {"train": 40, "val": 10, "test": 10}
-    train = load_split(tmp_path / "p", "train")
+    train = load_split(tmp_path / "p", "train").decoded()
     rows = read_rows(tmp_path / "g" / "basic_train.tsv")
     vocab = on_disk["vocab"]
     for (src, y), ids, n, label in zip(rows, train.inputs, train.lengths, train.labels):

@@ -147,7 +147,7 @@ def test_generator_layout_balance_and_reader(tmp_path):
     assert meta["sizes"] == {"train": 32, "val": 4, "test": 4}
     assert load_meta(tmp_path / "p")["label_counts"] == {"train": [16, 16], "val": [2, 2], "test": [2, 2]}
     first = np.asarray(Image.open(root / "imgs/0/sample_0.png"), dtype=np.float32)
-    rows = np.concatenate([load_split(tmp_path / "p", s).inputs for s in ("train", "val", "test")])
+    rows = np.concatenate([load_split(tmp_path / "p", s).decoded().inputs for s in ("train", "val", "test")])
     assert np.isclose(rows, ((first / 255 - 0.5) / 0.5).reshape(1, -1), atol=1e-6).all(axis=1).sum() == 1
 
 

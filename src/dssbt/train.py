@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -49,13 +50,14 @@ def batches(split: Split, index: torch.Tensor, batch_size: int, device: torch.de
     """Yield (x, lengths, y) for consecutive chunks of ``index``, each trimmed to its longest sequence.
 
     x: (b, L') int64 tokens | (b, L') float32 pixels | (b, 2, L') for two-document tasks; lengths (b,) | (b, 2).
+    The split stays in its compact stored form; only the batch is decoded (``Split.batch_inputs``).
     """
-    inputs, lengths, labels = (torch.from_numpy(a) for a in (split.inputs, split.lengths, split.labels))
     for i in range(0, len(index), batch_size):
-        idx = index[i : i + batch_size]
-        ln = lengths[idx]
+        idx = index[i : i + batch_size].numpy()
+        ln = torch.from_numpy(split.lengths[idx])
         L = int(ln.max())
-        yield inputs[idx][..., :L].to(device), ln.to(device), labels[idx].to(device)
+        x = torch.from_numpy(np.ascontiguousarray(split.batch_inputs(idx)[..., :L]))
+        yield x.to(device), ln.to(device), torch.from_numpy(split.labels[idx]).to(device)
 
 
 # ----- model -------------------------------------------------------------------------------------------------------

@@ -13,6 +13,13 @@ A prepared task is a folder holding ``train.npz``, ``val.npz``, ``test.npz`` and
 
 Vocabulary convention: id 0 = ``<pad>``, id 1 = ``<unk>``, then tokens of the train split.
 ``meta.json`` is written last, so a folder with a meta.json is complete.
+
+Storage: the values above are what a reader produces and what a training batch sees; on disk (and in memory while
+training) they are kept compact, losslessly. Token ids, lengths and labels are stored in the smallest unsigned
+integer type that holds them (uint8 for LRA's byte-level vocabularies, uint16 for lengths up to 65,535); pixel
+inputs that take at most 256 distinct values (every LRA image task: 8-bit pixels under an affine normalisation) are
+stored as uint8 codes plus ``table`` (float32 (256,), the value of each code). ``Split.batch_inputs`` decodes a
+batch back to int64 / float32. Files written before this (int64 / float32, no table) load unchanged.
 """
 
 from __future__ import annotations
@@ -33,12 +40,57 @@ PAD, UNK = "<pad>", "<unk>"
 
 @dataclass
 class Split:
-    inputs: np.ndarray  # int64 (n, L) | float32 (n, L) | int64 (n, 2, L)
-    lengths: np.ndarray  # int64 (n,) | (n, 2)
-    labels: np.ndarray  # int64 (n,)
+    inputs: np.ndarray  # ids, any integer dtype (n, L) | (n, 2, L) | float32 (n, L) | uint8 codes (n, L) with table
+    lengths: np.ndarray  # integer (n,) | (n, 2)
+    labels: np.ndarray  # integer (n,)
+    table: np.ndarray | None = None  # float32 (256,): pixel value of each uint8 code in inputs (compact storage)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def batch_inputs(self, idx: np.ndarray) -> np.ndarray:
+        """The inputs of examples ``idx`` as a model takes them: int64 ids or float32 pixels, (b, ...)."""
+        x = self.inputs[idx]
+        if self.table is not None:
+            return self.table[x]  # (b, L) float32
+        return x if x.dtype.kind == "f" else x.astype(np.int64)
+
+    def decoded(self) -> "Split":
+        """The whole split in the form a reader produces (int64 ids or float32 pixels, int64 lengths and labels)."""
+        return Split(inputs=self.batch_inputs(np.arange(len(self))), lengths=self.lengths.astype(np.int64),
+                     labels=self.labels.astype(np.int64))
+
+
+def _smallest_uint(a: np.ndarray) -> np.ndarray:
+    """``a`` (non-negative integers) in uint8 / uint16 / uint32 when its values fit, else unchanged."""
+    if a.size == 0 or a.min() < 0:
+        return a
+    top = int(a.max())
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return a.astype(dtype)
+    return a
+
+
+def _pixel_codes(x: np.ndarray, rows: int = 4096) -> tuple[np.ndarray, np.ndarray] | None:
+    """(uint8 codes, float32 table (256,)) with ``table[codes] == x`` exactly, or None if x has > 256 values.
+
+    Works through x a chunk of rows at a time (memory: one chunk). A value first met in a later chunk is appended
+    to the table, so the codes already written keep their meaning.
+    """
+    values = np.zeros(0, x.dtype)  # the table so far, in order of first appearance
+    codes = np.empty(x.shape, np.uint8)
+    for start in range(0, len(x), rows):
+        chunk = x[start : start + rows]
+        new = np.setdiff1d(np.unique(chunk), values)
+        if len(values) + len(new) > 256:
+            return None
+        values = np.concatenate([values, new])
+        order = np.argsort(values, kind="stable")
+        codes[start : start + rows] = order[np.searchsorted(values[order], chunk)]
+    table = np.zeros(256, np.float32)
+    table[: len(values)] = values
+    return codes, table
 
 
 def save_prepared(folder: str | os.PathLike, splits: dict[str, Split], meta: dict[str, Any]) -> None:
@@ -50,9 +102,17 @@ def save_prepared(folder: str | os.PathLike, splits: dict[str, Split], meta: dic
     for name, s in splits.items():
         if not (len(s.inputs) == len(s.lengths) == len(s.labels)):
             raise ValueError(f"{name}: inputs, lengths, labels differ in length")
+        arrays = {"lengths": _smallest_uint(s.lengths), "labels": _smallest_uint(s.labels)}
+        if s.table is not None:
+            arrays.update(inputs=s.inputs, table=s.table)
+        elif s.inputs.dtype.kind == "f":
+            coded = _pixel_codes(s.inputs)  # None: more than 256 distinct values, kept as they are
+            arrays.update({"inputs": s.inputs} if coded is None else {"inputs": coded[0], "table": coded[1]})
+        else:
+            arrays.update(inputs=_smallest_uint(s.inputs))
         with atomic_path(folder / f"{name}.npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, inputs=s.inputs, lengths=s.lengths.astype(np.int64), labels=s.labels.astype(np.int64))
+                np.savez(fh, **arrays)
     meta = dict(meta, sizes={k: len(v) for k, v in splits.items()})
     write_json(folder / "meta.json", meta)
 
@@ -68,4 +128,5 @@ def load_split(folder: str | os.PathLike, split: str) -> Split:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     with np.load(Path(folder) / f"{split}.npz") as z:
-        return Split(inputs=z["inputs"], lengths=z["lengths"], labels=z["labels"])
+        return Split(inputs=z["inputs"], lengths=z["lengths"].astype(np.int64), labels=z["labels"].astype(np.int64),
+                     table=z["table"] if "table" in z.files else None)

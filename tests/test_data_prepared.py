@@ -1,0 +1,73 @@
+"""The compact storage of prepared splits: lossless, smaller, and readable in the old int64 / float32 form."""
+
+import numpy as np
+import pytest
+import torch
+
+from dssbt.data.prepared import Split, _pixel_codes, load_split, save_prepared
+from dssbt.train import batches
+
+
+def roundtrip(tmp_path, split: Split) -> Split:
+    save_prepared(tmp_path, {"train": split, "val": split, "test": split}, {"task": "t"})
+    return load_split(tmp_path, "train")
+
+
+def test_token_ids_are_stored_in_the_smallest_unsigned_type_and_decode_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    for top, dtype in ((255, np.uint8), (256, np.uint16), (70_000, np.uint32)):
+        ids = rng.integers(0, top + 1, (7, 2, 30)).astype(np.int64)
+        ids[0, 0, 0] = top
+        stored = roundtrip(tmp_path, Split(ids, rng.integers(1, 31, (7, 2)), rng.integers(0, 3, 7)))
+        assert stored.inputs.dtype == dtype and stored.table is None
+        x = stored.batch_inputs(np.arange(7))
+        assert x.dtype == np.int64 and np.array_equal(x, ids)
+        assert stored.lengths.dtype == np.int64 and stored.labels.dtype == np.int64
+
+
+def test_8bit_pixels_become_codes_with_a_table_and_decode_bit_for_bit(tmp_path):
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, (200, 1024)).astype(np.uint8)
+    x = ((raw.astype(np.float64) / 255.0 - 0.47) / 0.25).astype(np.float32)  # as the image readers normalise
+    stored = roundtrip(tmp_path, Split(x, np.full(200, 1024), rng.integers(0, 10, 200)))
+    assert stored.inputs.dtype == np.uint8 and stored.table.shape == (256,)
+    decoded = stored.batch_inputs(np.arange(200))
+    assert decoded.dtype == np.float32 and np.array_equal(decoded.view(np.uint32), x.view(np.uint32))
+    assert (tmp_path / "train.npz").stat().st_size < x.nbytes / 3
+
+
+def test_values_first_seen_in_a_later_chunk_keep_earlier_codes_valid():
+    x = np.array([[3.0, 1.0], [1.0, 3.0], [0.5, 2.0], [-7.0, 3.0], [2.0, 0.5]], np.float32)
+    codes, table = _pixel_codes(x, rows=2)  # new values appear in the second and third chunks
+    assert np.array_equal(table[codes], x)
+    wide = np.arange(300, dtype=np.float32).reshape(3, 100)
+    assert _pixel_codes(wide, rows=1) is None
+
+
+def test_continuous_inputs_are_kept_as_they_are(tmp_path):
+    x = np.random.default_rng(2).normal(size=(5, 100)).astype(np.float32)
+    stored = roundtrip(tmp_path, Split(x, np.full(5, 100), np.zeros(5, np.int64)))
+    assert stored.table is None and stored.inputs.dtype == np.float32 and np.array_equal(stored.inputs, x)
+
+
+def test_files_in_the_old_int64_float32_form_still_load(tmp_path):
+    ids = np.array([[2, 3, 0], [4, 1, 5]], np.int64)
+    with open(tmp_path / "train.npz", "wb") as fh:
+        np.savez(fh, inputs=ids, lengths=np.array([2, 3], np.int64), labels=np.array([0, 1], np.int64))
+    old = load_split(tmp_path, "train")
+    assert old.table is None and np.array_equal(old.decoded().inputs, ids)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "pixels"])
+def test_training_batches_are_those_of_the_uncompressed_split(tmp_path, kind):
+    rng = np.random.default_rng(3)
+    if kind == "tokens":
+        x = rng.integers(0, 40, (11, 25)).astype(np.int64)
+    else:
+        x = (rng.integers(0, 256, (11, 25)) / 255.0 - 0.5).astype(np.float32)
+    split = Split(x, rng.integers(5, 26, 11), rng.integers(0, 4, 11))
+    stored = roundtrip(tmp_path, split)
+    index = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    for (a, la, ya), (b, lb, yb) in zip(batches(split, index, 4, torch.device("cpu")),
+                                        batches(stored, index, 4, torch.device("cpu"))):
+        assert a.dtype == b.dtype and torch.equal(a, b) and torch.equal(la, lb) and torch.equal(ya, yb)
