@@ -74,6 +74,14 @@ def test_lra_preset_dry_run_needs_no_data(tmp_path):
         "aggregate": 1, "plot": 1}
 
 
+def test_methods_preset_dry_run_job_counts(tmp_path):
+    wf = copy_workflow(tmp_path)
+    # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x 4 methods; the tolerance row has its own rules
+    assert job_counts(wf, "--configfile", "workflow/presets/methods.yaml") == {
+        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18, "reduce": 72, "retrain": 72,
+        "choose_orders": 6, "train_baseline_tol": 6, "reduce_tol": 24, "retrain_tol": 24, "aggregate": 1, "plot": 1}
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

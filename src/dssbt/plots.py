@@ -141,6 +141,7 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     lo = min(x.min(initial=1.0), y.min(initial=1.0))
     ax.plot([lo, 1], [lo, 1], ls=":", c="0.5", lw=1)
     ax.set_xlabel("pretrained (full N) test accuracy")
-    ax.set_ylabel("BT-init (retrained) test accuracy")
+    ax.set_ylabel("BT-init (retrained) test accuracy" if style == "order" else
+                  "reduction-initialised (retrained) test accuracy")
     ax.legend(fontsize="x-small", loc="lower right")
     _save(fig, paths, settings.get("dpi", 150))
