@@ -42,3 +42,26 @@ def random_stable(rng: np.random.Generator, shape: tuple[int, ...], N: int, im_s
     B = rng.normal(size=shape + (N,)) + 1j * rng.normal(size=shape + (N,))
     C = rng.normal(size=shape + (N,)) + 1j * rng.normal(size=shape + (N,))
     return Lambda, B, C
+
+
+def run_recording_dss_io(model, x):
+    """``model(x)`` without gradients, recording each DSS layer's input and output (B, H, L), keyed by layer index.
+    Returns (logits, inputs, outputs)."""
+    import torch
+
+    inputs, outputs = {}, {}
+
+    def keep(k):
+        def hook(module, args, out):
+            inputs[k], outputs[k] = args[0], out
+
+        return hook
+
+    hooks = [layer.register_forward_hook(keep(k)) for k, layer in enumerate(model.dss_layers())]
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, inputs, outputs

@@ -6,7 +6,7 @@ from dssbt.checkpoint import load_model, save_model
 from dssbt.model import ModelConfig, S4Model, count_parameters
 from dssbt.reduction import reduce
 from dssbt.reduction.apply import reduce_model
-from reference import simulate_dense
+from reference import run_recording_dss_io, simulate_dense
 
 SSM = ("Lambda_log_neg_re", "Lambda_im", "B", "C")
 
@@ -60,19 +60,8 @@ def test_reduced_model_runs_each_reduced_channel_system(bidirectional, route):
     reduced, report = reduce_model(model, r, route=route, kernel_length=50)
 
     # Reference: reduce the same channels independently and simulate each with the dense expm model.
-    inputs, outputs = {}, {}
-    def keep(k):
-        def hook(module, args, out):
-            inputs[k], outputs[k] = args[0], out
-
-        return hook
-
-    hooks = [layer.register_forward_hook(keep(k)) for k, layer in enumerate(reduced.dss_layers())]
     x = torch.randn(2, 50, 3)
-    with torch.no_grad():
-        logits = reduced(x)
-    for h in hooks:
-        h.remove()
+    logits, inputs, outputs = run_recording_dss_io(reduced, x)
     for k, full_layer in enumerate(model.dss_layers()):
         ss = {a: v.numpy() for a, v in full_layer.ss_params().items()}
         dt = np.broadcast_to(ss["dt"], ss["Lambda"].shape[:-1]) if route == "discrete" else None

@@ -13,7 +13,7 @@ from dssbt.checkpoint import load_model, save_model
 from dssbt.model import ModelConfig, S4Model, count_parameters
 from dssbt.reduction import reduce
 from dssbt.reduction.apply import choose_layer_orders, reduce_model_layers
-from reference import simulate_dense
+from reference import run_recording_dss_io, simulate_dense
 from test_model import small_model
 
 
@@ -71,19 +71,7 @@ def test_per_layer_reduction_runs_each_layer_at_its_own_order():
     assert [layer.N for layer in reduced.dss_layers()] == orders
     assert report["layer_orders"] == orders and [entry["r"] for entry in report["layers"]] == orders
     # each reduced layer = that layer's channels reduced at r_i and simulated densely
-    inputs, outputs = {}, {}
-
-    def keep(k):
-        def hook(module, args, out):
-            inputs[k], outputs[k] = args[0], out
-
-        return hook
-
-    hooks = [layer.register_forward_hook(keep(k)) for k, layer in enumerate(reduced.dss_layers())]
-    with torch.no_grad():
-        reduced(torch.randn(2, 40, 3))
-    for h in hooks:
-        h.remove()
+    _, inputs, outputs = run_recording_dss_io(reduced, torch.randn(2, 40, 3))
     for k, full in enumerate(model.dss_layers()):
         ss = {a: v.numpy() for a, v in full.ss_params().items()}
         res = reduce(ss["Lambda"], ss["B"], ss["C"], orders[k], dt=np.broadcast_to(ss["dt"], (1, 6)))
