@@ -135,3 +135,13 @@ def test_orders_then_reduce_commands(tmp_path):
             "--out", str(tmp_path / "x.pt"), "--report", str(tmp_path / "x.json"))
     assert p.returncode == 2 and "bad.json: key layer_orders must be a non-empty list" in p.stderr
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_a_per_layer_model_evaluated_on_its_own_names_its_layer_sizes(tmp_path):
+    from dssbt.train import base_metrics, parse_hparams
+
+    model = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=12, n_layers=2).with_state_sizes([5, 2]))
+    m = base_metrics({"task": "t"}, model, parse_hparams("{}"), "skew_hippo", 0, "cpu", 12)
+    assert m["order_spec"] == "layers:5,2" and m["layer_orders"] == [5, 2] and m["order"] == 5
+    uniform = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=4, n_layers=2))
+    assert base_metrics({"task": "t"}, uniform, parse_hparams("{}"), "skew_hippo", 0, "cpu", 12)["order_spec"] == "4"

@@ -44,7 +44,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 "task": m["task"],
                 "seed": m["seed"],
                 "order_spec": spec,
-                "order": float(np.mean(layer_orders)) if spec.startswith("tol:") else m["order"],
+                "order": m["order"] if spec.isdigit() else float(np.mean(layer_orders)),
                 "layer_orders": " ".join(str(r) for r in layer_orders),
                 "N": m["N"],
                 "reference": spec == str(m["N"]),
@@ -91,7 +91,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     ]
     s["sign"] = [("" if np.isnan(d) else "+" if d > 0 else "-" if d < 0 else "0") for d in s["diff_vs_skew_hippo"]]
     s["init_rank"] = s["init"].map({k: i for i, k in enumerate(INIT_ORDER)})
-    s["by_tol"] = s["order_spec"].str.startswith("tol:")  # fixed orders first, then tolerance-chosen ones
+    s["by_tol"] = ~s["order_spec"].str.isdigit()  # fixed orders first, then per-layer ones (tol:…, layers:…)
     s = s.sort_values(["task", "reference", "by_tol", "order", "init_rank"], ascending=[True, False, True, True, True])
     return s.drop(columns=["init_rank", "by_tol"]).reset_index(drop=True)
 
@@ -99,7 +99,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
 def _order_label(spec: str, order: float, reference: bool) -> str:
     if reference:
         return f"{spec} (full N)"
-    return f"{spec} (mean r {order:.1f})" if spec.startswith("tol:") else spec
+    return spec if spec.isdigit() else f"{spec} (mean r {order:.1f})"
 
 
 def _count(x: float) -> str:

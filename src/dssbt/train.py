@@ -150,7 +150,8 @@ def base_metrics(
     """The fields every metrics.json carries (train, reduce and evaluate write the same shape).
 
     ``order`` is the largest state size of a layer, ``layer_orders`` the size of each, ``order_spec`` how the
-    order was asked for: the order itself, or ``tol:<tolerance>`` for orders chosen per layer.
+    order was asked for: the order itself, or ``tol:<tolerance>`` for orders chosen per layer (``layers:6,7`` when a
+    per-layer model comes without its tolerance, e.g. to ``dssbt evaluate``).
     """
     return {
         "task": meta.get("task"),
@@ -158,7 +159,7 @@ def base_metrics(
         "seed": seed,
         "order": model.cfg.d_state,
         "layer_orders": model.cfg.state_sizes(),
-        "order_spec": order_spec or str(model.cfg.d_state),
+        "order_spec": order_spec or _layers_spec(model.cfg),
         "N": N,
         "params": count_parameters(model),
         "device": str(device),
@@ -167,6 +168,10 @@ def base_metrics(
         "model_config": model.cfg.to_dict(),
         "version": __version__,
     }
+
+
+def _layers_spec(cfg: ModelConfig) -> str:
+    return "layers:" + ",".join(map(str, cfg.layer_states)) if cfg.layer_states else str(cfg.d_state)
 
 
 def resolve_device(name: str) -> torch.device:
