@@ -167,6 +167,12 @@ def test_new_method_schedules_only_that_methods_jobs(tiny_run):
     assert edited(tiny_run, "methods: [bt, modal]\n") == {"reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
 
 
+def test_report_bundles_tables_and_figures(tiny_run):
+    snakemake(tiny_run, "--configfile", "tiny.yaml", "--report", "report.html")
+    html = (tiny_run / "report.html").read_text(errors="replace")
+    assert "accuracy_vs_order.png" in html and "accuracy.csv" in html
+
+
 def test_tolerance_order_schedules_its_own_jobs(tiny_run):
     assert edited(tiny_run, "orders: [2, 'tol:0.1']\n") == {
         "choose_orders": 2, "train_baseline_tol": 2, "reduce_tol": 2, "retrain_tol": 2, "aggregate": 1, "plot": 1}
