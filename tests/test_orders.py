@@ -145,3 +145,9 @@ def test_a_per_layer_model_evaluated_on_its_own_names_its_layer_sizes(tmp_path):
     assert m["order_spec"] == "layers:5,2" and m["layer_orders"] == [5, 2] and m["order"] == 5
     uniform = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=4, n_layers=2))
     assert base_metrics({"task": "t"}, uniform, parse_hparams("{}"), "skew_hippo", 0, "cpu", 12)["order_spec"] == "4"
+
+
+def test_irka_fallback_warnings_name_the_layer_and_order():
+    model = shaped_model()  # layer 1 has 10 dead modes per channel: IRKA at r = 3 cannot use them
+    with pytest.warns(RuntimeWarning, match=r"layer 1, r=3: IRKA did not converge for \d+ of 6 channels"):
+        reduce_model_layers(model, [5, 3], method="h2", kernel_length=20)

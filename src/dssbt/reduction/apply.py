@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,7 @@ def _reduce_layers(
                 factors = balance(ss["Lambda"], ss["B"], ss["C"], dt=dt)
                 results = {r: truncate(factors, r) for r in wanted}
             else:
-                results = {r: reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt) for r in wanted}
+                results = {r: _reduce_naming_layer(ss, r, method, dt, i) for r in wanted}
         except ValueError as e:
             raise ValueError(f"layer {i} (index = direction, channel): {e}") from None
         for key, layer_orders in specs.items():
@@ -188,6 +189,16 @@ def _reduce_layers(
                 }
             )
     return out
+
+
+def _reduce_naming_layer(ss: dict[str, np.ndarray], r: int, method: str, dt, layer: int):
+    """``reduce`` of one layer's channels; its warnings (IRKA fallbacks) name the layer and the order."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        res = reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt)
+    for w in caught:
+        warnings.warn(f"layer {layer}, r={r}: {w.message}", w.category, stacklevel=3)
+    return res
 
 
 def hankel_singular_values(model: S4Model, route: str = "discrete") -> list[np.ndarray]:
