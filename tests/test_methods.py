@@ -342,3 +342,41 @@ def test_re_diagonalised_methods_split_each_modes_gain_evenly(method, dt):
         res = reduce(Lambda, B, C, 4, method=method, dt=None if dt is None else np.full(20, dt))
     assert np.all(np.abs(res.C) > 0)
     np.testing.assert_allclose(np.abs(res.B), np.abs(res.C), rtol=1e-10)
+
+
+def test_reduction_options_in_hparams_are_checked():
+    from dssbt.hparams import parse_hparams
+
+    hp = parse_hparams('{"reduction": {"h2": {"tol": 1e-6, "max_iter": 7}}}')
+    assert hp.reduction == {"h2": {"tol": 1e-6, "max_iter": 7}} and hp.to_dict()["reduction"] == hp.reduction
+    assert "reduction" not in parse_hparams("{}").to_dict()  # training jobs' hparams are unchanged
+    for bad, message in (
+        ('{"reduction": {"bt": {}}}', r"unknown key reduction.bt; known: \['h2'\]"),
+        ('{"reduction": {"h2": {"tolerance": 1}}}', r"unknown key reduction.h2.tolerance"),
+        ('{"reduction": {"h2": {"max_iter": 2.5}}}', r"reduction.h2.max_iter must be int, got 2.5"),
+        ('{"reduction": {"h2": {"max_iter": 0}}}', r"reduction.h2.max_iter must be > 0, got 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_hparams(bad)
+
+
+def test_irka_iteration_cap_reaches_the_reduction_through_the_cli(tmp_path):
+    """max_iter = 1 cannot converge: every channel keeps BT (converged all False); the default converges."""
+    import json
+    import subprocess
+    import sys
+
+    from dssbt.checkpoint import save_model
+    from test_model import small_model
+
+    save_model(tmp_path / "pre.pt", small_model(), {"l_max": 32})
+    converged = {}
+    for name, hp in (("capped", '{"reduction": {"h2": {"max_iter": 1}}}'), ("default", "{}")):
+        p = subprocess.run([sys.executable, "-m", "dssbt", "reduce", "--checkpoint", str(tmp_path / "pre.pt"),
+                            "--order", "3", "--method", "h2", "--hparams", hp, "--out", str(tmp_path / f"{name}.pt"),
+                            "--report", str(tmp_path / f"{name}.json")], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        converged[name] = np.concatenate([np.ravel(layer["converged"]) for layer in report["layers"]])
+        assert report["options"] == json.loads(hp).get("reduction", {}).get("h2", {})
+    assert not converged["capped"].any() and converged["default"].mean() > 0.5

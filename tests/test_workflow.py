@@ -199,3 +199,12 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     md = (tiny_run / "results/tables/accuracy.md").read_text()
     assert re.search(r"\| image \| tol:0.1 \(mean r \d\.\d\) \| Modal-init \(retrained\) \|", md), md
     assert job_counts(tiny_run, "--configfile", "tiny.yaml", "tol.yaml") == {}
+
+
+def test_h2_options_rerun_only_the_h2_jobs(tiny_run):
+    """After a real run with bt and h2, editing reduction.h2 schedules the h2 reductions and retrains only."""
+    (tiny_run / "h2.yaml").write_text("methods: [bt, h2]\n")
+    snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "h2.yaml")
+    (tiny_run / "h2_opts.yaml").write_text("reduction: {h2: {max_iter: 5}}\n")
+    assert job_counts(tiny_run, "--configfile", "tiny.yaml", "h2.yaml", "h2_opts.yaml") == {
+        "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}

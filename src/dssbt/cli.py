@@ -74,13 +74,15 @@ def cmd_reduce(args: argparse.Namespace) -> None:
     L = args.kernel_length or meta.get("l_max")
     if not L:
         raise ValueError(f"{args.checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
+    options = hp.reduction.get(args.method, {})
     if orders_file is None:
         spec = None
-        reduced, report = reduce_model(model, args.order, method=args.method, route=args.route, kernel_length=int(L))
+        reduced, report = reduce_model(model, args.order, method=args.method, route=args.route, kernel_length=int(L),
+                                       options=options)
     else:
         spec = order_spec(orders_file["tol"])
         reduced, report = reduce_model_layers(model, orders_file["layer_orders"], method=args.method,
-                                              route=args.route, kernel_length=int(L))
+                                              route=args.route, kernel_length=int(L), options=options)
         report.update(tol=orders_file["tol"], order_spec=spec, layer_orders_file=str(args.layer_orders))
     report.update(checkpoint=str(args.checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     metrics = None
@@ -150,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", required=True, help="reduction report (JSON) to write")
     p.add_argument("--data", default=None, help="prepared task: also measure accuracy without retraining")
     p.add_argument("--metrics", default=None, help="metrics JSON of the reduced model without retraining")
-    p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size and optim.amp are used")
+    p.add_argument("--hparams", default="{}",
+                   help="optim.eval_batch_size and optim.amp (the accuracy), reduction.<method> (e.g. h2: tol, max_iter)")
     common(p)
     p.set_defaults(func=cmd_reduce)
 

@@ -1,10 +1,11 @@
 """Hyper-parameters of one training job, parsed from JSON with every key checked.
 
-The JSON has two sections; every key is optional (defaults below) and unknown keys are an error:
+The JSON has these sections; every key is optional (defaults below) and unknown keys are an error:
 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
-               eval_batch_size, amp}}
+               eval_batch_size, amp},
+     "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only)
 
 The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
 the Lambda init from the job's ``--init``, the state size from the job's ``--order`` (default: d_state = N).
@@ -46,13 +47,19 @@ class OptimHparams:
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
 
 
+# Options of a reduction method, passed to ``dssbt.reduction.reduce`` (defaults there: h2 tol 1e-8, max_iter 100).
+REDUCTION_KEYS = {"h2": {"tol": float, "max_iter": int}}
+
+
 @dataclass
 class Hparams:
     model: dict[str, Any] = field(default_factory=dict)  # keys of MODEL_KEYS, validated by ModelConfig
     optim: OptimHparams = field(default_factory=OptimHparams)
+    reduction: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options (REDUCTION_KEYS)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dict(sorted(self.model.items())), "optim": asdict(self.optim)}
+        d = {"model": dict(sorted(self.model.items())), "optim": asdict(self.optim)}
+        return d | ({"reduction": self.reduction} if self.reduction else {})
 
 
 def _check_type(where: str, key: str, value: Any, want: type) -> None:
@@ -72,9 +79,9 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
             raise ValueError(f"hyper-parameters: not valid JSON ({e})") from None
     if not isinstance(source, dict):
         raise ValueError(f"hyper-parameters: expected a JSON object, got {type(source).__name__}")
-    unknown = sorted(set(source) - {"model", "optim"})
+    unknown = sorted(set(source) - {"model", "optim", "reduction"})
     if unknown:
-        raise ValueError(f"hyper-parameters: unknown section(s) {unknown}; sections are ['model', 'optim']")
+        raise ValueError(f"hyper-parameters: unknown section(s) {unknown}; sections are ['model', 'optim', 'reduction']")
     model = dict(source.get("model", {}))
     for k, v in model.items():
         if k not in MODEL_KEYS:
@@ -95,4 +102,19 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     for k in ("lr", "ssm_lr", "weight_decay", "warmup_epochs", "grad_clip", "patience"):
         if getattr(optim, k) < 0:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 0, got {getattr(optim, k)}")
-    return Hparams(model=model, optim=optim)
+    reduction = source.get("reduction", {})
+    if not isinstance(reduction, dict):
+        raise ValueError(f"hyper-parameters: reduction must be an object, got {reduction!r}")
+    for method, options in reduction.items():
+        if method not in REDUCTION_KEYS:
+            raise ValueError(f"hyper-parameters: unknown key reduction.{method}; known: {sorted(REDUCTION_KEYS)}")
+        if not isinstance(options, dict):
+            raise ValueError(f"hyper-parameters: reduction.{method} must be an object, got {options!r}")
+        for k, v in options.items():
+            if k not in REDUCTION_KEYS[method]:
+                raise ValueError(f"hyper-parameters: unknown key reduction.{method}.{k}; "
+                                 f"known: {sorted(REDUCTION_KEYS[method])}")
+            _check_type(f"reduction.{method}", k, v, REDUCTION_KEYS[method][k])
+            if not v > 0:
+                raise ValueError(f"hyper-parameters: reduction.{method}.{k} must be > 0, got {v}")
+    return Hparams(model=model, optim=optim, reduction={m: dict(o) for m, o in sorted(reduction.items())})

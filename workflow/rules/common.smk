@@ -91,13 +91,15 @@ def hparams_json(task, stage):
 check_config()
 
 
-def eval_hparams_json(task):
-    """Only the evaluation settings of the retrain stage (what the reduce job's accuracy depends on)."""
+def reduce_hparams_json(task, method):
+    """What a reduce job depends on besides its inputs: the evaluation settings of the retrain stage (its accuracy)
+    and, where set, the method's options (reduction.h2); other methods' jobs never see them.
+    """
     optim = json.loads(hparams_json(task, "retrain"))["optim"]
-    return json.dumps(
-        {"optim": {k: optim[k] for k in ("eval_batch_size", "amp") if k in optim}},
-        sort_keys=True,
-    )
+    hp = {"optim": {k: optim[k] for k in ("eval_batch_size", "amp") if k in optim}}
+    if method in config["reduction"] and method != "route":
+        hp["reduction"] = {method: config["reduction"][method]}
+    return json.dumps(hp, sort_keys=True)
 
 
 def prepared(task):

@@ -18,7 +18,7 @@ rule reduce:
         **rule_resources("reduce"),
     params:
         route=lambda wc: reduction_route(wc.method),
-        hparams=lambda wc: eval_hparams_json(wc.task),
+        hparams=lambda wc: reduce_hparams_json(wc.task, wc.method),
         device=config["device"],
     shell:
         "python -m dssbt reduce --checkpoint {input.model} --order {wildcards.order}"
@@ -69,7 +69,7 @@ rule reduce_tol:
         **rule_resources("reduce"),
     params:
         route=lambda wc: reduction_route(wc.method),
-        hparams=lambda wc: eval_hparams_json(wc.task),
+        hparams=lambda wc: reduce_hparams_json(wc.task, wc.method),
         device=config["device"],
     shell:
         "python -m dssbt reduce --checkpoint {input.model} --layer-orders {input.orders}"

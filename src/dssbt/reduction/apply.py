@@ -25,6 +25,7 @@ def reduce_model(
     method: str = "bt",
     route: str = "discrete",
     kernel_length: int = 1024,
+    options: dict[str, Any] | None = None,
 ) -> tuple[S4Model, dict[str, Any]]:
     """Order-r copy of ``model`` and a per-layer report.
 
@@ -37,8 +38,9 @@ def reduce_model(
     reduced feedthrough), and every non-SSM weight is copied.
     The report holds, per layer, the HSVs (n_dir, H, N), the error bound and the measured relative kernel error
     ``||K - K_r||_2 / ||K||_2`` over ``kernel_length`` steps (n_dir, H), computed from the weights actually stored.
+    ``options``: the method's options for ``dssbt.reduction.reduce`` (h2: tol, max_iter).
     """
-    return reduce_model_orders(model, [r], method, route, kernel_length)[r]
+    return reduce_model_orders(model, [r], method, route, kernel_length, options)[r]
 
 
 def reduce_model_orders(
@@ -47,6 +49,7 @@ def reduce_model_orders(
     method: str = "bt",
     route: str = "discrete",
     kernel_length: int = 1024,
+    options: dict[str, Any] | None = None,
 ) -> dict[int, tuple[S4Model, dict[str, Any]]]:
     """``reduce_model`` at several orders; BT factors each channel once and truncates it at every order.
 
@@ -58,7 +61,7 @@ def reduce_model_orders(
         if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r < N):
             raise ValueError(f"reduced order must be an integer with 1 <= r < N = {N}, got r={r!r}")
     n_layers = model.cfg.n_layers
-    return _reduce_layers(model, {r: [r] * n_layers for r in orders}, method, route, kernel_length)
+    return _reduce_layers(model, {r: [r] * n_layers for r in orders}, method, route, kernel_length, options)
 
 
 def reduce_model_layers(
@@ -67,6 +70,7 @@ def reduce_model_layers(
     method: str = "bt",
     route: str = "discrete",
     kernel_length: int = 1024,
+    options: dict[str, Any] | None = None,
 ) -> tuple[S4Model, dict[str, Any]]:
     """``reduce_model`` with one order per layer (e.g. from ``choose_layer_orders``); a layer whose order equals its
     state size is copied unchanged."""
@@ -76,7 +80,7 @@ def reduce_model_layers(
     ):
         raise ValueError(f"layer orders must be {len(sizes)} integers with 1 <= r_i <= N_i = {sizes}, "
                          f"got {layer_orders!r}")
-    return _reduce_layers(model, {0: list(layer_orders)}, method, route, kernel_length)[0]
+    return _reduce_layers(model, {0: list(layer_orders)}, method, route, kernel_length, options)[0]
 
 
 def choose_layer_orders(model: S4Model, tol: float, route: str = "discrete") -> dict[str, Any]:
@@ -130,6 +134,7 @@ def _reduce_layers(
     method: str,
     route: str,
     kernel_length: int,
+    options: dict[str, Any] | None = None,
 ) -> dict[Any, tuple[S4Model, dict[str, Any]]]:
     """Reduce ``model`` once per spec (key -> one order per layer); BT factors each layer once for all specs."""
     if method not in METHODS:
@@ -149,7 +154,8 @@ def _reduce_layers(
         assert set(missing) == ssm_names and not unexpected, (missing, unexpected)
         uniform = len(set(layer_orders)) == 1 and layer_orders[0] < min(sizes)
         report = {"method": method, "route": route, "N": model.cfg.d_state, "r": layer_orders[0] if uniform else None,
-                  "layer_orders": list(layer_orders), "kernel_length": kernel_length, "layers": []}
+                  "layer_orders": list(layer_orders), "kernel_length": kernel_length, "options": options or {},
+                  "layers": []}
         out[key] = (reduced, report)
 
     for i, full in enumerate(model.dss_layers()):
@@ -161,7 +167,7 @@ def _reduce_layers(
                 factors = balance(ss["Lambda"], ss["B"], ss["C"], dt=dt)
                 results = {r: truncate(factors, r) for r in wanted}
             else:
-                results = {r: _reduce_naming_layer(ss, r, method, dt, i) for r in wanted}
+                results = {r: _reduce_naming_layer(ss, r, method, dt, i, options or {}) for r in wanted}
         except ValueError as e:
             raise ValueError(f"layer {i} (index = direction, channel): {e}") from None
         for key, layer_orders in specs.items():
@@ -191,11 +197,11 @@ def _reduce_layers(
     return out
 
 
-def _reduce_naming_layer(ss: dict[str, np.ndarray], r: int, method: str, dt, layer: int):
+def _reduce_naming_layer(ss: dict[str, np.ndarray], r: int, method: str, dt, layer: int, options: dict[str, Any]):
     """``reduce`` of one layer's channels; its warnings (IRKA fallbacks) name the layer and the order."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        res = reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt)
+        res = reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt, **options)
     for w in caught:
         warnings.warn(f"layer {layer}, r={r}: {w.message}", w.category, stacklevel=3)
     return res
