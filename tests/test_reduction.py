@@ -260,31 +260,3 @@ def test_balanced_truncation_alias_is_reduce_bt():
     Lambda, B, C = random_stable(rng, (2,), 6)
     a, b = balanced_truncation(Lambda, B, C, 3), reduce(Lambda, B, C, 3, method="bt")
     np.testing.assert_array_equal(a.Lambda, b.Lambda)
-
-
-def test_cholesky_factors_and_the_eigh_fallback_agree():
-    """The fast square root (Cholesky) and the slow one (eigendecomposition) give the same Gramian and the same
-    HSVs; matrices on which Cholesky breaks down (a round-off negative eigenvalue) take the slow path."""
-    from dssbt.reduction.balanced import _psd_sqrt, _psd_sqrt_eigh
-    from dssbt.reduction.gramians import gramians_continuous
-
-    rng = np.random.default_rng(11)
-    Lambda, B, C = random_stable(rng, (40,), 16)
-    P, Q = gramians_continuous(Lambda, B, C)
-    # two broken matrices in the batch: rank 1 minus a round-off-sized multiple of the identity
-    v = rng.normal(size=16) + 1j * rng.normal(size=16)
-    bad = np.outer(v, v.conj()) - 1e-14 * np.eye(16)
-    P[3], P[17] = bad, bad
-    fast, slow = _psd_sqrt(P), _psd_sqrt_eigh(P)
-    scale = np.abs(P).max((-2, -1), keepdims=True)
-    for L in (fast, slow):
-        assert np.all(np.isfinite(L))
-        np.testing.assert_allclose(L @ np.swapaxes(L, -1, -2).conj(), P, atol=1e-12 * scale.max())
-    upper = np.abs(np.triu(fast, 1)).max((-2, -1))  # Cholesky factors are lower triangular, eigh factors are not
-    assert np.all(upper[[3, 17]] > 0) and np.all(np.delete(upper, [3, 17]) == 0)  # the broken ones went the slow way
-    np.testing.assert_allclose(fast[[3, 17]], slow[[3, 17]], rtol=0, atol=1e-15 * scale.max())
-    hsv = [np.linalg.svd(np.swapaxes(_psd_sqrt_eigh(Q), -1, -2).conj() @ L, compute_uv=False) for L in (fast, slow)]
-    keep = np.ones(40, bool)
-    keep[[3, 17]] = False
-    top = hsv[1][keep][:, :1]  # sigma_1 of each system: HSVs far below it carry only round-off
-    np.testing.assert_allclose(hsv[0][keep] / top, hsv[1][keep] / top, rtol=1e-8, atol=1e-12)

@@ -4,10 +4,9 @@ The system of one channel is ``G(s) = sum_n C_n B_n / (s - Lambda_n)`` (continuo
 discretisation with step dt (discrete route: Gramians of ``(Lambda_bar, B_bar, C)``). Steps, all in complex128:
 
 1. closed-form Gramians P, Q (``gramians.py``);
-2. square-root factors ``P = Lp Lp^H``, ``Q = Lq Lq^H``: Cholesky (batched, per-matrix success flags), and for
-   the matrices where it breaks down -- numerically rank-deficient Gramians with a round-off negative pivot --
-   Hermitian eigendecompositions with negative round-off eigenvalues clipped to 0. Both are backward stable; the
-   eigendecomposition is ~10x slower (on the Gramians of six trained models Cholesky never broke down);
+2. square-root factors ``P = Lp Lp^H``, ``Q = Lq Lq^H`` from Hermitian eigendecompositions with negative
+   round-off eigenvalues clipped to 0 -- unlike Cholesky this survives the numerically rank-deficient Gramians of
+   trained models;
 3. SVD ``Lq^H Lp = Z diag(hsv) Y^H``: the Hankel singular values, computed once and truncated at every order;
 4. projection ``T = Lp Y_r hsv_r^-1/2``, ``Ti = hsv_r^-1/2 Z_r^H Lq^H``, reduced ``(Ti A T, Ti B, C T)``;
 5. re-diagonalisation of the dense reduced A by ``eig``, back to DSS form ``(Lambda_r, B_r, C_r)``.
@@ -32,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .gramians import gramians_continuous, gramians_discrete, zoh
 
@@ -226,23 +224,8 @@ def split_gains(B: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _psd_sqrt(P: np.ndarray) -> np.ndarray:
-    """A factor L with ``P = L L^H`` for Hermitian PSD P (..., N, N), robust to round-off negative eigenvalues.
-
-    Cholesky where it succeeds (backward stable, ~10x cheaper than an eigendecomposition); the matrices on which it
-    breaks down (numerically rank-deficient Gramians with a round-off negative pivot) get the eigendecomposition
-    factor ``U sqrt(max(w, 0))`` instead. ``_psd_sqrt_eigh`` is that slow path for every matrix.
-    """
+    """A factor L with ``P = L L^H`` for Hermitian PSD P (..., N, N), robust to round-off negative eigenvalues."""
     P = 0.5 * (P + np.swapaxes(P, -1, -2).conj())
-    L, info = torch.linalg.cholesky_ex(torch.from_numpy(P))
-    L = L.numpy()
-    failed = info.numpy() != 0  # (...,)
-    if failed.any():
-        L[failed] = _psd_sqrt_eigh(P[failed])
-    return L
-
-
-def _psd_sqrt_eigh(P: np.ndarray) -> np.ndarray:
-    """``U sqrt(max(w, 0))`` from ``P = U diag(w) U^H`` (Hermitian (..., N, N)): a square root for any PSD matrix."""
     w, U = np.linalg.eigh(P)
     return U * np.sqrt(np.clip(w, 0.0, None))[..., None, :]
 
