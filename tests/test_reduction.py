@@ -260,3 +260,14 @@ def test_balanced_truncation_alias_is_reduce_bt():
     Lambda, B, C = random_stable(rng, (2,), 6)
     a, b = balanced_truncation(Lambda, B, C, 3), reduce(Lambda, B, C, 3, method="bt")
     np.testing.assert_array_equal(a.Lambda, b.Lambda)
+
+
+def test_from_zoh_inverts_zoh_on_the_principal_branch():
+    from dssbt.reduction.gramians import from_zoh
+
+    rng = np.random.default_rng(12)
+    Lambda, B, _ = random_stable(rng, (5,), 8, im_scale=20.0)
+    dt = rng.uniform(0.01, 0.15, 5)  # |Im(dt Lambda)| <= 3 < pi: the principal branch is Lambda itself
+    Lambda_back, B_back = from_zoh(*zoh(Lambda, B, dt), dt)
+    np.testing.assert_allclose(Lambda_back, Lambda, rtol=1e-12)
+    np.testing.assert_allclose(B_back, B, rtol=1e-10)

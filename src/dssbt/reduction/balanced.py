@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gramians import gramians_continuous, gramians_discrete, zoh
+from .gramians import from_zoh, gramians_continuous, gramians_discrete, zoh
 
 
 @dataclass
@@ -171,9 +171,7 @@ def truncate(f: BalancedFactors, r: int, max_cond: float = 1e12) -> ReducedSyste
         radius = np.abs(lam)
         clamped = radius >= 1.0 - 1e-12
         lam = np.where(clamped, lam / np.maximum(radius, 1e-300) * (1.0 - 1e-12), lam)
-        dt = f.dt[..., None]
-        Lambda_r = np.log(lam) / dt  # principal branch, see module docstring
-        B_r = Bd * Lambda_r / np.expm1(dt * Lambda_r)  # invert B_bar = (exp(dt Lambda) - 1) / Lambda * B
+        Lambda_r, B_r = from_zoh(lam, Bd, f.dt)  # principal branch, see module docstring
 
     B_r, C_r = split_gains(B_r, Cd)
 

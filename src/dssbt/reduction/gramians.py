@@ -24,6 +24,17 @@ def zoh(Lambda: np.ndarray, B: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, 
     return np.exp(dtL), np.expm1(dtL) / Lambda * B
 
 
+def from_zoh(Lambda_bar: np.ndarray, B_bar: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of ``zoh``: continuous ``(Lambda, B)`` of discrete modes (..., r) with step dt (...,).
+
+    ``Lambda = log(Lambda_bar) / dt`` on the principal branch (``|Im(dt Lambda)| <= pi``; any branch gives the same
+    discrete system), ``B = B_bar * Lambda / expm1(dt Lambda)``. Returns complex128 (..., r) twice.
+    """
+    dt = np.asarray(dt, dtype=np.float64)[..., None]
+    Lambda = np.log(Lambda_bar) / dt
+    return Lambda, B_bar * Lambda / np.expm1(dt * Lambda)
+
+
 def gramians_continuous(Lambda: np.ndarray, B: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Controllability P and observability Q Gramians, complex128 (..., N, N), of a stable diagonal system."""
     Lambda, B, C = (np.asarray(a, dtype=np.complex128) for a in (Lambda, B, C))

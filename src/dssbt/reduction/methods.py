@@ -42,7 +42,7 @@ import dataclasses
 import numpy as np
 
 from .balanced import BalancedFactors, ReducedSystem, balance, check_system, split_gains, truncate
-from .gramians import zoh
+from .gramians import from_zoh, zoh
 from .h2 import irka, solve_or_nan, warn_unconverged
 
 _MIN_RADIUS = 1e-8  # discrete bsp: smallest |lambda_bar_r| mapped back (C_r = C'_r / lambda_bar_r)
@@ -116,7 +116,7 @@ def singular_perturbation(f: BalancedFactors, r: int, max_cond: float = 1e12) ->
             stable = (radius < 1.0) & (radius > _MIN_RADIUS)
             C_r = Cd / lam  # C'_r = C_r lambda_bar_r
             D = Dr - (C_r * Bd).sum(-1)  # lag-0 remainder
-            Lambda_r, B_r = _from_discrete(lam, Bd, f.dt)
+            Lambda_r, B_r = from_zoh(lam, Bd, f.dt)
         else:
             stable = lam.real < 0
             Lambda_r, B_r, C_r, D = lam, Bd, Cd, Dr
@@ -167,13 +167,6 @@ def _spa(g: BalancedFactors, r: int, s0: float, D0: np.ndarray):
     return Ar, Br, Cr, Dr, rank
 
 
-def _from_discrete(lam: np.ndarray, B_bar: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous DSS form of discrete modes (..., r) with step dt (...,): principal log, inverse ZOH for B."""
-    dt = dt[..., None]
-    Lambda = np.log(lam) / dt  # principal branch, |Im(dt Lambda)| <= pi
-    return Lambda, B_bar * Lambda / np.expm1(dt * Lambda)  # B_bar = expm1(dt Lambda) / Lambda * B
-
-
 def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, max_iter: int = 100) -> ReducedSystem:
     """IRKA from the BT poles; falls back to BT per channel (with a warning) where it fails.
 
@@ -190,7 +183,7 @@ def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, ma
         res = irka(f.A, f.B, C, r, start, tol=tol, max_iter=max_iter, discrete=True)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             stable = np.all(np.abs(res.Lambda) < 1.0, -1)
-            Lambda_r, B_r = _from_discrete(res.Lambda, res.B, f.dt)
+            Lambda_r, B_r = from_zoh(res.Lambda, res.B, f.dt)
         C_r = res.C
         order = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
         Lambda_r, B_r, C_r = (np.take_along_axis(a, order, -1) for a in (Lambda_r, B_r, C_r))
