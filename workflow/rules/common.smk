@@ -97,7 +97,8 @@ def reduce_hparams_json(task, method):
     """
     optim = json.loads(hparams_json(task, "retrain"))["optim"]
     hp = {"optim": {k: optim[k] for k in ("eval_batch_size", "amp") if k in optim}}
-    if method in config["reduction"] and method != "route":
+    # {method} is one of bt|bsp|modal|h2 (wildcard constraint), never the key "route"
+    if method in config["reduction"]:
         hp["reduction"] = {method: config["reduction"][method]}
     return json.dumps(hp, sort_keys=True)
 
@@ -127,11 +128,6 @@ def train_resources(name):
     )
     res = deep_merge(res, config["resources"].get(name, {}))
     return {k: v for k, v in res.items() if k != "gpu" or v}
-
-
-def reduction_route(method):
-    """Every method follows reduction.route (continuous or discrete Gramians)."""
-    return config["reduction"]["route"]
 
 
 def expand_runs(kind, filename, orders=True):

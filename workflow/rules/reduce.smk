@@ -17,7 +17,7 @@ rule reduce:
     resources:
         **rule_resources("reduce"),
     params:
-        route=lambda wc: reduction_route(wc.method),
+        route=config["reduction"]["route"],
         hparams=lambda wc: reduce_hparams_json(wc.task, wc.method),
         device=config["device"],
     shell:
@@ -68,7 +68,7 @@ rule reduce_tol:
     resources:
         **rule_resources("reduce"),
     params:
-        route=lambda wc: reduction_route(wc.method),
+        route=config["reduction"]["route"],
         hparams=lambda wc: reduce_hparams_json(wc.task, wc.method),
         device=config["device"],
     shell:
