@@ -44,6 +44,16 @@ def random_stable(rng: np.random.Generator, shape: tuple[int, ...], N: int, im_s
     return Lambda, B, C
 
 
+def trained_like_channel(N: int = 64):
+    """One channel (1, N) whose HSVs decay over ~14 decades, as after training: slow to fast poles, output weights
+    from 1 down to 1e-14. Returns Lambda, B, C."""
+    rng = np.random.default_rng(7)
+    Lambda = -np.logspace(-3, 1, N) + 1j * rng.uniform(0, 50, N)
+    B = np.ones(N, complex)
+    C = np.logspace(0, -14, N) * np.exp(1j * rng.uniform(0, 2 * np.pi, N))
+    return Lambda[None], B[None], C[None]
+
+
 def run_recording_dss_io(model, x):
     """``model(x)`` without gradients, recording each DSS layer's input and output (B, H, L), keyed by layer index.
     Returns (logits, inputs, outputs)."""

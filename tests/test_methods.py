@@ -9,7 +9,7 @@ from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
 from dssbt.reduction import balance, reduce
 from dssbt.reduction.h2 import h2_error, h2_norm
-from reference import random_stable, simulate_dense, transfer
+from reference import random_stable, simulate_dense, trained_like_channel, transfer
 
 
 def dtransfer(Lambda, B, C, s):
@@ -220,17 +220,13 @@ def test_discrete_bsp_at_and_beyond_the_numerical_rank(r):
 
 
 def test_discrete_bsp_of_a_trained_like_channel_with_fast_decaying_hsvs():
-    rng = np.random.default_rng(7)
-    N = 64
-    Lambda = -np.logspace(-3, 1, N) + 1j * rng.uniform(0, 50, N)
-    B = np.ones(N, complex)
-    C = np.logspace(0, -14, N) * np.exp(1j * rng.uniform(0, 2 * np.pi, N))
+    Lambda, B, C = trained_like_channel()
     dt = np.array([0.05])
-    Lb, Bb = discretise(Lambda[None], B[None], dt)
+    Lb, Bb = discretise(Lambda, B, dt)
     z = np.exp(1j * np.unique(np.concatenate([np.linspace(-np.pi, np.pi, 8001), np.angle(Lb).ravel()])))
-    G = kernel_transfer(Lb, Bb, C[None], z)
+    G = kernel_transfer(Lb, Bb, C, z)
     for r in (4, 16, 32, 63):
-        res = reduce(Lambda[None], B[None], C[None], r, method="bsp", dt=dt)
+        res = reduce(Lambda, B, C, r, method="bsp", dt=dt)
         assert np.all(np.isfinite(res.Lambda)) and np.all(np.isfinite(res.D)) and np.all(res.Lambda.real < 0)
         Lbr, Bbr = discretise(res.Lambda, res.B, dt)
         err = np.abs(G - kernel_transfer(Lbr, Bbr, res.C, z, res.D)).max(-1)

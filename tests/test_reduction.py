@@ -3,7 +3,7 @@ import pytest
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
 from dssbt.reduction import balance, balanced_truncation, gramians_continuous, gramians_discrete, reduce, truncate, zoh
-from reference import random_stable, transfer
+from reference import random_stable, trained_like_channel, transfer
 
 control = pytest.importorskip("control", reason="python-control (test extra) is the BT oracle")
 
@@ -209,15 +209,11 @@ def test_channel_with_zero_output_and_uncontrollable_modes():
 
 
 def test_fast_decaying_hsvs_of_a_trained_like_channel():
-    rng = np.random.default_rng(7)
-    N = 64
-    Lambda = -np.logspace(-3, 1, N) + 1j * rng.uniform(0, 50, N)
-    B = np.ones(N, complex)
-    C = np.logspace(0, -14, N) * np.exp(1j * rng.uniform(0, 2 * np.pi, N))
-    f = balance(Lambda[None], B[None], C[None])
+    Lambda, B, C = trained_like_channel()
+    f = balance(Lambda, B, C)
     assert f.hsv[0, -1] < 1e-10 * f.hsv[0, 0]  # numerically rank-deficient Gramians
     for r in (4, 16, 32, 63):
-        assert_valid_reduction(Lambda[None], B[None], C[None], r)
+        assert_valid_reduction(Lambda, B, C, r)
         assert_valid_reduction(Lambda[None], B[None], C[None], r, dt=np.array([0.05]))
 
 
