@@ -56,7 +56,7 @@ def batches(split: Split, index: torch.Tensor, batch_size: int, device: torch.de
         idx = index[i : i + batch_size].numpy()
         ln = torch.from_numpy(split.lengths[idx])
         L = int(ln.max())
-        x = torch.from_numpy(np.ascontiguousarray(split.batch_inputs(idx)[..., :L]))
+        x = torch.from_numpy(np.ascontiguousarray(split.batch_inputs(idx, L)))
         yield x.to(device), ln.to(device), torch.from_numpy(split.labels[idx]).to(device)
 
 

@@ -48,9 +48,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch_inputs(self, idx: np.ndarray) -> np.ndarray:
-        """The inputs of examples ``idx`` as a model takes them: int64 ids or float32 pixels, (b, ...)."""
-        x = self.inputs[idx]
+    def batch_inputs(self, idx: np.ndarray, length: int | None = None) -> np.ndarray:
+        """The inputs of examples ``idx``, cut to their first ``length`` positions (default: all), as a model takes
+        them: int64 ids or float32 pixels, (b, ..., length). Cut before decoding: padding is never converted."""
+        x = self.inputs[idx][..., :length]
         if self.table is not None:
             return self.table[x]  # (b, L) float32
         return x if x.dtype.kind == "f" else x.astype(np.int64)
