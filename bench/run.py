@@ -8,14 +8,15 @@ summary of every RATIO / TARGET / CHECK line and the wall time of each benchmark
 ``--quick``: tiny sizes, 1-2 repeats, no tiny workflow run -- keeps the scripts working (tests/test_bench.py);
 its timings mean nothing. Exit status 1 if a benchmark failed or one of its checks failed.
 
-Other scripts in bench/ (not run here): dss_layer.py (our fast vs our naive kernel path, both from dssbt.dss),
-reduce_model.py (BT core vs model-level reduction with its report), bt_route.py (continuous vs discrete Gramians
-on a trained model; trains for minutes).
+reduce_model (BT core vs model-level reduction with its report), bt_route (continuous vs discrete Gramians on a
+trained model; trains for minutes) run too. Needs the benchmark extra (``pip install -e '.[bench]'``: python-control
+and slycot, the library oracles).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import subprocess
@@ -29,6 +30,8 @@ NAMES = {
     "reduction": "reduction.py",
     "inference": "inference.py",
     "workflow": "workflow.py",
+    "reduce_model": "reduce_model.py",
+    "bt_route": "bt_route.py",
 }
 
 
@@ -68,6 +71,10 @@ def main() -> None:
     unknown = [n for n in names if n not in NAMES]
     if unknown:
         ap.error(f"unknown benchmark(s) {unknown}; choose among {list(NAMES)}")
+    missing = [m for m in ("control", "slycot") if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"bench/run.py: the library oracles {missing} are not installed; install the benchmark extra: "
+                 "pip install -e '.[bench]'")
     print(f"machine: {machine()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = {n: run_one(n, a.quick) for n in names}

@@ -55,5 +55,5 @@ def test_a_job_limits_numpy_blas_to_its_threads(monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "cmd_orders", lambda args: seen.extend(p["num_threads"] for p in threadpool_info()
                                                                      if p["user_api"] == "blas"))
-    assert cli.main(["orders", "--checkpoint", "x", "--tol", "0.1", "--out", "y", "--threads", "1"]) == 0
+    assert cli.main(["orders", "--checkpoint", "x", "--spec", "tol:0.1", "--out", "y", "--threads", "1"]) == 0
     assert seen and set(seen) == {1}

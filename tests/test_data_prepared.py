@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dssbt.data.prepared import Split, _pixel_codes, load_split, save_prepared
-from dssbt.train import batches
+from dssbt.batches import batches
 
 
 def roundtrip(tmp_path, split: Split) -> Split:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dssbt.dss import DSS, naive_kernel, vandermonde_kernel
-from reference import random_stable, simulate_dense
+from dssbt.oracles import random_stable, simulate_dense
 
 
 def random_layer(H: int, N: int, bidirectional: bool, seed: int, dtype=torch.float64) -> DSS:

@@ -9,7 +9,7 @@ from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
 from dssbt.reduction import balance, reduce
 from dssbt.reduction.h2 import h2_error, h2_norm
-from reference import random_stable, simulate_dense, trained_like_channel, transfer
+from dssbt.oracles import random_stable, simulate_dense, trained_like_channel, transfer
 
 
 def dtransfer(Lambda, B, C, s):

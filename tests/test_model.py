@@ -6,7 +6,7 @@ from dssbt.checkpoint import load_model, save_model
 from dssbt.model import ModelConfig, S4Model, count_parameters
 from dssbt.reduction import reduce
 from dssbt.reduction.apply import reduce_model
-from reference import run_recording_dss_io, simulate_dense
+from dssbt.oracles import run_recording_dss_io, simulate_dense
 
 SSM = ("Lambda_log_neg_re", "Lambda_im", "B", "C")
 

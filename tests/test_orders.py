@@ -12,8 +12,9 @@ from scipy.linalg import solve_discrete_lyapunov
 from dssbt.checkpoint import load_model, save_model
 from dssbt.model import ModelConfig, S4Model, count_parameters
 from dssbt.reduction import reduce
-from dssbt.reduction.apply import choose_layer_orders, reduce_model_layers
-from reference import run_recording_dss_io, simulate_dense
+from dssbt.orders import parse_order
+from dssbt.reduction.apply import ModelReducer, reduce_model
+from dssbt.oracles import run_recording_dss_io, simulate_dense
 from test_model import small_model
 
 
@@ -25,6 +26,10 @@ def dense_hsv_discrete(Lambda, B, C, dt):
     P = solve_discrete_lyapunov(A, np.outer(Bb, Bb.conj()))
     Q = solve_discrete_lyapunov(A.conj().T, np.outer(C.conj(), C))
     return np.sort(np.sqrt(np.abs(np.linalg.eigvals(P @ Q))))[::-1]
+
+
+def choose_layer_orders(model, tol, route="discrete"):
+    return ModelReducer(model, route).choose_orders(parse_order(f"tol:{tol}"))
 
 
 def shaped_model():
@@ -58,16 +63,19 @@ def test_chosen_orders_match_a_brute_force_search_over_scipy_hsvs(tol):
 
 
 def test_tolerance_is_checked():
-    for bad in (0, 1, -0.1, 1.5, "0.1", True):
-        with pytest.raises(ValueError, match="order tolerance must be a number in \\(0, 1\\)"):
-            choose_layer_orders(small_model(), bad)
+    for bad in ("tol:0", "tol:1", "tol:-0.1", "tol:1.5", "tol:nan", "tol:x", "tol:"):
+        with pytest.raises(ValueError, match="the tol must lie in \\(0, 1\\)|is not a number"):
+            parse_order(bad)
+    for bad in (0, True, "8", "budget:0.5", 2.5):
+        with pytest.raises(ValueError, match="order"):
+            parse_order(bad)
 
 
 def test_per_layer_reduction_runs_each_layer_at_its_own_order():
     model = shaped_model()
     orders = [5, 2]
-    reduced, report = reduce_model_layers(model, orders, kernel_length=40)
-    assert reduced.cfg.state_sizes() == orders and reduced.cfg.d_state == 5
+    reduced, report = reduce_model(model, orders, kernel_length=40)
+    assert reduced.cfg.orders_by_layer() == orders and reduced.cfg.d_state == 5
     assert [layer.N for layer in reduced.dss_layers()] == orders
     assert report["layer_orders"] == orders and [entry["r"] for entry in report["layers"]] == orders
     # each reduced layer = that layer's channels reduced at r_i and simulated densely
@@ -88,26 +96,26 @@ def test_per_layer_reduction_runs_each_layer_at_its_own_order():
 
 def test_a_layer_whose_order_is_its_size_is_copied_unchanged():
     model = shaped_model()
-    reduced, report = reduce_model_layers(model, [12, 3], kernel_length=30)
+    reduced, report = reduce_model(model, [12, 3], kernel_length=30)
     assert report["layers"][0] == {"layer": 0, "r": 12, "unchanged": True}
     for key, v in model.dss_layers()[0].state_dict().items():
         assert torch.equal(reduced.dss_layers()[0].state_dict()[key], v)
     with pytest.raises(ValueError, match=r"2 integers with 1 <= r_i <= N_i = \[12, 12\], got \[13, 3\]"):
-        reduce_model_layers(model, [13, 3])
+        reduce_model(model, [13, 3])
 
 
 def test_per_layer_config_round_trips_and_counts_parameters_by_hand():
-    cfg = ModelConfig(d_input=3, d_output=5, d_model=6, d_state=12, n_layers=2, norm="batch").with_state_sizes([5, 2])
-    assert cfg.layer_states == (5, 2) and cfg.d_state == 5
+    cfg = ModelConfig(d_input=3, d_output=5, d_model=6, d_state=12, n_layers=2, norm="batch").with_layer_orders([5, 2])
+    assert cfg.layer_orders == (5, 2) and cfg.d_state == 5
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert ModelConfig(d_input=1, d_output=2, n_layers=2).with_state_sizes([4, 4]).layer_states == ()
+    assert ModelConfig(d_input=1, d_output=2, n_layers=2).with_layer_orders([4, 4]).layer_orders == ()
     H = 6
     ssm = sum(H * n * 6 + 2 * H for n in (5, 2))  # Lambda (re, im), B, C complex: 6 reals per mode; D, log_dt
     assert count_parameters(S4Model(cfg))["ssm"] == ssm
-    with pytest.raises(ValueError, match=r"layer_states must hold n_layers=2 sizes in \[1, d_state=4\], got \[5, 2\]"):
-        ModelConfig(d_input=1, d_output=2, n_layers=2, d_state=4, layer_states=(5, 2))
-    with pytest.raises(ValueError, match="layer_states must be a list of ints"):
-        ModelConfig(d_input=1, d_output=2, n_layers=2, layer_states=(2.0, 3))
+    with pytest.raises(ValueError, match=r"layer_orders must hold n_layers=2 sizes in \[1, d_state=4\], got \[5, 2\]"):
+        ModelConfig(d_input=1, d_output=2, n_layers=2, d_state=4, layer_orders=(5, 2))
+    with pytest.raises(ValueError, match="layer_orders must be a list of ints"):
+        ModelConfig(d_input=1, d_output=2, n_layers=2, layer_orders=(2.0, 3))
 
 
 def run(*args):
@@ -116,7 +124,7 @@ def run(*args):
 
 def test_orders_then_reduce_commands(tmp_path):
     save_model(tmp_path / "pre.pt", shaped_model(), {"l_max": 32})
-    p = run("orders", "--checkpoint", str(tmp_path / "pre.pt"), "--tol", "0.05", "--out", str(tmp_path / "o.json"))
+    p = run("orders", "--checkpoint", str(tmp_path / "pre.pt"), "--spec", "tol:0.05", "--out", str(tmp_path / "o.json"))
     assert p.returncode == 0, p.stderr
     chosen = json.loads((tmp_path / "o.json").read_text())
     assert chosen["layer_orders"] == choose_layer_orders(shaped_model(), 0.05)["layer_orders"]
@@ -124,7 +132,7 @@ def test_orders_then_reduce_commands(tmp_path):
             "--method", "modal", "--out", str(tmp_path / "r.pt"), "--report", str(tmp_path / "r.json"))
     assert p.returncode == 0, p.stderr
     reduced, meta = load_model(tmp_path / "r.pt")
-    assert reduced.cfg.state_sizes() == chosen["layer_orders"]
+    assert reduced.cfg.orders_by_layer() == chosen["layer_orders"]
     assert meta["reduction"]["order_spec"] == "tol:0.05" and meta["reduction"]["method"] == "modal"
     # --order and --layer-orders are exclusive; a broken orders file is named
     p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--order", "3", "--layer-orders",
@@ -138,16 +146,20 @@ def test_orders_then_reduce_commands(tmp_path):
 
 
 def test_a_per_layer_model_evaluated_on_its_own_names_its_layer_sizes(tmp_path):
-    from dssbt.train import base_metrics, parse_hparams
+    from dssbt.evaluate import base_metrics
+    from dssbt.hparams import parse_hparams
+    from dssbt.runs import describe_run
 
-    model = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=12, n_layers=2).with_state_sizes([5, 2]))
-    m = base_metrics({"task": "t"}, model, parse_hparams("{}"), "skew_hippo", 0, "cpu", 12)
+    model = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=12, n_layers=2).with_layer_orders([5, 2]))
+    m = base_metrics({"task": "t"}, model, parse_hparams("{}"), describe_run("evaluate", "skew_hippo", None), 0,
+                     "cpu", 12)
     assert m["order_spec"] == "layers:5,2" and m["layer_orders"] == [5, 2] and m["order"] == 5
     uniform = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=4, n_layers=2))
-    assert base_metrics({"task": "t"}, uniform, parse_hparams("{}"), "skew_hippo", 0, "cpu", 12)["order_spec"] == "4"
+    assert base_metrics({"task": "t"}, uniform, parse_hparams("{}"), describe_run("evaluate", "skew_hippo", None), 0,
+                        "cpu", 12)["order_spec"] == "4"
 
 
 def test_irka_fallback_warnings_name_the_layer_and_order():
     model = shaped_model()  # layer 1 has 10 dead modes per channel: IRKA at r = 3 cannot use them
     with pytest.warns(RuntimeWarning, match=r"layer 1, r=3: IRKA did not converge for \d+ of 6 channels"):
-        reduce_model_layers(model, [5, 3], method="h2", kernel_length=20)
+        reduce_model(model, [5, 3], method="h2", kernel_length=20)

@@ -3,7 +3,7 @@ import pytest
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
 from dssbt.reduction import balance, balanced_truncation, gramians_continuous, gramians_discrete, reduce, truncate, zoh
-from reference import random_stable, trained_like_channel, transfer
+from dssbt.oracles import embed, random_stable, real_mimo, trained_like_channel, transfer
 
 control = pytest.importorskip("control", reason="python-control (test extra) is the BT oracle")
 
@@ -104,23 +104,6 @@ def test_bt_at_full_order_reproduces_the_transfer_function(dt):
     G, Gr = transfer(Lambda, B, C, s), transfer(res.Lambda, res.B, res.C, s)
     assert np.abs(G - Gr).max() < 1e-8 * np.abs(G).max()
     assert np.all(res.bound == 0)
-
-
-def real_mimo(Lambda, B, C):
-    """The complex SISO system as a real 2-input 2-output system of order 2N (the library's view of it)."""
-    Lr, Li = np.diag(Lambda.real), np.diag(Lambda.imag)
-    A = np.block([[Lr, -Li], [Li, Lr]])
-    BR = np.block([[B.real[:, None], -B.imag[:, None]], [B.imag[:, None], B.real[:, None]]])
-    CR = np.block([[C.real[None], -C.imag[None]], [C.imag[None], C.real[None]]])
-    return control.ss(A, BR, CR, np.zeros((2, 2)))
-
-
-def embed(Lambda, B, C, s):
-    """2x2 real-embedding of G at s: [[Gr, -Gi], [Gi, Gr]] with Gr = (G + G~)/2, Gi = (G - G~)/2i."""
-    G = transfer(Lambda, B, C, np.array([s]))[0]
-    Gt = np.conj(transfer(Lambda, B, C, np.array([np.conj(s)]))[0])
-    Gr, Gi = (G + Gt) / 2, (G - Gt) / 2j
-    return np.array([[Gr, -Gi], [Gi, Gr]])
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -53,6 +53,75 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in p.stdout + p.stderr
 
 
+def rule_names() -> set[str]:
+    out = snakemake(ROOT, "--list-rules").stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def test_every_rule_has_its_resource_section_honoured(tmp_path):
+    """resources.<rule> applies to exactly that rule: give every rule its own mem_mb, read each job's in a dry run."""
+    import yaml
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    sections = set(schema["properties"]["resources"]["propertyNames"]["enum"])
+    rules = rule_names() - {"all", "data_all", "pretrain_all", "baseline_all", "reduce_all", "retrain_all", "tables"}
+    assert sections == rules | {"default", "train"}, sections ^ (rules | {"default", "train"})
+    wf = copy_workflow(tmp_path)
+    mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
+    edit = {"resources": {"default": {"mem_mb": 1, "runtime": 10}, "train": {"mem_mb": 2, "runtime": 30},
+                          **{rule: {"mem_mb": m} for rule, m in mem.items()}},
+            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}}}
+    (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
+    out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
+    seen = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        m = re.search(r"resources: .*?mem_mb=(\d+)", block)
+        if rule in mem and m:
+            seen.setdefault(rule, set()).add(int(m.group(1)))
+    assert seen == {rule: {m} for rule, m in mem.items()}, seen
+
+
+def test_schema_lists_exactly_the_registered_methods():
+    import yaml
+
+    from dssbt.reduction.registry import METHODS
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["properties"]["methods"]["items"]["enum"] == list(METHODS)
+    assert set(schema["properties"]["reduction"]["properties"]) == {"route"} | {
+        name for name, m in METHODS.items() if m.options}
+
+
+def test_plain_install_leaves_the_slurm_plugin_out_and_a_dry_run_never_imports_it(tmp_path):
+    """`pip install -e .` does not pull snakemake-executor-plugin-slurm (extra 'slurm'), and a local dry run works
+    without it: run snakemake in an interpreter that sees every installed package except the plugin."""
+    import sysconfig
+    from importlib.metadata import requires
+
+    slurm = [r for r in requires("dssbt") if r.startswith("snakemake-executor-plugin-slurm")]
+    assert slurm and all("extra ==" in r for r in slurm), slurm
+    site = Path(sysconfig.get_paths()["purelib"])
+    shadow = tmp_path / "site"
+    shadow.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.startswith("snakemake_executor_plugin_slurm"):
+            (shadow / entry.name).symlink_to(entry)
+    (tmp_path / "wf").mkdir()
+    wf = copy_workflow(tmp_path / "wf")
+
+    def dry_run(env):
+        p = subprocess.run([sys.executable, *env.pop("flags"), "-X", "importtime", "-m", "snakemake", "-n"],
+                           cwd=wf, capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return re.search(r"\| +snakemake_executor_plugin_slurm\b", p.stderr) is not None
+
+    plain = {**ENV, "flags": ["-S"], "PYTHONPATH": os.pathsep.join([str(shadow), str(ROOT / "src")])}
+    assert not dry_run(plain)
+    # the same probe sees the plugin imported where it is installed (this environment): the check can fail
+    assert dry_run({**ENV, "flags": []})
+
+
 def test_snakefmt_check_passes():
     p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=ROOT,
                        capture_output=True, text=True)
@@ -78,8 +147,8 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
     # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x 4 methods; the tolerance row has its own rules
     assert job_counts(wf, "--configfile", "workflow/presets/methods.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18, "reduce": 72, "retrain": 72,
-        "choose_orders": 6, "train_baseline_tol": 6, "reduce_tol": 24, "retrain_tol": 24, "aggregate": 1, "plot": 1}
+        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "reduce": 96, "retrain": 96,
+        "choose_orders": 6, "aggregate": 1, "plot": 1}
 
 
 @pytest.mark.parametrize(
@@ -93,7 +162,7 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("model: {norm: group}", r"'group' is not one of \['layer', 'batch'\]"),
         ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
         ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2'\]"),
-        ("orders: [2, 'tol:1.5']", r"orders contains 'tol:1.5'; the tolerance must lie in \(0, 1\)"),
+        ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
     ],
 )
@@ -175,7 +244,7 @@ def test_report_bundles_tables_and_figures(tiny_run):
 
 def test_tolerance_order_schedules_its_own_jobs(tiny_run):
     assert edited(tiny_run, "orders: [2, 'tol:0.1']\n") == {
-        "choose_orders": 2, "train_baseline_tol": 2, "reduce_tol": 2, "retrain_tol": 2, "aggregate": 1, "plot": 1}
+        "choose_orders": 2, "train_baseline": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
 
 
 def test_tolerance_order_runs_end_to_end(tiny_run):
@@ -186,10 +255,11 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "tol.yaml")
     run = tiny_run / "results/runs/image/seed0"
     chosen = json.loads((run / "orders_tol0.1.json").read_text())
-    assert chosen["tol"] == 0.1 and len(chosen["layer_orders"]) == 1 and 1 <= chosen["layer_orders"][0] <= 4
+    assert chosen["order_spec"] == "tol:0.1" and chosen["tol"] == 0.1 and len(chosen["layer_orders"]) == 1 and 1 <= chosen["layer_orders"][0] <= 4
     for kind in ("skew_hippo_rtol0.1", "bt_rtol0.1", "bt_init_rtol0.1", "modal_init_rtol0.1"):
         m = json.loads((run / kind / "metrics.json").read_text())
         assert m["layer_orders"] == chosen["layer_orders"] and m["order_spec"] == "tol:0.1", kind
+        assert m["run"] == kind, kind  # metrics name their own run folder
     report = json.loads((run / "bt_rtol0.1/report.json").read_text())
     assert report["layer_orders"] == chosen["layer_orders"] and report["order_spec"] == "tol:0.1"
     # retraining starts from the reduced model: its epoch-0 accuracy is the reduce job's

@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_path
+from .reduction.registry import METHODS
+from .runs import table_init
 
-METHOD_NAMES = {"bt": "BT", "bsp": "BSP", "modal": "Modal", "h2": "H2 (IRKA)"}
+METHOD_NAMES = {name: m.label for name, m in METHODS.items()}
 INIT_ORDER = ["skew_hippo"] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
 LABELS = {"skew_hippo": "Skew-HiPPO"} | {
     f"{m}_{k}": f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining"
@@ -34,9 +36,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
     rows = []
     for path in metrics_files:
         m = json.loads(Path(path).read_text())
-        init, method = m["init"], m.get("method")
-        if init == "from_reduced":
-            init = f"{method or 'bt'}_init"
+        init = table_init(m)
         layer_orders = m.get("layer_orders") or [m["order"]]
         spec = str(m.get("order_spec") or m["order"])
         rows.append(

@@ -17,6 +17,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .reduction.registry import METHODS
+
 MODEL_KEYS = {
     "d_model": int,
     "d_state": int,
@@ -47,8 +49,8 @@ class OptimHparams:
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
 
 
-# Options of a reduction method, passed to ``dssbt.reduction.reduce`` (defaults there: h2 tol 1e-8, max_iter 100).
-REDUCTION_KEYS = {"h2": {"tol": float, "max_iter": int}}
+# Options of a reduction method, passed to it by ``dssbt reduce`` (defaults there: h2 tol 1e-8, max_iter 100).
+REDUCTION_KEYS = {name: m.options for name, m in METHODS.items() if m.options}
 
 
 @dataclass

@@ -46,17 +46,17 @@ class ModelConfig:
     dt_max: float = 1e-1
     dual: bool = False  # two-tower Retrieval head: inputs (B, 2, L), features [a, b, a*b, a-b] -> MLP
     # per-layer state sizes (one per layer, each <= d_state) where layers differ, e.g. after a reduction whose order
-    # was chosen per layer by tolerance; empty: every layer has d_state modes
-    layer_states: tuple = ()
+    # was chosen per layer by tolerance; empty: every layer has d_state modes (read them with orders_by_layer())
+    layer_orders: tuple = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.layer_states, list):  # from JSON
-            object.__setattr__(self, "layer_states", tuple(self.layer_states))
+        if isinstance(self.layer_orders, list):  # from JSON
+            object.__setattr__(self, "layer_orders", tuple(self.layer_orders))
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "layer_states":
+            if f.name == "layer_orders":
                 if not (isinstance(v, tuple) and all(isinstance(n, int) and not isinstance(n, bool) for n in v)):
-                    raise ValueError(f"model config: layer_states must be a list of ints, got {v!r}")
+                    raise ValueError(f"model config: layer_orders must be a list of ints, got {v!r}")
                 continue
             want = {"int": int, "float": (int, float), "str": str, "bool": bool}[str(f.type)]
             if isinstance(v, bool) and f.type != "bool" or not isinstance(v, want):
@@ -66,12 +66,12 @@ class ModelConfig:
         for name in ("d_input", "d_output", "d_model", "d_state", "n_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.layer_states and (
-            len(self.layer_states) != self.n_layers or not all(1 <= n <= self.d_state for n in self.layer_states)
+        if self.layer_orders and (
+            len(self.layer_orders) != self.n_layers or not all(1 <= n <= self.d_state for n in self.layer_orders)
         ):
             raise ValueError(
-                f"model config: layer_states must hold n_layers={self.n_layers} sizes in [1, d_state={self.d_state}],"
-                f" got {list(self.layer_states)}"
+                f"model config: layer_orders must hold n_layers={self.n_layers} sizes in [1, d_state={self.d_state}],"
+                f" got {list(self.layer_orders)}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model config: dropout must be in [0, 1), got {self.dropout}")
@@ -81,6 +81,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Build from a dict; unknown keys are an error naming them."""
+        if "layer_states" in d:  # the name of layer_orders in model files written before 0.2
+            d = {("layer_orders" if k == "layer_states" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -92,19 +94,19 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["layer_states"] = list(self.layer_states)
+        d["layer_orders"] = list(self.layer_orders)
         return d
 
-    def with_state_sizes(self, sizes: list[int]) -> "ModelConfig":
-        """The same architecture with ``sizes[i]`` modes in layer i (d_state = the largest; uniform sizes need no
-        layer_states, so an order-r reduction and a fresh order-r model have equal configs)."""
-        sizes = [int(n) for n in sizes]
-        uniform = len(set(sizes)) == 1
-        return self.replace(d_state=max(sizes), layer_states=() if uniform else tuple(sizes))
+    def with_layer_orders(self, orders: list[int]) -> "ModelConfig":
+        """The same architecture with ``orders[i]`` modes in layer i (d_state = the largest; uniform orders are
+        stored as d_state alone, so an order-r reduction and a fresh order-r model have equal configs)."""
+        orders = [int(n) for n in orders]
+        uniform = len(set(orders)) == 1
+        return self.replace(d_state=max(orders), layer_orders=() if uniform else tuple(orders))
 
-    def state_sizes(self) -> list[int]:
+    def orders_by_layer(self) -> list[int]:
         """The number of complex modes of each layer (length n_layers)."""
-        return list(self.layer_states) or [self.d_state] * self.n_layers
+        return list(self.layer_orders) or [self.d_state] * self.n_layers
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -170,7 +172,7 @@ class S4Model(nn.Module):
             self.encoder: nn.Module = nn.Embedding(cfg.d_input, H, padding_idx=0)
         else:
             self.encoder = nn.Linear(cfg.d_input, H)
-        self.blocks = nn.ModuleList(Block(cfg, n) for n in cfg.state_sizes())
+        self.blocks = nn.ModuleList(Block(cfg, n) for n in cfg.orders_by_layer())
         self.final_norm = nn.LayerNorm(H) if cfg.prenorm else nn.Identity()
         if cfg.dual:
             self.decoder: nn.Module = nn.Sequential(nn.Linear(4 * H, H), nn.GELU(), nn.Linear(H, cfg.d_output))

@@ -4,24 +4,38 @@ import copy
 import json
 import os
 
+from dssbt.data import EMBEDDED_TASKS
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
+from dssbt.model import ModelConfig
+from dssbt.orders import from_wildcard, parse_order
+from dssbt.reduction.registry import METHODS as REDUCTION_METHODS
+from dssbt.runs import run_name
 
 CONDA_ENV = "../envs/dssbt.yaml"
 # glibc returns every freed block above 32 MiB to the OS and maps it again on the next step: millions of page
-# faults per training run. Keeping freed memory in the heap made a training job 1.4x faster here (README).
+# faults per training run. Keeping freed memory in the heap made a training job 1.4x faster here (docs/benchmarks.md).
 TRAIN_ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10000000000"
+TRAIN_RULES = (
+    "pretrain",
+    "train_baseline",
+    "retrain",
+)  # resources: default, then 'train', then the rule's own
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
-ORDERS = config[
-    "orders"
-]  # integers r, and "tol:<x>" (one order per layer, chosen by tolerance)
-INT_ORDERS = [o for o in ORDERS if isinstance(o, int)]
-TOLS = [o.split(":", 1)[1] for o in ORDERS if isinstance(o, str)]
-# the {order} part of run folders: "8" or "tol0.01" (rules *_tol handle the latter)
-ORDER_WILDCARDS = [str(o) for o in INT_ORDERS] + [f"tol{t}" for t in TOLS]
 METHODS = config["methods"]
 
-EMBEDDED_TASKS = ("listops", "pathfinder", "image")
+
+def _order_specs():
+    try:
+        return [parse_order(o) for o in config["orders"]]
+    except ValueError as e:
+        raise ValueError(f"config: orders: {e}") from None
+
+
+# integers r and per-layer specs ("tol:0.3"); the {order} part of run folders is "8" or "tol0.3"
+ORDER_SPECS = _order_specs()
+ORDER_WILDCARDS = [s.wildcard for s in ORDER_SPECS]
+DEFAULT_D_STATE = ModelConfig.__dataclass_fields__["d_state"].default
 
 
 def check_config():
@@ -35,15 +49,12 @@ def check_config():
             raise ValueError(
                 f"config: data.{task}.source = embedded, but only {EMBEDDED_TASKS} have embedded data"
             )
-    for t in TOLS:
-        if not 0.0 < float(t) < 1.0:
-            raise ValueError(
-                f"config: orders contains 'tol:{t}'; the tolerance must lie in (0, 1)"
-            )
     for task in TASKS:
-        N = json.loads(hparams_json(task, "train"))["model"].get("d_state", 64)
-        for r in INT_ORDERS:
-            if r >= N:
+        N = json.loads(hparams_json(task, "train"))["model"].get(
+            "d_state", DEFAULT_D_STATE
+        )
+        for spec in ORDER_SPECS:
+            if not spec.per_layer and spec.r >= N:
                 where = (
                     f"task_settings.{task}.model.d_state"
                     if "d_state"
@@ -51,7 +62,7 @@ def check_config():
                     else "model.d_state"
                 )
                 raise ValueError(
-                    f"config: orders contains {r}, not below N = {where} = {N} (task {task})"
+                    f"config: orders contains {spec.r}, not below N = {where} = {N} (task {task})"
                 )
 
 
@@ -59,9 +70,8 @@ wildcard_constraints:
     task="|".join(TASKS),
     filename="|".join(a.filename.replace(".", r"\.") for a in ARCHIVES.values()),
     seed=r"\d+",
-    method="bt|bsp|modal|h2",
-    order=r"\d+",
-    tol=r"[0-9][0-9.eE+-]*",
+    method="|".join(REDUCTION_METHODS),
+    order=r"\d+|[a-z]+[0-9][0-9.eE+-]*",
 
 
 def deep_merge(base, override):
@@ -110,59 +120,76 @@ def prepared(task):
     ] + [f"data/prepared/{task}/meta.json"]
 
 
-def run_dir(kind):
-    """Folder of one run: results/runs/{task}/seed{seed}/{kind}/ (kind may hold the {order} wildcard)."""
-    return f"results/runs/{{task}}/seed{{seed}}/{kind}/"
+def run_dir(stage, method="{method}", order="{order}"):
+    """Folder of one run: results/runs/{task}/seed{seed}/<run name>/ (dssbt.runs.run_name)."""
+    return f"results/runs/{{task}}/seed{{seed}}/{run_name(stage, method, order)}/"
+
+
+def orders_file():
+    """The per-layer orders of one per-layer order spec for one pretrained model (rule choose_orders)."""
+    return "results/runs/{task}/seed{seed}/orders_{order}.json"
+
+
+def order_input(wildcards):
+    """Input of a job at {order}: the orders file where the order is per layer (tol:...), else nothing."""
+    if from_wildcard(wildcards.order).per_layer:
+        return {"orders": orders_file().format(**wildcards)}
+    return {}
+
+
+def order_args(wildcards, input):
+    """The order options of a job: --order r, or --layer-orders FILE for a per-layer order."""
+    if from_wildcard(wildcards.order).per_layer:
+        return f"--layer-orders {input.orders}"
+    return f"--order {wildcards.order}"
 
 
 def rule_resources(name):
-    """mem_mb and runtime (minutes) of a rule from config['resources'] (default section, then the rule's)."""
-    res = deep_merge(config["resources"]["default"], config["resources"].get(name, {}))
-    return {k: v for k, v in res.items() if k != "gpu" or v}
-
-
-def train_resources(name):
-    """Resources of a training rule: the 'train' section, then the rule's own; gpu only where > 0."""
-    res = deep_merge(
-        config["resources"]["default"], config["resources"].get("train", {})
+    """mem_mb, runtime (minutes) and gpu (only where > 0) of a rule: resources.default, then resources.train for a
+    training rule, then the section named after the rule."""
+    res = config["resources"]
+    merged = deep_merge(
+        res["default"], res.get("train", {}) if name in TRAIN_RULES else {}
     )
-    res = deep_merge(res, config["resources"].get(name, {}))
-    return {k: v for k, v in res.items() if k != "gpu" or v}
+    merged = deep_merge(merged, res.get(name, {}))
+    return {k: v for k, v in merged.items() if k != "gpu" or v}
 
 
-def expand_runs(kind, filename, orders=True):
-    pattern = f"results/runs/{{task}}/seed{{seed}}/{kind}/{filename}"
-    axes = {"task": TASKS, "seed": SEEDS}
-    if orders:
-        axes["order"] = ORDER_WILDCARDS
-    if "{method}" in kind:
-        axes["method"] = METHODS
-    return expand(pattern, **axes)
+def expand_runs(stage, filename, method="{method}"):
+    """Files of every run of a stage over the grid: tasks x seeds (x orders x methods where the stage has them)."""
+    if stage == "pretrain":
+        return expand(f"{run_dir('pretrain')}{filename}", task=TASKS, seed=SEEDS)
+    methods = METHODS if method == "{method}" else [method]
+    return expand(
+        f"{run_dir(stage)}{filename}",
+        task=TASKS,
+        seed=SEEDS,
+        order=ORDER_WILDCARDS,
+        method=methods,
+    )
 
 
 def all_metrics():
     return (
-        expand_runs("pretrain", "metrics.json", orders=False)
-        + expand_runs("skew_hippo_r{order}", "metrics.json")
-        + expand_runs("{method}_r{order}", "metrics.json")
-        + expand_runs("{method}_init_r{order}", "metrics.json")
+        expand_runs("pretrain", "metrics.json")
+        + expand_runs("baseline", "metrics.json", method="skew_hippo")
+        + expand_runs("reduce", "metrics.json")
+        + expand_runs("retrain", "metrics.json")
     )
 
 
 def all_hsv_reports():
-    """One reduction report per pretrained model (HSVs do not depend on the order: take the first order)."""
+    """One reduction report per pretrained model (HSVs do not depend on the order: take the first fixed one)."""
+    fixed = [s.wildcard for s in ORDER_SPECS if not s.per_layer]
     return expand(
-        "results/runs/{task}/seed{seed}/{method}_r{order}/report.json",
+        f"{run_dir('reduce')}report.json",
         task=TASKS,
         seed=SEEDS,
-        method=next((m for m in ("bt", "bsp", "h2") if m in METHODS), METHODS[0]),
-        order=str(min(INT_ORDERS)) if INT_ORDERS else ORDER_WILDCARDS[0],
+        method=next(
+            (m for m in METHODS if REDUCTION_METHODS[m].uses_balance), METHODS[0]
+        ),
+        order=min(fixed, key=int) if fixed else ORDER_WILDCARDS[0],
     )
-
-
-def layer_orders_file(kind="{tol}"):
-    """The per-layer orders chosen by tolerance for one pretrained model (rule choose_orders)."""
-    return f"results/runs/{{task}}/seed{{seed}}/orders_tol{kind}.json"
 
 
 # ----- data

@@ -1,18 +1,18 @@
 """Reduction of the diagonal SSM channels of a model.
 
-``reduce(Lambda, B, C, r, method="bt", dt=None)`` is the one entry point; arrays are complex (..., N), batched over
-any leading dims. ``dt=None`` selects continuous Gramians, an array dt (...,) the discrete (ZOH) route; the result is
-always in continuous DSS form.
+``reduce(Lambda, B, C, r, method="bt", dt=None)`` reduces one batch of channels; arrays are complex (..., N),
+batched over any leading dims. ``dt=None`` selects continuous Gramians, an array dt (...,) the discrete (ZOH) route;
+the result is always in continuous DSS form. The methods are listed once, in ``registry.METHODS``; a whole model
+is reduced by ``apply.ModelReducer``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .balanced import BalancedFactors, ReducedSystem, balance, balanced_truncation, truncate
+from .balanced import BalancedFactors, ReducedSystem, balance, balanced_truncation, check_system, truncate
 from .gramians import gramians_continuous, gramians_discrete, zoh
-
-METHODS = ("bt", "bsp", "modal", "h2")
+from .registry import METHODS, ROUTES, System, get_method
 
 
 def reduce(
@@ -22,21 +22,29 @@ def reduce(
     r: int,
     method: str = "bt",
     dt: np.ndarray | None = None,
+    rank_rtol: float = 1e-10,
     **options,
 ) -> ReducedSystem:
-    """Reduce every system of the batch to order r with ``method`` (one of ``METHODS``, see ``methods.py``).
+    """Reduce every system of the batch to order r with ``method`` (a name of ``METHODS``, see ``methods.py``).
 
-    ``options``: ``rank_rtol`` (BT-based methods), ``tol`` and ``max_iter`` (h2).
+    ``rank_rtol``: numerical rank threshold of the balanced factorisation; ``options``: the method's own
+    (``METHODS[method].options``, e.g. h2: ``tol``, ``max_iter``).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown reduction method {method!r}; choose one of {list(METHODS)}")
-    from .methods import reduce_with
-
-    return reduce_with(method, Lambda, B, C, r, dt=dt, **options)
+    m = get_method(method)
+    unknown = sorted(set(options) - set(m.options))
+    if unknown:
+        raise ValueError(f"reduction method {method!r} has no option(s) {unknown}; known: {sorted(m.options)}")
+    Lambda, B, C = (np.asarray(a, dtype=np.complex128) for a in (Lambda, B, C))
+    if dt is not None:
+        dt = np.broadcast_to(np.asarray(dt, dtype=np.float64), Lambda.shape[:-1])
+    check_system(Lambda, B, C, dt)
+    f = balance(Lambda, B, C, dt=dt, rank_rtol=rank_rtol) if m.uses_balance else None
+    return m.run(f, System(Lambda, B, C, dt), r, **options)
 
 
 __all__ = [
     "METHODS",
+    "ROUTES",
     "BalancedFactors",
     "ReducedSystem",
     "balance",

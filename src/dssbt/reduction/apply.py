@@ -1,11 +1,13 @@
-"""Model-level reduction: every DSS channel of a pretrained model reduced to order r, every other weight copied."""
+"""Model-level reduction: every DSS channel of a pretrained model reduced, every other weight copied.
+
+``ModelReducer(model, route)`` reads each layer's channels once and balances them once (for the methods that start
+from the balanced factorisation); HSVs, per-layer orders and every method at every order are served from that.
+``reduce_model`` is the one-call form.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,208 +15,164 @@ import torch
 
 from ..dss import DSS, ss_kernel
 from ..model import S4Model
-from . import METHODS, reduce
-from .balanced import balance, truncate
+from ..orders import OrderSpec
+from .balanced import BalancedFactors, balance
+from .registry import System, check_route, get_method
 
-ROUTES = ("continuous", "discrete")
+
+class ModelReducer:
+    """Reductions of one model on one Gramian route.
+
+    ``route="discrete"`` (default) balances the ZOH system each channel actually runs; on a trained
+    sequential-MNIST model it gave lower kernel errors and higher accuracy without retraining than the continuous
+    route at every order tried (bench/bt_route.py, docs/methods.md).
+    """
+
+    def __init__(self, model: S4Model, route: str = "discrete", kernel_length: int = 1024) -> None:
+        self.model, self.route, self.kernel_length = model, check_route(route), int(kernel_length)
+        self.sizes = model.cfg.orders_by_layer()
+        self._systems: dict[int, tuple[System, np.ndarray]] = {}
+        self._factors: dict[int, BalancedFactors] = {}
+
+    def system(self, i: int) -> tuple[System, np.ndarray]:
+        """Channels of layer i as (Lambda, B, C (n_dir, H, N), dt (n_dir, H) or None) and the layer's D (H,)."""
+        if i not in self._systems:
+            ss = {k: v.numpy() for k, v in self.model.dss_layers()[i].ss_params().items()}
+            dt = np.broadcast_to(ss["dt"], ss["Lambda"].shape[:-1]) if self.route == "discrete" else None
+            self._systems[i] = (System(ss["Lambda"], ss["B"], ss["C"], dt), ss["D"])
+        return self._systems[i]
+
+    def factors(self, i: int) -> BalancedFactors:
+        """The balanced factorisation of layer i's channels (computed on first use)."""
+        if i not in self._factors:
+            s, _ = self.system(i)
+            try:
+                self._factors[i] = balance(s.Lambda, s.B, s.C, dt=s.dt)
+            except ValueError as e:
+                raise ValueError(f"layer {i} (index = direction, channel): {e}") from None
+        return self._factors[i]
+
+    def hsv(self) -> list[np.ndarray]:
+        """HSVs of every channel, one array (n_dir, H, N) per layer."""
+        return [self.factors(i).hsv for i in range(len(self.sizes))]
+
+    def choose_orders(self, spec: OrderSpec) -> dict[str, Any]:
+        """Per-layer orders of a per-layer spec (``tol:<x>``); returns {"order_spec", "route", "layer_orders",
+        "discarded_energy" (per layer, at its order), "N" (per layer)} and, for tol, "tol".
+
+        tol: per layer i, over all its channels and directions h, ``r_i = min { r >= 1 : sum_h sum_{k>r} hsv_hk^2
+        <= tol * sum_h sum_k hsv_hk^2 }`` (HSVs of the route's balanced realization). ``sum_k hsv_k^2`` is the
+        squared Frobenius norm of a channel's Hankel operator, so tol is the share of that energy dropped; the
+        H-infinity bound of each channel at the chosen order is in the reduce report.
+        """
+        if spec.kind != "tol":
+            raise ValueError(f"order {spec.label}: no per-layer orders to choose for this kind")
+        orders, fractions = [], []
+        for hsv in self.hsv():
+            frac = discarded_energy_share(hsv)  # (N + 1,)
+            r = int(np.argmax(frac[1:] <= spec.value)) + 1  # frac[N] = 0, so some r in [1, N] qualifies
+            orders.append(r)
+            fractions.append(float(frac[r]))
+        return {"order_spec": spec.label, "tol": spec.value, "route": self.route, "layer_orders": orders,
+                "discarded_energy": fractions, "N": self.sizes}
+
+    def reduce(
+        self, method: str, orders: int | list[int], options: dict[str, Any] | None = None
+    ) -> tuple[S4Model, dict[str, Any]]:
+        """The model with every layer reduced by ``method`` to ``orders`` (one r for all layers, 1 <= r < N, or one
+        order per layer, 1 <= r_i <= N_i; a layer whose order equals its size is copied unchanged), and its report.
+
+        The copy has the architecture of a fresh model of those orders; its DSS parameters (Lambda, B, C) come from
+        the reduction of each channel, dt is kept, D is kept (bsp adds the real part of its reduced feedthrough),
+        and every non-SSM weight is copied. Report entries per layer: hsv (NaN for modal), bound (BT-based methods:
+        2 * discarded HSVs; modal: the sum of the discarded modes' dominance), rank, n_clamped, rel_kernel_error
+        ``||K - K_r||_2 / ||K||_2`` over ``kernel_length`` steps (n_dir, H) computed from the weights actually
+        stored, and for h2 the converged flags.
+        """
+        m = get_method(method)
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(m.options))
+        if unknown:
+            raise ValueError(f"reduction method {method!r} has no option(s) {unknown}; known: {sorted(m.options)}")
+        layer_orders = self._check_orders(orders)
+        model = self.model
+        ssm_names = {f"blocks.{i}.dss.{p}" for i in range(len(self.sizes))
+                     for p in ("Lambda_log_neg_re", "Lambda_im", "B", "C")}
+        reduced = S4Model(model.cfg.with_layer_orders(layer_orders))
+        reduced.train(model.training)
+        missing, unexpected = reduced.load_state_dict(
+            {k: v for k, v in model.state_dict().items() if k not in ssm_names}, strict=False)
+        assert set(missing) == ssm_names and not unexpected, (missing, unexpected)
+        report = {"method": method, "route": self.route, "N": model.cfg.d_state,
+                  "r": orders if isinstance(orders, int) else None, "layer_orders": layer_orders,
+                  "kernel_length": self.kernel_length, "options": options, "layers": []}
+        for i, (full, red, r) in enumerate(zip(model.dss_layers(), reduced.dss_layers(), layer_orders)):
+            if r == self.sizes[i]:  # nothing to remove in this layer: copy it
+                red.load_state_dict(full.state_dict())
+                report["layers"].append({"layer": i, "r": r, "unchanged": True})
+                continue
+            s, D = self.system(i)
+            f = self.factors(i) if m.uses_balance else None
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", RuntimeWarning)
+                    res = m.run(f, s, r, **options)
+            except ValueError as e:
+                raise ValueError(f"layer {i} (index = direction, channel): {e}") from None
+            for w in caught:  # IRKA fallbacks: name the layer and the order
+                warnings.warn(f"layer {i}, r={r}: {w.message}", w.category, stacklevel=2)
+            # a reduced feedthrough (bsp) adds to D; a bidirectional layer has one D for both directions
+            red.load_ss_params(res.Lambda, res.B, res.C, D=D + (0.0 if res.D is None else res.D.real.sum(0)),
+                               where=f"reduced layer {i}")
+            report["layers"].append({
+                "layer": i,
+                "r": r,
+                "hsv": res.hsv.tolist(),
+                "bound": res.bound.tolist(),
+                "rank": res.rank.tolist(),
+                "n_clamped": res.n_clamped.tolist(),
+                "rel_kernel_error": relative_kernel_error(full, red, self.kernel_length).tolist(),
+                **({} if res.converged is None else {"converged": res.converged.tolist()}),
+            })
+        return reduced, report
+
+    def _check_orders(self, orders: int | list[int]) -> list[int]:
+        def is_int(r: Any) -> bool:
+            return isinstance(r, (int, np.integer)) and not isinstance(r, bool)
+
+        if is_int(orders):
+            N = min(self.sizes)
+            if not 1 <= orders < N:
+                raise ValueError(f"reduced order must be an integer with 1 <= r < N = {N}, got r={orders!r}")
+            return [int(orders)] * len(self.sizes)
+        if not (isinstance(orders, (list, tuple)) and len(orders) == len(self.sizes)
+                and all(is_int(r) and 1 <= r <= n for r, n in zip(orders, self.sizes))):
+            raise ValueError(f"layer orders must be {len(self.sizes)} integers with 1 <= r_i <= N_i = {self.sizes}, "
+                             f"got {orders!r}")
+        return [int(r) for r in orders]
 
 
 def reduce_model(
     model: S4Model,
-    r: int,
+    orders: int | list[int],
     method: str = "bt",
     route: str = "discrete",
     kernel_length: int = 1024,
     options: dict[str, Any] | None = None,
 ) -> tuple[S4Model, dict[str, Any]]:
-    """Order-r copy of ``model`` and a per-layer report.
+    """``ModelReducer(model, route, kernel_length).reduce(method, orders, options)``: see there."""
+    return ModelReducer(model, route, kernel_length).reduce(method, orders, options)
 
-    ``route="discrete"`` (default) balances the ZOH system each channel actually runs; on a trained sequential-MNIST
-    model it gave lower kernel errors and higher accuracy without retraining than the continuous route at every
-    order tried (bench/bt_route.py, numbers in the README).
 
-    The copy has the architecture of a fresh order-r model (``cfg.d_state = r``); its DSS parameters
-    (Lambda, B, C) come from the reduction of each channel, dt is kept, D is kept (bsp adds the real part of its
-    reduced feedthrough), and every non-SSM weight is copied.
-    The report holds, per layer, the HSVs (n_dir, H, N), the error bound and the measured relative kernel error
-    ``||K - K_r||_2 / ||K||_2`` over ``kernel_length`` steps (n_dir, H), computed from the weights actually stored.
-    ``options``: the method's options for ``dssbt.reduction.reduce`` (h2: tol, max_iter).
+def discarded_energy_share(hsv: np.ndarray) -> np.ndarray:
+    """Share of a layer's HSV energy dropped when every channel keeps r states, for r = 0..N.
+
+    hsv: (..., N) HSVs of the layer's channels (descending). Returns (N + 1,): ``frac[r] = sum_h sum_{k >= r}
+    hsv_hk^2 / sum_h sum_k hsv_hk^2`` (0-based k; frac[0] = 1, frac[N] = 0).
     """
-    return reduce_model_orders(model, [r], method, route, kernel_length, options)[r]
-
-
-def reduce_model_orders(
-    model: S4Model,
-    orders: list[int],
-    method: str = "bt",
-    route: str = "discrete",
-    kernel_length: int = 1024,
-    options: dict[str, Any] | None = None,
-) -> dict[int, tuple[S4Model, dict[str, Any]]]:
-    """``reduce_model`` at several orders; BT factors each channel once and truncates it at every order.
-
-    Report entries per layer: hsv (NaN for modal), bound (BT-based methods: 2 * discarded HSVs; modal: the sum of
-    the discarded modes' dominance), rank, n_clamped, rel_kernel_error, and for h2 the converged flags.
-    """
-    N = min(model.cfg.state_sizes())
-    for r in orders:
-        if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r < N):
-            raise ValueError(f"reduced order must be an integer with 1 <= r < N = {N}, got r={r!r}")
-    n_layers = model.cfg.n_layers
-    return _reduce_layers(model, {r: [r] * n_layers for r in orders}, method, route, kernel_length, options)
-
-
-def reduce_model_layers(
-    model: S4Model,
-    layer_orders: list[int],
-    method: str = "bt",
-    route: str = "discrete",
-    kernel_length: int = 1024,
-    options: dict[str, Any] | None = None,
-) -> tuple[S4Model, dict[str, Any]]:
-    """``reduce_model`` with one order per layer (e.g. from ``choose_layer_orders``); a layer whose order equals its
-    state size is copied unchanged."""
-    sizes = model.cfg.state_sizes()
-    if len(layer_orders) != len(sizes) or not all(
-        isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= n for r, n in zip(layer_orders, sizes)
-    ):
-        raise ValueError(f"layer orders must be {len(sizes)} integers with 1 <= r_i <= N_i = {sizes}, "
-                         f"got {layer_orders!r}")
-    return _reduce_layers(model, {0: list(layer_orders)}, method, route, kernel_length, options)[0]
-
-
-def choose_layer_orders(model: S4Model, tol: float, route: str = "discrete") -> dict[str, Any]:
-    """The smallest order of each layer whose discarded Hankel-singular-value energy is at most ``tol`` of the total.
-
-    Per layer i, over all its channels and directions h: ``r_i = min { r >= 1 : sum_h sum_{k>r} hsv_hk^2 <= tol *
-    sum_h sum_k hsv_hk^2 }`` (HSVs of the route's balanced realization). ``sum_k hsv_k^2`` is the squared Frobenius
-    norm of a channel's Hankel operator, so tol is the share of that energy the reduction may drop; the H-infinity
-    bound of each channel at the chosen order is in the reduce report. Returns {"tol", "route", "layer_orders",
-    "discarded_energy" (per layer, at r_i), "N" (per layer)}.
-    """
-    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0.0 < tol < 1.0):
-        raise ValueError(f"order tolerance must be a number in (0, 1), got {tol!r}")
-    if route not in ROUTES:
-        raise ValueError(f"unknown Gramian route {route!r}; choose one of {list(ROUTES)}")
-    orders, fractions = [], []
-    for hsv in hankel_singular_values(model, route):  # (n_dir, H, N) per layer
-        energy = (hsv.reshape(-1, hsv.shape[-1]) ** 2).sum(0)  # (N,) summed over channels
-        tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])  # tail[r] = sum_{k >= r} (0-based k)
-        frac = tail / max(tail[0], np.finfo(float).tiny)  # (N + 1,), frac[r] = discarded share when keeping r
-        r = int(np.argmax(frac[1:] <= tol)) + 1  # frac[N] = 0 <= tol, so some r in [1, N] qualifies
-        orders.append(r)
-        fractions.append(float(frac[r]))
-    return {"tol": float(tol), "route": route, "layer_orders": orders, "discarded_energy": fractions,
-            "N": model.cfg.state_sizes()}
-
-
-def order_spec(tol: float) -> str:
-    """How a tolerance-chosen order is named in metrics and tables."""
-    return f"tol:{tol:g}"
-
-
-def load_layer_orders(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by ``dssbt orders`` (``choose_layer_orders``' result); errors name the file and key."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the layer orders file: {e}") from None
-    orders = d.get("layer_orders") if isinstance(d, dict) else None
-    if not (isinstance(orders, list) and orders and all(isinstance(r, int) and r >= 1 for r in orders)):
-        raise ValueError(f"{path}: key layer_orders must be a non-empty list of positive integers, got {orders!r}")
-    tol = d.get("tol")
-    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
-        raise ValueError(f"{path}: key tol must be a number in (0, 1), got {tol!r}")
-    return d
-
-
-def _reduce_layers(
-    model: S4Model,
-    specs: dict[Any, list[int]],
-    method: str,
-    route: str,
-    kernel_length: int,
-    options: dict[str, Any] | None = None,
-) -> dict[Any, tuple[S4Model, dict[str, Any]]]:
-    """Reduce ``model`` once per spec (key -> one order per layer); BT factors each layer once for all specs."""
-    if method not in METHODS:
-        raise ValueError(f"unknown reduction method {method!r}; choose one of {list(METHODS)}")
-    if route not in ROUTES:
-        raise ValueError(f"unknown Gramian route {route!r}; choose one of {list(ROUTES)}")
-    sizes = model.cfg.state_sizes()
-    ssm_names = {
-        f"blocks.{i}.dss.{p}" for i in range(model.cfg.n_layers) for p in ("Lambda_log_neg_re", "Lambda_im", "B", "C")
-    }
-    copied = {k: v for k, v in model.state_dict().items() if k not in ssm_names}
-    out: dict[Any, tuple[S4Model, dict[str, Any]]] = {}
-    for key, layer_orders in specs.items():
-        reduced = S4Model(model.cfg.with_state_sizes(layer_orders))
-        reduced.train(model.training)
-        missing, unexpected = reduced.load_state_dict(copied, strict=False)
-        assert set(missing) == ssm_names and not unexpected, (missing, unexpected)
-        uniform = len(set(layer_orders)) == 1 and layer_orders[0] < min(sizes)
-        report = {"method": method, "route": route, "N": model.cfg.d_state, "r": layer_orders[0] if uniform else None,
-                  "layer_orders": list(layer_orders), "kernel_length": kernel_length, "options": options or {},
-                  "layers": []}
-        out[key] = (reduced, report)
-
-    for i, full in enumerate(model.dss_layers()):
-        ss = {k: v.numpy() for k, v in full.ss_params().items()}  # Lambda, B, C (n_dir, H, N); D, dt (H,)
-        dt = np.broadcast_to(ss["dt"], ss["Lambda"].shape[:-1]) if route == "discrete" else None
-        wanted = sorted({orders[i] for orders in specs.values() if orders[i] < sizes[i]})
-        try:
-            if method == "bt" and wanted:  # factor once, truncate at every order
-                factors = balance(ss["Lambda"], ss["B"], ss["C"], dt=dt)
-                results = {r: truncate(factors, r) for r in wanted}
-            else:
-                results = {r: _reduce_naming_layer(ss, r, method, dt, i, options or {}) for r in wanted}
-        except ValueError as e:
-            raise ValueError(f"layer {i} (index = direction, channel): {e}") from None
-        for key, layer_orders in specs.items():
-            reduced, report = out[key]
-            red = reduced.dss_layers()[i]
-            r = layer_orders[i]
-            if r == sizes[i]:  # nothing to remove in this layer: copy it
-                red.load_state_dict(full.state_dict())
-                report["layers"].append({"layer": i, "r": r, "unchanged": True})
-                continue
-            res = results[r]
-            # a reduced feedthrough (bsp) adds to D; a bidirectional layer has one D for both directions
-            D = ss["D"] + (0.0 if res.D is None else res.D.real.sum(0))
-            red.load_ss_params(res.Lambda, res.B, res.C, D=D, where=f"reduced layer {i}")
-            report["layers"].append(
-                {
-                    "layer": i,
-                    "r": r,
-                    "hsv": res.hsv.tolist(),
-                    "bound": res.bound.tolist(),
-                    "rank": res.rank.tolist(),
-                    "n_clamped": res.n_clamped.tolist(),
-                    "rel_kernel_error": relative_kernel_error(full, red, kernel_length).tolist(),
-                    **({} if res.converged is None else {"converged": res.converged.tolist()}),
-                }
-            )
-    return out
-
-
-def _reduce_naming_layer(ss: dict[str, np.ndarray], r: int, method: str, dt, layer: int, options: dict[str, Any]):
-    """``reduce`` of one layer's channels; its warnings (IRKA fallbacks) name the layer and the order."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        res = reduce(ss["Lambda"], ss["B"], ss["C"], r, method=method, dt=dt, **options)
-    for w in caught:
-        warnings.warn(f"layer {layer}, r={r}: {w.message}", w.category, stacklevel=3)
-    return res
-
-
-def hankel_singular_values(model: S4Model, route: str = "discrete") -> list[np.ndarray]:
-    """HSVs of every channel, one array (n_dir, H, N) per layer."""
-    out = []
-    for layer in model.dss_layers():
-        ss = {k: v.numpy() for k, v in layer.ss_params().items()}
-        dt = np.broadcast_to(ss["dt"], ss["Lambda"].shape[:-1]) if route == "discrete" else None
-        out.append(balance(ss["Lambda"], ss["B"], ss["C"], dt=dt).hsv)
-    return out
+    energy = (hsv.reshape(-1, hsv.shape[-1]) ** 2).sum(0)  # (N,) summed over channels
+    tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])  # tail[r] = sum_{k >= r}
+    return tail / max(tail[0], np.finfo(float).tiny)
 
 
 def relative_kernel_error(full: DSS, reduced: DSS, L: int) -> np.ndarray:
@@ -233,14 +191,4 @@ def relative_kernel_error(full: DSS, reduced: DSS, L: int) -> np.ndarray:
     return (torch.linalg.vector_norm(diff, dim=-1) / torch.linalg.vector_norm(K[0], dim=-1)).numpy()
 
 
-__all__ = [
-    "ROUTES",
-    "choose_layer_orders",
-    "load_layer_orders",
-    "order_spec",
-    "hankel_singular_values",
-    "reduce_model",
-    "reduce_model_layers",
-    "reduce_model_orders",
-    "relative_kernel_error",
-]
+__all__ = ["ModelReducer", "discarded_energy_share", "reduce_model", "relative_kernel_error"]

@@ -47,7 +47,7 @@ class BalancedFactors:
     Z: np.ndarray  # (..., N, N) left singular vectors of Lq^H Lp
     Y: np.ndarray  # (..., N, N) right singular vectors
     hsv: np.ndarray  # (..., N) Hankel singular values, descending
-    pad_order: np.ndarray  # (..., N) mode indices of the full system by decreasing dominance (for padding)
+    pad_perm: np.ndarray  # (..., N) mode indices of the full system by decreasing dominance (for padding)
     dt: np.ndarray | None  # (...,) for the discrete route, None for the continuous one
     rank_rtol: float
 
@@ -122,7 +122,7 @@ def balance(
         Z=Z,
         Y=np.swapaxes(YH, -1, -2).conj(),
         hsv=hsv,
-        pad_order=np.argsort(-dominance, axis=-1, kind="stable"),
+        pad_perm=np.argsort(-dominance, axis=-1, kind="stable"),
         dt=dt,
         rank_rtol=rank_rtol,
     )
@@ -143,7 +143,7 @@ def truncate(f: BalancedFactors, r: int, max_cond: float = 1e12) -> ReducedSyste
     Br = (Ti @ f.B[..., None])[..., 0]  # (..., r)
     Cr = (f.C[..., None, :] @ T)[..., 0, :]  # (..., r)
     # Padding states (not kept): decoupled diagonal entries with a full-system pole, its B, and C = 0.
-    pad_idx = f.pad_order[..., :r]
+    pad_idx = f.pad_perm[..., :r]
     pad_A = np.take_along_axis(f.A, pad_idx, -1)
     pad_B = np.take_along_axis(f.B, pad_idx, -1)
     diag = np.arange(r)
@@ -175,8 +175,8 @@ def truncate(f: BalancedFactors, r: int, max_cond: float = 1e12) -> ReducedSyste
 
     B_r, C_r = split_gains(B_r, Cd)
 
-    order = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
-    Lambda_r, B_r, C_r = (np.take_along_axis(a, order, -1) for a in (Lambda_r, B_r, C_r))
+    perm = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
+    Lambda_r, B_r, C_r = (np.take_along_axis(a, perm, -1) for a in (Lambda_r, B_r, C_r))
     for name, v in (("Lambda", Lambda_r), ("B", B_r), ("C", C_r)):
         bad = ~np.isfinite(v)
         if bad.any():

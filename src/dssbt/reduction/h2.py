@@ -107,8 +107,8 @@ def irka(
         new_Br = solve_or_nan(U, br[..., None])[..., 0]
         cr = (C[..., None, :] @ np.where(ok[..., None, None], V, 0.0))[..., 0, :]
         new_Cr = (cr[..., None, :] @ U)[..., 0, :]
-        order = np.argsort(lam.imag, axis=-1, kind="stable")
-        lam, new_Br, new_Cr = (np.take_along_axis(a, order, -1) for a in (lam, new_Br, new_Cr))
+        perm = np.argsort(lam.imag, axis=-1, kind="stable")
+        lam, new_Br, new_Cr = (np.take_along_axis(a, perm, -1) for a in (lam, new_Br, new_Cr))
         with np.errstate(divide="ignore", invalid="ignore"):
             new_sigma = mirror(lam)
         ok &= np.all(np.isfinite(new_sigma) & np.isfinite(new_Br) & np.isfinite(new_Cr), -1)

@@ -41,7 +41,7 @@ import dataclasses
 
 import numpy as np
 
-from .balanced import BalancedFactors, ReducedSystem, balance, check_system, split_gains, truncate
+from .balanced import BalancedFactors, ReducedSystem, split_gains, truncate
 from .gramians import from_zoh, zoh
 from .h2 import irka, solve_or_nan, warn_unconverged
 
@@ -83,7 +83,7 @@ def shifted_factors(f: BalancedFactors) -> BalancedFactors:
     dominance = np.abs(C * f.B) / (1.0 - np.abs(f.A))
     return dataclasses.replace(
         f, C=C, LqH=LqH, Z=Z, Y=np.swapaxes(YH, -1, -2).conj(), hsv=hsv,
-        pad_order=np.argsort(-dominance, axis=-1, kind="stable"),
+        pad_perm=np.argsort(-dominance, axis=-1, kind="stable"),
     )
 
 
@@ -125,8 +125,8 @@ def singular_perturbation(f: BalancedFactors, r: int, max_cond: float = 1e12) ->
     finite = np.all(np.isfinite(Lambda_r) & np.isfinite(B_r) & np.isfinite(C_r), -1) & np.isfinite(D)
     # Where r reaches the numerical rank, SPA and BT coincide up to the discarded (zero) part: keep BT there.
     use_bt = ~spa_ok | (rank < r) | (bt.rank < r) | ~np.all(stable, -1) | ~finite | ~(cond < max_cond)
-    order = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
-    Lambda_r, B_r, C_r = (np.take_along_axis(a, order, -1) for a in (Lambda_r, B_r, C_r))
+    perm = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
+    Lambda_r, B_r, C_r = (np.take_along_axis(a, perm, -1) for a in (Lambda_r, B_r, C_r))
     sel = lambda a, b: np.where(use_bt[..., None], a, b)  # noqa: E731
     spa_bound = 2.0 * g.hsv[..., r:].sum(-1)
     return ReducedSystem(
@@ -185,8 +185,8 @@ def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, ma
             stable = np.all(np.abs(res.Lambda) < 1.0, -1)
             Lambda_r, B_r = from_zoh(res.Lambda, res.B, f.dt)
         C_r = res.C
-        order = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
-        Lambda_r, B_r, C_r = (np.take_along_axis(a, order, -1) for a in (Lambda_r, B_r, C_r))
+        perm = np.argsort(Lambda_r.imag, axis=-1, kind="stable")
+        Lambda_r, B_r, C_r = (np.take_along_axis(a, perm, -1) for a in (Lambda_r, B_r, C_r))
     with np.errstate(invalid="ignore", over="ignore"):
         B_r, C_r = split_gains(B_r, C_r)  # |B_n| = |C_n|, as BT returns them
     ok = res.converged & stable & np.all(np.isfinite(Lambda_r) & np.isfinite(B_r) & np.isfinite(C_r), -1)
@@ -201,21 +201,4 @@ def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, ma
     )
 
 
-def reduce_with(method: str, Lambda, B, C, r: int, dt=None, **options) -> ReducedSystem:
-    """Dispatch used by ``dssbt.reduction.reduce``; every method takes either route (dt None or (...,))."""
-    if method == "modal":
-        Lambda, B, C = (np.asarray(a, dtype=np.complex128) for a in (Lambda, B, C))
-        check_system(Lambda, B, C, None if dt is None else np.broadcast_to(np.asarray(dt, float), Lambda.shape[:-1]))
-        return modal_truncation(Lambda, B, C, r, dt)
-    f = balance(Lambda, B, C, dt=dt, **{k: v for k, v in options.items() if k == "rank_rtol"})
-    if method == "bt":
-        return truncate(f, r)
-    if method == "bsp":
-        return singular_perturbation(f, r)
-    if method == "h2":
-        return h2_reduction(f, np.asarray(Lambda, np.complex128), np.asarray(B, np.complex128),
-                            np.asarray(C, np.complex128), r, **{k: v for k, v in options.items() if k != "rank_rtol"})
-    raise ValueError(f"unknown reduction method {method!r}")
-
-
-__all__ = ["modal_truncation", "shifted_factors", "singular_perturbation", "h2_reduction", "reduce_with"]
+__all__ = ["modal_truncation", "shifted_factors", "singular_perturbation", "h2_reduction"]

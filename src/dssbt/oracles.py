@@ -1,4 +1,6 @@
-"""Slow, independent references for the tests: dense real realizations simulated with scipy's expm."""
+"""Slow, independent references shared by the tests and the benchmarks: dense real realizations simulated with
+scipy's expm, transfer functions evaluated pointwise, and the real 2-input 2-output view a control library takes of a
+complex channel. Nothing here is used by the pipeline itself."""
 
 from __future__ import annotations
 
@@ -34,6 +36,27 @@ def simulate_dense(Lambda, B, C, D, dt, u: np.ndarray) -> np.ndarray:
 def transfer(Lambda: np.ndarray, B: np.ndarray, C: np.ndarray, s: np.ndarray) -> np.ndarray:
     """``G(s) = sum_n C_n B_n / (s - Lambda_n)`` for systems (..., N) at points s (S,). Returns (..., S)."""
     return (C[..., None, :] * B[..., None, :] / (s[:, None] - Lambda[..., None, :])).sum(-1)
+
+
+def real_mimo(Lambda: np.ndarray, B: np.ndarray, C: np.ndarray):
+    """The complex SISO channel (N,) as a real 2-input 2-output python-control system of order 2N:
+    [Re y, Im y] from [Re u, Im u] (the library's view of it). Needs python-control (the bench/test extra)."""
+    import control
+
+    Lr, Li = np.diag(Lambda.real), np.diag(Lambda.imag)
+    A = np.block([[Lr, -Li], [Li, Lr]])
+    BR = np.block([[B.real[:, None], -B.imag[:, None]], [B.imag[:, None], B.real[:, None]]])
+    CR = np.block([[C.real[None], -C.imag[None]], [C.imag[None], C.real[None]]])
+    return control.ss(A, BR, CR, np.zeros((2, 2)))
+
+
+def embed(Lambda: np.ndarray, B: np.ndarray, C: np.ndarray, s: complex) -> np.ndarray:
+    """2x2 real embedding of one channel's G at s, [[Gr, -Gi], [Gi, Gr]] with Gr = (G + G~)/2, Gi = (G - G~)/2i
+    (what the real MIMO system of ``real_mimo`` computes)."""
+    G = transfer(Lambda, B, C, np.array([s]))[0]
+    Gt = np.conj(transfer(Lambda, B, C, np.array([np.conj(s)]))[0])
+    Gr, Gi = (G + Gt) / 2, (G - Gt) / 2j
+    return np.array([[Gr, -Gi], [Gi, Gr]])
 
 
 def random_stable(rng: np.random.Generator, shape: tuple[int, ...], N: int, im_scale: float = 5.0):

@@ -1,0 +1,24 @@
+"""Mini-batches of a prepared split, decoded one batch at a time from the compact stored form."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .data.prepared import Split
+
+
+def batches(split: Split, index: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[tuple]:
+    """Yield (x, lengths, y) for consecutive chunks of ``index``, each trimmed to its longest sequence.
+
+    x: (b, L') int64 tokens | (b, L') float32 pixels | (b, 2, L') for two-document tasks; lengths (b,) | (b, 2).
+    The split stays in its compact stored form; only the batch is decoded (``Split.batch_inputs``).
+    """
+    for i in range(0, len(index), batch_size):
+        idx = index[i : i + batch_size].numpy()
+        ln = torch.from_numpy(split.lengths[idx])
+        L = int(ln.max())
+        x = torch.from_numpy(np.ascontiguousarray(split.batch_inputs(idx, L)))
+        yield x.to(device), ln.to(device), torch.from_numpy(split.labels[idx]).to(device)

@@ -1,0 +1,53 @@
+"""Run folders and the names a run carries: one table from (stage, method, order) to the folder name.
+
+    stage      method          folder (under results/runs/{task}/seed{s}/)   what it holds
+    pretrain   skew_hippo      pretrain                                      the full-N model
+    baseline   skew_hippo      skew_hippo_r{order}                           order-r model from Skew-HiPPO
+    reduce     bt|bsp|...      {method}_r{order}                             the reduced model, not retrained
+    retrain    bt|bsp|...      {method}_init_r{order}                        retrained from the reduced model
+
+``init`` is the older name of the same information, kept in every metrics file so tables read old and new runs
+alike: the Lambda init of a trained model (``skew_hippo``), ``from_reduced`` for a retrained one,
+``{method}_no_retrain`` for a reduced one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STAGES = ("pretrain", "baseline", "reduce", "retrain", "evaluate")
+
+
+def run_name(stage: str, method: str, order: str) -> str:
+    """The run folder name; ``order`` is the folder part of an order spec (``8``, ``tol0.3``) or a wildcard."""
+    if stage == "pretrain":
+        return "pretrain"
+    if stage == "baseline":
+        return f"{method}_r{order}"
+    if stage == "reduce":
+        return f"{method}_r{order}"
+    if stage == "retrain":
+        return f"{method}_init_r{order}"
+    raise ValueError(f"stage {stage!r} has no run folder; stages with one: pretrain, baseline, reduce, retrain")
+
+
+def describe_run(stage: str, method: str, order: str | None) -> dict[str, Any]:
+    """The naming fields of a metrics file: stage, method, run (folder name, None for evaluate) and init."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
+    init = {"reduce": f"{method}_no_retrain", "retrain": "from_reduced"}.get(stage, method)
+    run = None if stage == "evaluate" else run_name(stage, method, order or "")
+    return {"stage": stage, "method": method, "run": run, "init": init}
+
+
+def table_init(metrics: dict[str, Any]) -> str:
+    """The key of a run in the tables: ``skew_hippo``, ``{method}_init`` (retrained) or ``{method}_no_retrain``."""
+    stage = metrics.get("stage")
+    if stage is None:  # metrics written before stage/method existed
+        init = metrics["init"]
+        return f"{metrics.get('method') or 'bt'}_init" if init == "from_reduced" else init
+    if stage == "retrain":
+        return f"{metrics['method']}_init"
+    if stage == "reduce":
+        return f"{metrics['method']}_no_retrain"
+    return metrics["method"]

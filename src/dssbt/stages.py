@@ -1,0 +1,120 @@
+"""One function per pipeline stage: read the job's files, run it, write its outputs; returns the paths written.
+
+The CLI (``cli.py``) only parses arguments and calls one of these; the math and the training live in the modules
+they call (``train``, ``reduction.apply``, ``evaluate``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .checkpoint import load_model, save_model
+from .evaluate import base_metrics, resolve_device, summary_metrics
+from .hparams import parse_hparams
+from .io import write_json
+from .orders import OrderSpec, load_orders_file, parse_order
+from .reduction.apply import ModelReducer
+from .runs import describe_run
+
+PathLike = str | os.PathLike
+
+
+def _orders(order: int | None, layer_orders: PathLike | None) -> tuple[int | list[int] | None, OrderSpec | None]:
+    """The job's order: ``--order r`` or the per-layer orders of an orders file (with their spec), or neither."""
+    if order is not None and layer_orders is not None:
+        raise ValueError("give exactly one of --order r and --layer-orders FILE")
+    if layer_orders is not None:
+        d = load_orders_file(layer_orders)
+        return d["layer_orders"], parse_order(d["order_spec"])
+    return order, None if order is None else parse_order(order)
+
+
+def train_job(data: PathLike, out_dir: PathLike, init: str, seed: int = 0, hparams: str = "{}",
+              order: int | None = None, layer_orders: PathLike | None = None, reduced: PathLike | None = None,
+              device: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Train one model (pretraining, baseline or retraining: ``train.train``); returns {model, metrics, history}."""
+    from .train import train
+
+    orders, spec = _orders(order, layer_orders)
+    train(data, hparams, init, seed, out_dir, order=orders, order_spec=None if spec is None else spec.label,
+          reduced=reduced, device=device, log=log)
+    out = Path(out_dir)
+    return {"model": out / "model.pt", "metrics": out / "metrics.json", "history": out / "history.csv"}
+
+
+def orders_job(checkpoint: PathLike, spec: str, out: PathLike, route: str = "discrete") -> dict[str, Any]:
+    """Choose the per-layer orders of ``spec`` (``tol:<x>`` or its folder form ``tol0.3``) for a pretrained model."""
+    from .orders import from_wildcard
+
+    order = parse_order(spec) if ":" in spec else from_wildcard(spec)
+    if not order.per_layer:
+        raise ValueError(f"order {spec!r} is one r for every layer: there are no per-layer orders to choose")
+    model, meta = load_model(checkpoint)
+    chosen = ModelReducer(model, route).choose_orders(order)
+    chosen.update(checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
+    write_json(out, chosen)
+    return chosen
+
+
+def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: str = "bt", route: str = "discrete",
+               order: int | None = None, layer_orders: PathLike | None = None, data: PathLike | None = None,
+               metrics: PathLike | None = None, hparams: str = "{}", kernel_length: int | None = None,
+               device: str = "cpu") -> dict[str, Any]:
+    """Reduce a pretrained model; writes the reduced model, its report and (with ``data``) its metrics without
+    retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
+    from .train import load_task
+
+    if (data is None) != (metrics is None):
+        raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
+    orders, spec = _orders(order, layer_orders)
+    if orders is None:
+        raise ValueError("give exactly one of --order r and --layer-orders FILE")
+    hp = parse_hparams(hparams)
+    model, meta = load_model(checkpoint)
+    task = load_task(data) if data else None  # read before writing anything: bad data fails early
+    L = kernel_length or meta.get("l_max")
+    if not L:
+        raise ValueError(f"{checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
+    reduced, rep = ModelReducer(model, route, int(L)).reduce(method, orders, hp.reduction.get(method, {}))
+    rep.update(order_spec=spec.label, checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
+    if layer_orders is not None:
+        rep.update(layer_orders_file=str(layer_orders), **({"tol": spec.value} if spec.kind == "tol" else {}))
+    measured = None
+    if task is not None:
+        dev = resolve_device(device)
+        run = describe_run("reduce", method, spec.wildcard)
+        measured = base_metrics(task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state,
+                                spec.label) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test")) | {
+            "reduced_from": str(checkpoint), "epochs_run": 0, "route": route}
+        reduced.cpu()
+    reduction = {"method": method, "route": route, "r": order, "layer_orders": reduced.cfg.orders_by_layer(),
+                 "order_spec": spec.label}
+    save_model(out, reduced, {**meta, "reduced_from": str(checkpoint), "reduction": reduction})
+    write_json(report, rep)
+    if measured is not None:
+        write_json(metrics, measured)
+    worst = max((max(max(ch) for ch in layer["rel_kernel_error"]) for layer in rep["layers"]
+                 if "rel_kernel_error" in layer), default=0.0)
+    return {"model": Path(out), "report": Path(report), "metrics": None if metrics is None else Path(metrics),
+            "N": model.cfg.d_state, "layer_orders": reduced.cfg.orders_by_layer(), "order_spec": spec.label,
+            "worst_rel_kernel_error": worst,
+            "test_accuracy": None if measured is None else measured["accuracy"]["test"]}
+
+
+def evaluate_job(checkpoint: PathLike, data: PathLike, out: PathLike, hparams: str = "{}",
+                 device: str = "cpu") -> dict[str, Any]:
+    """Accuracy and loss of a model file on every split of a prepared task, written as a metrics file."""
+    from .train import load_task
+
+    hp = parse_hparams(hparams)
+    model, meta_ckpt = load_model(checkpoint)
+    meta, data_splits = load_task(data)
+    dev = resolve_device(device)
+    model.to(dev)
+    run = describe_run("evaluate", meta_ckpt.get("reduction", {}).get("method") or meta_ckpt.get("init"), None)
+    metrics = base_metrics(meta, model, hp, run, meta_ckpt.get("seed"), dev, model.cfg.d_state) | summary_metrics(
+        model, data_splits, hp, dev) | {"checkpoint": str(checkpoint), "epochs_run": 0}
+    write_json(out, metrics)
+    return metrics
