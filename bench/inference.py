@@ -1,6 +1,6 @@
 """Compressed inference: a full-N model vs its BT-reduced order-r models, recurrent and convolution mode.
 
-A freshly initialised S4Model (default 6 layers x H=256, N=64) is reduced by ``reduce_model_orders`` (discrete
+A freshly initialised S4Model (default 6 layers x H=256, N=64) is reduced by ``ModelReducer`` (discrete
 route, the default) to every r in {4, 8, 16, 32}; the reduced models are the order-r architecture with every non-SSM
 weight copied. Figures, all variants timed interleaved in one process:
 
@@ -27,7 +27,7 @@ import torch
 
 from common import check, finish, fmt_s, header, interleaved, ratio, time_line
 from dssbt.model import ModelConfig, S4Model, count_parameters
-from dssbt.reduction.apply import reduce_model_orders
+from dssbt.reduction.apply import ModelReducer
 
 TOL = 1e-4
 
@@ -37,8 +37,9 @@ def build(a) -> dict[str, S4Model]:
     torch.manual_seed(0)
     full = S4Model(ModelConfig(d_input=1, d_output=10, d_model=a.H, d_state=a.N, n_layers=a.layers)).eval()
     t = time.perf_counter()
-    reduced = reduce_model_orders(full, sorted(a.orders, reverse=True), kernel_length=256)
-    print(f"   reduce_model_orders (discrete route, {len(a.orders)} orders, incl. the kernel-error report): "
+    reducer = ModelReducer(full, kernel_length=256)
+    reduced = {r: reducer.reduce("bt", r) for r in sorted(a.orders, reverse=True)}
+    print(f"   ModelReducer.reduce (discrete route, {len(a.orders)} orders, incl. the kernel-error report): "
           f"{fmt_s(time.perf_counter() - t)}")
     models = {f"N={a.N}": full}
     for r in sorted(a.orders, reverse=True):

@@ -1,4 +1,4 @@
-"""The benchmark scripts keep working: ``python bench/run.py --quick`` runs all four at tiny sizes.
+"""The benchmark scripts keep working: ``python bench/run.py --quick`` runs every one of them at tiny sizes.
 
 Timings at tiny sizes mean nothing and are not asserted; what is asserted is that every script ran, that every
 correctness check it prints passed (layer outputs and gradients equal a textbook reference; HSVs and reduced
@@ -24,6 +24,8 @@ EXPECTED_CHECKS = {
     "reduction transfer functions equal python-control/slycot", "reduction transfer functions equal scipy-Lyapunov BT",
     "inference recurrent step equals convolution mode", "inference reduced models have state size r",
     "workflow LRA dry run plans the full grid", "workflow tiny dry run plans jobs",
+    "reduce_model continuous reduced models have the asked orders", "reduce_model discrete reduced models have the asked orders",
+    "bt_route discrete r=2 kernel errors finite and below 1.5", "bt_route continuous r=4 kernel errors finite and below 1.5",
 }
 EXPECTED_FIGURES = [
     r"^RATIO layer L=\d+ speed-up ours vs textbook: [\d.]+x",
@@ -51,7 +53,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
     assert all(v == "ok" for v in checks.values()), {k: v for k, v in checks.items() if v != "ok"}
     for pattern in EXPECTED_FIGURES:
         assert re.search(pattern, p.stdout, re.M), pattern
-    for name in ("layer", "reduction", "inference", "workflow"):
+    for name in ("layer", "reduction", "inference", "workflow", "reduce_model", "bt_route"):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
 

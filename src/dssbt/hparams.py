@@ -19,6 +19,8 @@ from typing import Any
 
 from .reduction.registry import METHODS
 
+DEFAULT_D_STATE = 64  # N of a model whose config sets no d_state (ModelConfig's default; torch-free for the workflow)
+
 MODEL_KEYS = {
     "d_model": int,
     "d_state": int,

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .dss import DSS
 from .hippo import INITS
+from .hparams import DEFAULT_D_STATE
 
 _CHOICES = {
     "encoder": ("embedding", "linear"),
@@ -33,7 +34,7 @@ class ModelConfig:
     d_output: int  # number of classes
     encoder: str = "linear"  # "embedding" | "linear"
     d_model: int = 64  # H, channels
-    d_state: int = 64  # N, complex modes per channel
+    d_state: int = DEFAULT_D_STATE  # N, complex modes per channel
     n_layers: int = 4
     dropout: float = 0.0
     norm: str = "layer"  # "layer" | "batch"

@@ -29,7 +29,7 @@ from .checkpoint import load_model, save_model
 from .data.prepared import SPLITS, Split, load_meta, load_split
 from .evaluate import autocast, base_metrics, evaluate, resolve_device, summary_metrics
 from .hippo import INITS
-from .hparams import Hparams, parse_hparams
+from .hparams import DEFAULT_D_STATE, Hparams, parse_hparams
 from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model
 from .resume import ResumeState
@@ -49,7 +49,7 @@ def load_task(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Spli
 
 def full_state_size(hp: Hparams) -> int:
     """N of a job: model.d_state, or ModelConfig's default."""
-    return hp.model.get("d_state", ModelConfig.__dataclass_fields__["d_state"].default)
+    return hp.model.get("d_state", DEFAULT_D_STATE)
 
 
 def model_config(meta: dict[str, Any], hp: Hparams, init: str, order: int | list[int] | None = None) -> ModelConfig:

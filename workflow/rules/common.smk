@@ -1,12 +1,13 @@
 # Config helpers, wildcards and paths shared by every rule. No model code, no math: the dssbt package does that.
 
 import copy
+import functools
 import json
 import os
 
 from dssbt.data import EMBEDDED_TASKS
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
-from dssbt.model import ModelConfig
+from dssbt.hparams import DEFAULT_D_STATE
 from dssbt.orders import from_wildcard, parse_order
 from dssbt.reduction.registry import METHODS as REDUCTION_METHODS
 from dssbt.runs import run_name
@@ -35,7 +36,6 @@ def _order_specs():
 # integers r and per-layer specs ("tol:0.3"); the {order} part of run folders is "8" or "tol0.3"
 ORDER_SPECS = _order_specs()
 ORDER_WILDCARDS = [s.wildcard for s in ORDER_SPECS]
-DEFAULT_D_STATE = ModelConfig.__dataclass_fields__["d_state"].default
 
 
 def check_config():
@@ -85,6 +85,7 @@ def deep_merge(base, override):
     return out
 
 
+@functools.cache  # one per task and stage, not one per job: planning a large grid stays linear and cheap
 def hparams_json(task, stage):
     """Sorted JSON of a job's hyper-parameters: the global model/optim sections, then the task's overrides, then
     (stage "retrain") the retrain overrides, global then per task. A job sees only what can change its output, so
@@ -101,6 +102,7 @@ def hparams_json(task, stage):
 check_config()
 
 
+@functools.cache
 def reduce_hparams_json(task, method):
     """What a reduce job depends on besides its inputs: the evaluation settings of the retrain stage (its accuracy)
     and, where set, the method's options (reduction.h2); other methods' jobs never see them.
