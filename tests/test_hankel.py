@@ -247,3 +247,17 @@ def test_benchmark_quick_mode_runs_and_its_checks_pass():
                        timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "CHECK" in p.stdout and "FAIL" not in p.stdout
+
+
+def test_doubling_scan_and_real_expm1_equal_their_torch_references():
+    from dssbt.reduction.hankel import _exclusive_cumprod, _expm1
+
+    g = torch.Generator().manual_seed(0)
+    R = torch.randn(3, 7, 9, dtype=torch.complex128, generator=g)
+    R[0, 2, 4] = 0  # exact zeros (repeated poles) must stay exact
+    ref = torch.cat([torch.ones_like(R[..., :1]), torch.cumprod(R[..., :-1], dim=-1)], dim=-1)
+    torch.testing.assert_close(_exclusive_cumprod(R), ref, rtol=1e-14, atol=0)
+    assert torch.all(_exclusive_cumprod(R)[0, 2, 5:] == 0)
+    a = torch.cat([torch.randn(50, dtype=torch.float64, generator=g), torch.tensor([-1e-9, 0.0, 3e-7])])
+    b = torch.cat([torch.randn(50, dtype=torch.float64, generator=g) * 3, torch.tensor([1e-9, 0.0, -2e-8])])
+    torch.testing.assert_close(_expm1(a, b), torch.expm1(torch.complex(a, b)), rtol=1e-14, atol=1e-300)

@@ -58,17 +58,23 @@ def cauchy_factor(Lambda: Tensor, dt: Tensor | None = None) -> Tensor:
     """
     if dt is None:
         # a = -Lambda in the right half plane: G_ik = 1 / (a_i + conj(a_k))
-        S = -(Lambda.unsqueeze(-1) + Lambda.conj().unsqueeze(-2))  # (..., i, k): a_i + conj(a_k)
-        R = (Lambda.unsqueeze(-2) - Lambda.unsqueeze(-1)) / S  # (..., i, j): (a_i - a_j) / (a_i + conj(a_j))
-        F = torch.sqrt(-2.0 * Lambda.real).to(Lambda.dtype).unsqueeze(-2) / S  # (..., i, k)
+        invS = -1.0 / (Lambda.unsqueeze(-1) + Lambda.conj().unsqueeze(-2))  # (..., i, k): 1 / (a_i + conj(a_k))
+        R = (Lambda.unsqueeze(-2) - Lambda.unsqueeze(-1)) * invS  # (..., i, j): (a_i - a_j) / (a_i + conj(a_j))
+        F = torch.sqrt(-2.0 * Lambda.real).to(Lambda.dtype).unsqueeze(-2) * invS  # (..., i, k)
     else:
         z = Lambda * dt.unsqueeze(-1)  # dt Lambda = log x, (..., N)
         re, im = z.real, z.imag
-        S = -_expm1(re.unsqueeze(-1) + re.unsqueeze(-2), im.unsqueeze(-1) - im.unsqueeze(-2))  # 1 - x_i conj(x_k)
-        x_minus = torch.exp(z).unsqueeze(-2) * _expm1(re.unsqueeze(-1) - re.unsqueeze(-2),
-                                                      im.unsqueeze(-1) - im.unsqueeze(-2))  # x_i - x_j
-        R = x_minus / S
-        F = torch.sqrt(-torch.expm1(2.0 * re)).to(Lambda.dtype).unsqueeze(-2) / S
+        # expm1(a + ib) = (expm1(a) cos b - 2 sin(b/2)^2) + i exp(a) sin b, with b = Im(z_i - z_j) shared by
+        # 1 - x_i conj(x_j) = -expm1(z_i + conj z_j) and x_i - x_j = x_j expm1(z_i - z_j)
+        b = im.unsqueeze(-1) - im.unsqueeze(-2)  # (..., i, j)
+        cos_b, sin_b, half = torch.cos(b), torch.sin(b), 2.0 * torch.sin(0.5 * b) ** 2
+        a_sum = re.unsqueeze(-1) + re.unsqueeze(-2)
+        a_diff = re.unsqueeze(-1) - re.unsqueeze(-2)
+        invS = 1.0 / torch.complex(half - torch.expm1(a_sum) * cos_b, -torch.exp(a_sum) * sin_b)
+        x_minus = torch.exp(z).unsqueeze(-2) * torch.complex(torch.expm1(a_diff) * cos_b - half,
+                                                             torch.exp(a_diff) * sin_b)  # x_i - x_j
+        R = x_minus * invS
+        F = torch.sqrt(-torch.expm1(2.0 * re)).to(Lambda.dtype).unsqueeze(-2) * invS
     return F * _exclusive_cumprod(R)
 
 
