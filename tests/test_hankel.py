@@ -261,3 +261,11 @@ def test_doubling_scan_and_real_expm1_equal_their_torch_references():
     a = torch.cat([torch.randn(50, dtype=torch.float64, generator=g), torch.tensor([-1e-9, 0.0, 3e-7])])
     b = torch.cat([torch.randn(50, dtype=torch.float64, generator=g) * 3, torch.tensor([1e-9, 0.0, -2e-8])])
     torch.testing.assert_close(_expm1(a, b), torch.expm1(torch.complex(a, b)), rtol=1e-14, atol=1e-300)
+
+
+def test_penalty_under_autocast_is_computed_in_full_precision():
+    model = _image_model()
+    ref = hankel_penalty(model, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = hankel_penalty(model, 0.5)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)

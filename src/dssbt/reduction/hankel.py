@@ -168,7 +168,8 @@ def hankel_penalty(model, weight: float, route: str = "discrete", dtype: torch.d
     p = next(iter(model.parameters()))
     if weight == 0:
         return torch.zeros((), dtype=p.dtype, device=p.device)
-    return (weight * hsv_sum(model, route, dtype)).to(p.dtype)
+    with torch.autocast(device_type=p.device.type, enabled=False):  # no reduced precision for the SVDs under amp
+        return (weight * hsv_sum(model, route, dtype)).to(p.dtype)
 
 
 __all__ = ["ROUTES", "cauchy_factor", "hankel_singular_values_torch", "layer_params", "hsv_sum", "hankel_penalty"]
