@@ -3,8 +3,9 @@
 ``shrink_model(model, optimizer, layer_orders)`` returns the BT-reduced model (exactly what
 ``dssbt.reduction.apply.reduce_model_layers(model, layer_orders, "bt", route)`` returns, moved to the model's device
 and dtype; that function builds float32 models, so for a float64 model the unchanged weights are re-copied exactly
-and only the reduced Lambda, B, C carry float32 rounding) and an optimizer of the same class with the same param groups (every group setting, including the
-current, possibly scheduled, ``lr`` and the schedulers' ``initial_lr``), pointing at the new parameters.
+and only the reduced Lambda, B, C carry float32 rounding) and an optimizer of the same class with the same param
+groups (every group setting, including the current, possibly scheduled, ``lr`` and the schedulers' ``initial_lr``),
+pointing at the new parameters.
 
 Optimizer state:
 
@@ -82,8 +83,8 @@ def shrink_model(
     if dtype != torch.float32:  # reduce_model_layers builds float32 models: take the unchanged weights exactly
         reduced.load_state_dict({k: v for k, v in model.state_dict().items() if k not in new_basis}, strict=False)
     new_params = dict(reduced.named_parameters())
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [new_params[names[id(p)]] for p in g["params"]]}
-              for g in optimizer.param_groups]
+    groups = [{**{k: v for k, v in g.items() if k != "params"},
+               "params": [new_params[names[id(p)]] for p in g["params"]]} for g in optimizer.param_groups]
     new_opt = type(optimizer)(groups)
     new_opt.defaults = dict(optimizer.defaults)
 
