@@ -9,7 +9,7 @@ summary of every RATIO / TARGET / CHECK line and the wall time of each benchmark
 its timings mean nothing. Exit status 1 if a benchmark failed or one of its checks failed.
 
 reduce_model (BT core vs model-level reduction with its report), bt_route (continuous vs discrete Gramians on a
-trained model; trains for minutes) run too. Needs the benchmark extra (``pip install -e '.[bench]'``: python-control
+trained model; trains for minutes) and plan_scale (planning time of generated grids up to ~10,000 jobs) run too. Needs the benchmark extra (``pip install -e '.[bench]'``: python-control
 and slycot, the library oracles).
 """
 
@@ -32,6 +32,8 @@ NAMES = {
     "workflow": "workflow.py",
     "reduce_model": "reduce_model.py",
     "bt_route": "bt_route.py",
+    "plan_scale": "plan_scale.py",
+    "hsv_reg": "hsv_reg.py",
 }
 
 

@@ -26,6 +26,7 @@ EXPECTED_CHECKS = {
     "workflow LRA dry run plans the full grid", "workflow tiny dry run plans jobs",
     "reduce_model continuous reduced models have the asked orders", "reduce_model discrete reduced models have the asked orders",
     "bt_route discrete r=2 kernel errors finite and below 1.5", "bt_route continuous r=4 kernel errors finite and below 1.5",
+    "plan_scale job counts grow with the grid",
 }
 EXPECTED_FIGURES = [
     r"^RATIO layer L=\d+ speed-up ours vs textbook: [\d.]+x",
@@ -45,7 +46,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
     pytest.importorskip("control", reason="the reduction benchmark compares with python-control (test extra)")
     pytest.importorskip("slycot", reason="python-control's balred needs slycot (test extra)")
     p = subprocess.run([sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                       env=ENV, timeout=300)
+                       env=ENV, timeout=900)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
     checks = dict(re.findall(r"^CHECK (.+?): (ok|FAIL)", p.stdout, re.M))
@@ -53,7 +54,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
     assert all(v == "ok" for v in checks.values()), {k: v for k, v in checks.items() if v != "ok"}
     for pattern in EXPECTED_FIGURES:
         assert re.search(pattern, p.stdout, re.M), pattern
-    for name in ("layer", "reduction", "inference", "workflow", "reduce_model", "bt_route"):
+    for name in ("layer", "reduction", "inference", "workflow", "reduce_model", "bt_route", "plan_scale", "hsv_reg"):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
 

@@ -161,7 +161,7 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("optim: {lr: '1e-3'}", r"'1e-3' is not of type 'number'"),
         ("model: {norm: group}", r"'group' is not one of \['layer', 'batch'\]"),
         ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
-        ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2'\]"),
+        ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2', 'msp'\]"),
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
     ],

@@ -2,6 +2,8 @@
 
 - ``modal``: keep the r modes with the largest dominance ``|C_n B_n| / |Re Lambda_n|`` (the H-infinity norm of the
   mode; discrete route: ``|C_n B_bar_n| / (1 - |Lambda_bar_n|)``); the kept modes are unchanged.
+- ``msp`` (modal singular perturbation, ``modal_singular_perturbation``): modal's kept modes, and the discarded
+  modes' DC gain as a feedthrough D, so the DC gain is exact (not in the method registry yet).
 - ``bsp``: balanced singular perturbation. The balanced realization is partitioned after r states and the fast part
   is set to steady state at the point where the reduced system must match exactly: s0 = 0 (continuous route) or
   z0 = 1 (discrete route), i.e. ``A_r = A11 + A12 (s0 I - A22)^-1 A21`` etc. The reduced system matches the DC gain
@@ -66,6 +68,30 @@ def modal_truncation(Lambda, B, C, r: int, dt: np.ndarray | None = None) -> Redu
         rank=np.full(Lambda.shape[:-1], r), n_clamped=np.zeros(Lambda.shape[:-1], int), r=r, method="modal",
         route="continuous" if dt is None else "discrete", kept=keep,
     )
+
+
+def modal_singular_perturbation(Lambda, B, C, r: int, dt: np.ndarray | None = None) -> ReducedSystem:
+    """Modal truncation whose discarded modes are set to steady state: the DC gain of every channel stays exact.
+
+    Keeps the same r modes as ``modal_truncation`` (same dominance, per route), unchanged, and returns the
+    discarded modes' DC gain as the feedthrough ``D`` (complex (...,); the layer adds its real part to its D):
+
+        continuous:  D = sum_{n discarded} -C_n B_n / Lambda_n            (G_n(0) of each discarded mode)
+        discrete:    D = sum_{n discarded} C_n B_bar_n / (1 - Lambda_bar_n) (sum_l of the mode's kernel, K_c)
+
+    Under ZOH the two coincide, ``B_bar / (1 - Lambda_bar) = -B / Lambda``; the continuous expression is the one
+    evaluated (no cancellation in ``1 - Lambda_bar`` for slow modes). The routes differ only in which modes are
+    discarded. ``bound`` is modal's (sum of the discarded dominances, an H-infinity bound of the modal error at
+    all frequencies; the steady-state term makes the error exact at s = 0 / z = 1, not smaller everywhere).
+
+    Lambda, B, C: complex (..., N); dt: None or real (...,). Returns a ReducedSystem with ``kept`` and ``D`` set.
+    """
+    Lambda, B, C = (np.asarray(a, dtype=np.complex128) for a in (Lambda, B, C))
+    res = modal_truncation(Lambda, B, C, r, dt)
+    dropped = np.ones(Lambda.shape, bool)
+    np.put_along_axis(dropped, res.kept, False, -1)
+    D = np.where(dropped, -C * B / Lambda, 0.0).sum(-1)  # (...,)
+    return dataclasses.replace(res, D=D, method="msp")
 
 
 def shifted_factors(f: BalancedFactors) -> BalancedFactors:
@@ -201,4 +227,5 @@ def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, ma
     )
 
 
-__all__ = ["modal_truncation", "shifted_factors", "singular_perturbation", "h2_reduction"]
+__all__ = ["modal_truncation", "modal_singular_perturbation", "shifted_factors", "singular_perturbation",
+           "h2_reduction"]

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .balanced import BalancedFactors, ReducedSystem, truncate
-from .methods import h2_reduction, modal_truncation, singular_perturbation
+from .methods import h2_reduction, modal_singular_perturbation, modal_truncation, singular_perturbation
 
 ROUTES = ("continuous", "discrete")
 
@@ -50,6 +50,10 @@ def _modal(f: None, s: System, r: int) -> ReducedSystem:
     return modal_truncation(s.Lambda, s.B, s.C, r, s.dt)
 
 
+def _msp(f: None, s: System, r: int) -> ReducedSystem:
+    return modal_singular_perturbation(s.Lambda, s.B, s.C, r, s.dt)
+
+
 def _h2(f: BalancedFactors, s: System, r: int, **options: Any) -> ReducedSystem:
     return h2_reduction(f, s.Lambda, s.B, s.C, r, **options)
 
@@ -61,6 +65,7 @@ METHODS: dict[str, Method] = {
         Method("bsp", "BSP", True, _bsp),
         Method("modal", "Modal", False, _modal),
         Method("h2", "H2 (IRKA)", True, _h2, options={"tol": float, "max_iter": int}),
+        Method("msp", "Modal SP", False, _msp),
     )
 }
 
