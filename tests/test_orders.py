@@ -66,7 +66,7 @@ def test_tolerance_is_checked():
     for bad in ("tol:0", "tol:1", "tol:-0.1", "tol:1.5", "tol:nan", "tol:x", "tol:"):
         with pytest.raises(ValueError, match="the tol must lie in \\(0, 1\\)|is not a number"):
             parse_order(bad)
-    for bad in (0, True, "8", "budget:0.5", 2.5):
+    for bad in (0, True, "8", "budget:1.5", "gap:0.5", 2.5):
         with pytest.raises(ValueError, match="order"):
             parse_order(bad)
 
@@ -163,3 +163,30 @@ def test_irka_fallback_warnings_name_the_layer_and_order():
     model = shaped_model()  # layer 1 has 10 dead modes per channel: IRKA at r = 3 cannot use them
     with pytest.warns(RuntimeWarning, match=r"layer 1, r=3: IRKA did not converge for \d+ of 6 channels"):
         reduce_model(model, [5, 3], method="h2", kernel_length=20)
+
+
+def test_budget_orders_keep_the_budget_with_least_discarded_energy_and_match_a_brute_force_search():
+    import itertools
+
+    from dssbt.reduction.budget import budget_states
+
+    model = shaped_model()  # 2 layers x 12 modes
+    for f in (0.1, 0.25, 0.5):
+        chosen = ModelReducer(model).choose_orders(parse_order(f"budget:{f}"))
+        R = budget_states([12, 12], f)
+        assert sum(chosen["layer_orders"]) == R == chosen["kept"] == max(2, int(f * 24 + 0.5))
+        # brute force over every split of R states, energies from scipy's Stein HSVs
+        energy = []
+        for layer in model.dss_layers():
+            ss = {k: v.numpy() for k, v in layer.ss_params().items()}
+            hsv = np.stack([dense_hsv_discrete(ss["Lambda"][0, h], ss["B"][0, h], ss["C"][0, h], ss["dt"][h])
+                            for h in range(6)])
+            energy.append((hsv ** 2).sum(0))  # (N,)
+        cost = {o: sum(e[r:].sum() for e, r in zip(energy, o))
+                for o in itertools.product(range(1, 13), repeat=2) if sum(o) == R}
+        best = min(cost.values())
+        assert cost[tuple(chosen["layer_orders"])] <= best * (1 + 1e-6) + 1e-15, (chosen, best)
+    # the reduced model has the parameter count of a fresh model with the same per-layer orders
+    reduced, _ = reduce_model(model, chosen["layer_orders"], kernel_length=20)
+    fresh = S4Model(model.cfg.with_layer_orders(chosen["layer_orders"]))
+    assert count_parameters(reduced) == count_parameters(fresh)

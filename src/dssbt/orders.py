@@ -4,11 +4,13 @@ A spec is one entry of the config's ``orders`` list:
 
 - an integer ``r``: every layer gets r modes (run folder part ``8``, label ``8``);
 - ``"tol:<x>"``: one order per layer, the smallest whose discarded HSV energy is at most x of the layer's
-  (folder part ``tol0.3``, label ``tol:0.3``).
+  (folder part ``tol0.3``, label ``tol:0.3``);
+- ``"budget:<f>"``: keep a share f of all the model's states, allocated across layers so that the total discarded
+  HSV energy is least (``reduction.budget.allocate_budget``; folder part ``budget0.25``).
 
 Every non-integer spec is *per layer*: its orders are chosen once per pretrained model (``dssbt orders``) and
 written to an orders file that the reduce, baseline and retrain jobs of that spec read. New kinds (a global budget,
-say) are one more entry in ``PER_LAYER_KINDS``.
+say) are one more entry in ``PER_LAYER_KINDS`` and a branch in ``ModelReducer.choose_orders``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 # kind -> (allowed range of its value, what it means)
-PER_LAYER_KINDS = {"tol": ((0.0, 1.0), "discarded share of each layer's HSV energy")}
+PER_LAYER_KINDS = {
+    "tol": ((0.0, 1.0), "discarded share of each layer's HSV energy"),
+    "budget": ((0.0, 1.0), "kept share of all the model's states"),
+}
 _WILDCARD = re.compile(r"^(?:(\d+)|([a-z]+)([0-9][0-9.eE+-]*))$")
 
 

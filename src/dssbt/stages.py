@@ -80,7 +80,7 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     reduced, rep = ModelReducer(model, route, int(L)).reduce(method, orders, hp.reduction.get(method, {}))
     rep.update(order_spec=spec.label, checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     if layer_orders is not None:
-        rep.update(layer_orders_file=str(layer_orders), **({"tol": spec.value} if spec.kind == "tol" else {}))
+        rep.update(layer_orders_file=str(layer_orders), **{spec.kind: spec.value})
     measured = None
     if task is not None:
         dev = resolve_device(device)

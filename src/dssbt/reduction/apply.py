@@ -64,17 +64,28 @@ class ModelReducer:
         <= tol * sum_h sum_k hsv_hk^2 }`` (HSVs of the route's balanced realization). ``sum_k hsv_k^2`` is the
         squared Frobenius norm of a channel's Hankel operator, so tol is the share of that energy dropped; the
         H-infinity bound of each channel at the chosen order is in the reduce report.
+
+        budget: ``round(f * sum_i N_i)`` states in total (``reduction.budget.budget_states``: half up, at least one
+        per layer), allocated to minimise ``sum_i sum_h sum_{k > r_i} hsv_ihk^2`` (greedy on the per-layer marginal
+        energies, exact because each layer's are non-increasing); the result also carries "budget" and "kept".
         """
-        if spec.kind != "tol":
+        hsvs = self.hsv()
+        if spec.kind == "tol":
+            orders = []
+            for hsv in hsvs:
+                frac = discarded_energy_share(hsv)  # (N + 1,)
+                orders.append(int(np.argmax(frac[1:] <= spec.value)) + 1)  # frac[N] = 0: some r in [1, N] qualifies
+            extra = {"tol": spec.value}
+        elif spec.kind == "budget":
+            from .budget import allocate_budget, budget_states
+
+            orders = [int(r) for r in allocate_budget(hsvs, spec.value)]
+            extra = {"budget": spec.value, "kept": budget_states(self.sizes, spec.value)}
+        else:
             raise ValueError(f"order {spec.label}: no per-layer orders to choose for this kind")
-        orders, fractions = [], []
-        for hsv in self.hsv():
-            frac = discarded_energy_share(hsv)  # (N + 1,)
-            r = int(np.argmax(frac[1:] <= spec.value)) + 1  # frac[N] = 0, so some r in [1, N] qualifies
-            orders.append(r)
-            fractions.append(float(frac[r]))
-        return {"order_spec": spec.label, "tol": spec.value, "route": self.route, "layer_orders": orders,
-                "discarded_energy": fractions, "N": self.sizes}
+        fractions = [float(discarded_energy_share(hsv)[r]) for hsv, r in zip(hsvs, orders)]
+        return {"order_spec": spec.label, "route": self.route, "layer_orders": orders,
+                "discarded_energy": fractions, "N": self.sizes, **extra}
 
     def reduce(
         self, method: str, orders: int | list[int], options: dict[str, Any] | None = None
