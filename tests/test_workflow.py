@@ -223,6 +223,11 @@ def test_new_order_schedules_its_jobs_and_aggregation_only(tiny_run):
         "train_baseline": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
 
 
+def test_hsv_reg_in_pretraining_reruns_pretraining_and_downstream_only(tiny_run):
+    assert edited(tiny_run, "pretrain: {optim: {hsv_reg: 0.01}}\n") == {
+        "pretrain": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
 def test_plot_edit_schedules_plots_only(tiny_run):
     assert edited(tiny_run, "plot: {dpi: 80}\n") == {"plot": 1}
 

@@ -4,7 +4,7 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
-               eval_batch_size, amp},
+               eval_batch_size, amp, hsv_reg},
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only)
 
 The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
@@ -49,6 +49,9 @@ class OptimHparams:
     patience: int = 0  # early stopping after this many epochs without a better val accuracy; 0 disables
     eval_batch_size: int = 256
     amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
+    # weight of the Hankel nuclear norm (sum of the HSVs of every channel, discrete route) added to the loss: trains
+    # models whose HSVs decay fast, so that they compress well (reduction/hankel.py); 0 = off, training unchanged
+    hsv_reg: float = 0.0
 
 
 # Options of a reduction method, passed to it by ``dssbt reduce`` (defaults there: h2 tol 1e-8, max_iter 100).
@@ -103,7 +106,7 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     for k in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(optim, k) < 1:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 1, got {getattr(optim, k)}")
-    for k in ("lr", "ssm_lr", "weight_decay", "warmup_epochs", "grad_clip", "patience"):
+    for k in ("lr", "ssm_lr", "weight_decay", "warmup_epochs", "grad_clip", "patience", "hsv_reg"):
         if getattr(optim, k) < 0:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 0, got {getattr(optim, k)}")
     reduction = source.get("reduction", {})

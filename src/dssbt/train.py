@@ -32,6 +32,7 @@ from .hippo import INITS
 from .hparams import DEFAULT_D_STATE, Hparams, parse_hparams
 from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model
+from .reduction.hankel import hankel_penalty
 from .resume import ResumeState
 from .runs import describe_run
 
@@ -224,7 +225,10 @@ def _train_epoch(model: S4Model, split: Split, hp: Hparams, opt, sched, shuffle:
             logits = model(x, lengths).float()
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if hp.optim.hsv_reg > 0:  # off: the plain loss, bit for bit
+            (loss + hankel_penalty(model, hp.optim.hsv_reg)).backward()
+        else:
+            loss.backward()
         if hp.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), hp.optim.grad_clip)
         opt.step()

@@ -88,11 +88,14 @@ def deep_merge(base, override):
 @functools.cache  # one per task and stage, not one per job: planning a large grid stays linear and cheap
 def hparams_json(task, stage):
     """Sorted JSON of a job's hyper-parameters: the global model/optim sections, then the task's overrides, then
-    (stage "retrain") the retrain overrides, global then per task. A job sees only what can change its output, so
-    editing one task or the retrain section reruns only the jobs it reaches."""
+    (stage "pretrain") the pretrain overrides or (stage "retrain") the retrain overrides, global then per task. A job
+    sees only what can change its output, so editing one task, the pretrain or the retrain section reruns only the
+    jobs it reaches. Stage "train": the Skew-HiPPO baseline."""
     hp = {"model": config["model"], "optim": config["optim"]}
     task_cfg = config.get("task_settings", {}).get(task, {})
     hp = deep_merge(hp, {k: task_cfg[k] for k in ("model", "optim") if k in task_cfg})
+    if stage == "pretrain":
+        hp = deep_merge(hp, {"optim": config.get("pretrain", {}).get("optim", {})})
     if stage == "retrain":
         hp = deep_merge(hp, {"optim": config["retrain"]["optim"]})
         hp = deep_merge(hp, {"optim": task_cfg.get("retrain", {}).get("optim", {})})

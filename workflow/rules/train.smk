@@ -20,7 +20,7 @@ rule pretrain:
     resources:
         **rule_resources("pretrain"),
     params:
-        hparams=lambda wc: hparams_json(wc.task, "train"),
+        hparams=lambda wc: hparams_json(wc.task, "pretrain"),
         init="--init skew_hippo",
         order="",
         out_dir=lambda wc, output: os.path.dirname(output.model),
