@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import add_subcommands
 
     add_subcommands(sub)
+    __import__("dssbt.deploy.cli", fromlist=["add_subcommands"]).add_subcommands(sub)  # export, predict, reduce-s4d
     return parser
 
 
