@@ -54,7 +54,7 @@ def cmd_reduce_s4d(args: argparse.Namespace) -> None:
                       dt_transform=args.dt_transform)
     found = reduce_s4d_file(args.input, args.out, args.order, opts, route=args.route)
     for prefix, info in found.items():
-        print(f"{prefix or '(root)'}: {info['format']} S4D kernel, H={info['H']}, N/2={info['modes']} -> {args.order} "
+        print(f"{prefix or '(root)'}: {info['layout']} S4D kernel, H={info['H']}, N/2={info['modes']} -> {args.order} "
               f"modes; worst bound {info['worst_bound']:.3e}")
     print(f"reduced {len(found)} S4D kernel(s) of {args.input} to d_state = {2 * args.order}; wrote {args.out}")
 
