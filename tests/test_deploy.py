@@ -1,0 +1,258 @@
+"""Deployment: the exported ONNX step against the model's convolution mode on every prefix, the fused step against
+DSS.step and convolution mode, predict against the model's own forward on the same input, deploy-measure rows."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from dssbt.checkpoint import save_model
+from dssbt.cli import main
+from dssbt.data.prepared import Split, save_prepared
+from dssbt.deploy.export import export_onnx, load_description
+from dssbt.deploy.predict import OnnxStream, encode_input
+from dssbt.deploy.stream import FusedStream, real_step_params
+from dssbt.model import ModelConfig, S4Model
+from dssbt.reduction.apply import reduce_model, reduce_model_layers
+
+VOCAB = ["<pad>", "<unk>", "X", "[MAX", "[MIN", "[MED", "[SM"] + [str(d) for d in range(10)]
+
+KINDS = {
+    # listops-like: token ids, layer norm, mean pooling, GLU
+    "embedding_layer_mean": dict(d_input=len(VOCAB), encoder="embedding", norm="layer", pool="mean", output="glu"),
+    # image-like: pixels, batch norm, mean pooling
+    "linear_batch_mean": dict(d_input=1, encoder="linear", norm="batch", pool="mean", output="glu"),
+    # postnorm, last pooling, linear output map
+    "linear_layer_last_postnorm": dict(d_input=1, encoder="linear", norm="layer", pool="last", output="linear",
+                                       prenorm=False),
+    "embedding_batch_last": dict(d_input=len(VOCAB), encoder="embedding", norm="batch", pool="last", output="glu"),
+}
+
+
+def random_model(kind: str, seed: int = 0, N: int = 8, H: int = 12, layers: int = 2) -> S4Model:
+    torch.manual_seed(seed)
+    m = S4Model(ModelConfig(d_output=5, d_model=H, d_state=N, n_layers=layers, **KINDS[kind]))
+    with torch.no_grad():
+        for mod in m.modules():  # trained-looking norms: batch statistics and affine weights away from 0/1
+            if isinstance(mod, torch.nn.BatchNorm1d):
+                mod.running_mean.normal_(0, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+            if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.LayerNorm)):
+                mod.weight.normal_(1.0, 0.2)
+                mod.bias.normal_(0.0, 0.2)
+        for layer in m.dss_layers():  # a spread of time scales, as after training
+            layer.log_dt.copy_(torch.linspace(np.log(0.01), np.log(0.5), H))
+    return m.eval()
+
+
+def sequences(model: S4Model, B: int, L: int, seed: int = 1) -> torch.Tensor:
+    """Real-looking inputs: ListOps-like token ids, or smooth pixel rows with edges (normalised)."""
+    g = torch.Generator().manual_seed(seed)
+    if model.cfg.encoder == "embedding":
+        return torch.randint(2, len(VOCAB), (B, L), generator=g)
+    t = torch.arange(L, dtype=torch.float32)
+    rows = torch.sin(t[None] * torch.rand(B, 1, generator=g) * 0.5) > 0.3
+    return (rows.float() - 0.3) / 0.45 + 0.05 * torch.randn(B, L, generator=g)
+
+
+def variants(kind: str) -> dict[str, S4Model]:
+    full = random_model(kind)
+    return {
+        "full": full,
+        "reduced_r3": reduce_model(full, 3, kernel_length=64)[0].eval(),
+        "reduced_layers_5_2": reduce_model_layers(full, [5, 2], kernel_length=64)[0].eval(),
+    }
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_onnx_step_equals_convolution_mode_on_every_prefix(kind, tmp_path):
+    for name, model in variants(kind).items():
+        path = tmp_path / f"{name}.onnx"
+        info = export_onnx(model, path, {"task": "synthetic"})
+        assert info["layer_states"] == model.cfg.state_sizes()
+        B, L = 3, 40
+        x = sequences(model, B, L)
+        stream = OnnxStream(path)
+        stream.reset(B)
+        worst = 0.0
+        for t in range(L):
+            logits = stream.step(x[:, t].numpy())
+            with torch.no_grad():
+                ref = model(x[:, : t + 1]).numpy()
+            worst = max(worst, np.linalg.norm(logits - ref) / np.linalg.norm(ref))
+            assert np.array_equal(logits.argmax(-1), ref.argmax(-1)), (kind, name, t)
+        assert worst <= 1e-5, (kind, name, worst)
+
+
+def test_onnx_run_with_lengths_equals_forward_with_lengths(tmp_path):
+    model = random_model("embedding_layer_mean")
+    export_onnx(model, tmp_path / "m.onnx")
+    x = sequences(model, 4, 30)
+    lengths = torch.tensor([30, 7, 19, 1])
+    x[torch.arange(30)[None] >= lengths[:, None]] = 0  # padding after each sequence
+    got = OnnxStream(tmp_path / "m.onnx").run(x.numpy(), lengths.numpy())
+    with torch.no_grad():
+        ref = model(x, lengths).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_fused_step_equals_unfused_step_and_convolution_mode_float64(kind):
+    for name, model in variants(kind).items():
+        model = model.double()
+        B, L = 2, 30
+        x = sequences(model, B, L)
+        x = x if model.cfg.encoder == "embedding" else x.double()
+        fused = FusedStream(real_step_params(model), dtype=torch.float64)
+        fs, us = fused.init_state(B), model.init_state(B)
+        us["sum"] = us["sum"].double()  # S4Model.init_state makes the pooling sum float32 whatever the model's dtype
+        for t in range(L):
+            got = fused.step(x[:, t], fs)
+            unfused = model.step(x[:, t], us)
+            with torch.no_grad():
+                ref = model(x[:, : t + 1])
+            scale = ref.abs().max()
+            assert (got - ref).abs().max() <= 1e-10 * scale, (kind, name, t)
+            assert (unfused - ref).abs().max() <= 1e-10 * scale, (kind, name, t)
+
+
+def test_fused_step_float32_is_close_to_convolution_mode():
+    model = random_model("linear_batch_mean")
+    x = sequences(model, 1, 50)
+    fused = FusedStream(real_step_params(model))
+    st = fused.init_state(1)
+    for t in range(50):
+        got = fused.step(x[:, t], st)
+    with torch.no_grad():
+        ref = model(x)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("cfg_change, message", [
+    (dict(bidirectional=True), r"bidirectional.*needs the inputs after t \(the future"),
+    (dict(dual=True), r"dual .*two whole documents"),
+])
+def test_bidirectional_and_dual_models_are_refused_saying_why(cfg_change, message, tmp_path):
+    model = S4Model(ModelConfig(d_input=5, d_output=2, encoder="embedding", d_model=8, d_state=4, n_layers=1,
+                                **cfg_change))
+    with pytest.raises(ValueError, match=message):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    save_model(tmp_path / "m.pt", model, {"task": "x"})
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+
+
+# ----- predict on saved test inputs -------------------------------------------------------------------------------
+
+def prepared_listops(folder, n=6, L=25):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, L + 1, n)
+    ids = np.zeros((n, L), np.int64)
+    for i, ln in enumerate(lengths):
+        ids[i, :ln] = rng.integers(2, len(VOCAB), ln)
+    split = Split(inputs=ids, lengths=lengths.astype(np.int64), labels=rng.integers(0, 5, n))
+    meta = {"task": "listops", "encoder": "embedding", "d_input": len(VOCAB), "d_output": 5, "l_max": L,
+            "dual": False, "vocab": VOCAB}
+    save_prepared(folder, {"train": split, "val": split, "test": split}, meta)
+    return split
+
+
+def prepared_image(folder, n=4, side=8):
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (n, side * side)).astype(np.uint8)
+    mean, std = 0.4, 0.3
+    x = ((gray.astype(np.float64) / 255.0 - mean) / std).astype(np.float32)
+    split = Split(inputs=x, lengths=np.full(n, side * side), labels=rng.integers(0, 5, n))
+    meta = {"task": "image", "encoder": "linear", "d_input": 1, "d_output": 5, "l_max": side * side, "dual": False,
+            "vocab": None, "normalisation": {"mean": mean, "std": std, "scale": 255.0}}
+    save_prepared(folder, {"train": split, "val": split, "test": split}, meta)
+    return split, gray
+
+
+def predicted(out: str) -> str:
+    return re.search(r"predicted class: (\S+)", out).group(1)
+
+
+def probabilities(out: str) -> np.ndarray:
+    line = next(ln for ln in out.splitlines() if ln.startswith("probabilities:"))
+    return np.array([float(p.split(": ")[1]) for p in line.split(": ", 1)[1].split(", ")])
+
+
+def test_predict_listops_expression_prints_the_class_of_the_models_forward(tmp_path, capsys):
+    split = prepared_listops(tmp_path / "data")
+    model = random_model("embedding_layer_mean")
+    save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25})
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
+                 str(tmp_path / "data")]) == 0
+    for i in range(len(split)):
+        ln = int(split.lengths[i])
+        expr = " ".join(VOCAB[t] for t in split.inputs[i, :ln]).replace("X", "]")  # the raw LRA form
+        (tmp_path / "x.txt").write_text(expr + "\n")
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.txt"), "--every", "5"]) == 0
+        out = capsys.readouterr().out
+        with torch.no_grad():
+            logits = model(torch.from_numpy(split.inputs[i : i + 1]), torch.tensor([ln]))
+        assert predicted(out) == str(int(logits.argmax()))
+        np.testing.assert_allclose(probabilities(out), torch.softmax(logits, -1)[0].numpy(), atol=2e-4)
+        assert len(re.findall(r"after \d+ tokens: class", out)) == (ln - 1) // 5
+    # the expression given on the command line is the same input
+    assert main(["predict", str(tmp_path / "m.onnx"), expr]) == 0
+    assert predicted(capsys.readouterr().out) == str(int(logits.argmax()))
+
+
+def test_predict_image_file_prints_the_class_of_the_models_forward(tmp_path, capsys):
+    from PIL import Image
+
+    split, gray = prepared_image(tmp_path / "data")
+    model = random_model("linear_batch_mean")
+    save_model(tmp_path / "m.pt", model, {"task": "image", "l_max": 64})
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
+                 str(tmp_path / "data")]) == 0
+    for i in range(len(split)):
+        Image.fromarray(gray[i].reshape(8, 8)).save(tmp_path / "x.png")
+        np.testing.assert_array_equal(encode_input(load_description(tmp_path / "m.onnx"), str(tmp_path / "x.png"))[:, 0],
+                                      split.inputs[i])
+        capsys.readouterr()
+        assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png")]) == 0
+        with torch.no_grad():
+            logits = model(torch.from_numpy(split.inputs[i : i + 1]))
+        assert predicted(capsys.readouterr().out) == str(int(logits.argmax()))
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "bad.png")
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "bad.png")]) == 2
+    assert "is 9x9, task image reads 8x8" in capsys.readouterr().err
+
+
+def test_export_json_describes_inputs_states_and_pooling(tmp_path):
+    prepared_listops(tmp_path / "data")
+    model = reduce_model_layers(random_model("embedding_layer_mean"), [5, 2], kernel_length=32)[0]
+    save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25})
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
+                 str(tmp_path / "data")]) == 0
+    info = json.loads((tmp_path / "m.json").read_text())
+    assert info["task"] == "listops" and info["pool"] == "mean" and info["input"]["kind"] == "token_ids"
+    assert info["input"]["vocab"] == VOCAB and info["classes"] == ["0", "1", "2", "3", "4"]
+    shapes = {s["name"]: s["shape"] for s in info["state"]}
+    assert shapes == {"state0_re": ["batch", 12, 5], "state0_im": ["batch", 12, 5], "state1_re": ["batch", 12, 2],
+                      "state1_im": ["batch", 12, 2], "pool_sum": ["batch", 12], "pool_count": ["batch", 1]}
+    assert info["state_bytes_per_sequence"] == 4 * (2 * 12 * 7 + 12 + 1)
+
+
+def test_deploy_measure_writes_a_row(tmp_path):
+    prepared_listops(tmp_path / "data")
+    model = random_model("embedding_layer_mean")
+    save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25, "seed": 0, "init": "skew_hippo"})
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": {"test": 0.25}, "init": "skew_hippo"}))
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["deploy-measure", "--model", str(tmp_path / "m.pt"), "--onnx", str(tmp_path / "m.onnx"),
+                 "--data", str(tmp_path / "data"), "--metrics", str(tmp_path / "metrics.json"), "--run", "pretrain",
+                 "--steps", "20", "--repeats", "2", "--out", str(tmp_path / "row.json")]) == 0
+    row = json.loads((tmp_path / "row.json").read_text())
+    assert row["accuracy_test"] == 0.25 and row["subset"] == 6 and row["onnx_torch_agreement"] == 1.0
+    assert row["onnx_accuracy_subset"] == row["torch_accuracy_subset"]
+    assert all(v > 0 for v in row["latency_us"].values()) and set(row["latency_us"]) == {
+        "onnxruntime", "torch_fused", "torch_step"}
+    assert row["onnx_bytes"] == (tmp_path / "m.onnx").stat().st_size and row["run"] == "pretrain"
