@@ -256,3 +256,38 @@ def test_deploy_measure_writes_a_row(tmp_path):
     assert all(v > 0 for v in row["latency_us"].values()) and set(row["latency_us"]) == {
         "onnxruntime", "torch_fused", "torch_step"}
     assert row["onnx_bytes"] == (tmp_path / "m.onnx").stat().st_size and row["run"] == "pretrain"
+
+
+# ----- the deploy stage of the workflow ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_deploy_stage_on_the_tiny_grid_has_one_row_per_exported_model(tmp_path):
+    import csv
+
+    from test_workflow import TINY, copy_workflow, job_counts, snakemake
+
+    wf = copy_workflow(tmp_path)
+    (wf / "tiny.yaml").write_text(TINY.read_text())
+    (wf / "deploy.yaml").write_text("deploy: {enabled: true, subset: 10, steps: 20, repeats: 1}\n")
+    # a bidirectional task (pathfinder, bidirectional in config.yaml's task_settings) is left out by design
+    (wf / "bidir.yaml").write_text("tasks: [listops, image, pathfinder]\n")
+    counts = job_counts(wf, "deploy", "--configfile", "tiny.yaml", "deploy.yaml", "bidir.yaml")
+    assert counts["export_onnx"] == counts["deploy_measure"] == 2 * 3  # 2 unidirectional tasks x (N, r=2 x 2 inits)
+    dry = snakemake(wf, "-n", "deploy", "--configfile", "tiny.yaml", "deploy.yaml", "bidir.yaml").stdout
+    assert "results/deploy/pathfinder" not in dry and "results/runs/pathfinder/seed0/pretrain/model.pt" not in dry
+    assert "results/deploy/image/seed0/bt_init_r2/model.onnx" in dry
+    # disabled (the default): `all` schedules no deploy job
+    assert "export_onnx" not in job_counts(wf, "--configfile", "tiny.yaml")
+
+    snakemake(wf, "deploy", "--cores", "2", "--configfile", "tiny.yaml", "deploy.yaml")
+    rows = list(csv.DictReader((wf / "results/tables/deploy.csv").open()))
+    exported = sorted(p.parent.relative_to(wf / "results/deploy").as_posix()
+                      for p in (wf / "results/deploy").rglob("model.onnx"))
+    assert len(rows) == len(exported) == 6
+    assert sorted(f"{r['task']}/seed{r['seed']}/{r['run']}" for r in rows) == exported
+    for r in rows:
+        assert float(r["onnx_torch_agreement"]) == 1.0 and float(r["latency_onnxruntime_us"]) > 0
+        assert 0 <= float(r["accuracy_test"]) <= 1
+    assert (wf / "results/plots/deploy_pareto.png").stat().st_size > 0
+    md = (wf / "results/tables/deploy.md").read_text()
+    assert md.count("\n") == 2 + 6 and "| listops | 0 | BT-init | 2 |" in md
