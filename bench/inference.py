@@ -198,7 +198,7 @@ def time_fused_layer(streams: dict[str, tuple], steps: int, repeats: int) -> dic
     for name, (fused, _) in streams.items():
         lay = fused.p.layers[0]
         x = np.zeros((1, fused.p.H, lay.N), np.complex64)
-        tmp = np.zeros_like(x)
+        tmp = np.zeros((1, fused.p.H, 2 * lay.N), np.float32)
         u = np.random.default_rng(0).standard_normal((1, fused.p.H)).astype(np.float32)
 
         def run(fused=fused, x=x, tmp=tmp, u=u):

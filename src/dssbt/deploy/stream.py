@@ -189,7 +189,10 @@ class FusedStream:
         for lay in params.layers:
             C_pairs = np.stack([lay.C.real, -lay.C.imag], axis=-1).reshape(lay.C.shape[0], -1)  # (H, 2N)
             self.layers.append({
-                "Lambda_bar": lay.Lambda_bar.astype(self.np_cplx), "B_bar": lay.B_bar.astype(self.np_cplx),
+                "Lambda_bar": lay.Lambda_bar.astype(self.np_cplx),
+                # B_bar as interleaved (re, im) pairs: real B_bar * real u, then added to the state seen as pairs
+                "B_pairs": np.stack([lay.B_bar.real, lay.B_bar.imag], -1).reshape(lay.C.shape[0], -1)
+                .astype(self.np_real),
                 "C_pairs": C_pairs.astype(self.np_real), "D": lay.D.astype(self.np_real),
                 "norm": self._norm(lay.norm), "W": t(lay.out_weight), "b": t(lay.out_bias), "glu": lay.glu})
         self.final_norm = None if params.final_norm is None else self._norm(params.final_norm)
@@ -211,7 +214,7 @@ class FusedStream:
         H = self.p.H
         return {
             "ssm": [np.zeros((batch, H, lay.N), self.np_cplx) for lay in self.p.layers],
-            "tmp": [np.zeros((batch, H, lay.N), self.np_cplx) for lay in self.p.layers],
+            "tmp": [np.zeros((batch, H, 2 * lay.N), self.np_real) for lay in self.p.layers],
             "sum": torch.zeros(batch, H, dtype=self.dtype),
             "t": 0,
         }
@@ -226,13 +229,8 @@ class FusedStream:
             h = F.linear(x_t.unsqueeze(-1) if x_t.dim() == 1 else x_t, self.enc_w, self.enc_b)
         for i, lay in enumerate(self.layers):
             z = self._apply_norm(lay["norm"], h) if self.p.prenorm else h
-            u = z.numpy()  # (B, H), shares memory with z
-            x, tmp = state["ssm"][i], state["tmp"][i]
-            np.multiply(x, lay["Lambda_bar"], out=x)  # x <- Lambda_bar x
-            np.multiply(lay["B_bar"], u[..., None], out=tmp)
-            np.add(x, tmp, out=x)  # x <- x + B_bar u
-            y = np.vecdot(x.view(self.np_real), lay["C_pairs"])  # Re(sum_n C_n x_n), (B, H)
-            y = torch.from_numpy(y).addcmul_(z, torch.from_numpy(lay["D"]))  # + D u
+            y = torch.from_numpy(self._ssm(lay, z.numpy(), state["ssm"][i], state["tmp"][i]))
+            y = y.addcmul_(z, torch.from_numpy(lay["D"]))  # + D u
             y = F.linear(F.gelu(y, approximate=self.gelu_approx), lay["W"], lay["b"])
             if lay["glu"]:
                 y = F.glu(y, dim=-1)
@@ -249,13 +247,19 @@ class FusedStream:
             pooled = state["sum"] / state["t"]
         return F.linear(pooled, self.dec_w, self.dec_b)
 
-    def ssm_step(self, i: int, u: np.ndarray, x: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-        """Layer i's diagonal system alone (what the benchmark times per layer): u real (B, H), x and tmp complex
-        (B, H, N) buffers (x updated in place). Returns y real (B, H)."""
-        lay = self.layers[i]
+    def _ssm(self, lay: dict, u: np.ndarray, x: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+        """x <- Lambda_bar x + B_bar u (in place); returns Re(sum_n C_n x_n) real (B, H). u real (B, H) (shares
+        memory with the torch input), x complex (B, H, N), tmp real (B, H, 2N) work buffer."""
         np.multiply(x, lay["Lambda_bar"], out=x)
-        np.multiply(lay["B_bar"], u[..., None], out=tmp)
-        np.add(x, tmp, out=x)
-        y = np.vecdot(x.view(self.np_real), lay["C_pairs"])
+        xr = x.view(self.np_real)  # (B, H, 2N): (re, im) pairs
+        np.multiply(lay["B_pairs"], u[..., None], out=tmp)
+        np.add(xr, tmp, out=xr)
+        return np.vecdot(xr, lay["C_pairs"])
+
+    def ssm_step(self, i: int, u: np.ndarray, x: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+        """Layer i's diagonal system with its feedthrough, alone (what the benchmark times per layer): u real (B, H),
+        x complex (B, H, N) state (updated in place), tmp real (B, H, 2N). Returns y real (B, H)."""
+        lay = self.layers[i]
+        y = self._ssm(lay, u, x, tmp)
         y += lay["D"] * u
         return y
