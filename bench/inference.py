@@ -11,8 +11,8 @@ weight copied. Figures, all variants timed interleaved in one process:
 * memory of recurrent inference, exactly from the tensors: weights (all, and SSM only) and the per-sequence state
   (complex SSM states + the discretised step parameters);
 * convolution mode (``S4Model.forward``, no grad) on long sequences: sequences per second;
-* the fused step (``dssbt.deploy.stream.FusedStream``: precomputed Lambda_bar, B_bar, C; four numpy ufunc calls per
-  diagonal system on preallocated buffers) per layer at batch 1 beside the unfused ``DSS.step``, and the whole model
+* the fused step (``dssbt.deploy.stream.FusedStream``: precomputed Lambda_bar, B_bar, C; per diagonal system one
+  compiled C call, or four numpy ufunc calls on preallocated buffers) per layer at batch 1 beside the unfused ``DSS.step``, and the whole model
   per token at batch 1: fused torch, onnxruntime (the exported graph, 1 thread) and ``S4Model.step``, beside two
   floors measured here: the bytes a step reads (weights, step parameters and the state, float32) over the measured
   read bandwidth of an array of that size, and its FLOPs over the measured single-thread matmul peak.
@@ -36,6 +36,7 @@ import torch
 
 from common import check, finish, fmt_s, header, interleaved, ratio, time_line
 from dssbt.model import ModelConfig, S4Model, count_parameters
+from dssbt.deploy import ckernel
 from dssbt.deploy.export import export_onnx
 from dssbt.deploy.predict import OnnxStream
 from dssbt.deploy.stream import FusedStream, real_step_params
@@ -192,19 +193,34 @@ def check_fused_and_onnx(models: dict[str, S4Model], streams: dict[str, tuple], 
               f"{len(models)} models; worst relative difference {w:.1e} (tol {TOL:g})")
 
 
-def time_fused_layer(streams: dict[str, tuple], steps: int, repeats: int) -> dict[str, list[float]]:
-    """Per-step time of the fused diagonal system of the first layer (FusedStream.ssm_step), batch 1."""
-    fns = {}
-    for name, (fused, _) in streams.items():
-        lay = fused.p.layers[0]
-        x = np.zeros((1, fused.p.H, lay.N), np.complex64)
-        tmp = np.zeros((1, fused.p.H, 2 * lay.N), np.float32)
-        u = np.random.default_rng(0).standard_normal((1, fused.p.H)).astype(np.float32)
+def time_fused_layer(models: dict[str, S4Model], backend: str, steps: int, repeats: int) -> dict[str, list[float]]:
+    """Per-step time of the first layer's fused diagonal system (with D u) at batch 1: backend "c" (one compiled
+    call) or "numpy" (four ufunc calls)."""
+    from dssbt.deploy.ckernel import CLayer
 
-        def run(fused=fused, x=x, tmp=tmp, u=u):
-            x[...] = 0
-            for _ in range(steps):
-                fused.ssm_step(0, u, x, tmp)
+    fns = {}
+    for name, m in models.items():
+        fused = FusedStream(real_step_params(m), backend="numpy")
+        lay = fused.p.layers[0]
+        u = torch.from_numpy(np.random.default_rng(0).standard_normal((1, fused.p.H)).astype(np.float32))
+        if backend == "c":
+            c, y = CLayer(lay.Lambda_bar, lay.B_bar, lay.C, lay.D, 1), torch.zeros(1, fused.p.H)
+            up, yp = u.data_ptr(), y.data_ptr()
+
+            def run(c=c, up=up, yp=yp):
+                c.xr[...] = 0
+                c.xi[...] = 0
+                for _ in range(steps):
+                    c.step(up, yp)
+        else:
+            x = np.zeros((1, fused.p.H, lay.N), np.complex64)
+            tmp = np.zeros((1, fused.p.H, 2 * lay.N), np.float32)
+            un = u.numpy()
+
+            def run(fused=fused, x=x, tmp=tmp, un=un):
+                x[...] = 0
+                for _ in range(steps):
+                    fused.ssm_step(0, un, x, tmp)
 
         fns[name] = run
     return {k: [t / steps for t in v] for k, v in interleaved(fns, repeats).items()}
@@ -289,21 +305,27 @@ def deploy_report(a, models: dict[str, S4Model]) -> None:
     for name, m in models.items():
         export_onnx(m, tmp / f"{name}.onnx")
         streams[name] = (FusedStream(real_step_params(m)), OnnxStream(tmp / f"{name}.onnx", threads=1))
+    print(f"   fused step backend: {streams[full][0].backend}" + ("" if ckernel.available() else
+                                                                  f" (C step unavailable: {ckernel.error()})"))
     check_fused_and_onnx(models, streams, 16 if a.quick else 64)
 
-    # per layer, batch 1: unfused DSS.step vs fused diagonal system, timed side by side
+    # per layer, batch 1: unfused DSS.step vs the fused diagonal system (numpy and C), each timed side by side
     unfused = time_dss_step(models, 1, a.steps, a.repeats)
-    fused = time_fused_layer(streams, a.steps, a.repeats)
-    for name in models:
-        time_line(f"inference fused SSM step per layer, batch 1, {name}", fused[name])
-    for name in models:
-        if name != full:
-            r = order(name)
-            ratio(f"inference fused step speed-up {full} (fused) vs {name} (fused), batch 1", fused[full],
-                  fused[name], 0.5 * a.N / r)
-            ratio(f"inference step speed-up {full} (DSS.step) vs {name} (fused), batch 1", unfused[full],
-                  fused[name], 0.5 * a.N / r)
-        ratio(f"inference fused vs DSS.step, {name}, batch 1", unfused[name], fused[name])
+    backends = ["numpy"] + (["c"] if ckernel.available() else [])
+    fused = {b: time_fused_layer(models, b, a.steps, a.repeats) for b in backends}
+    for b in backends:
+        for name in models:
+            time_line(f"inference fused SSM step per layer ({b}), batch 1, {name}", fused[b][name])
+    for b in backends:
+        for name in models:
+            if name != full:
+                r = order(name)
+                ratio(f"inference fused ({b}) step speed-up {full} vs {name}, batch 1", fused[b][full],
+                      fused[b][name], 0.5 * a.N / r)
+                ratio(f"inference step speed-up {full} (DSS.step) vs {name} (fused, {b}), batch 1", unfused[full],
+                      fused[b][name], 0.5 * a.N / r)
+        for name in models:
+            ratio(f"inference fused ({b}) vs DSS.step, {name}, batch 1", unfused[name], fused[b][name])
 
     # whole model per token at batch 1, beside its floors
     t = time_token(models, streams, a.steps, a.repeats)

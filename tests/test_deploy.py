@@ -11,6 +11,7 @@ import torch
 from dssbt.checkpoint import save_model
 from dssbt.cli import main
 from dssbt.data.prepared import Split, save_prepared
+from dssbt.deploy import ckernel
 from dssbt.deploy.export import export_onnx, load_description
 from dssbt.deploy.predict import OnnxStream, encode_input
 from dssbt.deploy.stream import FusedStream, real_step_params
@@ -98,14 +99,18 @@ def test_onnx_run_with_lengths_equals_forward_with_lengths(tmp_path):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("backend", ["numpy", "c"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_fused_step_equals_unfused_step_and_convolution_mode_float64(kind):
+def test_fused_step_equals_unfused_step_and_convolution_mode_float64(kind, backend):
+    if backend == "c" and not ckernel.available():
+        pytest.skip(f"the C step does not build here: {ckernel.error()}")
     for name, model in variants(kind).items():
         model = model.double()
         B, L = 2, 30
         x = sequences(model, B, L)
         x = x if model.cfg.encoder == "embedding" else x.double()
-        fused = FusedStream(real_step_params(model), dtype=torch.float64)
+        fused = FusedStream(real_step_params(model), dtype=torch.float64, backend=backend)
+        assert fused.backend == backend
         fs, us = fused.init_state(B), model.init_state(B)
         us["sum"] = us["sum"].double()  # S4Model.init_state makes the pooling sum float32 whatever the model's dtype
         for t in range(L):
@@ -118,10 +123,13 @@ def test_fused_step_equals_unfused_step_and_convolution_mode_float64(kind):
             assert (unfused - ref).abs().max() <= 1e-10 * scale, (kind, name, t)
 
 
-def test_fused_step_float32_is_close_to_convolution_mode():
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_fused_step_float32_is_close_to_convolution_mode(backend):
+    if backend == "c" and not ckernel.available():
+        pytest.skip(f"the C step does not build here: {ckernel.error()}")
     model = random_model("linear_batch_mean")
     x = sequences(model, 1, 50)
-    fused = FusedStream(real_step_params(model))
+    fused = FusedStream(real_step_params(model), backend=backend)
     st = fused.init_state(1)
     for t in range(50):
         got = fused.step(x[:, t], st)

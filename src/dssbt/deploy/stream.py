@@ -12,10 +12,12 @@ One step of layer i, for the block input ``h`` (B, H):
     z = norm(h) (prenorm) | h;   x <- Lambda_bar x + B_bar z;   y = Re(sum_n C_n x_n) + D z
     h <- h + out(act(y)) [GLU];  (postnorm: h <- norm(h))
 
-``FusedStream`` runs this with as few calls per layer as it can: the state update and the output of the diagonal
-system are four numpy ufunc calls on preallocated buffers (``x *= Lambda_bar``, ``t = B_bar * z``, ``x += t``,
-``y = vecdot(x as real pairs, [Re C, -Im C])``), the dense parts are torch calls sharing memory with them. The
-unfused reference is ``S4Model.step`` (``DSS.step``), kept as it is; tests check both against convolution mode.
+``FusedStream`` runs this with as few calls per layer as it can. The diagonal system (state update, output and
+feedthrough) is either one compiled C call (backend "c", ``ckernel.py``; needs a C compiler) or four numpy ufunc
+calls on preallocated buffers (backend "numpy": ``x *= Lambda_bar``, ``t = B_bar * z`` and ``x += t`` on real
+pairs, ``y = vecdot(x as real pairs, [Re C, -Im C])``); the dense parts are torch calls sharing memory with them.
+The unfused reference is ``S4Model.step`` (``DSS.step``), kept as it is; tests check all three against convolution
+mode.
 """
 
 from __future__ import annotations
@@ -177,9 +179,16 @@ class FusedStream:
     numpy arrays (B, H, N_i) inside ``state``.
     """
 
-    def __init__(self, params: StepParams, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, params: StepParams, dtype: torch.dtype = torch.float32, backend: str = "auto") -> None:
+        from . import ckernel
+
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"FusedStream: dtype must be float32 or float64, got {dtype}")
+        if backend not in ("auto", "c", "numpy"):
+            raise ValueError(f"FusedStream: backend must be auto, c or numpy, got {backend!r}")
+        if backend == "c" and not ckernel.available():
+            raise ValueError(f"FusedStream: backend c is unavailable: {ckernel.error()}")
+        self.backend = backend if backend != "auto" else "c" if ckernel.available() else "numpy"
         self.p, self.dtype = params, dtype
         self.np_real = np.float32 if dtype == torch.float32 else np.float64
         self.np_cplx = np.complex64 if dtype == torch.float32 else np.complex128
@@ -212,12 +221,16 @@ class FusedStream:
     def init_state(self, batch: int) -> dict[str, Any]:
         """Zero state for ``batch`` sequences: SSM states (complex numpy (B, H, N_i)), work buffers, pooling sum."""
         H = self.p.H
-        return {
-            "ssm": [np.zeros((batch, H, lay.N), self.np_cplx) for lay in self.p.layers],
-            "tmp": [np.zeros((batch, H, 2 * lay.N), self.np_real) for lay in self.p.layers],
-            "sum": torch.zeros(batch, H, dtype=self.dtype),
-            "t": 0,
-        }
+        state: dict[str, Any] = {"sum": torch.zeros(batch, H, dtype=self.dtype), "t": 0}
+        if self.backend == "c":
+            from .ckernel import CLayer
+
+            state["c"] = [CLayer(lay.Lambda_bar, lay.B_bar, lay.C, lay.D, batch, self.np_real) for lay in self.p.layers]
+            state["y"] = [torch.zeros(batch, H, dtype=self.dtype) for _ in self.p.layers]
+        else:
+            state["ssm"] = [np.zeros((batch, H, lay.N), self.np_cplx) for lay in self.p.layers]
+            state["tmp"] = [np.zeros((batch, H, 2 * lay.N), self.np_real) for lay in self.p.layers]
+        return state
 
     @torch.no_grad()
     def step(self, x_t: Tensor, state: dict[str, Any]) -> Tensor:
@@ -229,8 +242,13 @@ class FusedStream:
             h = F.linear(x_t.unsqueeze(-1) if x_t.dim() == 1 else x_t, self.enc_w, self.enc_b)
         for i, lay in enumerate(self.layers):
             z = self._apply_norm(lay["norm"], h) if self.p.prenorm else h
-            y = torch.from_numpy(self._ssm(lay, z.numpy(), state["ssm"][i], state["tmp"][i]))
-            y = y.addcmul_(z, torch.from_numpy(lay["D"]))  # + D u
+            if self.backend == "c":  # one foreign call: state update, output and D u
+                z = z.contiguous()
+                y = state["y"][i]
+                state["c"][i].step(z.data_ptr(), y.data_ptr())
+            else:
+                y = torch.from_numpy(self._ssm(lay, z.numpy(), state["ssm"][i], state["tmp"][i]))
+                y = y.addcmul_(z, torch.from_numpy(lay["D"]))  # + D u
             y = F.linear(F.gelu(y, approximate=self.gelu_approx), lay["W"], lay["b"])
             if lay["glu"]:
                 y = F.glu(y, dim=-1)

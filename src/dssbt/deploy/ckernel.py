@@ -1,0 +1,142 @@
+"""The diagonal-system step as one compiled C call (optional; needs a C compiler, else ``available()`` is False).
+
+One call per layer does, for every sequence b and channel h, in a single pass over the modes:
+
+    x_re <- a_r x_re - a_i x_im + b_r u,   x_im <- a_i x_re + a_r x_im + b_i u,   y = sum_n (c_r x_re - c_i x_im) + D u
+
+with the state and parameters as separate real and imaginary arrays (contiguous (B, H, N) and (H, N)), so the loop
+over n vectorises (``#pragma omp simd`` with ``-fopenmp-simd``: the sum may be reordered, nothing else is relaxed).
+The library is compiled once per source and flags into ``$DSSBT_CACHE`` (default ``~/.cache/dssbt``) with
+``$CC`` (default ``cc``) and loaded with ctypes; a layer's pointers are packed into one struct, so a step is one
+foreign call with three arguments.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = r"""
+#include <stddef.h>
+#define STEP(NAME, T)                                                                                  \
+typedef struct { long B, H, N; const T *ar, *ai, *br, *bi, *cr, *ci, *D; T *xr, *xi; } NAME##_layer;    \
+void NAME(const NAME##_layer *L, const T *u, T *y) {                                                   \
+    const long H = L->H, N = L->N;                                                                     \
+    for (long b = 0; b < L->B; ++b) {                                                                  \
+        for (long h = 0; h < H; ++h) {                                                                 \
+            const T uh = u[b * H + h];                                                                 \
+            const T *ar = L->ar + h * N, *ai = L->ai + h * N, *br = L->br + h * N, *bi = L->bi + h * N; \
+            const T *cr = L->cr + h * N, *ci = L->ci + h * N;                                          \
+            T *xr = L->xr + (b * H + h) * N, *xi = L->xi + (b * H + h) * N;                            \
+            T acc = 0;                                                                                 \
+            _Pragma("omp simd reduction(+:acc)")                                                       \
+            for (long n = 0; n < N; ++n) {                                                             \
+                const T r = ar[n] * xr[n] - ai[n] * xi[n] + br[n] * uh;                                \
+                const T i = ai[n] * xr[n] + ar[n] * xi[n] + bi[n] * uh;                                \
+                xr[n] = r;                                                                             \
+                xi[n] = i;                                                                             \
+                acc += cr[n] * r - ci[n] * i;                                                          \
+            }                                                                                          \
+            y[b * H + h] = acc + L->D[h] * uh;                                                         \
+        }                                                                                              \
+    }                                                                                                  \
+}
+STEP(dss_step_f32, float)
+STEP(dss_step_f64, double)
+"""
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
+
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+
+
+def _struct(real: type) -> type:
+    ptr = ctypes.POINTER(real)
+    fields = [("B", ctypes.c_long), ("H", ctypes.c_long), ("N", ctypes.c_long)]
+    fields += [(k, ptr) for k in ("ar", "ai", "br", "bi", "cr", "ci", "D", "xr", "xi")]
+    return type(f"Layer_{real.__name__}", (ctypes.Structure,), {"_fields_": fields})
+
+
+LAYER = {np.float32: _struct(ctypes.c_float), np.float64: _struct(ctypes.c_double)}
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library (built on first use), or None when no compiler works (``error()`` says why)."""
+    global _lib, _error
+    if _lib is not None or _error is not None:
+        return _lib
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        _error = f"no C compiler ({cc!r} not found)"
+        return None
+    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + cc + platform.machine()).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("DSSBT_CACHE", Path.home() / ".cache" / "dssbt"))
+    lib_path = cache / f"dss_step_{key}.so"
+    if not lib_path.exists():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                src = Path(tmp) / "dss_step.c"
+                src.write_text(SOURCE)
+                out = Path(tmp) / "lib.so"
+                p = subprocess.run([cc, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
+                if p.returncode != 0:
+                    _error = f"{cc} failed: {p.stderr.strip()[:500]}"
+                    return None
+                os.replace(out, lib_path)  # atomic: a half-written library is never loaded
+        except OSError as e:
+            _error = f"cannot build the C step in {cache}: {e}"
+            return None
+    lib = ctypes.CDLL(str(lib_path))
+    for name in ("dss_step_f32", "dss_step_f64"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        getattr(lib, name).restype = None
+    _lib = lib
+    return lib
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def error() -> str | None:
+    load()
+    return _error
+
+
+class CLayer:
+    """One layer's diagonal systems for ``batch`` sequences: parameters (kept alive here), state and the packed
+    struct. ``step(u_ptr, y_ptr)``: u, y real contiguous (B, H) of the layer's dtype, given by address."""
+
+    def __init__(self, Lambda_bar: np.ndarray, B_bar: np.ndarray, C: np.ndarray, D: np.ndarray, batch: int,
+                 real: type = np.float32) -> None:
+        lib = load()
+        if lib is None:
+            raise ValueError(f"the C step is unavailable: {_error}")
+        H, N = Lambda_bar.shape
+        arr = lambda a: np.ascontiguousarray(a, dtype=real)  # noqa: E731
+        self.params = {"ar": arr(Lambda_bar.real), "ai": arr(Lambda_bar.imag), "br": arr(B_bar.real),
+                       "bi": arr(B_bar.imag), "cr": arr(C.real), "ci": arr(C.imag), "D": arr(D)}
+        self.xr = np.zeros((batch, H, N), real)
+        self.xi = np.zeros((batch, H, N), real)
+        ptr_t = ctypes.POINTER(ctypes.c_float if real == np.float32 else ctypes.c_double)
+        ptr = lambda a: a.ctypes.data_as(ptr_t)  # noqa: E731
+        self.struct = LAYER[real](batch, H, N, *(ptr(self.params[k]) for k in ("ar", "ai", "br", "bi", "cr", "ci", "D")),
+                                  ptr(self.xr), ptr(self.xi))
+        self.addr = ctypes.addressof(self.struct)
+        self.fn = lib.dss_step_f32 if real == np.float32 else lib.dss_step_f64
+
+    def step(self, u_ptr: int, y_ptr: int) -> None:
+        self.fn(self.addr, u_ptr, y_ptr)
+
+    def state(self) -> np.ndarray:
+        """The complex state (B, H, N), a copy."""
+        return self.xr + 1j * self.xi
