@@ -205,9 +205,9 @@ def time_fused_layer(models: dict[str, S4Model], backend: str, steps: int, repea
         u = torch.from_numpy(np.random.default_rng(0).standard_normal((1, fused.p.H)).astype(np.float32))
         if backend == "c":
             c, y = CLayer(lay.Lambda_bar, lay.B_bar, lay.C, lay.D, 1), torch.zeros(1, fused.p.H)
-            up, yp = u.data_ptr(), y.data_ptr()
 
-            def run(c=c, up=up, yp=yp):
+            def run(c=c, u=u, y=y):  # u and y held here: the C call writes through their addresses
+                up, yp = u.data_ptr(), y.data_ptr()
                 c.xr[...] = 0
                 c.xi[...] = 0
                 for _ in range(steps):
