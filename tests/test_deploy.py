@@ -299,3 +299,43 @@ def test_deploy_stage_on_the_tiny_grid_has_one_row_per_exported_model(tmp_path):
     assert (wf / "results/plots/deploy_pareto.png").stat().st_size > 0
     md = (wf / "results/tables/deploy.md").read_text()
     assert md.count("\n") == 2 + 6 and "| listops | 0 | BT-init | 2 |" in md
+
+
+def test_tanh_gelu_models_export_the_tanh_approximation():
+    """A model whose config says activation "gelu_tanh" (a field other code may add) gets the tanh form in both
+    the ONNX graph and the fused step; torch's F.gelu(approximate="tanh") is the reference."""
+    import types
+
+    import onnxruntime as ort
+
+    from dssbt.deploy.export import build_graph
+    from dssbt.deploy.stream import activation_name
+
+    assert activation_name(types.SimpleNamespace()) == "gelu"
+    assert activation_name(types.SimpleNamespace(activation="gelu_tanh")) == "gelu_tanh"
+    with pytest.raises(ValueError, match="activation 'relu' is not one of"):
+        activation_name(types.SimpleNamespace(activation="relu"))
+    model = random_model("linear_layer_last_postnorm")
+    p = real_step_params(model)
+    p.activation = "gelu_tanh"
+    sess = ort.InferenceSession(build_graph(p).SerializeToString(), providers=["CPUExecutionProvider"])
+    x = sequences(model, 2, 12)
+    feed = {i.name: np.zeros([2 if d == "batch" else d for d in i.shape], np.float32) for i in sess.get_inputs()}
+    # reference: the torch model with its GELU replaced by the tanh form, in convolution mode
+    orig = torch.nn.functional.gelu
+    try:
+        torch.nn.functional.gelu = lambda v, approximate="none": orig(v, approximate="tanh")
+        with torch.no_grad():
+            ref = model(x).numpy()
+    finally:
+        torch.nn.functional.gelu = orig
+    for t in range(12):
+        feed["x"] = x[:, t : t + 1].numpy()
+        out = sess.run(None, feed)
+        feed.update({o.name[: -len("_out")]: v for o, v in zip(sess.get_outputs()[1:], out[1:])})
+    np.testing.assert_allclose(out[0], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    fused = FusedStream(p)
+    st = fused.init_state(2)
+    for t in range(12):
+        got = fused.step(x[:, t], st)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
