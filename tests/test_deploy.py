@@ -339,3 +339,27 @@ def test_tanh_gelu_models_export_the_tanh_approximation():
     for t in range(12):
         got = fused.step(x[:, t], st)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_predict_text_reads_characters_and_cuts_at_the_tasks_cut(tmp_path, capsys):
+    chars = ["<pad>", "<unk>"] + list("etaoinshrdlu .,!")[: len(VOCAB) - 2]
+    text = "the sun shines, hello there! a quiet day."  # 'q', 'y', 'w' ... are not in the vocabulary -> <unk>
+    cut = 30
+    ids = np.array([[chars.index(c) if c in chars else 1 for c in text[:cut]]], np.int64)
+    split = Split(inputs=ids, lengths=np.array([cut]), labels=np.array([1]))
+    meta = {"task": "text", "encoder": "embedding", "d_input": len(chars), "d_output": 5, "l_max": cut, "dual": False,
+            "vocab": chars, "preprocessing": {"cut": cut}}
+    save_prepared(tmp_path / "data", {"train": split, "val": split, "test": split}, meta)
+    model = random_model("embedding_layer_mean")
+    save_model(tmp_path / "m.pt", model, {"task": "text", "l_max": cut})
+    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
+                 str(tmp_path / "data")]) == 0
+    (tmp_path / "review.txt").write_text(text)
+    encoded = encode_input(load_description(tmp_path / "m.onnx"), str(tmp_path / "review.txt"))
+    np.testing.assert_array_equal(encoded, ids[0])
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "review.txt")]) == 0
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ids))
+    out = capsys.readouterr().out
+    assert predicted(out) == str(int(logits.argmax())) and f"{cut} tokens in" in out

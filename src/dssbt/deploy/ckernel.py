@@ -77,7 +77,13 @@ def load() -> ctypes.CDLL | None:
     if shutil.which(cc) is None:
         _error = f"no C compiler ({cc!r} not found)"
         return None
-    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + cc + platform.machine()).encode()).hexdigest()[:16]
+    # -march=native: the library is only valid on this CPU kind, so the CPU's model and flags are in the key
+    try:
+        cpu = "".join(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()[:30]
+                      if ln.startswith(("model name", "flags")))
+    except OSError:
+        cpu = platform.processor()
+    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + cc + platform.machine() + cpu).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("DSSBT_CACHE", Path.home() / ".cache" / "dssbt"))
     lib_path = cache / f"dss_step_{key}.so"
     if not lib_path.exists():

@@ -178,6 +178,8 @@ def describe(model: S4Model, p: StepParams, ckpt_meta: dict[str, Any], task_meta
         if task_meta is not None:
             enc["vocab"] = task_meta.get("vocab")
             enc["tokenizer"] = {"listops": "listops", "text": "characters"}.get(task, "whitespace")
+            # the task cuts every sequence at this many tokens (text: the cut before the longest length)
+            enc["cut"] = (task_meta.get("preprocessing") or {}).get("cut") or task_meta.get("l_max")
     else:
         enc = {"kind": "pixels", "name": "x", "dtype": "float32", "shape": ["batch", cfg.d_input]}
         if task_meta is not None:

@@ -104,8 +104,8 @@ def encode_input(info: dict[str, Any], source: str) -> np.ndarray:
             raise ValueError(f"input {source[:60]!r} has no tokens")
         index = {tok: i for i, tok in enumerate(vocab)}
         ids = np.array([index.get(t, 1) for t in tokens], dtype=np.int64)
-        l_max = info.get("l_max")
-        return ids[:l_max] if l_max else ids  # the task cuts sequences at l_max
+        cut = enc.get("cut") or info.get("l_max")
+        return ids[:cut] if cut else ids  # the task cuts sequences there
     norm = enc.get("normalisation")
     side = enc.get("image_side")
     if not norm or not side:
