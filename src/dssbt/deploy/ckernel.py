@@ -4,8 +4,9 @@ One call per layer does, for every sequence b and channel h, in a single pass ov
 
     x_re <- a_r x_re - a_i x_im + b_r u,   x_im <- a_i x_re + a_r x_im + b_i u,   y = sum_n (c_r x_re - c_i x_im) + D u
 
-with the state and parameters as separate real and imaginary arrays (contiguous (B, H, N) and (H, N)), so the loop
-over n vectorises (``#pragma omp simd`` with ``-fopenmp-simd``: the sum may be reordered, nothing else is relaxed).
+with the state and parameters as separate real and imaginary arrays laid out mode-major (state (B, N, H), parameters
+(N, H)): the inner loop runs over the H channels, contiguous and independent, so it vectorises whatever N is (also
+for r = 4), and y accumulates over n in order (no reassociation, no fast-math).
 The library is compiled once per source and flags into ``$DSSBT_CACHE`` (default ``~/.cache/dssbt``) with
 ``$CC`` (default ``cc``) and loaded with ctypes; a layer's pointers are packed into one struct, so a step is one
 foreign call with three arguments.
@@ -25,27 +26,26 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = r"""
-#include <stddef.h>
 #define STEP(NAME, T)                                                                                  \
 typedef struct { long B, H, N; const T *ar, *ai, *br, *bi, *cr, *ci, *D; T *xr, *xi; } NAME##_layer;    \
 void NAME(const NAME##_layer *L, const T *u, T *y) {                                                   \
     const long H = L->H, N = L->N;                                                                     \
     for (long b = 0; b < L->B; ++b) {                                                                  \
-        for (long h = 0; h < H; ++h) {                                                                 \
-            const T uh = u[b * H + h];                                                                 \
-            const T *ar = L->ar + h * N, *ai = L->ai + h * N, *br = L->br + h * N, *bi = L->bi + h * N; \
-            const T *cr = L->cr + h * N, *ci = L->ci + h * N;                                          \
-            T *xr = L->xr + (b * H + h) * N, *xi = L->xi + (b * H + h) * N;                            \
-            T acc = 0;                                                                                 \
-            _Pragma("omp simd reduction(+:acc)")                                                       \
-            for (long n = 0; n < N; ++n) {                                                             \
-                const T r = ar[n] * xr[n] - ai[n] * xi[n] + br[n] * uh;                                \
-                const T i = ai[n] * xr[n] + ar[n] * xi[n] + bi[n] * uh;                                \
-                xr[n] = r;                                                                             \
-                xi[n] = i;                                                                             \
-                acc += cr[n] * r - ci[n] * i;                                                          \
+        const T *ub = u + b * H;                                                                       \
+        T *yb = y + b * H;                                                                             \
+        for (long h = 0; h < H; ++h) yb[h] = L->D[h] * ub[h];                                          \
+        for (long n = 0; n < N; ++n) {                                                                 \
+            const T *ar = L->ar + n * H, *ai = L->ai + n * H, *br = L->br + n * H, *bi = L->bi + n * H; \
+            const T *cr = L->cr + n * H, *ci = L->ci + n * H;                                          \
+            T *xr = L->xr + (b * N + n) * H, *xi = L->xi + (b * N + n) * H;                            \
+            _Pragma("omp simd")                                                                        \
+            for (long h = 0; h < H; ++h) {                                                             \
+                const T r = ar[h] * xr[h] - ai[h] * xi[h] + br[h] * ub[h];                             \
+                const T i = ai[h] * xr[h] + ar[h] * xi[h] + bi[h] * ub[h];                             \
+                xr[h] = r;                                                                             \
+                xi[h] = i;                                                                             \
+                yb[h] += cr[h] * r - ci[h] * i;                                                        \
             }                                                                                          \
-            y[b * H + h] = acc + L->D[h] * uh;                                                         \
         }                                                                                              \
     }                                                                                                  \
 }
@@ -119,8 +119,8 @@ def error() -> str | None:
 
 
 class CLayer:
-    """One layer's diagonal systems for ``batch`` sequences: parameters (kept alive here), state and the packed
-    struct. ``step(u_ptr, y_ptr)``: u, y real contiguous (B, H) of the layer's dtype, given by address."""
+    """One layer's diagonal systems for ``batch`` sequences: parameters (kept alive here, mode-major), state
+    (xr, xi: (B, N, H)) and the packed struct. ``step(u_ptr, y_ptr)``: u, y real contiguous (B, H) of the layer's dtype, given by address."""
 
     def __init__(self, Lambda_bar: np.ndarray, B_bar: np.ndarray, C: np.ndarray, D: np.ndarray, batch: int,
                  real: type = np.float32) -> None:
@@ -129,10 +129,11 @@ class CLayer:
             raise ValueError(f"the C step is unavailable: {_error}")
         H, N = Lambda_bar.shape
         arr = lambda a: np.ascontiguousarray(a, dtype=real)  # noqa: E731
-        self.params = {"ar": arr(Lambda_bar.real), "ai": arr(Lambda_bar.imag), "br": arr(B_bar.real),
-                       "bi": arr(B_bar.imag), "cr": arr(C.real), "ci": arr(C.imag), "D": arr(D)}
-        self.xr = np.zeros((batch, H, N), real)
-        self.xi = np.zeros((batch, H, N), real)
+        T = lambda a: arr(np.asarray(a).T)  # noqa: E731  (H, N) -> mode-major (N, H)
+        self.params = {"ar": T(Lambda_bar.real), "ai": T(Lambda_bar.imag), "br": T(B_bar.real),
+                       "bi": T(B_bar.imag), "cr": T(C.real), "ci": T(C.imag), "D": arr(D)}
+        self.xr = np.zeros((batch, N, H), real)
+        self.xi = np.zeros((batch, N, H), real)
         ptr_t = ctypes.POINTER(ctypes.c_float if real == np.float32 else ctypes.c_double)
         ptr = lambda a: a.ctypes.data_as(ptr_t)  # noqa: E731
         self.struct = LAYER[real](batch, H, N, *(ptr(self.params[k]) for k in ("ar", "ai", "br", "bi", "cr", "ci", "D")),
@@ -145,4 +146,4 @@ class CLayer:
 
     def state(self) -> np.ndarray:
         """The complex state (B, H, N), a copy."""
-        return self.xr + 1j * self.xi
+        return (self.xr + 1j * self.xi).transpose(0, 2, 1)
