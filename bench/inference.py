@@ -49,11 +49,17 @@ def build(a) -> dict[str, S4Model]:
     """{"N=64": full, "r=32": reduced, ...}, all in eval mode."""
     torch.manual_seed(0)
     full = S4Model(ModelConfig(d_input=1, d_output=10, d_model=a.H, d_state=a.N, n_layers=a.layers)).eval()
+    models = {f"N={a.N}": full}
+    if a.fresh:  # same shapes, so the same timings; no reduction
+        for r in sorted(a.orders, reverse=True):
+            torch.manual_seed(r)
+            models[f"r={r}"] = S4Model(full.cfg.replace(d_state=r)).eval()
+        print("   order-r models freshly initialised (--fresh), not BT-reduced: timings only")
+        return models
     t = time.perf_counter()
     reduced = reduce_model_orders(full, sorted(a.orders, reverse=True), kernel_length=256)
     print(f"   reduce_model_orders (discrete route, {len(a.orders)} orders, incl. the kernel-error report): "
           f"{fmt_s(time.perf_counter() - t)}")
-    models = {f"N={a.N}": full}
     for r in sorted(a.orders, reverse=True):
         model, report = reduced[r]
         models[f"r={r}"] = model.eval()
@@ -369,6 +375,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: an edge core; 0: torch's default)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--only-deploy", action="store_true", help="only the fused / ONNX / floors part")
+    ap.add_argument("--fresh", action="store_true",
+                    help="fresh order-r models instead of BT-reduced ones (same shapes and timings, no reduction)")
     a = ap.parse_args()
     if a.quick:
         a.layers, a.H, a.N, a.orders, a.batch, a.steps, a.repeats = 2, 16, 16, [2, 4], [1, 4], 20, 2
