@@ -30,6 +30,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/reduce.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/deploy.smk"
 
 
 localrules:
@@ -49,6 +50,7 @@ rule all:
         "results/plots/accuracy_vs_order.png",
         "results/plots/hsv_decay.png",
         "results/plots/pretrained_vs_bt.png",
+        DEPLOY_IN_ALL,
 
 
 rule data_all:

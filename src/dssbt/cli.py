@@ -102,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON with layer_orders to write")
     common(p)
     p.set_defaults(func=cmd_orders)
-    from .data.cli import add_subcommands
+    from .data.cli import add_subcommands as add_data_subcommands
+    from .deploy.cli import add_subcommands as add_deploy_subcommands
 
-    add_subcommands(sub)
+    add_data_subcommands(sub)  # download, generate, prepare
+    add_deploy_subcommands(sub)  # export, predict, deploy-measure, reduce-s4d
     return parser
 
 

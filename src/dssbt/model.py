@@ -191,7 +191,7 @@ class S4Model(nn.Module):
         return {
             "ssm": [layer.initial_state(batch) for layer in layers],  # complex (B, H, N) each
             "params": [layer.step_params() for layer in layers],  # computed once per sequence
-            "sum": torch.zeros(batch, self.cfg.d_model, device=layers[0].log_dt.device),  # (B, H)
+            "sum": torch.zeros(batch, self.cfg.d_model, dtype=layers[0].log_dt.dtype, device=layers[0].log_dt.device),
             "t": 0,
         }
 

@@ -1,0 +1,106 @@
+"""The deployment subcommands of ``dssbt``: export, predict, deploy-measure, reduce-s4d."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from ..checkpoint import load_model
+    from ..data.prepared import load_meta
+    from .export import export_onnx, sidecar_path
+
+    model, meta = load_model(args.model)
+    task_meta = load_meta(args.data) if args.data else None
+    info = export_onnx(model, args.out, meta, task_meta)
+    print(f"{args.model}: wrote {args.out} ({info['onnx_bytes'] / 1024:.1f} KiB, layer states "
+          f"{info['layer_orders']}, {info['state_bytes_per_sequence']} state bytes per sequence) and "
+          f"{sidecar_path(args.out)}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict
+
+    if args.every < 0:
+        raise ValueError(f"--every must be >= 0, got {args.every}")
+    predict(args.model, args.input, every=args.every, threads=args.threads)
+
+
+def cmd_measure(args: argparse.Namespace) -> None:
+    from ..checkpoint import load_model
+    from ..data.prepared import load_split
+    from ..io import write_json
+    from .measure import measure
+
+    model, meta = load_model(args.model)
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    row = measure(model, args.onnx, load_split(args.data, "test"), metrics, args.subset, args.steps, args.repeats)
+    row.update(model=str(args.model), onnx=str(args.onnx), task=meta.get("task"), seed=meta.get("seed"),
+               init=(metrics or {}).get("init", meta.get("init")), method=(metrics or {}).get("method"),
+               order=model.cfg.d_state, order_spec=(metrics or {}).get("order_spec"), run=args.run)
+    write_json(args.out, row)
+    lat = row["latency_us"]
+    print(f"{args.model}: per token {lat['onnxruntime']:.0f} us (onnxruntime), {lat['torch_fused']:.0f} us (torch "
+          f"fused), {lat['torch_step']:.0f} us (S4Model.step); ONNX accuracy on {row['subset']} test examples "
+          f"{row['onnx_accuracy_subset']:.3f} (torch {row['torch_accuracy_subset']:.3f}); wrote {args.out}")
+
+
+def cmd_reduce_s4d(args: argparse.Namespace) -> None:
+    from ..interop import S4DOptions, reduce_s4d_file
+
+    opts = S4DOptions(disc=args.disc, real_transform=args.real_transform, imag_transform=args.imag_transform,
+                      dt_transform=args.dt_transform)
+    found = reduce_s4d_file(args.input, args.out, args.order, opts, route=args.route)
+    for prefix, info in found.items():
+        print(f"{prefix or '(root)'}: {info['layout']} S4D kernel, H={info['H']}, N/2={info['modes']} -> {args.order} "
+              f"modes; worst bound {info['worst_bound']:.3e}")
+    print(f"reduced {len(found)} S4D kernel(s) of {args.input} to d_state = {2 * args.order}; wrote {args.out}")
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register ``export``, ``predict``, ``deploy-measure`` and ``reduce-s4d`` on the ``dssbt`` subparsers."""
+    def threads(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=int, default=1, help="threads (default 1: one edge core)")
+
+    p = sub.add_parser("export", help="the recurrent step of a unidirectional model as an ONNX graph (+ JSON)")
+    p.add_argument("model", help="model file written by dssbt (full or reduced)")
+    p.add_argument("--out", required=True, help="ONNX file to write; its description goes to the .json beside it")
+    p.add_argument("--data", default=None,
+                   help="prepared task folder: record its vocabulary / pixel normalisation (needed by predict)")
+    threads(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="stream one input through an exported graph, print class probabilities")
+    p.add_argument("model", help="ONNX file written by dssbt export (with its .json beside it)")
+    p.add_argument("input", help="ListOps expression or text (or a file holding it); an image file for pixel tasks")
+    p.add_argument("--every", type=int, default=0, help="print the running prediction every K tokens (0: only at "
+                                                        "the end)")
+    threads(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("deploy-measure", help="per-token latency (batch 1), sizes and accuracy of an exported model")
+    p.add_argument("--model", required=True, help="the model file the graph was exported from")
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--data", required=True, help="prepared task folder (its test split)")
+    p.add_argument("--metrics", default=None, help="the run's metrics.json (its accuracy.test goes into the row)")
+    p.add_argument("--run", default=None, help="name of the run (e.g. bt_init_r8) recorded in the row")
+    p.add_argument("--subset", type=int, default=100, help="test examples streamed through the graph (default 100)")
+    p.add_argument("--steps", type=int, default=200, help="steps per timed block (default 200)")
+    p.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation (median; default 5)")
+    p.add_argument("--out", required=True, help="JSON row to write")
+    threads(p)
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("reduce-s4d", help="balanced truncation of every S4D kernel in a state-spaces/s4 state dict")
+    p.add_argument("input", help="torch file: a state dict (or a dict with 'state_dict' / 'model') of S4D layers")
+    p.add_argument("--order", type=int, required=True, help="complex modes kept per channel (d_state = 2 r)")
+    p.add_argument("--out", required=True, help="state dict to write (same keys, N/2 = r)")
+    p.add_argument("--route", default="discrete", choices=["continuous", "discrete"])
+    p.add_argument("--disc", default="zoh", help="the layers' discretisation (only zoh is supported)")
+    p.add_argument("--real-transform", default="exp", help="SSMKernelDiag real_transform: exp | relu | none")
+    p.add_argument("--imag-transform", default="none", help="SSMKernelDiag imag_transform: none | exp | relu")
+    p.add_argument("--dt-transform", default="exp", help="SSMKernelDiag dt_transform: exp | softplus | relu | none")
+    threads(p)
+    p.set_defaults(func=cmd_reduce_s4d)

@@ -1,0 +1,116 @@
+# Deployment (optional): export each model's recurrent step as ONNX, measure it at batch 1, tabulate and plot.
+# Target: snakemake deploy. Part of `all` only with config `deploy: {enabled: true}`.
+
+
+# The model files to export, in ONE place (edit here when run folders are renamed): per unidirectional
+# single-sequence task and seed, the full-N model and every trained reduced-order model (the Skew-HiPPO baseline
+# and each method's retrained model, integer orders and tolerance rows). Bidirectional tasks (their reverse
+# direction needs the future) and the dual Retrieval task cannot run token by token: left out by design.
+# (A list, not a function: `snakemake --lint` objects to functions beside rules.)
+DEPLOY_MODELS = [
+    f"results/runs/{task}/seed{seed}/{kind}/model.pt"
+    for task in TASKS
+    if task != "retrieval"
+    and not json.loads(hparams_json(task, "train"))["model"].get("bidirectional", False)
+    for seed in SEEDS
+    for kind in [run_name("pretrain", "skew_hippo", "")]
+    + [run_name("baseline", "skew_hippo", order) for order in ORDER_WILDCARDS]
+    + [run_name("retrain", method, order) for order in ORDER_WILDCARDS for method in METHODS]
+]
+
+
+DEPLOY = {"enabled": False, "subset": 100, "steps": 200, "repeats": 5} | config.get(
+    "deploy", {}
+)
+# results/runs/<task>/seed<s>/<run>/model.pt -> results/deploy/<task>/seed<s>/<run>/<name>
+deploy_file = lambda model, name: os.path.join(
+    os.path.dirname(model).replace("results/runs/", "results/deploy/", 1), name
+)
+
+
+DEPLOY_OUTPUTS = [
+    "results/tables/deploy.csv",
+    "results/tables/deploy.md",
+    "results/plots/deploy_pareto.png",
+]
+# what rule all adds: the deploy outputs where enabled, nothing otherwise
+DEPLOY_IN_ALL = DEPLOY_OUTPUTS if DEPLOY["enabled"] else []
+
+
+localrules:
+    deploy,
+
+
+rule export_onnx:
+    input:
+        model="results/runs/{task}/seed{seed}/{run}/model.pt",
+        data=prepared("{task}"),
+    output:
+        onnx="results/deploy/{task}/seed{seed}/{run}/model.onnx",
+        json="results/deploy/{task}/seed{seed}/{run}/model.json",
+    log:
+        "logs/deploy/export/{task}/seed{seed}/{run}.log",
+    wildcard_constraints:
+        run=r"[A-Za-z0-9_.]+",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **rule_resources("deploy"),
+    shell:
+        "python -m dssbt export {input.model} --out {output.onnx}"
+        " --data data/prepared/{wildcards.task} > {log} 2>&1"
+
+
+rule deploy_measure:
+    input:
+        model="results/runs/{task}/seed{seed}/{run}/model.pt",
+        metrics="results/runs/{task}/seed{seed}/{run}/metrics.json",
+        onnx="results/deploy/{task}/seed{seed}/{run}/model.onnx",
+        json="results/deploy/{task}/seed{seed}/{run}/model.json",
+        data=prepared("{task}"),
+    output:
+        "results/deploy/{task}/seed{seed}/{run}/measure.json",
+    log:
+        "logs/deploy/measure/{task}/seed{seed}/{run}.log",
+    wildcard_constraints:
+        run=r"[A-Za-z0-9_.]+",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **rule_resources("deploy"),
+    params:
+        subset=DEPLOY["subset"],
+        steps=DEPLOY["steps"],
+        repeats=DEPLOY["repeats"],
+    shell:
+        "python -m dssbt deploy-measure --model {input.model} --onnx {input.onnx}"
+        " --data data/prepared/{wildcards.task} --metrics {input.metrics} --run {wildcards.run}"
+        " --subset {params.subset} --steps {params.steps} --repeats {params.repeats}"
+        " --threads 1 --out {output} > {log} 2>&1"
+
+
+rule deploy_table:
+    input:
+        rows=[deploy_file(m, "measure.json") for m in DEPLOY_MODELS],
+    output:
+        csv="results/tables/deploy.csv",
+        md="results/tables/deploy.md",
+        plot="results/plots/deploy_pareto.png",
+    log:
+        "logs/deploy/table.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **rule_resources("deploy_table"),
+    params:
+        dpi=config["plot"]["dpi"],
+    script:
+        "../scripts/deploy_table.py"
+
+
+rule deploy:
+    input:
+        DEPLOY_OUTPUTS,
