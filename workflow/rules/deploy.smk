@@ -15,7 +15,11 @@ DEPLOY_MODELS = [
     for seed in SEEDS
     for kind in [run_name("pretrain", "skew_hippo", "")]
     + [run_name("baseline", "skew_hippo", order) for order in ORDER_WILDCARDS]
-    + [run_name("retrain", method, order) for order in ORDER_WILDCARDS for method in METHODS]
+    + [
+        run_name("retrain", method, order)
+        for order in ORDER_WILDCARDS
+        for method in METHODS
+    ]
 ]
 
 
