@@ -64,13 +64,14 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     sections = set(schema["properties"]["resources"]["propertyNames"]["enum"])
-    rules = rule_names() - {"all", "data_all", "pretrain_all", "baseline_all", "reduce_all", "retrain_all", "tables"}
+    rules = rule_names() - {"all", "data_all", "pretrain_all", "baseline_all", "reduce_all", "retrain_all", "tables",
+                            "deploy"}
     assert sections == rules | {"default", "train"}, sections ^ (rules | {"default", "train"})
     wf = copy_workflow(tmp_path)
     mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
     edit = {"resources": {"default": {"mem_mb": 1, "runtime": 10}, "train": {"mem_mb": 2, "runtime": 30},
                           **{rule: {"mem_mb": m} for rule, m in mem.items()}},
-            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}}}
+            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}}, "deploy": {"enabled": True}}
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
     out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
     seen = {}

@@ -60,7 +60,7 @@ rule export_onnx:
         CONDA_ENV
     threads: 1
     resources:
-        **rule_resources("deploy"),
+        **rule_resources("export_onnx"),
     shell:
         "python -m dssbt export {input.model} --out {output.onnx}"
         " --data data/prepared/{wildcards.task} > {log} 2>&1"
@@ -83,7 +83,7 @@ rule deploy_measure:
         CONDA_ENV
     threads: 1
     resources:
-        **rule_resources("deploy"),
+        **rule_resources("deploy_measure"),
     params:
         subset=DEPLOY["subset"],
         steps=DEPLOY["steps"],
