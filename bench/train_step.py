@@ -15,7 +15,8 @@ paths give the same logits and parameter gradients (relative 1e-10).
 Layer. The paper-size unit (B=32, H=128, N=64 complex modes, L=1024 and 4096, two threads), forward + backward of
 ``sum(y * g)``, where y = GLU(W GELU(K * u + D u) + b) as in state-spaces/s4's S4D module (SSM convolution, skip,
 GELU, position-wise linear to 2H, GLU):
-  ours      dssbt's training path (``DSS.forward``, ``linear_h``), activations channel-major (H, B, L);
+  ours      dssbt's training path as a block runs it: from (B, L, H) activations, one transpose copy to
+            channel-major (H, B, L), ``DSS.forward``, GELU, ``linear_from_channel_major``, GLU -> (B, L, H);
   textbook  the full complex exp over (H, N, L) of bench/layer.py, then FFT convolution, GELU, 1x1 conv, GLU;
   s4d       the S4D module loaded from the file named by env var S4D_PATH (a copy of the repository's
             models/s4/s4d.py), with parameters converted from ours (C_s4d = C B / 2, its kernel is 2 Re(...) of
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 from common import check, finish, header, interleaved, ratio, time_line
 from dssbt.dss import DSS, next_fast_len
-from dssbt.model import ModelConfig, S4Model, linear_h
+from dssbt.model import ModelConfig, S4Model, linear_from_channel_major, to_channel_major
 from layer import textbook_forward
 
 JOB_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "10000000000"}  # workflow/rules/common.smk TRAIN_ENV
@@ -202,10 +203,10 @@ class Unit(torch.nn.Module):
         self.dss = DSS(H, N)
         self.out = torch.nn.Linear(H, 2 * H)
 
-    def ours(self, u_hbl: torch.Tensor) -> torch.Tensor:
-        """Training path, channel-major: u (H, B, L) -> (H, B, L)."""
-        z = F.gelu(self.dss(u_hbl.transpose(0, 1)).transpose(0, 1))
-        return F.glu(linear_h(z, self.out), dim=0)
+    def ours(self, u_blh: torch.Tensor) -> torch.Tensor:
+        """Training path of a block (without norm and residual): u (B, L, H) -> (B, L, H)."""
+        z = F.gelu(self.dss(to_channel_major(u_blh).transpose(0, 1)).transpose(0, 1))  # (H, B, L)
+        return F.glu(linear_from_channel_major(z, self.out, 2), dim=0)[0]
 
     def textbook(self, u: torch.Tensor) -> torch.Tensor:
         """Literal formulas: u (B, H, L) -> (B, H, L)."""
@@ -233,42 +234,43 @@ def bench_layer(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.layer_threads)
     B, H, N = (2, 16, 8) if a.quick else (32, 128, 64)
     S4D, why = load_s4d()
-    print(f"-- layer: B={B} H={H} N={N} complex modes, {a.layer_threads} threads; S4D: {why}")
+    print(f"-- paper-size unit (DSS + GELU + GLU output map): B={B} H={H} N={N} complex modes, "
+          f"{a.layer_threads} threads; S4D: {why}")
     for L in ([128, 256] if a.quick else a.layer_L):
         torch.manual_seed(0)
         unit = Unit(H, N)
         u = torch.randn(B, H, L)
         g = torch.randn(B, H, L) / (B * H * L) ** 0.5
-        u_hbl, g_hbl = u.transpose(0, 1).contiguous(), g.transpose(0, 1).contiguous()
+        u_blh, g_blh = u.transpose(1, 2).contiguous(), g.transpose(1, 2).contiguous()
         s4d = unit.to_s4d(S4D) if S4D is not None else None
         variants = {
-            "ours": (lambda: unit.ours(u_hbl), unit, g_hbl, True),
+            "ours": (lambda: unit.ours(u_blh), unit, g_blh, True),
             "textbook": (lambda: unit.textbook(u), unit, g, False),
         }
         if s4d is not None:
             variants["s4d"] = (lambda: s4d(u)[0], s4d, g, False)
 
         def run(v: str) -> torch.Tensor:
-            fn, module, grad, hbl = variants[v]
+            fn, module, grad, blh = variants[v]
             module.zero_grad(set_to_none=True)
             y = fn()
             (y * grad).sum().backward()
-            return (y.transpose(0, 1) if hbl else y).detach()
+            return (y.transpose(1, 2) if blh else y).detach()
 
         outs = {v: run(v) for v in variants}
         for v in outs:
             if v != "textbook":
                 d = ((outs[v].double() - outs["textbook"].double()).norm() / outs["textbook"].double().norm()).item()
-                check(f"layer L={L} {v} equals textbook", d <= 1e-4,
+                check(f"unit L={L} {v} equals textbook", d <= 1e-4,
                       f"relative difference of y {d:.1e} (float32, tolerance 1e-4)")
         times = interleaved({v: (lambda v=v: run(v)) for v in variants}, a.layer_repeats)
         for v, ts in times.items():
-            time_line(f"layer L={L} {v}", ts)
-        ratio(f"layer L={L} speed-up ours vs textbook", times["textbook"], times["ours"])
+            time_line(f"unit L={L} {v}", ts)
+        ratio(f"unit L={L} speed-up ours vs textbook", times["textbook"], times["ours"])
         if s4d is not None:
-            ratio(f"layer L={L} speed-up ours vs S4D", times["s4d"], times["ours"], LAYER_TARGET)
+            ratio(f"unit L={L} speed-up ours vs S4D", times["s4d"], times["ours"], LAYER_TARGET)
         else:
-            print(f"RATIO layer L={L} speed-up ours vs S4D: skipped ({why})")
+            print(f"RATIO unit L={L} speed-up ours vs S4D: skipped ({why})")
 
 
 def main() -> None:
