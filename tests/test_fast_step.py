@@ -129,10 +129,14 @@ def test_dropout_in_the_fast_path_is_seeded_and_off_in_eval():
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_fft_conv_backward_passes_gradcheck_across_channel_chunks(bidirectional, monkeypatch):
     """The hand-written backward against finite differences, with several (uneven) channel chunks."""
-    H, B, L = 5, 3, 9
+    H, B, L = 3, 2, 7
     n = next_fast_len(2 * L - 1)
-    monkeypatch.setattr(dss, "CHUNK_BYTES", 2 * 16 * B * n)  # 2 channels per chunk: chunks of 2, 2, 1
-    assert [c.stop - c.start for c in dss._channel_chunks(H, B, n)] == [2, 2, 1]
+    monkeypatch.setattr(dss, "CHUNK_BYTES", 2 * 16 * B * n)  # 2 channels per chunk: chunks of 2, 1
+    monkeypatch.setattr(dss, "MAX_CHUNKS", 8)
+    monkeypatch.setattr(dss, "CHUNK_THREADS", torch.get_num_threads())  # chunk at this test's thread count
+    cpu = torch.device("cpu")
+    assert [c.stop - c.start for c in dss._channel_chunks(H, B, n, cpu)] == [2, 1]
+    assert len(dss._channel_chunks(100, B, n, cpu)) == 8  # at most MAX_CHUNKS
     g = torch.Generator().manual_seed(0)
     u = torch.randn(H, B, L, dtype=torch.float64, generator=g).transpose(0, 1).requires_grad_()  # channel-major
     k = torch.randn(H, n if bidirectional else L, dtype=torch.float64, generator=g, requires_grad=True)
