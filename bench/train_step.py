@@ -206,7 +206,7 @@ class Unit(torch.nn.Module):
     def ours(self, u_blh: torch.Tensor) -> torch.Tensor:
         """Training path of a block (without norm and residual): u (B, L, H) -> (B, L, H)."""
         z = F.gelu(self.dss(to_channel_major(u_blh).transpose(0, 1)).transpose(0, 1))  # (H, B, L)
-        return F.glu(linear_from_channel_major(z, self.out, 2), dim=0)[0]
+        return F.glu(linear_from_channel_major(z, self.out, 2), dim=0).squeeze(0)
 
     def textbook(self, u: torch.Tensor) -> torch.Tensor:
         """Literal formulas: u (B, H, L) -> (B, H, L)."""

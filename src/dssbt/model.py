@@ -217,7 +217,8 @@ class Block(nn.Module):
         z = self.dss(to_channel_major(z).transpose(0, 1)).transpose(0, 1)  # (H, B, L), contiguous
         z = self.dropout(F.gelu(z))
         z = linear_from_channel_major(z, self.out, 2 if self.glu else 1)  # (1 or 2, B, L, H)
-        z = F.glu(z, dim=0)[0] if self.glu else z[0]  # (B, L, H)
+        z = (F.glu(z, dim=0) if self.glu else z).squeeze(0)  # (B, L, H); a view (indexing [0] would cost a
+        # zero-filled copy in the backward)
         x = x + self.dropout(z)
         return x if self.prenorm else self._norm_rows(x)
 
@@ -315,7 +316,11 @@ class S4Model(nn.Module):
         if self.cfg.pool == "last":
             return h[torch.arange(Bsz, device=h.device), lengths - 1]  # (B, H)
         mask = (torch.arange(L, device=h.device) < lengths.unsqueeze(-1)).to(h.dtype)  # (B, L)
-        return (h * mask.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, H)
+        if reference or recurrent:
+            pooled = (h * mask.unsqueeze(-1)).sum(1)
+        else:  # the masked sum as one batched matrix-vector product: no (B, L, H) temporary
+            pooled = torch.bmm(mask.unsqueeze(1), h).squeeze(1)
+        return pooled / lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, H)
 
     def forward(
         self, x: Tensor, lengths: Tensor | None = None, recurrent: bool = False, reference: bool = False
