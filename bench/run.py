@@ -1,8 +1,10 @@
 """Run the benchmarks and print their figures: ``python bench/run.py [--quick] [NAME ...]``.
 
-Names: layer (DSS layer fwd+bwd vs a textbook reference), reduction (BT of a whole model vs per-channel library
-and scipy loops), inference (recurrent and convolution-mode inference of full vs BT-reduced models), workflow
-(Snakemake dry run of the LRA preset and no-op rerun). Default: all of them, in the order of NAMES. Each runs as its own
+Names: layer (DSS layer fwd+bwd vs a textbook reference), train_step (one training step of each pipeline model
+shape: fast vs reference path vs its FFT + matmul floor; the paper-size unit vs textbook and, with S4D_PATH, vs
+state-spaces/s4's S4D), reduction (BT of a whole model vs per-channel library and scipy loops), inference
+(recurrent and convolution-mode inference of full vs BT-reduced models), workflow (Snakemake dry run of the LRA
+preset and no-op rerun). Default: all of them, in the order of NAMES. Each runs as its own
 process (``python bench/<name>.py``), one after the other, never concurrently; its output is streamed, and a
 summary of every RATIO / TARGET / CHECK line and the wall time of each benchmark is printed at the end.
 ``--quick``: tiny sizes, 1-2 repeats, no tiny workflow run -- keeps the scripts working (tests/test_bench.py);
@@ -27,6 +29,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 NAMES = {
     "layer": "layer.py",
+    "train_step": "train_step.py",
     "reduction": "reduction.py",
     "inference": "inference.py",
     "workflow": "workflow.py",

@@ -2,8 +2,9 @@
 
 Timings at tiny sizes mean nothing and are not asserted; what is asserted is that every script ran, that every
 correctness check it prints passed (layer outputs and gradients equal a textbook reference; HSVs and reduced
-transfer functions equal python-control/slycot and scipy; recurrent equals convolution mode; the LRA dry run
-plans 245 jobs), and that each printed its figures.
+transfer functions equal python-control/slycot and scipy; recurrent equals convolution mode; the fast training
+step equals the reference step on every pipeline shape; the LRA dry run plans 245 jobs), and that each printed
+its figures.
 """
 
 import os
@@ -20,6 +21,8 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
 EXPECTED_CHECKS = {
     "layer L=256 outputs agree", "layer L=256 gradients agree", "layer L=512 outputs agree",
     "layer L=512 gradients agree",
+    "step image fast equals reference", "step listops fast equals reference", "step pathfinder fast equals reference",
+    "step retrieval fast equals reference", "unit L=128 ours equals textbook", "unit L=256 ours equals textbook",
     "reduction HSVs equal python-control/slycot", "reduction HSVs equal scipy-Lyapunov BT",
     "reduction transfer functions equal python-control/slycot", "reduction transfer functions equal scipy-Lyapunov BT",
     "inference recurrent step equals convolution mode", "inference reduced models have state size r",
@@ -31,6 +34,10 @@ EXPECTED_CHECKS = {
 EXPECTED_FIGURES = [
     r"^RATIO layer L=\d+ speed-up ours vs textbook: [\d.]+x",
     r"^MEMORY layer L=\d+ ours: peak RSS \d+ MiB",
+    r"^RATIO step image speed-up fast vs reference: [\d.]+x",
+    r"^RATIO step image fast / floor: [\d.]+x",
+    r"^RATIO unit L=\d+ speed-up ours vs textbook: [\d.]+x",
+    r"^RATIO unit L=\d+ speed-up ours vs S4D: ([\d.]+x|skipped)",
     r"^RATIO reduction speed-up ours vs library loop: [\d.]+x",
     r"^RATIO reduction speed-up ours vs scipy loop: [\d.]+x",
     r"^RATIO inference DSS\.step speed-up N=\d+ vs r=\d+, batch \d+: [\d.]+x",
@@ -54,7 +61,8 @@ def test_quick_benchmarks_run_and_every_check_passes():
     assert all(v == "ok" for v in checks.values()), {k: v for k, v in checks.items() if v != "ok"}
     for pattern in EXPECTED_FIGURES:
         assert re.search(pattern, p.stdout, re.M), pattern
-    for name in ("layer", "reduction", "inference", "workflow", "reduce_model", "bt_route", "plan_scale", "hsv_reg"):
+    for name in ("layer", "train_step", "reduction", "inference", "workflow", "reduce_model", "bt_route", "plan_scale",
+                 "hsv_reg"):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
 
