@@ -169,3 +169,30 @@ def test_evaluate_command_matches_training_metrics(task, tmp_path):
     e = json.loads((tmp_path / "e.json").read_text())
     assert {k: e["accuracy"][k] for k in ("val", "test")} == {k: m["accuracy"][k] for k in ("val", "test")}
     assert e["params"] == m["params"] and 0 <= e["accuracy"]["train"] <= 1
+
+
+def test_equal_budget_hyper_parameters_add_the_retraining_epochs_and_keep_the_rest():
+    from dssbt.hparams import equal_budget_hparams
+
+    train_hp = {"model": {"d_state": 8}, "optim": {"epochs": 3, "lr": 0.01, "warmup_epochs": 0.5}}
+    got = json.loads(equal_budget_hparams(json.dumps(train_hp), {"optim": {"epochs": 4, "lr": 0.5}}))
+    assert got == {"model": {"d_state": 8}, "optim": {"epochs": 7, "lr": 0.01, "warmup_epochs": 0.5}}
+    # epochs left to the default (OptimHparams: 10) count as such on either side
+    assert json.loads(equal_budget_hparams({}, {"optim": {"epochs": 2}}))["optim"]["epochs"] == 12
+    with pytest.raises(ValueError, match="optim.epochs must be int"):
+        equal_budget_hparams({}, {"optim": {"epochs": "2"}})
+
+
+def test_equal_budget_run_is_named_by_its_method_and_trains_the_total_epochs(task, tmp_path):
+    """--method skew_hippo_equal names the run (folder name skew_hippo_equal_r4) and changes nothing else: same
+    weights as the plain baseline of the same seed and hyper-parameters."""
+    hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2}}
+    plain = train(task, hp, "skew_hippo", 0, tmp_path / "a", order=4, log=lambda s: None)
+    equal = train(task, hp, "skew_hippo", 0, tmp_path / "b", order=4, log=lambda s: None, method="skew_hippo_equal")
+    assert (equal["stage"], equal["method"], equal["run"]) == ("baseline", "skew_hippo_equal", "skew_hippo_equal_r4")
+    assert (plain["stage"], plain["method"], plain["run"]) == ("baseline", "skew_hippo", "skew_hippo_r4")
+    assert equal["epochs_run"] == 2 and equal["accuracy"] == plain["accuracy"]
+    p = run_cli("train", "--data", str(task), "--init", "skew_hippo", "--method", "skew_hippo_equal",
+                "--out-dir", str(tmp_path / "c"), "--hparams", json.dumps(hp))
+    assert p.returncode == 2 and "only a baseline of order r" in p.stderr, p.stderr  # the full-N pretraining
+    assert not (tmp_path / "c" / "metrics.json").exists()

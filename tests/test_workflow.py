@@ -130,25 +130,25 @@ def test_snakefmt_check_passes():
 
 def test_default_config_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed)
-    assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18, "reduce": 18,
-                              "retrain": 18, "aggregate": 1, "plot": 1}
+    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed); the equal-budget control at every order
+    assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18,
+                              "train_equal_budget": 18, "reduce": 18, "retrain": 18, "aggregate": 1, "plot": 1}
 
 
 def test_lra_preset_dry_run_needs_no_data(tmp_path):
     wf = copy_workflow(tmp_path)
     # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions
     assert job_counts(wf, "--configfile", "workflow/presets/lra.yaml") == {
-        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "reduce": 72, "retrain": 72,
-        "aggregate": 1, "plot": 1}
+        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "train_equal_budget": 72, "reduce": 72,
+        "retrain": 72, "aggregate": 1, "plot": 1}
 
 
 def test_methods_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
     # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x 4 methods; the tolerance row has its own rules
     assert job_counts(wf, "--configfile", "workflow/presets/methods.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "reduce": 96, "retrain": 96,
-        "choose_orders": 6, "aggregate": 1, "plot": 1}
+        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "train_equal_budget": 24, "reduce": 96,
+        "retrain": 96, "choose_orders": 6, "aggregate": 1, "plot": 1}
 
 
 @pytest.mark.parametrize(
@@ -162,6 +162,7 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("model: {norm: group}", r"'group' is not one of \['layer', 'batch'\]"),
         ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
         ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2'\]"),
+        ("controls: [skew_hippo_eq]", r"'skew_hippo_eq' is not one of"),
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
     ],
@@ -201,8 +202,15 @@ def test_tiny_run_produces_tables_and_plots(tiny_run):
         assert (tiny_run / "results" / name).stat().st_size > 0, name
     md = (tiny_run / "results/tables/accuracy.md").read_text()
     for row in ("| image | 4 (full N) | Skew-HiPPO |", "| image | 2 | BT-init (retrained) |",
-                "| listops | 2 | BT, no retraining |"):
-        assert row in md
+                "| listops | 2 | BT, no retraining |", "| image | 2 | Skew-HiPPO, equal budget |"):
+        assert row in md, md
+    import json
+
+    run = tiny_run / "results/runs/image/seed0"
+    equal = json.loads((run / "skew_hippo_equal_r2/metrics.json").read_text())
+    pre, ret = (json.loads((run / f"{r}/metrics.json").read_text()) for r in ("pretrain", "bt_init_r2"))
+    assert equal["run"] == "skew_hippo_equal_r2" and equal["method"] == "skew_hippo_equal"
+    assert equal["epochs_run"] == pre["epochs_run"] + ret["epochs_run"] == 2  # the BT-init model's total budget
 
 
 def test_noop_rerun_schedules_nothing(tiny_run):
@@ -210,17 +218,37 @@ def test_noop_rerun_schedules_nothing(tiny_run):
 
 
 def test_retrain_edit_schedules_retrain_and_downstream_only(tiny_run):
-    assert edited(tiny_run, "retrain: {optim: {epochs: 2}}\n") == {"retrain": 2, "aggregate": 1, "plot": 1}
+    # the retraining's learning rate reaches the retraining only; its epochs also the equal-budget control's total
+    assert edited(tiny_run, "retrain: {optim: {lr: 0.02}}\n") == {"retrain": 2, "aggregate": 1, "plot": 1}
+    assert edited(tiny_run, "retrain: {optim: {epochs: 2}}\n") == {
+        "retrain": 2, "train_equal_budget": 2, "aggregate": 1, "plot": 1}
 
 
 def test_one_task_edit_schedules_that_tasks_jobs_only(tiny_run):
     assert edited(tiny_run, "task_settings: {image: {optim: {lr: 0.02}}}\n") == {
-        "pretrain": 1, "train_baseline": 1, "reduce": 1, "retrain": 1, "aggregate": 1, "plot": 1}
+        "pretrain": 1, "train_baseline": 1, "train_equal_budget": 1, "reduce": 1, "retrain": 1, "aggregate": 1,
+        "plot": 1}
 
 
 def test_new_order_schedules_its_jobs_and_aggregation_only(tiny_run):
     assert edited(tiny_run, "orders: [2, 3]\n") == {
-        "train_baseline": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "train_baseline": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_dropping_a_control_schedules_the_tables_and_plots_only(tiny_run):
+    assert edited(tiny_run, "controls: []\n") == {"aggregate": 1, "plot": 1}
+
+
+def test_adding_the_equal_budget_control_schedules_only_its_jobs(tmp_path):
+    """From a grid without controls, adding skew_hippo_equal adds one training job per task, seed and order (and
+    reruns the tables and plots, which every added run does); nothing upstream changes."""
+    wf = copy_workflow(tmp_path)
+    shutil.copy(TINY, wf / "tiny.yaml")
+    (wf / "none.yaml").write_text("controls: []\n")
+    (wf / "equal.yaml").write_text("controls: [skew_hippo_equal]\n")
+    without = job_counts(wf, "--configfile", "tiny.yaml", "none.yaml")
+    assert "train_equal_budget" not in without
+    assert job_counts(wf, "--configfile", "tiny.yaml", "equal.yaml") == without | {"train_equal_budget": 2}
 
 
 def test_plot_edit_schedules_plots_only(tiny_run):
@@ -244,7 +272,8 @@ def test_report_bundles_tables_and_figures(tiny_run):
 
 def test_tolerance_order_schedules_its_own_jobs(tiny_run):
     assert edited(tiny_run, "orders: [2, 'tol:0.1']\n") == {
-        "choose_orders": 2, "train_baseline": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "choose_orders": 2, "train_baseline": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1,
+        "plot": 1}
 
 
 def test_tolerance_order_runs_end_to_end(tiny_run):
@@ -256,7 +285,8 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     run = tiny_run / "results/runs/image/seed0"
     chosen = json.loads((run / "orders_tol0.1.json").read_text())
     assert chosen["order_spec"] == "tol:0.1" and chosen["tol"] == 0.1 and len(chosen["layer_orders"]) == 1 and 1 <= chosen["layer_orders"][0] <= 4
-    for kind in ("skew_hippo_rtol0.1", "bt_rtol0.1", "bt_init_rtol0.1", "modal_init_rtol0.1"):
+    for kind in ("skew_hippo_rtol0.1", "skew_hippo_equal_rtol0.1", "bt_rtol0.1", "bt_init_rtol0.1",
+                 "modal_init_rtol0.1"):
         m = json.loads((run / kind / "metrics.json").read_text())
         assert m["layer_orders"] == chosen["layer_orders"] and m["order_spec"] == "tol:0.1", kind
         assert m["run"] == kind, kind  # metrics name their own run folder

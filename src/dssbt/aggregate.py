@@ -1,6 +1,7 @@
 """Accuracy tables from the metrics files of every run (long form, then mean ± std over seeds).
 
-Inits in the tables: ``skew_hippo`` (a model of order r trained from the Skew-HiPPO init), ``{method}_init``
+Inits in the tables: ``skew_hippo`` (a model of order r trained from the Skew-HiPPO init), ``skew_hippo_equal``
+(the same trained for the pretraining + retraining epochs: the equal-budget control), ``{method}_init``
 (order r, retrained from the pretrained model reduced by ``method``: bt, bsp, modal, h2), ``{method}_no_retrain``
 (the reduced model as is), and the full-N reference ``skew_hippo`` at order N (the pretrained model).
 
@@ -23,12 +24,22 @@ from .reduction.registry import METHODS
 from .runs import table_init
 
 METHOD_NAMES = {name: m.label for name, m in METHODS.items()}
-INIT_ORDER = ["skew_hippo"] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
-LABELS = {"skew_hippo": "Skew-HiPPO"} | {
+BASELINE_LABELS = {"skew_hippo_equal": "Skew-HiPPO, equal budget", "skew_hippo": "Skew-HiPPO"}
+INIT_ORDER = list(BASELINE_LABELS) + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
+LABELS = BASELINE_LABELS | {
     f"{m}_{k}": f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining"
     for m, name in METHOD_NAMES.items()
     for k in ("init", "no_retrain")
 }
+
+
+def reduction_method(init: str) -> str | None:
+    """The reduction method of a table init (``bt_init`` -> ``bt``, ``random_modes_no_retrain`` ->
+    ``random_modes``); None for a baseline (``skew_hippo``, ``skew_hippo_equal``)."""
+    for suffix in ("_init", "_no_retrain"):
+        if init.endswith(suffix) and init[: -len(suffix)] in METHOD_NAMES:
+            return init[: -len(suffix)]
+    return None
 
 
 def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -49,7 +60,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 "N": m["N"],
                 "reference": spec == str(m["N"]),
                 "init": init,
-                "method": init.split("_")[0] if init != "skew_hippo" else None,
+                "method": reduction_method(init),
                 "test_accuracy": m["accuracy"]["test"],
                 "val_accuracy": m["accuracy"]["val"],
                 "train_accuracy": m["accuracy"].get("train"),

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy.stats import pearsonr  # noqa: E402
 
-from .aggregate import METHOD_NAMES  # noqa: E402
+from .aggregate import BASELINE_LABELS, METHOD_NAMES, reduction_method  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 
@@ -32,23 +32,41 @@ def _style(settings: dict[str, Any]) -> None:
     sns.set_theme(style=settings.get("style", "whitegrid"), context=settings.get("context", "paper"))
 
 
+# baselines in greys (the equal-budget control darkest), reduction methods and controls in seaborn's colours
+BASELINE_COLOURS = {"Skew-HiPPO": "0.6", "Skew-HiPPO, equal budget": "0.1"}
+
+
+def series_name(init: str) -> str:
+    """The legend name of a table init: a baseline's label, else its method's (``bt_init`` -> ``BT``)."""
+    if init in BASELINE_LABELS:
+        return BASELINE_LABELS[init]
+    m = reduction_method(init)
+    return METHOD_NAMES[m] if m else init
+
+
+def palette(names: Iterable[str]) -> dict[str, Any]:
+    """One colour per series name, fixed by the order of BASELINE_LABELS and METHOD_NAMES (not by the data)."""
+    methods = [n for n in METHOD_NAMES.values()]
+    colours = dict(zip(methods, sns.color_palette(n_colors=max(10, len(methods)))))
+    return {n: BASELINE_COLOURS.get(n, colours.get(n, "0.3")) for n in names}
+
+
 def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
     """Test accuracy vs reduced order, one column per task and two rows: after retraining (each method's
     reduction-initialised model) and without retraining (the reduced model as is). One colour per method, the same
-    in both rows; the Skew-HiPPO baseline (trained at order r) is in both rows for reference. Lines: mean ± sd over
+    in both rows; the Skew-HiPPO baselines (trained at order r; the equal-budget control for the pretraining +
+    retraining epochs) are in both rows for reference. Lines: mean ± sd over
     seeds, seeds as dots; dashed: the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at
     their mean state size per layer, labelled with the tolerance."""
     _style(settings)
     runs = runs.copy()
-    runs["method_name"] = [
-        "Skew-HiPPO" if i == "skew_hippo" else METHOD_NAMES.get(i.split("_")[0], i) for i in runs["init"]
-    ]
+    runs["method_name"] = [series_name(i) for i in runs["init"]]
     by_tol = ~runs["order_spec"].astype(str).str.isdigit()  # orders chosen per layer (tol:…)
-    names = ["Skew-HiPPO"] + [n for n in METHOD_NAMES.values() if n in set(runs["method_name"])]
-    palette = {"Skew-HiPPO": "0.35"} | dict(zip(names[1:], sns.color_palette()))
-    rows = [("after retraining", lambda i: i == "skew_hippo" or i.endswith("_init"))]
+    names = [n for n in [*BASELINE_LABELS.values(), *METHOD_NAMES.values()] if n in set(runs["method_name"])]
+    colours = palette(names)
+    rows = [("after retraining", lambda i: i in BASELINE_LABELS or i.endswith("_init"))]
     if runs["init"].str.endswith("_no_retrain").any():
-        rows.append(("without retraining", lambda i: i == "skew_hippo" or i.endswith("_no_retrain")))
+        rows.append(("without retraining", lambda i: i in BASELINE_LABELS or i.endswith("_no_retrain")))
     tasks = sorted(runs["task"].unique())
     fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.2 * len(tasks), 3.4 * len(rows)), squeeze=False)
     for row, (title, wanted) in enumerate(rows):
@@ -59,14 +77,14 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
             hue_order = [n for n in names if n in set(d["method_name"])]
             if len(d):
                 sns.lineplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
-                             palette=palette, errorbar="sd", marker="o", ax=ax, legend=col == 0)
+                             palette=colours, errorbar="sd", marker="o", ax=ax, legend=col == 0)
                 sns.stripplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
-                              palette=palette, native_scale=True, dodge=False, alpha=0.4, size=3, ax=ax,
+                              palette=colours, native_scale=True, dodge=False, alpha=0.4, size=3, ax=ax,
                               legend=False)
             t = runs[keep & by_tol & (runs["task"] == task)].groupby(["order_spec", "method_name"], as_index=False)[
                 ["order", "test_accuracy"]].mean()
             for spec, name, x, y in t[["order_spec", "method_name", "order", "test_accuracy"]].itertuples(index=False):
-                ax.scatter([x], [y], marker="*", s=90, color=palette.get(name, "0.3"), edgecolor="k", lw=0.4, zorder=5)
+                ax.scatter([x], [y], marker="*", s=90, color=colours.get(name, "0.3"), edgecolor="k", lw=0.4, zorder=5)
             for spec, g in t.groupby("order_spec"):  # one label per tolerance, above its highest star
                 top = g["test_accuracy"].idxmax()
                 ax.annotate(spec, (g.loc[top, "order"], g.loc[top, "test_accuracy"]), textcoords="offset points",

@@ -3,8 +3,14 @@
     stage      method          folder (under results/runs/{task}/seed{s}/)   what it holds
     pretrain   skew_hippo      pretrain                                      the full-N model
     baseline   skew_hippo      skew_hippo_r{order}                           order-r model from Skew-HiPPO
+    baseline   skew_hippo_equal  skew_hippo_equal_r{order}                   the same, trained for the pretraining +
+                                                                             retraining epochs (equal-budget control)
     reduce     bt|bsp|...      {method}_r{order}                             the reduced model, not retrained
     retrain    bt|bsp|...      {method}_init_r{order}                        retrained from the reduced model
+
+A reduce "method" may be a control of the comparison rather than a reduction (``registry.Method.control``:
+transplant, random_modes); it flows through reduce and retrain like the others. The controls a config can select
+(its ``controls`` list) are ``TRAINING_CONTROLS`` (their own training rule) and the registry's control methods.
 
 ``init`` is the older name of the same information, kept in every metrics file so tables read old and new runs
 alike: the Lambda init of a trained model (``skew_hippo``), ``from_reduced`` for a retrained one,
@@ -16,6 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 STAGES = ("pretrain", "baseline", "reduce", "retrain", "evaluate")
+# the method names of a baseline run (order r, trained from an init): the plain one and the equal-budget control
+BASELINE_METHODS = ("skew_hippo", "skew_hippo_equal")
+# controls with their own training rule (the others are reduce methods of the registry with control=True)
+TRAINING_CONTROLS = ("skew_hippo_equal",)
 
 
 def run_name(stage: str, method: str, order: str) -> str:

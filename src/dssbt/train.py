@@ -33,7 +33,7 @@ from .hparams import Hparams, parse_hparams
 from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model
 from .resume import ResumeState
-from .runs import describe_run
+from .runs import BASELINE_METHODS, describe_run
 
 TRAIN_INITS = (*INITS, "from_reduced")
 SSM_PARAMS = ("Lambda_log_neg_re", "Lambda_im", "B", "C", "log_dt")
@@ -112,13 +112,19 @@ def train(
     reduced: str | os.PathLike | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
 
     ``order``: None (full N: pretraining), r, or one order per layer (then ``order_spec`` names how they were
     chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``) or ``from_reduced`` with ``reduced``, the
-    model file written by ``dssbt reduce``.
+    model file written by ``dssbt reduce``. ``method``: the run's method name in its metrics (and so its run folder
+    name, ``dssbt.runs.run_name``) for a baseline of order r, e.g. ``skew_hippo_equal`` for the equal-budget
+    control (``runs.BASELINE_METHODS``); default the init.
     """
+    if method is not None and (init == "from_reduced" or order is None or method not in BASELINE_METHODS):
+        raise ValueError(f"--method {method!r}: only a baseline of order r (not from_reduced, not the full-N "
+                         f"pretraining) takes a method name, one of {list(BASELINE_METHODS)}")
     hp = parse_hparams(hparams)
     meta, data = load_task(data_dir)
     cfg = model_config(meta, hp, init, order)
@@ -127,7 +133,7 @@ def train(
         raise ValueError("init from_reduced needs --reduced (the model file written by dssbt reduce)")
     torch.manual_seed(seed)
     model = S4Model(cfg)
-    method = init
+    method = method or init
     if init == "from_reduced":
         start, start_meta = load_model(reduced, expect=cfg)
         model.load_state_dict(start.state_dict())

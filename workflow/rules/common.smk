@@ -6,10 +6,11 @@ import os
 
 from dssbt.data import EMBEDDED_TASKS
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
+from dssbt.hparams import equal_budget_hparams
 from dssbt.model import ModelConfig
 from dssbt.orders import from_wildcard, parse_order
 from dssbt.reduction.registry import METHODS as REDUCTION_METHODS
-from dssbt.runs import run_name
+from dssbt.runs import TRAINING_CONTROLS, run_name
 
 CONDA_ENV = "../envs/dssbt.yaml"
 # glibc returns every freed block above 32 MiB to the OS and maps it again on the next step: millions of page
@@ -19,10 +20,14 @@ TRAIN_RULES = (
     "pretrain",
     "train_baseline",
     "retrain",
+    "train_equal_budget",
 )  # resources: default, then 'train', then the rule's own
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
-METHODS = config["methods"]
+CONTROLS = config.get("controls", [])
+# the reduce -> retrain chain runs every compared method and every control that is a registry method (transplant,
+# random_modes); the other controls (skew_hippo_equal) have their own rule
+METHODS = config["methods"] + [c for c in CONTROLS if c not in TRAINING_CONTROLS]
 
 
 def _order_specs():
@@ -101,6 +106,14 @@ def hparams_json(task, stage):
 check_config()
 
 
+def equal_budget_hparams_json(task):
+    """Hyper-parameters of the equal-budget Skew-HiPPO control: the pretraining's, with epochs = pretraining +
+    retraining epochs (dssbt.hparams.equal_budget_hparams)."""
+    return equal_budget_hparams(
+        hparams_json(task, "train"), hparams_json(task, "retrain")
+    )
+
+
 def reduce_hparams_json(task, method):
     """What a reduce job depends on besides its inputs: the evaluation settings of the retrain stage (its accuracy)
     and, where set, the method's options (reduction.h2); other methods' jobs never see them.
@@ -169,10 +182,19 @@ def expand_runs(stage, filename, method="{method}"):
     )
 
 
+def baseline_methods():
+    """The baseline runs at every order: plain Skew-HiPPO, and the equal-budget control where selected."""
+    return ["skew_hippo"] + [c for c in CONTROLS if c == "skew_hippo_equal"]
+
+
 def all_metrics():
     return (
         expand_runs("pretrain", "metrics.json")
-        + expand_runs("baseline", "metrics.json", method="skew_hippo")
+        + [
+            f
+            for m in baseline_methods()
+            for f in expand_runs("baseline", "metrics.json", method=m)
+        ]
         + expand_runs("reduce", "metrics.json")
         + expand_runs("retrain", "metrics.json")
     )

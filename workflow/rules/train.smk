@@ -1,5 +1,6 @@
 # Training stages, one rule each, one shape: the pretraining at full N (also the baseline's full-N reference row:
-# trained once), the Skew-HiPPO baseline at every order, and the retraining from the reduced parameters. An order is
+# trained once), the Skew-HiPPO baseline at every order, its equal-budget control (trained for the pretraining +
+# retraining epochs, where config controls lists skew_hippo_equal), and the retraining from the reduced parameters. An order is
 # an integer r or a per-layer spec (tol0.3); order_input / order_args add the orders file and the flag.
 
 
@@ -49,6 +50,26 @@ use rule pretrain as train_baseline with:
     params:
         hparams=lambda wc: hparams_json(wc.task, "train"),
         init="--init skew_hippo",
+        order=order_args,
+        out_dir=lambda wc, output: os.path.dirname(output.model),
+        device=config["device"],
+        env=TRAIN_ENV,
+
+
+use rule train_baseline as train_equal_budget with:
+    output:
+        model=run_dir("baseline", "skew_hippo_equal") + "model.pt",
+        metrics=run_dir("baseline", "skew_hippo_equal") + "metrics.json",
+        history=run_dir("baseline", "skew_hippo_equal") + "history.csv",
+    log:
+        "logs/train_equal_budget/{task}/seed{seed}_r{order}.log",
+    benchmark:
+        "benchmarks/train_equal_budget/{task}/seed{seed}_r{order}.tsv"
+    resources:
+        **rule_resources("train_equal_budget"),
+    params:
+        hparams=lambda wc: equal_budget_hparams_json(wc.task),
+        init="--init skew_hippo --method skew_hippo_equal",
         order=order_args,
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
