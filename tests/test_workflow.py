@@ -196,7 +196,7 @@ def edited(wf: Path, text: str) -> dict[str, int]:
 
 def test_tiny_run_produces_tables_and_plots(tiny_run):
     for name in ("tables/accuracy.csv", "tables/accuracy.md", "tables/accuracy.tex", "tables/runs.csv",
-                 "tables/methods.md",
+                 "tables/methods.md", "tables/differences.csv",
                  "plots/accuracy_vs_order.png", "plots/accuracy_vs_order.pdf", "plots/hsv_decay.png",
                  "plots/pretrained_vs_bt.png"):
         assert (tiny_run / "results" / name).stat().st_size > 0, name

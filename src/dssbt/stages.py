@@ -7,6 +7,7 @@ they call (``train``, ``reduction.apply``, ``evaluate``).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,6 +69,7 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
     from .train import load_task
 
+    t0 = time.perf_counter()
     if (data is None) != (metrics is None):
         raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
     orders, spec = _orders(order, layer_orders)
@@ -89,7 +91,8 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
         run = describe_run("reduce", method, spec.wildcard)
         measured = base_metrics(task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state,
                                 spec.label) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test")) | {
-            "reduced_from": str(checkpoint), "epochs_run": 0, "route": route}
+            "reduced_from": str(checkpoint), "epochs_run": 0, "route": route,
+            "wall_time_s": time.perf_counter() - t0}  # reduction and evaluation
         reduced.cpu()
     reduction = {"method": method, "route": route, "r": order, "layer_orders": reduced.cfg.orders_by_layer(),
                  "order_spec": spec.label}

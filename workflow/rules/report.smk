@@ -14,6 +14,7 @@ rule aggregate:
         md="results/tables/accuracy.md",
         tex="results/tables/accuracy.tex",
         methods="results/tables/methods.md",
+        differences="results/tables/differences.csv",
     log:
         "logs/aggregate.log",
     conda:

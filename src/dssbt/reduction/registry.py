@@ -36,6 +36,7 @@ class Method:
     run: Callable[..., ReducedSystem]
     options: dict[str, type] = field(default_factory=dict)  # reduction.<name> keys and their types
     routes: tuple[str, ...] = ROUTES
+    control: bool = False  # a control of the comparison (config `controls`), not a reduction (config `methods`)
 
 
 def _bt(f: BalancedFactors, s: System, r: int) -> ReducedSystem:
