@@ -82,13 +82,17 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
     assert seen == {rule: {m} for rule, m in mem.items()}, seen
 
 
-def test_schema_lists_exactly_the_registered_methods():
+def test_schema_lists_exactly_the_registered_methods_and_controls():
+    """methods: the registry's reductions; controls: the training controls, then the registry's control methods."""
     import yaml
 
-    from dssbt.reduction.registry import METHODS
+    from dssbt.reduction.registry import CONTROL_METHODS, METHODS, REDUCTIONS
+    from dssbt.runs import TRAINING_CONTROLS
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    assert schema["properties"]["methods"]["items"]["enum"] == list(METHODS)
+    assert schema["properties"]["methods"]["items"]["enum"] == list(REDUCTIONS)
+    assert schema["properties"]["controls"]["items"]["enum"] == list(TRAINING_CONTROLS) + list(CONTROL_METHODS)
+    assert set(REDUCTIONS) | set(CONTROL_METHODS) == set(METHODS) and CONTROL_METHODS
     assert set(schema["properties"]["reduction"]["properties"]) == {"route"} | {
         name for name, m in METHODS.items() if m.options}
 
@@ -130,25 +134,27 @@ def test_snakefmt_check_passes():
 
 def test_default_config_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed); the equal-budget control at every order
+    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed); the controls at every order: equal budget
+    # (its own rule) and transplant (reduce + retrain, beside bt)
     assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18,
-                              "train_equal_budget": 18, "reduce": 18, "retrain": 18, "aggregate": 1, "plot": 1}
+                              "train_equal_budget": 18, "reduce": 36, "retrain": 36, "aggregate": 1, "plot": 1}
 
 
 def test_lra_preset_dry_run_needs_no_data(tmp_path):
     wf = copy_workflow(tmp_path)
     # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions
     assert job_counts(wf, "--configfile", "workflow/presets/lra.yaml") == {
-        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "train_equal_budget": 72, "reduce": 72,
-        "retrain": 72, "aggregate": 1, "plot": 1}
+        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "train_equal_budget": 72, "reduce": 144,
+        "retrain": 144, "aggregate": 1, "plot": 1}
 
 
 def test_methods_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x 4 methods; the tolerance row has its own rules
+    # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x (4 methods + transplant); the tolerance row has its own
+    # rules
     assert job_counts(wf, "--configfile", "workflow/presets/methods.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "train_equal_budget": 24, "reduce": 96,
-        "retrain": 96, "choose_orders": 6, "aggregate": 1, "plot": 1}
+        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "train_equal_budget": 24, "reduce": 120,
+        "retrain": 120, "choose_orders": 6, "aggregate": 1, "plot": 1}
 
 
 @pytest.mark.parametrize(
@@ -163,6 +169,7 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
         ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2'\]"),
         ("controls: [skew_hippo_eq]", r"'skew_hippo_eq' is not one of"),
+        ("methods: [bt, transplant]", r"'transplant' is not one of \['bt', 'bsp', 'modal', 'h2'\]"),
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
     ],
@@ -239,6 +246,11 @@ def test_dropping_a_control_schedules_the_tables_and_plots_only(tiny_run):
     assert edited(tiny_run, "controls: []\n") == {"aggregate": 1, "plot": 1}
 
 
+def test_adding_reduce_controls_schedules_only_their_jobs(tiny_run):
+    assert edited(tiny_run, "controls: [skew_hippo_equal, transplant, random_modes]\n") == {
+        "reduce": 4, "retrain": 4, "aggregate": 1, "plot": 1}
+
+
 def test_adding_the_equal_budget_control_schedules_only_its_jobs(tmp_path):
     """From a grid without controls, adding skew_hippo_equal adds one training job per task, seed and order (and
     reruns the tables and plots, which every added run does); nothing upstream changes."""
@@ -299,6 +311,26 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     md = (tiny_run / "results/tables/accuracy.md").read_text()
     assert re.search(r"\| image \| tol:0.1 \(mean r \d\.\d\) \| Modal-init \(retrained\) \|", md), md
     assert job_counts(tiny_run, "--configfile", "tiny.yaml", "tol.yaml") == {}
+
+
+def test_controls_run_end_to_end_through_reduce_and_retrain(tiny_run):
+    """transplant and random_modes reduce and retrain like a method; their folders, metrics and table rows."""
+    import json
+
+    (tiny_run / "controls.yaml").write_text("controls: [skew_hippo_equal, transplant, random_modes]\n")
+    snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "controls.yaml")
+    run = tiny_run / "results/runs/image/seed0"
+    for name in ("transplant", "random_modes"):
+        red = json.loads((run / f"{name}_r2/metrics.json").read_text())
+        ret = json.loads((run / f"{name}_init_r2/metrics.json").read_text())
+        assert (red["stage"], red["method"], red["run"]) == ("reduce", name, f"{name}_r2")
+        assert (ret["stage"], ret["method"], ret["run"]) == ("retrain", name, f"{name}_init_r2")
+        assert ret["initial"]["accuracy"]["test"] == red["accuracy"]["test"]  # retraining starts from it
+    report = json.loads((run / "random_modes_r2/report.json").read_text())
+    assert report["seed"] == 0 and len(report["layers"][0]["kept"][0][0]) == 2
+    md = (tiny_run / "results/tables/accuracy.md").read_text()
+    assert "| image | 2 | Transplant (retrained) |" in md and "| image | 2 | Random modes, no retraining |" in md
+    assert job_counts(tiny_run, "--configfile", "tiny.yaml", "controls.yaml") == {}
 
 
 def test_h2_options_rerun_only_the_h2_jobs(tiny_run):

@@ -18,6 +18,7 @@ from scipy.stats import pearsonr  # noqa: E402
 
 from .aggregate import BASELINE_LABELS, METHOD_NAMES, reduction_method  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .reduction.registry import REDUCTIONS  # noqa: E402
 
 
 def _save(fig: plt.Figure, paths: Iterable[str | os.PathLike], dpi: int) -> None:
@@ -143,7 +144,7 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     accuracy of the reduction-initialised order-r model, with Pearson's rho."""
     _style(settings)
     pre = runs[runs["reference"]].set_index(["task", "seed"])["test_accuracy"]
-    bt = runs[runs["init"].str.endswith("_init")].copy()
+    bt = runs[runs["init"].str.endswith("_init") & runs["method"].isin(REDUCTIONS)].copy()  # no controls
     bt["pretrained_accuracy"] = [pre.get((t, s), np.nan) for t, s in zip(bt["task"], bt["seed"])]
     bt = bt.dropna(subset=["pretrained_accuracy"])
     fig, ax = plt.subplots(figsize=(4.6, 4.0))

@@ -81,7 +81,8 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     L = kernel_length or meta.get("l_max")
     if not L:
         raise ValueError(f"{checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
-    reduced, rep = ModelReducer(model, route, int(L)).reduce(method, orders, hp.reduction.get(method, {}))
+    reduced, rep = ModelReducer(model, route, int(L)).reduce(method, orders, hp.reduction.get(method, {}),
+                                                             seed=meta.get("seed"))  # a control's seed
     rep.update(order_spec=spec.label, checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     if layer_orders is not None:
         rep.update(layer_orders_file=str(layer_orders), **({"tol": spec.value} if spec.kind == "tol" else {}))
