@@ -51,6 +51,7 @@ rule all:
         "results/plots/accuracy_vs_order.png",
         "results/plots/hsv_decay.png",
         "results/plots/pretrained_vs_bt.png",
+        "results/plots/learning_curves.png",
 
 
 rule data_all:

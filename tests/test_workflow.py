@@ -205,7 +205,7 @@ def test_tiny_run_produces_tables_and_plots(tiny_run):
     for name in ("tables/accuracy.csv", "tables/accuracy.md", "tables/accuracy.tex", "tables/runs.csv",
                  "tables/methods.md", "tables/differences.csv",
                  "plots/accuracy_vs_order.png", "plots/accuracy_vs_order.pdf", "plots/hsv_decay.png",
-                 "plots/pretrained_vs_bt.png"):
+                 "plots/pretrained_vs_bt.png", "plots/learning_curves.png", "plots/learning_curves.pdf"):
         assert (tiny_run / "results" / name).stat().st_size > 0, name
     md = (tiny_run / "results/tables/accuracy.md").read_text()
     for row in ("| image | 4 (full N) | Skew-HiPPO |", "| image | 2 | BT-init (retrained) |",

@@ -164,3 +164,58 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
                   "reduction-initialised (retrained) test accuracy")
     ax.legend(fontsize="x-small", loc="lower right")
     _save(fig, paths, settings.get("dpi", 150))
+
+
+def learning_curve_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per task, order, init and cumulative epoch: the mean over seeds of the validation accuracy in the runs'
+    history.csv files (beside each metrics file of ``runs``, the runs table). Only trained runs (baselines,
+    ``*_init``, the pretraining) at integer orders. ``epochs`` = the run's epoch + the epochs it started from
+    (``total_epochs - epochs_run``: the pretraining's for a run from the pretrained model, else 0). Columns: task,
+    order, reference, init, name (legend), epochs, val_accuracy, n_seeds."""
+    trained = runs[runs["init"].map(lambda i: i in BASELINE_LABELS or i.endswith("_init")) &
+                   runs["order_spec"].astype(str).str.isdigit()]
+    curves = []
+    for row in trained.itertuples(index=False):
+        h = pd.read_csv(Path(row.file).parent / "history.csv")
+        offset = row.total_epochs - row.epochs_run
+        curves.append(pd.DataFrame({"task": row.task, "seed": row.seed, "order": row.order,
+                                    "reference": row.reference, "init": row.init, "name": series_name(row.init),
+                                    "epochs": h["epoch"] + offset, "val_accuracy": h["val_accuracy"]}))
+    if not curves:
+        raise ValueError("learning curves: no trained runs with a fixed order in the runs table")
+    c = pd.concat(curves, ignore_index=True)
+    return c.groupby(["task", "order", "reference", "init", "name", "epochs"], as_index=False).agg(
+        val_accuracy=("val_accuracy", "mean"), n_seeds=("seed", "nunique"))
+
+
+def learning_curves(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
+    """Validation accuracy per epoch against cumulative training epochs, one column per task and one row per
+    (integer) order: every init that was trained (the baselines and each ``*_init``), mean over seeds. A run that
+    starts from the pretrained model starts at the pretraining's epoch count (its epoch 0 is the reduced model);
+    the pretraining itself (full N) is the dotted grey curve from 0. Validation, not test, accuracy: history.csv
+    has the test accuracy only at epoch 0. Each run's ``history.csv`` lies beside its metrics file."""
+    _style(settings)
+    c = learning_curve_data(runs)
+    tasks = sorted(c["task"].unique())
+    orders = sorted(c.loc[~c["reference"], "order"].unique())
+    names = [n for n in [*BASELINE_LABELS.values(), *METHOD_NAMES.values()] if n in set(c["name"])]
+    colours = palette(names)
+    fig, axes = plt.subplots(max(1, len(orders)), len(tasks), figsize=(4.2 * len(tasks), 3.0 * max(1, len(orders))),
+                             squeeze=False)
+    for col, task in enumerate(tasks):
+        pre = c[(c["task"] == task) & c["reference"]]
+        for row, order in enumerate(orders or [None]):
+            ax = axes[row][col]
+            if len(pre):
+                ax.plot(pre["epochs"], pre["val_accuracy"], ls=":", c="0.5", lw=1.2, label="pretraining (full N)")
+            d = c[(c["task"] == task) & ~c["reference"] & (c["order"] == order)]
+            for name in names:
+                g = d[d["name"] == name]
+                if len(g):
+                    ax.plot(g["epochs"], g["val_accuracy"], marker=".", color=colours[name], label=name)
+            ax.set_title(f"{task}, r = {order:g}" if order is not None else task)
+            ax.set_xlabel("cumulative training epochs")
+            ax.set_ylabel("val accuracy (mean over seeds)")
+    axes[0][0].legend(fontsize="x-small")
+    fig.tight_layout()
+    _save(fig, paths, settings.get("dpi", 150))

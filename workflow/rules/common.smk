@@ -200,6 +200,19 @@ def all_metrics():
     )
 
 
+def all_histories():
+    """history.csv of every trained run: pretraining, the baselines, every retraining (the learning curves)."""
+    return (
+        expand_runs("pretrain", "history.csv")
+        + [
+            f
+            for m in baseline_methods()
+            for f in expand_runs("baseline", "history.csv", method=m)
+        ]
+        + expand_runs("retrain", "history.csv")
+    )
+
+
 def all_hsv_reports():
     """One reduction report per pretrained model (HSVs do not depend on the order: take the first fixed one)."""
     fixed = [s.wildcard for s in ORDER_SPECS if not s.per_layer]
