@@ -9,9 +9,10 @@ from scipy import stats
 from dssbt.aggregate import differences_table, paired_difference, runs_table, summary_table, write_tables
 
 STAGE = {"pretrain": ("pretrain", "skew_hippo"), "skew_hippo": ("baseline", "skew_hippo"),
-         "skew_hippo_equal": ("baseline", "skew_hippo_equal"), "bt_init": ("retrain", "bt"), "bt": ("reduce", "bt")}
+         "skew_hippo_equal": ("baseline", "skew_hippo_equal"), "bt_init": ("retrain", "bt"), "bt": ("reduce", "bt"),
+         "full_continued": ("continue", "full")}
 RUN = {"pretrain": "pretrain", "skew_hippo": "skew_hippo_r{r}", "skew_hippo_equal": "skew_hippo_equal_r{r}",
-       "bt_init": "bt_init_r{r}", "bt": "bt_r{r}"}
+       "bt_init": "bt_init_r{r}", "bt": "bt_r{r}", "full_continued": "full_continued"}
 
 
 def metrics(root, kind, task, seed, order, acc, N=8, params=(100, 40), epochs=3, wall=1.0, extra=None):
@@ -193,3 +194,15 @@ def test_methods_table_puts_every_init_of_an_order_side_by_side(files, tmp_path)
     write_tables(files, out["runs"], out["csv"], out["md"], out["tex"], out["methods"])
     assert "| t | 2 | 100 | 72.50 ± 3.54 (n=2) | 65.00 ± 7.07 (n=2) | 85.00 ± 7.07 (n=2) | 45.00 ± 7.07 (n=2) |" \
         in out["methods"].read_text()
+
+
+def test_full_continued_counts_its_pretraining_and_is_compared_with_the_pretrained_model(tmp_path):
+    f = []
+    for seed, (pre, cont) in enumerate([(0.90, 0.93), (0.80, 0.86)]):
+        f.append(metrics(tmp_path, "pretrain", "t", seed, 8, pre, epochs=3, wall=10.0))
+        f.append(metrics(tmp_path, "full_continued", "t", seed, 8, cont, epochs=2, wall=5.0))
+    s = summary_table(runs_table(f)).set_index("init")
+    assert list(s.index) == ["skew_hippo", "full_continued"] and s["reference"].all()
+    assert s.loc["full_continued", "total_epochs"] == 5 and s.loc["full_continued", "total_wall_time_s"] == 15
+    assert s.loc["full_continued", "diff_vs_skew_hippo"] == pytest.approx(0.045)
+    assert s.loc["full_continued", "n_pairs_vs_skew_hippo"] == 2

@@ -196,3 +196,20 @@ def test_equal_budget_run_is_named_by_its_method_and_trains_the_total_epochs(tas
                 "--out-dir", str(tmp_path / "c"), "--hparams", json.dumps(hp))
     assert p.returncode == 2 and "only a baseline of order r" in p.stderr, p.stderr  # the full-N pretraining
     assert not (tmp_path / "c" / "metrics.json").exists()
+
+
+def test_full_continued_trains_the_pretrained_model_further(task, tmp_path):
+    """--init from_pretrained starts from the pretrained full-N model itself (epoch 0 = its accuracy) and is named
+    stage continue, method full, run full_continued; it takes no order."""
+    hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2}}
+    pre = train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
+    cont = train(task, hp, "from_pretrained", 0, tmp_path / "cont", reduced=tmp_path / "pre" / "model.pt",
+                 log=lambda s: None)
+    assert (cont["stage"], cont["method"], cont["run"]) == ("continue", "full", "full_continued")
+    assert cont["initial"]["accuracy"]["val"] == pre["accuracy"]["val"]
+    assert cont["initial"]["accuracy"]["test"] == pre["accuracy"]["test"]
+    assert cont["epochs_run"] == 2 and cont["order"] == pre["order"] == 8
+    with pytest.raises(ValueError, match="from_pretrained continues the full-N model"):
+        train(task, hp, "from_pretrained", 0, tmp_path / "x", order=4, reduced=tmp_path / "pre" / "model.pt")
+    with pytest.raises(ValueError, match="needs --reduced"):
+        train(task, hp, "from_pretrained", 0, tmp_path / "x")

@@ -70,7 +70,8 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
     mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
     edit = {"resources": {"default": {"mem_mb": 1, "runtime": 10}, "train": {"mem_mb": 2, "runtime": 30},
                           **{rule: {"mem_mb": m} for rule, m in mem.items()}},
-            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}}}
+            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}},
+            "controls": ["skew_hippo_equal", "full_continued", "transplant"]}
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
     out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
     seen = {}
@@ -249,6 +250,11 @@ def test_dropping_a_control_schedules_the_tables_and_plots_only(tiny_run):
 def test_adding_reduce_controls_schedules_only_their_jobs(tiny_run):
     assert edited(tiny_run, "controls: [skew_hippo_equal, transplant, random_modes]\n") == {
         "reduce": 4, "retrain": 4, "aggregate": 1, "plot": 1}
+
+
+def test_adding_the_full_continued_control_schedules_one_job_per_task_and_seed(tiny_run):
+    assert edited(tiny_run, "controls: [skew_hippo_equal, full_continued]\n") == {
+        "continue_full": 2, "aggregate": 1, "plot": 1}
 
 
 def test_adding_the_equal_budget_control_schedules_only_its_jobs(tmp_path):

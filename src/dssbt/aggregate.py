@@ -4,11 +4,12 @@ differences between inits with their 95 % confidence intervals).
 Inits in the tables: ``skew_hippo_equal`` (a model of order r trained from the Skew-HiPPO init for the pretraining
 + retraining epochs: the equal-budget control), ``skew_hippo`` (the same for the pretraining epochs only),
 ``{method}_init`` (order r, retrained from the pretrained model reduced by ``method``: bt, bsp, modal, h2, or a
-control such as transplant), ``{method}_no_retrain`` (the reduced model as is), and the full-N reference
-``skew_hippo`` at order N (the pretrained model).
+control such as transplant), ``{method}_no_retrain`` (the reduced model as is), and at order N the full-N
+reference ``skew_hippo`` (the pretrained model) and ``full_continued`` (that model trained for the retraining
+epochs more: a control).
 
 Budget: every run states its own epochs and wall time and its total: a run that starts from the pretrained model
-(``*_init``, ``*_no_retrain``) adds the epochs and wall time of that pretraining (the ``pretrain/metrics.json`` of
+(``*_init``, ``*_no_retrain``, ``full_continued``) adds the epochs and wall time of that pretraining (the ``pretrain/metrics.json`` of
 the same task and seed, found by the run folder layout ``<task>/seed<s>/<run>/metrics.json``).
 
 Differences: for each task and order, every init minus a baseline (the equal-budget control first, then plain
@@ -40,8 +41,9 @@ BASELINE_LABELS = {"skew_hippo_equal": "Skew-HiPPO, equal budget", "skew_hippo":
 # the baselines every other init is compared with, in the order the tables show them (equal budget first)
 VERSUS = tuple(BASELINE_LABELS)
 VERSUS_SHORT = {"skew_hippo_equal": "equal", "skew_hippo": "skew_hippo"}
-INIT_ORDER = list(BASELINE_LABELS) + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
-LABELS = BASELINE_LABELS | {
+CONTINUED_LABELS = {"full_continued": "Full N, continued"}
+INIT_ORDER = [*BASELINE_LABELS, *CONTINUED_LABELS] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
+LABELS = BASELINE_LABELS | CONTINUED_LABELS | {
     f"{m}_{k}": (f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining") if not METHODS[m].control
     else (f"{name} (retrained)" if k == "init" else f"{name}, no retraining")
     for m, name in METHOD_NAMES.items()
@@ -57,6 +59,11 @@ def reduction_method(init: str) -> str | None:
         if init.endswith(suffix) and init[: -len(suffix)] in METHOD_NAMES:
             return init[: -len(suffix)]
     return None
+
+
+def starts_from_pretrained(init: str) -> bool:
+    """Whether a run of this table init starts from the pretrained model (its pretraining counts in its budget)."""
+    return reduction_method(init) is not None or init in CONTINUED_LABELS
 
 
 def pretrained_metrics_path(path: str | os.PathLike) -> Path:
@@ -76,7 +83,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
         spec = str(m.get("order_spec") or m["order"])
         epochs, wall = m.get("epochs_run", 0), m.get("wall_time_s")
         total_epochs, total_wall = epochs, wall
-        if reduction_method(init) is not None:  # started from the pretrained model: its budget counts
+        if starts_from_pretrained(init):  # its pretraining counts in its budget
             pre_path = pretrained_metrics_path(path)
             if pre_path not in pretrained:
                 if not pre_path.exists():
@@ -140,9 +147,9 @@ def paired_difference(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDEN
 def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Long form: per task × order spec × init × baseline (``versus``: skew_hippo_equal, skew_hippo), the paired
     difference of test accuracy over the seeds both have (``paired_difference``), and ``significant``: the
-    interval excludes 0. No rows for the full-N reference or an init against itself."""
+    interval excludes 0. At order N the pretrained model (``skew_hippo``) is the baseline of ``full_continued``.
+    No rows for an init against itself."""
     rows = []
-    runs = runs[~runs["reference"]]
     for (task, spec), g in runs.groupby(["task", "order_spec"], sort=False):
         acc = g.pivot_table(index="seed", columns="init", values="test_accuracy", aggfunc="first")
         for versus in VERSUS:
@@ -164,7 +171,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per task × order × init: mean ± std of test accuracy over seeds and their number, parameter counts, mean
     epochs and wall time (own and total), and for each baseline b of ``VERSUS`` the paired difference to it
     (``diff_vs_<b>``, ``ci_low_vs_<b>``, ``ci_high_vs_<b>``, ``n_pairs_vs_<b>``, ``significant_vs_<b>``; empty
-    for b itself, a missing b and the full-N reference)."""
+    for b itself and a missing b)."""
     g = runs.groupby(["task", "order_spec", "init"], sort=False)
     s = g.agg(
         order=("order", "mean"),

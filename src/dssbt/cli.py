@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a prepared task (resumes an interrupted run)")
     p.add_argument("--data", required=True, help="prepared task folder (meta.json + {train,val,test}.npz)")
     p.add_argument("--hparams", default="{}", help="hyper-parameter JSON (see dssbt.hparams)")
-    p.add_argument("--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced")
+    p.add_argument("--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced | from_pretrained")
     p.add_argument("--order", type=int, default=None, help="state size r < N of a reduced-order model")
-    p.add_argument("--reduced", default=None, help="model file written by dssbt reduce (for --init from_reduced)")
+    p.add_argument("--reduced", default=None, help="model file to start from: written by dssbt reduce (--init from_reduced) or the "
+                        "pretrained full-N model (--init from_pretrained: train it further)")
     p.add_argument("--layer-orders", default=None,
                    help="file written by dssbt orders: one state size per layer (instead of --order)")
     p.add_argument("--method", default=None,

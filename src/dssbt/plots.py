@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy.stats import pearsonr  # noqa: E402
 
-from .aggregate import BASELINE_LABELS, METHOD_NAMES, reduction_method  # noqa: E402
+from .aggregate import BASELINE_LABELS, CONTINUED_LABELS, METHOD_NAMES, reduction_method  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .reduction.registry import REDUCTIONS  # noqa: E402
 
@@ -39,8 +39,8 @@ BASELINE_COLOURS = {"Skew-HiPPO": "0.6", "Skew-HiPPO, equal budget": "0.1"}
 
 def series_name(init: str) -> str:
     """The legend name of a table init: a baseline's label, else its method's (``bt_init`` -> ``BT``)."""
-    if init in BASELINE_LABELS:
-        return BASELINE_LABELS[init]
+    if init in BASELINE_LABELS or init in CONTINUED_LABELS:
+        return (BASELINE_LABELS | CONTINUED_LABELS)[init]
     m = reduction_method(init)
     return METHOD_NAMES[m] if m else init
 
@@ -90,9 +90,13 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
                 top = g["test_accuracy"].idxmax()
                 ax.annotate(spec, (g.loc[top, "order"], g.loc[top, "test_accuracy"]), textcoords="offset points",
                             xytext=(0, 6), ha="center", fontsize="x-small")
-            full = runs[(runs["task"] == task) & runs["reference"]]["test_accuracy"]
+            ref = runs[(runs["task"] == task) & runs["reference"]]
+            full = ref[ref["init"] == "skew_hippo"]["test_accuracy"]
             if len(full):
                 ax.axhline(full.mean(), ls="--", c="0.3", lw=1, label=f"full N={int(runs['N'].max())}")
+            cont = ref[ref["init"] == "full_continued"]["test_accuracy"]
+            if len(cont):
+                ax.axhline(cont.mean(), ls="-.", c="0.3", lw=1, label="full N, continued")
             ax.set_xscale("log", base=2)
             orders = sorted(d["order"].unique())
             ax.set_xticks(orders, [f"{o:g}" for o in orders])
@@ -143,7 +147,7 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     """Scatter over runs (task × seed × order × method): accuracy of the pretrained full-N model vs the final
     accuracy of the reduction-initialised order-r model, with Pearson's rho."""
     _style(settings)
-    pre = runs[runs["reference"]].set_index(["task", "seed"])["test_accuracy"]
+    pre = runs[runs["reference"] & (runs["init"] == "skew_hippo")].set_index(["task", "seed"])["test_accuracy"]
     bt = runs[runs["init"].str.endswith("_init") & runs["method"].isin(REDUCTIONS)].copy()  # no controls
     bt["pretrained_accuracy"] = [pre.get((t, s), np.nan) for t, s in zip(bt["task"], bt["seed"])]
     bt = bt.dropna(subset=["pretrained_accuracy"])
@@ -172,7 +176,7 @@ def learning_curve_data(runs: pd.DataFrame) -> pd.DataFrame:
     ``*_init``, the pretraining) at integer orders. ``epochs`` = the run's epoch + the epochs it started from
     (``total_epochs - epochs_run``: the pretraining's for a run from the pretrained model, else 0). Columns: task,
     order, reference, init, name (legend), epochs, val_accuracy, n_seeds."""
-    trained = runs[runs["init"].map(lambda i: i in BASELINE_LABELS or i.endswith("_init")) &
+    trained = runs[runs["init"].map(lambda i: i in BASELINE_LABELS or i in CONTINUED_LABELS or i.endswith("_init")) &
                    runs["order_spec"].astype(str).str.isdigit()]
     curves = []
     for row in trained.itertuples(index=False):
@@ -192,7 +196,8 @@ def learning_curves(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any
     """Validation accuracy per epoch against cumulative training epochs, one column per task and one row per
     (integer) order: every init that was trained (the baselines and each ``*_init``), mean over seeds. A run that
     starts from the pretrained model starts at the pretraining's epoch count (its epoch 0 is the reduced model);
-    the pretraining itself (full N) is the dotted grey curve from 0. Validation, not test, accuracy: history.csv
+    the pretraining itself (full N) is the dotted grey curve from 0, the full_continued control (full N trained
+    further) dash-dotted after it. Validation, not test, accuracy: history.csv
     has the test accuracy only at epoch 0. Each run's ``history.csv`` lies beside its metrics file."""
     _style(settings)
     c = learning_curve_data(runs)
@@ -203,11 +208,14 @@ def learning_curves(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any
     fig, axes = plt.subplots(max(1, len(orders)), len(tasks), figsize=(4.2 * len(tasks), 3.0 * max(1, len(orders))),
                              squeeze=False)
     for col, task in enumerate(tasks):
-        pre = c[(c["task"] == task) & c["reference"]]
+        pre = c[(c["task"] == task) & c["reference"] & (c["init"] == "skew_hippo")]
+        cont = c[(c["task"] == task) & c["reference"] & (c["init"] == "full_continued")]
         for row, order in enumerate(orders or [None]):
             ax = axes[row][col]
             if len(pre):
                 ax.plot(pre["epochs"], pre["val_accuracy"], ls=":", c="0.5", lw=1.2, label="pretraining (full N)")
+            if len(cont):
+                ax.plot(cont["epochs"], cont["val_accuracy"], ls="-.", c="0.5", lw=1.2, label="full N, continued")
             d = c[(c["task"] == task) & ~c["reference"] & (c["order"] == order)]
             for name in names:
                 g = d[d["name"] == name]

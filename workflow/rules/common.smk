@@ -21,6 +21,7 @@ TRAIN_RULES = (
     "train_baseline",
     "retrain",
     "train_equal_budget",
+    "continue_full",
 )  # resources: default, then 'train', then the rule's own
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
@@ -187,9 +188,17 @@ def baseline_methods():
     return ["skew_hippo"] + [c for c in CONTROLS if c == "skew_hippo_equal"]
 
 
+def continued_runs(filename):
+    """The full_continued control's files (one run per task and seed), where config controls lists it."""
+    if "full_continued" not in CONTROLS:
+        return []
+    return expand(f"{run_dir('continue', 'full')}{filename}", task=TASKS, seed=SEEDS)
+
+
 def all_metrics():
     return (
         expand_runs("pretrain", "metrics.json")
+        + continued_runs("metrics.json")
         + [
             f
             for m in baseline_methods()
@@ -204,6 +213,7 @@ def all_histories():
     """history.csv of every trained run: pretraining, the baselines, every retraining (the learning curves)."""
     return (
         expand_runs("pretrain", "history.csv")
+        + continued_runs("history.csv")
         + [
             f
             for m in baseline_methods()
