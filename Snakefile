@@ -8,6 +8,8 @@
 #   data/prepared/{task}/{train,val,test}.npz       prepared splits + meta.json (rule prepare)
 #   results/runs/{task}/seed{s}/pretrain/           full-N model: model.pt, metrics.json, history.csv (pretrain)
 #   results/runs/{task}/seed{s}/skew_hippo_r{order}/  order-r Skew-HiPPO model, same files (train_baseline)
+#   results/runs/{task}/seed{s}/skew_hippo_equal_r{order}/  the same for pretraining + retraining epochs
+#                                                   (train_equal_budget; config controls: skew_hippo_equal)
 #   results/runs/{task}/seed{s}/orders_{order}.json   per-layer orders of a per-layer spec (choose_orders)
 #   results/runs/{task}/seed{s}/{method}_r{order}/    reduced.pt, report.json, metrics.json (reduce)
 #   results/runs/{task}/seed{s}/{method}_init_r{order}/  retrained from the reduced model (retrain)
@@ -51,6 +53,7 @@ rule all:
         "results/plots/hsv_decay.png",
         "results/plots/pretrained_vs_bt.png",
         DEPLOY_IN_ALL,
+        "results/plots/learning_curves.png",
 
 
 rule data_all:
@@ -65,7 +68,11 @@ rule pretrain_all:
 
 rule baseline_all:
     input:
-        expand_runs("baseline", "metrics.json", method="skew_hippo"),
+        [
+            f
+            for m in baseline_methods()
+            for f in expand_runs("baseline", "metrics.json", method=m)
+        ],
 
 
 rule reduce_all:

@@ -186,3 +186,47 @@ def test_hsv_regularised_pretraining_ends_with_a_smaller_hankel_nuclear_norm(tas
         model, _ = load_model(tmp_path / str(lam) / "model.pt")
         sums[lam] = float(sum(h.sum() for h in ModelReducer(model).hsv()))
     assert sums[0.5] < 0.8 * sums[0.0], sums
+
+
+def test_equal_budget_hyper_parameters_add_the_retraining_epochs_and_keep_the_rest():
+    from dssbt.hparams import equal_budget_hparams
+
+    train_hp = {"model": {"d_state": 8}, "optim": {"epochs": 3, "lr": 0.01, "warmup_epochs": 0.5}}
+    got = json.loads(equal_budget_hparams(json.dumps(train_hp), {"optim": {"epochs": 4, "lr": 0.5}}))
+    assert got == {"model": {"d_state": 8}, "optim": {"epochs": 7, "lr": 0.01, "warmup_epochs": 0.5}}
+    # epochs left to the default (OptimHparams: 10) count as such on either side
+    assert json.loads(equal_budget_hparams({}, {"optim": {"epochs": 2}}))["optim"]["epochs"] == 12
+    with pytest.raises(ValueError, match="optim.epochs must be int"):
+        equal_budget_hparams({}, {"optim": {"epochs": "2"}})
+
+
+def test_equal_budget_run_is_named_by_its_method_and_trains_the_total_epochs(task, tmp_path):
+    """--method skew_hippo_equal names the run (folder name skew_hippo_equal_r4) and changes nothing else: same
+    weights as the plain baseline of the same seed and hyper-parameters."""
+    hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2}}
+    plain = train(task, hp, "skew_hippo", 0, tmp_path / "a", order=4, log=lambda s: None)
+    equal = train(task, hp, "skew_hippo", 0, tmp_path / "b", order=4, log=lambda s: None, method="skew_hippo_equal")
+    assert (equal["stage"], equal["method"], equal["run"]) == ("baseline", "skew_hippo_equal", "skew_hippo_equal_r4")
+    assert (plain["stage"], plain["method"], plain["run"]) == ("baseline", "skew_hippo", "skew_hippo_r4")
+    assert equal["epochs_run"] == 2 and equal["accuracy"] == plain["accuracy"]
+    p = run_cli("train", "--data", str(task), "--init", "skew_hippo", "--method", "skew_hippo_equal",
+                "--out-dir", str(tmp_path / "c"), "--hparams", json.dumps(hp))
+    assert p.returncode == 2 and "only a baseline of order r" in p.stderr, p.stderr  # the full-N pretraining
+    assert not (tmp_path / "c" / "metrics.json").exists()
+
+
+def test_full_continued_trains_the_pretrained_model_further(task, tmp_path):
+    """--init from_pretrained starts from the pretrained full-N model itself (epoch 0 = its accuracy) and is named
+    stage continue, method full, run full_continued; it takes no order."""
+    hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2}}
+    pre = train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
+    cont = train(task, hp, "from_pretrained", 0, tmp_path / "cont", reduced=tmp_path / "pre" / "model.pt",
+                 log=lambda s: None)
+    assert (cont["stage"], cont["method"], cont["run"]) == ("continue", "full", "full_continued")
+    assert cont["initial"]["accuracy"]["val"] == pre["accuracy"]["val"]
+    assert cont["initial"]["accuracy"]["test"] == pre["accuracy"]["test"]
+    assert cont["epochs_run"] == 2 and cont["order"] == pre["order"] == 8
+    with pytest.raises(ValueError, match="from_pretrained continues the full-N model"):
+        train(task, hp, "from_pretrained", 0, tmp_path / "x", order=4, reduced=tmp_path / "pre" / "model.pt")
+    with pytest.raises(ValueError, match="needs --reduced"):
+        train(task, hp, "from_pretrained", 0, tmp_path / "x")

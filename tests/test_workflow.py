@@ -71,7 +71,8 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
     mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
     edit = {"resources": {"default": {"mem_mb": 1, "runtime": 10}, "train": {"mem_mb": 2, "runtime": 30},
                           **{rule: {"mem_mb": m} for rule, m in mem.items()}},
-            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}}, "deploy": {"enabled": True}}
+            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}}, "deploy": {"enabled": True},
+            "controls": ["skew_hippo_equal", "full_continued", "transplant"]}
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
     out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
     seen = {}
@@ -83,13 +84,17 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
     assert seen == {rule: {m} for rule, m in mem.items()}, seen
 
 
-def test_schema_lists_exactly_the_registered_methods():
+def test_schema_lists_exactly_the_registered_methods_and_controls():
+    """methods: the registry's reductions; controls: the training controls, then the registry's control methods."""
     import yaml
 
-    from dssbt.reduction.registry import METHODS
+    from dssbt.reduction.registry import CONTROL_METHODS, METHODS, REDUCTIONS
+    from dssbt.runs import TRAINING_CONTROLS
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    assert schema["properties"]["methods"]["items"]["enum"] == list(METHODS)
+    assert schema["properties"]["methods"]["items"]["enum"] == list(REDUCTIONS)
+    assert schema["properties"]["controls"]["items"]["enum"] == list(TRAINING_CONTROLS) + list(CONTROL_METHODS)
+    assert set(REDUCTIONS) | set(CONTROL_METHODS) == set(METHODS) and CONTROL_METHODS
     assert set(schema["properties"]["reduction"]["properties"]) == {"route"} | {
         name for name, m in METHODS.items() if m.options}
 
@@ -131,25 +136,27 @@ def test_snakefmt_check_passes():
 
 def test_default_config_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed)
-    assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18, "reduce": 18,
-                              "retrain": 18, "aggregate": 1, "plot": 1}
+    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed); the controls at every order: equal budget
+    # (its own rule) and transplant (reduce + retrain, beside bt)
+    assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18,
+                              "train_equal_budget": 18, "reduce": 36, "retrain": 36, "aggregate": 1, "plot": 1}
 
 
 def test_lra_preset_dry_run_needs_no_data(tmp_path):
     wf = copy_workflow(tmp_path)
     # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions
     assert job_counts(wf, "--configfile", "workflow/presets/lra.yaml") == {
-        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "reduce": 72, "retrain": 72,
-        "aggregate": 1, "plot": 1}
+        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "train_equal_budget": 72, "reduce": 144,
+        "retrain": 144, "aggregate": 1, "plot": 1}
 
 
 def test_methods_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x 4 methods; the tolerance row has its own rules
+    # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x (4 methods + transplant); the tolerance row has its own
+    # rules
     assert job_counts(wf, "--configfile", "workflow/presets/methods.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "reduce": 96, "retrain": 96,
-        "choose_orders": 6, "aggregate": 1, "plot": 1}
+        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "train_equal_budget": 24, "reduce": 120,
+        "retrain": 120, "choose_orders": 6, "aggregate": 1, "plot": 1}
 
 
 @pytest.mark.parametrize(
@@ -163,6 +170,8 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("model: {norm: group}", r"'group' is not one of \['layer', 'batch'\]"),
         ("tasks: [text]", r"tasks lists 'text' but data.text is missing"),
         ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2', 'msp'\]"),
+        ("controls: [skew_hippo_eq]", r"'skew_hippo_eq' is not one of"),
+        ("methods: [bt, transplant]", r"'transplant' is not one of \['bt', 'bsp', 'modal', 'h2', 'msp'\]"),
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
     ],
@@ -196,14 +205,21 @@ def edited(wf: Path, text: str) -> dict[str, int]:
 
 def test_tiny_run_produces_tables_and_plots(tiny_run):
     for name in ("tables/accuracy.csv", "tables/accuracy.md", "tables/accuracy.tex", "tables/runs.csv",
-                 "tables/methods.md",
+                 "tables/methods.md", "tables/differences.csv",
                  "plots/accuracy_vs_order.png", "plots/accuracy_vs_order.pdf", "plots/hsv_decay.png",
-                 "plots/pretrained_vs_bt.png"):
+                 "plots/pretrained_vs_bt.png", "plots/learning_curves.png", "plots/learning_curves.pdf"):
         assert (tiny_run / "results" / name).stat().st_size > 0, name
     md = (tiny_run / "results/tables/accuracy.md").read_text()
     for row in ("| image | 4 (full N) | Skew-HiPPO |", "| image | 2 | BT-init (retrained) |",
-                "| listops | 2 | BT, no retraining |"):
-        assert row in md
+                "| listops | 2 | BT, no retraining |", "| image | 2 | Skew-HiPPO, equal budget |"):
+        assert row in md, md
+    import json
+
+    run = tiny_run / "results/runs/image/seed0"
+    equal = json.loads((run / "skew_hippo_equal_r2/metrics.json").read_text())
+    pre, ret = (json.loads((run / f"{r}/metrics.json").read_text()) for r in ("pretrain", "bt_init_r2"))
+    assert equal["run"] == "skew_hippo_equal_r2" and equal["method"] == "skew_hippo_equal"
+    assert equal["epochs_run"] == pre["epochs_run"] + ret["epochs_run"] == 2  # the BT-init model's total budget
 
 
 def test_noop_rerun_schedules_nothing(tiny_run):
@@ -211,17 +227,47 @@ def test_noop_rerun_schedules_nothing(tiny_run):
 
 
 def test_retrain_edit_schedules_retrain_and_downstream_only(tiny_run):
-    assert edited(tiny_run, "retrain: {optim: {epochs: 2}}\n") == {"retrain": 2, "aggregate": 1, "plot": 1}
+    # the retraining's learning rate reaches the retraining only; its epochs also the equal-budget control's total
+    assert edited(tiny_run, "retrain: {optim: {lr: 0.02}}\n") == {"retrain": 2, "aggregate": 1, "plot": 1}
+    assert edited(tiny_run, "retrain: {optim: {epochs: 2}}\n") == {
+        "retrain": 2, "train_equal_budget": 2, "aggregate": 1, "plot": 1}
 
 
 def test_one_task_edit_schedules_that_tasks_jobs_only(tiny_run):
     assert edited(tiny_run, "task_settings: {image: {optim: {lr: 0.02}}}\n") == {
-        "pretrain": 1, "train_baseline": 1, "reduce": 1, "retrain": 1, "aggregate": 1, "plot": 1}
+        "pretrain": 1, "train_baseline": 1, "train_equal_budget": 1, "reduce": 1, "retrain": 1, "aggregate": 1,
+        "plot": 1}
 
 
 def test_new_order_schedules_its_jobs_and_aggregation_only(tiny_run):
     assert edited(tiny_run, "orders: [2, 3]\n") == {
-        "train_baseline": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "train_baseline": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_dropping_a_control_schedules_the_tables_and_plots_only(tiny_run):
+    assert edited(tiny_run, "controls: []\n") == {"aggregate": 1, "plot": 1}
+
+
+def test_adding_reduce_controls_schedules_only_their_jobs(tiny_run):
+    assert edited(tiny_run, "controls: [skew_hippo_equal, transplant, random_modes]\n") == {
+        "reduce": 4, "retrain": 4, "aggregate": 1, "plot": 1}
+
+
+def test_adding_the_full_continued_control_schedules_one_job_per_task_and_seed(tiny_run):
+    assert edited(tiny_run, "controls: [skew_hippo_equal, full_continued]\n") == {
+        "continue_full": 2, "aggregate": 1, "plot": 1}
+
+
+def test_adding_the_equal_budget_control_schedules_only_its_jobs(tmp_path):
+    """From a grid without controls, adding skew_hippo_equal adds one training job per task, seed and order (and
+    reruns the tables and plots, which every added run does); nothing upstream changes."""
+    wf = copy_workflow(tmp_path)
+    shutil.copy(TINY, wf / "tiny.yaml")
+    (wf / "none.yaml").write_text("controls: []\n")
+    (wf / "equal.yaml").write_text("controls: [skew_hippo_equal]\n")
+    without = job_counts(wf, "--configfile", "tiny.yaml", "none.yaml")
+    assert "train_equal_budget" not in without
+    assert job_counts(wf, "--configfile", "tiny.yaml", "equal.yaml") == without | {"train_equal_budget": 2}
 
 
 def test_hsv_reg_in_pretraining_reruns_pretraining_and_downstream_only(tiny_run):
@@ -250,7 +296,8 @@ def test_report_bundles_tables_and_figures(tiny_run):
 
 def test_tolerance_order_schedules_its_own_jobs(tiny_run):
     assert edited(tiny_run, "orders: [2, 'tol:0.1']\n") == {
-        "choose_orders": 2, "train_baseline": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "choose_orders": 2, "train_baseline": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1,
+        "plot": 1}
 
 
 def test_tolerance_order_runs_end_to_end(tiny_run):
@@ -262,7 +309,8 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     run = tiny_run / "results/runs/image/seed0"
     chosen = json.loads((run / "orders_tol0.1.json").read_text())
     assert chosen["order_spec"] == "tol:0.1" and chosen["tol"] == 0.1 and len(chosen["layer_orders"]) == 1 and 1 <= chosen["layer_orders"][0] <= 4
-    for kind in ("skew_hippo_rtol0.1", "bt_rtol0.1", "bt_init_rtol0.1", "modal_init_rtol0.1"):
+    for kind in ("skew_hippo_rtol0.1", "skew_hippo_equal_rtol0.1", "bt_rtol0.1", "bt_init_rtol0.1",
+                 "modal_init_rtol0.1"):
         m = json.loads((run / kind / "metrics.json").read_text())
         assert m["layer_orders"] == chosen["layer_orders"] and m["order_spec"] == "tol:0.1", kind
         assert m["run"] == kind, kind  # metrics name their own run folder
@@ -275,6 +323,26 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     md = (tiny_run / "results/tables/accuracy.md").read_text()
     assert re.search(r"\| image \| tol:0.1 \(mean r \d\.\d\) \| Modal-init \(retrained\) \|", md), md
     assert job_counts(tiny_run, "--configfile", "tiny.yaml", "tol.yaml") == {}
+
+
+def test_controls_run_end_to_end_through_reduce_and_retrain(tiny_run):
+    """transplant and random_modes reduce and retrain like a method; their folders, metrics and table rows."""
+    import json
+
+    (tiny_run / "controls.yaml").write_text("controls: [skew_hippo_equal, transplant, random_modes]\n")
+    snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "controls.yaml")
+    run = tiny_run / "results/runs/image/seed0"
+    for name in ("transplant", "random_modes"):
+        red = json.loads((run / f"{name}_r2/metrics.json").read_text())
+        ret = json.loads((run / f"{name}_init_r2/metrics.json").read_text())
+        assert (red["stage"], red["method"], red["run"]) == ("reduce", name, f"{name}_r2")
+        assert (ret["stage"], ret["method"], ret["run"]) == ("retrain", name, f"{name}_init_r2")
+        assert ret["initial"]["accuracy"]["test"] == red["accuracy"]["test"]  # retraining starts from it
+    report = json.loads((run / "random_modes_r2/report.json").read_text())
+    assert report["seed"] == 0 and len(report["layers"][0]["kept"][0][0]) == 2
+    md = (tiny_run / "results/tables/accuracy.md").read_text()
+    assert "| image | 2 | Transplant (retrained) |" in md and "| image | 2 | Random modes, no retraining |" in md
+    assert job_counts(tiny_run, "--configfile", "tiny.yaml", "controls.yaml") == {}
 
 
 def test_h2_options_rerun_only_the_h2_jobs(tiny_run):

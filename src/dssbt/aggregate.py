@@ -1,8 +1,21 @@
-"""Accuracy tables from the metrics files of every run (long form, then mean ± std over seeds).
+"""Accuracy tables from the metrics files of every run (long form, then mean ± std over seeds, then the paired
+differences between inits with their 95 % confidence intervals).
 
-Inits in the tables: ``skew_hippo`` (a model of order r trained from the Skew-HiPPO init), ``{method}_init``
-(order r, retrained from the pretrained model reduced by ``method``: bt, bsp, modal, h2), ``{method}_no_retrain``
-(the reduced model as is), and the full-N reference ``skew_hippo`` at order N (the pretrained model).
+Inits in the tables: ``skew_hippo_equal`` (a model of order r trained from the Skew-HiPPO init for the pretraining
++ retraining epochs: the equal-budget control), ``skew_hippo`` (the same for the pretraining epochs only),
+``{method}_init`` (order r, retrained from the pretrained model reduced by ``method``: bt, bsp, modal, h2, or a
+control such as transplant), ``{method}_no_retrain`` (the reduced model as is), and at order N the full-N
+reference ``skew_hippo`` (the pretrained model) and ``full_continued`` (that model trained for the retraining
+epochs more: a control).
+
+Budget: every run states its own epochs and wall time and its total: a run that starts from the pretrained model
+(``*_init``, ``*_no_retrain``, ``full_continued``) adds the epochs and wall time of that pretraining (the ``pretrain/metrics.json`` of
+the same task and seed, found by the run folder layout ``<task>/seed<s>/<run>/metrics.json``).
+
+Differences: for each task and order, every init minus a baseline (the equal-budget control first, then plain
+Skew-HiPPO) is the mean over seeds of the per-seed difference (paired by seed: the same pretrained model, data
+order and initial RNG state), with the two-sided 95 % Student-t interval of that mean
+(``scipy.stats.ttest_rel(...).confidence_interval``); with one pair there is no interval.
 
 Orders are grouped by how they were asked for (``order_spec``): an integer r, or ``tol:<x>`` where every layer got
 its own order; ``order`` is then the mean state size over layers (and seeds, in the summary).
@@ -17,28 +30,69 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .io import atomic_path
 from .reduction.registry import METHODS
 from .runs import table_init
 
 METHOD_NAMES = {name: m.label for name, m in METHODS.items()}
-INIT_ORDER = ["skew_hippo"] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
-LABELS = {"skew_hippo": "Skew-HiPPO"} | {
-    f"{m}_{k}": f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining"
+BASELINE_LABELS = {"skew_hippo_equal": "Skew-HiPPO, equal budget", "skew_hippo": "Skew-HiPPO"}
+# the baselines every other init is compared with, in the order the tables show them (equal budget first)
+VERSUS = tuple(BASELINE_LABELS)
+VERSUS_SHORT = {"skew_hippo_equal": "equal", "skew_hippo": "skew_hippo"}
+CONTINUED_LABELS = {"full_continued": "Full N, continued"}
+INIT_ORDER = [*BASELINE_LABELS, *CONTINUED_LABELS] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
+LABELS = BASELINE_LABELS | CONTINUED_LABELS | {
+    f"{m}_{k}": (f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining") if not METHODS[m].control
+    else (f"{name} (retrained)" if k == "init" else f"{name}, no retraining")
     for m, name in METHOD_NAMES.items()
     for k in ("init", "no_retrain")
 }
+CONFIDENCE = 0.95
+
+
+def reduction_method(init: str) -> str | None:
+    """The reduction method of a table init (``bt_init`` -> ``bt``, ``random_modes_no_retrain`` ->
+    ``random_modes``); None for a baseline (``skew_hippo``, ``skew_hippo_equal``)."""
+    for suffix in ("_init", "_no_retrain"):
+        if init.endswith(suffix) and init[: -len(suffix)] in METHOD_NAMES:
+            return init[: -len(suffix)]
+    return None
+
+
+def starts_from_pretrained(init: str) -> bool:
+    """Whether a run of this table init starts from the pretrained model (its pretraining counts in its budget)."""
+    return reduction_method(init) is not None or init in CONTINUED_LABELS
+
+
+def pretrained_metrics_path(path: str | os.PathLike) -> Path:
+    """The metrics of the pretrained model a reduced or retrained run came from: same task and seed folder."""
+    return Path(path).parent.parent / "pretrain" / "metrics.json"
 
 
 def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """One row per run: task, seed, order, N, init, method, accuracies, losses, parameter counts, epochs, time."""
+    """One row per run: task, seed, order, N, init, method, accuracies, losses, parameter counts, epochs and wall
+    time (the run's own and in total, pretraining included where the run starts from the pretrained model)."""
     rows = []
+    pretrained: dict[Path, dict] = {}
     for path in metrics_files:
         m = json.loads(Path(path).read_text())
         init = table_init(m)
         layer_orders = m.get("layer_orders") or [m["order"]]
         spec = str(m.get("order_spec") or m["order"])
+        epochs, wall = m.get("epochs_run", 0), m.get("wall_time_s")
+        total_epochs, total_wall = epochs, wall
+        if starts_from_pretrained(init):  # its pretraining counts in its budget
+            pre_path = pretrained_metrics_path(path)
+            if pre_path not in pretrained:
+                if not pre_path.exists():
+                    raise ValueError(f"{path}: a {init} run counts the epochs of its pretrained model, but "
+                                     f"{pre_path} is missing")
+                pretrained[pre_path] = json.loads(pre_path.read_text())
+            pre = pretrained[pre_path]
+            total_epochs = epochs + pre.get("epochs_run", 0)
+            total_wall = None if wall is None or pre.get("wall_time_s") is None else wall + pre["wall_time_s"]
         rows.append(
             {
                 "task": m["task"],
@@ -49,15 +103,17 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 "N": m["N"],
                 "reference": spec == str(m["N"]),
                 "init": init,
-                "method": init.split("_")[0] if init != "skew_hippo" else None,
+                "method": reduction_method(init),
                 "test_accuracy": m["accuracy"]["test"],
                 "val_accuracy": m["accuracy"]["val"],
                 "train_accuracy": m["accuracy"].get("train"),
                 "test_loss": m["loss"]["test"],
                 "params_total": m["params"]["total"],
                 "params_ssm": m["params"]["ssm"],
-                "epochs_run": m.get("epochs_run", 0),
-                "wall_time_s": m.get("wall_time_s"),
+                "epochs_run": epochs,
+                "wall_time_s": wall,
+                "total_epochs": total_epochs,
+                "total_wall_time_s": total_wall,
                 "file": str(path),
             }
         )
@@ -66,30 +122,76 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["task", "order", "order_spec", "init", "seed"], ignore_index=True)
 
 
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std of test accuracy over seeds per task × order × init, parameter counts, and BT-init − Skew-HiPPO.
+def paired_difference(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, float]:
+    """Mean of the paired differences ``x_i - y_i`` (float (n,) each, pair i = one seed) with its two-sided
+    Student-t confidence interval (``scipy.stats.ttest_rel``, n - 1 degrees of freedom).
 
-    ``diff_vs_skew_hippo`` is the mean accuracy minus the Skew-HiPPO mean at the same task and order (empty for the
-    Skew-HiPPO rows themselves and for the full-N reference); ``sign`` is ``+``, ``-`` or ``0``.
+    Returns {diff, ci_low, ci_high, n_pairs}; with fewer than 2 pairs the interval is NaN (none can be given),
+    with none the difference too. Equal differences in every pair give the interval [diff, diff].
     """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired samples must be two 1-d arrays of one length, got shapes {x.shape}, {y.shape}")
+    n = len(x)
+    if n == 0:
+        return {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_pairs": 0}
+    diff = float(np.mean(x - y))
+    if n < 2:
+        return {"diff": diff, "ci_low": np.nan, "ci_high": np.nan, "n_pairs": 1}
+    if np.all(x - y == (x - y)[0]):  # no spread: scipy warns (catastrophic cancellation); the limit is a point
+        return {"diff": diff, "ci_low": diff, "ci_high": diff, "n_pairs": n}
+    ci = stats.ttest_rel(x, y).confidence_interval(confidence)
+    return {"diff": diff, "ci_low": float(ci.low), "ci_high": float(ci.high), "n_pairs": n}
+
+
+def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long form: per task × order spec × init × baseline (``versus``: skew_hippo_equal, skew_hippo), the paired
+    difference of test accuracy over the seeds both have (``paired_difference``), and ``significant``: the
+    interval excludes 0. At order N the pretrained model (``skew_hippo``) is the baseline of ``full_continued``.
+    No rows for an init against itself."""
+    rows = []
+    for (task, spec), g in runs.groupby(["task", "order_spec"], sort=False):
+        acc = g.pivot_table(index="seed", columns="init", values="test_accuracy", aggfunc="first")
+        for versus in VERSUS:
+            if versus not in acc:
+                continue
+            for init in acc.columns:
+                if init == versus:
+                    continue
+                both = acc[[init, versus]].dropna()
+                d = paired_difference(both[init].to_numpy(), both[versus].to_numpy())
+                rows.append({"task": task, "order_spec": spec, "order": g["order"].mean(), "init": init,
+                             "versus": versus, **d,
+                             "significant": bool(d["ci_low"] > 0 or d["ci_high"] < 0)})
+    cols = ["task", "order_spec", "order", "init", "versus", "diff", "ci_low", "ci_high", "n_pairs", "significant"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per task × order × init: mean ± std of test accuracy over seeds and their number, parameter counts, mean
+    epochs and wall time (own and total), and for each baseline b of ``VERSUS`` the paired difference to it
+    (``diff_vs_<b>``, ``ci_low_vs_<b>``, ``ci_high_vs_<b>``, ``n_pairs_vs_<b>``, ``significant_vs_<b>``; empty
+    for b itself and a missing b)."""
     g = runs.groupby(["task", "order_spec", "init"], sort=False)
     s = g.agg(
         order=("order", "mean"),
         N=("N", "first"),
         reference=("reference", "first"),
         acc_mean=("test_accuracy", "mean"),
-        acc_std=("test_accuracy", lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0),
+        acc_std=("test_accuracy", lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else np.nan),
         n_seeds=("seed", "nunique"),
         params_total=("params_total", "mean"),  # differs between seeds only for tolerance-chosen orders
         params_ssm=("params_ssm", "mean"),
+        epochs_run=("epochs_run", "mean"),
+        total_epochs=("total_epochs", "mean"),
+        wall_time_s=("wall_time_s", "mean"),
+        total_wall_time_s=("total_wall_time_s", "mean"),
     ).reset_index()
-    base = s[s["init"] == "skew_hippo"].set_index(["task", "order_spec"])["acc_mean"]
-    key = list(zip(s["task"], s["order_spec"]))
-    s["diff_vs_skew_hippo"] = [
-        (m - base[k]) if (i != "skew_hippo" and not ref and k in base.index) else np.nan
-        for m, k, i, ref in zip(s["acc_mean"], key, s["init"], s["reference"])
-    ]
-    s["sign"] = [("" if np.isnan(d) else "+" if d > 0 else "-" if d < 0 else "0") for d in s["diff_vs_skew_hippo"]]
+    d = differences_table(runs).set_index(["task", "order_spec", "init", "versus"])
+    for versus in VERSUS:
+        key = [(t, o, i, versus) for t, o, i in zip(s["task"], s["order_spec"], s["init"])]
+        for col in ("diff", "ci_low", "ci_high", "n_pairs", "significant"):
+            s[f"{col}_vs_{versus}"] = [d.at[k, col] if k in d.index else np.nan for k in key]
     s["init_rank"] = s["init"].map({k: i for i, k in enumerate(INIT_ORDER)})
     s["by_tol"] = ~s["order_spec"].str.isdigit()  # fixed orders first, then per-layer ones (tol:…, layers:…)
     s = s.sort_values(["task", "reference", "by_tol", "order", "init_rank"], ascending=[True, False, True, True, True])
@@ -106,33 +208,53 @@ def _count(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+def _pm(mean: float, std: float, n: int) -> str:
+    """``mean ± std (n=k)`` in %; one seed has no std."""
+    spread = "± n/a" if np.isnan(std) else f"± {100 * std:.2f}"
+    return f"{100 * mean:.2f} {spread} (n={int(n)})"
+
+
+def _diff_cell(diff: float, low: float, high: float, n: float) -> str:
+    """``+d [low, high]`` in percentage points; **bold** where the interval excludes 0; ``n=1: no CI``."""
+    if np.isnan(diff):
+        return ""
+    if np.isnan(low):
+        return f"{100 * diff:+.2f} (n={int(n)}, no CI)"
+    text = f"{100 * diff:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+    return f"**{text}**" if low > 0 or high < 0 else text
 
 
 def _display(summary: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "task": summary["task"],
-            "order": [_order_label(*a) for a in zip(summary["order_spec"], summary["order"], summary["reference"])],
-            "init": [LABELS.get(i, i) for i in summary["init"]],
-            "test acc. % (mean ± std)": [_pm(m, s) for m, s in zip(summary["acc_mean"], summary["acc_std"])],
-            "seeds": summary["n_seeds"],
-            "params": [_count(x) for x in summary["params_total"]],
-            "SSM params": [_count(x) for x in summary["params_ssm"]],
-            "vs Skew-HiPPO (pp)": ["" if np.isnan(d) else f"{100 * d:+.2f}" for d in summary["diff_vs_skew_hippo"]],
-        }
-    )
+    level = int(round(100 * CONFIDENCE))
+    cols = {
+        "task": summary["task"],
+        "order": [_order_label(*a) for a in zip(summary["order_spec"], summary["order"], summary["reference"])],
+        "init": [LABELS.get(i, i) for i in summary["init"]],
+        "test acc. % (mean ± std, n seeds)": [_pm(*a) for a in zip(summary["acc_mean"], summary["acc_std"],
+                                                                    summary["n_seeds"])],
+        "epochs (total)": [_count(x) for x in summary["total_epochs"]],
+        "train time s (total)": ["" if np.isnan(x) else f"{x:.0f}" for x in summary["total_wall_time_s"]],
+        "params": [_count(x) for x in summary["params_total"]],
+        "SSM params": [_count(x) for x in summary["params_ssm"]],
+    }
+    for versus in VERSUS:
+        cols[f"vs {BASELINE_LABELS[versus]} (pp, paired, {level} % CI)"] = [
+            _diff_cell(*a) for a in zip(*(summary[f"{c}_vs_{versus}"] for c in ("diff", "ci_low", "ci_high",
+                                                                                 "n_pairs")))]
+    return pd.DataFrame(cols)
 
 
 def _latex(df: pd.DataFrame) -> str:
-    """A booktabs tabular of ``df`` (written by hand: pandas' to_latex needs jinja2)."""
+    """A booktabs tabular of ``df`` (written by hand: pandas' to_latex needs jinja2); ``**x**`` becomes bold."""
 
     def cell(v) -> str:
         t = str(v)
+        bold = len(t) > 4 and t.startswith("**") and t.endswith("**")
+        t = t[2:-2] if bold else t
         for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
             t = t.replace(a, b)
-        return t.replace("±", r"$\pm$")
+        t = t.replace("±", r"$\pm$")
+        return rf"\textbf{{{t}}}" if bold else t
 
     lines = [r"\begin{tabular}{" + "l" * 3 + "r" * (len(df.columns) - 3) + "}", r"\toprule"]
     lines.append(" & ".join(cell(c) for c in df.columns) + r" \\")
@@ -143,15 +265,15 @@ def _latex(df: pd.DataFrame) -> str:
 
 
 def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary side by side: one row per task × order, one column per init (Skew-HiPPO, then each method
-    without and after retraining), cells "mean ± std" test accuracy in %, and the row's total parameter count."""
+    """The summary side by side: one row per task × order, one column per init (the baselines, then each method
+    without and after retraining), cells "mean ± std (n=k)" test accuracy in %, and the row's parameter count."""
     rows = []
     for (task, spec), g in summary.groupby(["task", "order_spec"], sort=False):
         first = g.iloc[0]
         row = {"task": task, "order": _order_label(spec, first["order"], first["reference"]),
                "params": _count(g["params_total"].mean())}
-        for init, m, sd in zip(g["init"], g["acc_mean"], g["acc_std"]):
-            row[LABELS.get(init, init)] = _pm(m, sd)
+        for init, m, sd, n in zip(g["init"], g["acc_mean"], g["acc_std"], g["n_seeds"]):
+            row[LABELS.get(init, init)] = _pm(m, sd, n)
         rows.append(row)
     table = pd.DataFrame(rows)
     columns = ["task", "order", "params"] + [LABELS[i] for i in INIT_ORDER if LABELS[i] in table.columns]
@@ -165,9 +287,10 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path, md_path, tex_path,
-                 methods_md=None) -> pd.DataFrame:
+                 methods_md=None, differences_csv=None) -> pd.DataFrame:
     """Write the long-form runs CSV and the summary as CSV, Markdown and LaTeX (each atomically); ``methods_md``:
-    also the side-by-side table of ``methods_table`` as Markdown."""
+    also the side-by-side table of ``methods_table`` as Markdown; ``differences_csv``: the paired differences in
+    long form (``differences_table``: columns diff, ci_low, ci_high, n_pairs, ...)."""
     runs = runs_table(metrics_files)
     summary = summary_table(runs)
     shown = _display(summary)
@@ -179,6 +302,8 @@ def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path,
     ]
     if methods_md is not None:
         outputs.append((methods_md, _markdown(methods_table(summary))))
+    if differences_csv is not None:
+        outputs.append((differences_csv, differences_table(runs).to_csv(index=False)))
     for path, text in outputs:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)

@@ -16,7 +16,8 @@ from .reduction.registry import METHODS, ROUTES
 def cmd_train(a: argparse.Namespace) -> None:
     from .stages import train_job
 
-    train_job(a.data, a.out_dir, a.init, a.seed, a.hparams, a.order, a.layer_orders, a.reduced, a.device)
+    train_job(a.data, a.out_dir, a.init, a.seed, a.hparams, a.order, a.layer_orders, a.reduced, a.device,
+              method=a.method)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -56,11 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a prepared task (resumes an interrupted run)")
     p.add_argument("--data", required=True, help="prepared task folder (meta.json + {train,val,test}.npz)")
     p.add_argument("--hparams", default="{}", help="hyper-parameter JSON (see dssbt.hparams)")
-    p.add_argument("--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced")
+    p.add_argument("--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced | from_pretrained")
     p.add_argument("--order", type=int, default=None, help="state size r < N of a reduced-order model")
-    p.add_argument("--reduced", default=None, help="model file written by dssbt reduce (for --init from_reduced)")
+    p.add_argument("--reduced", default=None, help="model file to start from: written by dssbt reduce (--init from_reduced) or the "
+                        "pretrained full-N model (--init from_pretrained: train it further)")
     p.add_argument("--layer-orders", default=None,
                    help="file written by dssbt orders: one state size per layer (instead of --order)")
+    p.add_argument("--method", default=None,
+                   help="method name of a baseline run of order r in its metrics and tables (default: the init); "
+                        "skew_hippo_equal = the Skew-HiPPO model trained for the pretraining + retraining epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.json, history.csv")
     common(p)

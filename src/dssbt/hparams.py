@@ -125,3 +125,18 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
             if not v > 0:
                 raise ValueError(f"hyper-parameters: reduction.{method}.{k} must be > 0, got {v}")
     return Hparams(model=model, optim=optim, reduction={m: dict(o) for m, o in sorted(reduction.items())})
+
+
+def equal_budget_hparams(train: str | dict[str, Any], retrain: str | dict[str, Any],
+                         pretrain: str | dict[str, Any] | None = None) -> str:
+    """Hyper-parameter JSON of the equal-budget Skew-HiPPO control: those of the baseline (``train``) with
+    ``optim.epochs`` = the pretraining epochs (``pretrain``'s, default ``train``'s) + the retraining epochs
+    (``retrain``), so the order-r model sees as many epochs as a BT-init model has in total. Everything else (and so
+    the schedule's shape: the cosine decay runs over the total) is the baseline's, e.g. without the pretraining's
+    hsv_reg. Every input is parsed and checked; returns sorted JSON."""
+    hp = json.loads(train) if isinstance(train, str) else dict(train)
+    first = parse_hparams(hp if pretrain is None else pretrain).optim.epochs
+    total = first + parse_hparams(retrain).optim.epochs
+    hp = {**hp, "optim": {**hp.get("optim", {}), "epochs": total}}
+    parse_hparams(hp)
+    return json.dumps(hp, sort_keys=True)

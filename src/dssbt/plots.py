@@ -16,8 +16,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy.stats import pearsonr  # noqa: E402
 
-from .aggregate import METHOD_NAMES  # noqa: E402
+from .aggregate import BASELINE_LABELS, CONTINUED_LABELS, METHOD_NAMES, reduction_method  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .reduction.registry import REDUCTIONS  # noqa: E402
 
 
 def _save(fig: plt.Figure, paths: Iterable[str | os.PathLike], dpi: int) -> None:
@@ -32,23 +33,41 @@ def _style(settings: dict[str, Any]) -> None:
     sns.set_theme(style=settings.get("style", "whitegrid"), context=settings.get("context", "paper"))
 
 
+# baselines in greys (the equal-budget control darkest), reduction methods and controls in seaborn's colours
+BASELINE_COLOURS = {"Skew-HiPPO": "0.6", "Skew-HiPPO, equal budget": "0.1"}
+
+
+def series_name(init: str) -> str:
+    """The legend name of a table init: a baseline's label, else its method's (``bt_init`` -> ``BT``)."""
+    if init in BASELINE_LABELS or init in CONTINUED_LABELS:
+        return (BASELINE_LABELS | CONTINUED_LABELS)[init]
+    m = reduction_method(init)
+    return METHOD_NAMES[m] if m else init
+
+
+def palette(names: Iterable[str]) -> dict[str, Any]:
+    """One colour per series name, fixed by the order of BASELINE_LABELS and METHOD_NAMES (not by the data)."""
+    methods = [n for n in METHOD_NAMES.values()]
+    colours = dict(zip(methods, sns.color_palette(n_colors=max(10, len(methods)))))
+    return {n: BASELINE_COLOURS.get(n, colours.get(n, "0.3")) for n in names}
+
+
 def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
     """Test accuracy vs reduced order, one column per task and two rows: after retraining (each method's
     reduction-initialised model) and without retraining (the reduced model as is). One colour per method, the same
-    in both rows; the Skew-HiPPO baseline (trained at order r) is in both rows for reference. Lines: mean ± sd over
+    in both rows; the Skew-HiPPO baselines (trained at order r; the equal-budget control for the pretraining +
+    retraining epochs) are in both rows for reference. Lines: mean ± sd over
     seeds, seeds as dots; dashed: the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at
     their mean state size per layer, labelled with the tolerance."""
     _style(settings)
     runs = runs.copy()
-    runs["method_name"] = [
-        "Skew-HiPPO" if i == "skew_hippo" else METHOD_NAMES.get(i.split("_")[0], i) for i in runs["init"]
-    ]
+    runs["method_name"] = [series_name(i) for i in runs["init"]]
     by_tol = ~runs["order_spec"].astype(str).str.isdigit()  # orders chosen per layer (tol:…)
-    names = ["Skew-HiPPO"] + [n for n in METHOD_NAMES.values() if n in set(runs["method_name"])]
-    palette = {"Skew-HiPPO": "0.35"} | dict(zip(names[1:], sns.color_palette()))
-    rows = [("after retraining", lambda i: i == "skew_hippo" or i.endswith("_init"))]
+    names = [n for n in [*BASELINE_LABELS.values(), *METHOD_NAMES.values()] if n in set(runs["method_name"])]
+    colours = palette(names)
+    rows = [("after retraining", lambda i: i in BASELINE_LABELS or i.endswith("_init"))]
     if runs["init"].str.endswith("_no_retrain").any():
-        rows.append(("without retraining", lambda i: i == "skew_hippo" or i.endswith("_no_retrain")))
+        rows.append(("without retraining", lambda i: i in BASELINE_LABELS or i.endswith("_no_retrain")))
     tasks = sorted(runs["task"].unique())
     fig, axes = plt.subplots(len(rows), len(tasks), figsize=(4.2 * len(tasks), 3.4 * len(rows)), squeeze=False)
     for row, (title, wanted) in enumerate(rows):
@@ -59,21 +78,25 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
             hue_order = [n for n in names if n in set(d["method_name"])]
             if len(d):
                 sns.lineplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
-                             palette=palette, errorbar="sd", marker="o", ax=ax, legend=col == 0)
+                             palette=colours, errorbar="sd", marker="o", ax=ax, legend=col == 0)
                 sns.stripplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
-                              palette=palette, native_scale=True, dodge=False, alpha=0.4, size=3, ax=ax,
+                              palette=colours, native_scale=True, dodge=False, alpha=0.4, size=3, ax=ax,
                               legend=False)
             t = runs[keep & by_tol & (runs["task"] == task)].groupby(["order_spec", "method_name"], as_index=False)[
                 ["order", "test_accuracy"]].mean()
             for spec, name, x, y in t[["order_spec", "method_name", "order", "test_accuracy"]].itertuples(index=False):
-                ax.scatter([x], [y], marker="*", s=90, color=palette.get(name, "0.3"), edgecolor="k", lw=0.4, zorder=5)
+                ax.scatter([x], [y], marker="*", s=90, color=colours.get(name, "0.3"), edgecolor="k", lw=0.4, zorder=5)
             for spec, g in t.groupby("order_spec"):  # one label per tolerance, above its highest star
                 top = g["test_accuracy"].idxmax()
                 ax.annotate(spec, (g.loc[top, "order"], g.loc[top, "test_accuracy"]), textcoords="offset points",
                             xytext=(0, 6), ha="center", fontsize="x-small")
-            full = runs[(runs["task"] == task) & runs["reference"]]["test_accuracy"]
+            ref = runs[(runs["task"] == task) & runs["reference"]]
+            full = ref[ref["init"] == "skew_hippo"]["test_accuracy"]
             if len(full):
                 ax.axhline(full.mean(), ls="--", c="0.3", lw=1, label=f"full N={int(runs['N'].max())}")
+            cont = ref[ref["init"] == "full_continued"]["test_accuracy"]
+            if len(cont):
+                ax.axhline(cont.mean(), ls="-.", c="0.3", lw=1, label="full N, continued")
             ax.set_xscale("log", base=2)
             orders = sorted(d["order"].unique())
             ax.set_xticks(orders, [f"{o:g}" for o in orders])
@@ -124,8 +147,8 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     """Scatter over runs (task × seed × order × method): accuracy of the pretrained full-N model vs the final
     accuracy of the reduction-initialised order-r model, with Pearson's rho."""
     _style(settings)
-    pre = runs[runs["reference"]].set_index(["task", "seed"])["test_accuracy"]
-    bt = runs[runs["init"].str.endswith("_init")].copy()
+    pre = runs[runs["reference"] & (runs["init"] == "skew_hippo")].set_index(["task", "seed"])["test_accuracy"]
+    bt = runs[runs["init"].str.endswith("_init") & runs["method"].isin(REDUCTIONS)].copy()  # no controls
     bt["pretrained_accuracy"] = [pre.get((t, s), np.nan) for t, s in zip(bt["task"], bt["seed"])]
     bt = bt.dropna(subset=["pretrained_accuracy"])
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
@@ -144,4 +167,63 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     ax.set_ylabel("BT-init (retrained) test accuracy" if style == "order" else
                   "reduction-initialised (retrained) test accuracy")
     ax.legend(fontsize="x-small", loc="lower right")
+    _save(fig, paths, settings.get("dpi", 150))
+
+
+def learning_curve_data(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per task, order, init and cumulative epoch: the mean over seeds of the validation accuracy in the runs'
+    history.csv files (beside each metrics file of ``runs``, the runs table). Only trained runs (baselines,
+    ``*_init``, the pretraining) at integer orders. ``epochs`` = the run's epoch + the epochs it started from
+    (``total_epochs - epochs_run``: the pretraining's for a run from the pretrained model, else 0). Columns: task,
+    order, reference, init, name (legend), epochs, val_accuracy, n_seeds."""
+    trained = runs[runs["init"].map(lambda i: i in BASELINE_LABELS or i in CONTINUED_LABELS or i.endswith("_init")) &
+                   runs["order_spec"].astype(str).str.isdigit()]
+    curves = []
+    for row in trained.itertuples(index=False):
+        h = pd.read_csv(Path(row.file).parent / "history.csv")
+        offset = row.total_epochs - row.epochs_run
+        curves.append(pd.DataFrame({"task": row.task, "seed": row.seed, "order": row.order,
+                                    "reference": row.reference, "init": row.init, "name": series_name(row.init),
+                                    "epochs": h["epoch"] + offset, "val_accuracy": h["val_accuracy"]}))
+    if not curves:
+        raise ValueError("learning curves: no trained runs with a fixed order in the runs table")
+    c = pd.concat(curves, ignore_index=True)
+    return c.groupby(["task", "order", "reference", "init", "name", "epochs"], as_index=False).agg(
+        val_accuracy=("val_accuracy", "mean"), n_seeds=("seed", "nunique"))
+
+
+def learning_curves(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
+    """Validation accuracy per epoch against cumulative training epochs, one column per task and one row per
+    (integer) order: every init that was trained (the baselines and each ``*_init``), mean over seeds. A run that
+    starts from the pretrained model starts at the pretraining's epoch count (its epoch 0 is the reduced model);
+    the pretraining itself (full N) is the dotted grey curve from 0, the full_continued control (full N trained
+    further) dash-dotted after it. Validation, not test, accuracy: history.csv
+    has the test accuracy only at epoch 0. Each run's ``history.csv`` lies beside its metrics file."""
+    _style(settings)
+    c = learning_curve_data(runs)
+    tasks = sorted(c["task"].unique())
+    orders = sorted(c.loc[~c["reference"], "order"].unique())
+    names = [n for n in [*BASELINE_LABELS.values(), *METHOD_NAMES.values()] if n in set(c["name"])]
+    colours = palette(names)
+    fig, axes = plt.subplots(max(1, len(orders)), len(tasks), figsize=(4.2 * len(tasks), 3.0 * max(1, len(orders))),
+                             squeeze=False)
+    for col, task in enumerate(tasks):
+        pre = c[(c["task"] == task) & c["reference"] & (c["init"] == "skew_hippo")]
+        cont = c[(c["task"] == task) & c["reference"] & (c["init"] == "full_continued")]
+        for row, order in enumerate(orders or [None]):
+            ax = axes[row][col]
+            if len(pre):
+                ax.plot(pre["epochs"], pre["val_accuracy"], ls=":", c="0.5", lw=1.2, label="pretraining (full N)")
+            if len(cont):
+                ax.plot(cont["epochs"], cont["val_accuracy"], ls="-.", c="0.5", lw=1.2, label="full N, continued")
+            d = c[(c["task"] == task) & ~c["reference"] & (c["order"] == order)]
+            for name in names:
+                g = d[d["name"] == name]
+                if len(g):
+                    ax.plot(g["epochs"], g["val_accuracy"], marker=".", color=colours[name], label=name)
+            ax.set_title(f"{task}, r = {order:g}" if order is not None else task)
+            ax.set_xlabel("cumulative training epochs")
+            ax.set_ylabel("val accuracy (mean over seeds)")
+    axes[0][0].legend(fontsize="x-small")
+    fig.tight_layout()
     _save(fig, paths, settings.get("dpi", 150))

@@ -3,8 +3,18 @@
     stage      method          folder (under results/runs/{task}/seed{s}/)   what it holds
     pretrain   skew_hippo      pretrain                                      the full-N model
     baseline   skew_hippo      skew_hippo_r{order}                           order-r model from Skew-HiPPO
+    baseline   skew_hippo_equal  skew_hippo_equal_r{order}                   the same, trained for the pretraining +
+                                                                             retraining epochs (equal-budget control)
     reduce     bt|bsp|...      {method}_r{order}                             the reduced model, not retrained
     retrain    bt|bsp|...      {method}_init_r{order}                        retrained from the reduced model
+    continue   full            full_continued                                the pretrained model trained for the
+                                                                             retraining epochs more (control)
+
+A reduce "method" may be a control of the comparison rather than a reduction (``registry.Method.control``:
+transplant, random_modes); it flows through reduce and retrain like the others. The controls a config can select
+(its ``controls`` list) are ``TRAINING_CONTROLS`` (their own training rule) and the registry's control methods.
+
+``{method}_continued`` (``full_continued``) is the table key of the continued full-N model.
 
 ``init`` is the older name of the same information, kept in every metrics file so tables read old and new runs
 alike: the Lambda init of a trained model (``skew_hippo``), ``from_reduced`` for a retrained one,
@@ -15,7 +25,11 @@ from __future__ import annotations
 
 from typing import Any
 
-STAGES = ("pretrain", "baseline", "reduce", "retrain", "evaluate")
+STAGES = ("pretrain", "baseline", "reduce", "retrain", "continue", "evaluate")
+# the method names of a baseline run (order r, trained from an init): the plain one and the equal-budget control
+BASELINE_METHODS = ("skew_hippo", "skew_hippo_equal")
+# controls with their own training rule (the others are reduce methods of the registry with control=True)
+TRAINING_CONTROLS = ("skew_hippo_equal", "full_continued")
 
 
 def run_name(stage: str, method: str, order: str) -> str:
@@ -28,14 +42,17 @@ def run_name(stage: str, method: str, order: str) -> str:
         return f"{method}_r{order}"
     if stage == "retrain":
         return f"{method}_init_r{order}"
-    raise ValueError(f"stage {stage!r} has no run folder; stages with one: pretrain, baseline, reduce, retrain")
+    if stage == "continue":
+        return f"{method}_continued"
+    raise ValueError(f"stage {stage!r} has no run folder; stages with one: pretrain, baseline, reduce, retrain, "
+                     "continue")
 
 
 def describe_run(stage: str, method: str, order: str | None) -> dict[str, Any]:
     """The naming fields of a metrics file: stage, method, run (folder name, None for evaluate) and init."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    init = {"reduce": f"{method}_no_retrain", "retrain": "from_reduced"}.get(stage, method)
+    init = {"reduce": f"{method}_no_retrain", "retrain": "from_reduced", "continue": "from_pretrained"}.get(stage, method)
     run = None if stage == "evaluate" else run_name(stage, method, order or "")
     return {"stage": stage, "method": method, "run": run, "init": init}
 
@@ -50,4 +67,6 @@ def table_init(metrics: dict[str, Any]) -> str:
         return f"{metrics['method']}_init"
     if stage == "reduce":
         return f"{metrics['method']}_no_retrain"
+    if stage == "continue":
+        return f"{metrics['method']}_continued"
     return metrics["method"]

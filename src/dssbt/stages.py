@@ -7,6 +7,7 @@ they call (``train``, ``reduction.apply``, ``evaluate``).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,13 +34,15 @@ def _orders(order: int | None, layer_orders: PathLike | None) -> tuple[int | lis
 
 def train_job(data: PathLike, out_dir: PathLike, init: str, seed: int = 0, hparams: str = "{}",
               order: int | None = None, layer_orders: PathLike | None = None, reduced: PathLike | None = None,
-              device: str = "cpu", log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Train one model (pretraining, baseline or retraining: ``train.train``); returns {model, metrics, history}."""
+              device: str = "cpu", log: Callable[[str], None] = print,
+              method: str | None = None) -> dict[str, Path]:
+    """Train one model (pretraining, baseline or retraining: ``train.train``); returns {model, metrics, history}.
+    ``method`` names a baseline run other than its init (``skew_hippo_equal``: the equal-budget control)."""
     from .train import train
 
     orders, spec = _orders(order, layer_orders)
     train(data, hparams, init, seed, out_dir, order=orders, order_spec=None if spec is None else spec.label,
-          reduced=reduced, device=device, log=log)
+          reduced=reduced, device=device, log=log, method=method)
     out = Path(out_dir)
     return {"model": out / "model.pt", "metrics": out / "metrics.json", "history": out / "history.csv"}
 
@@ -66,6 +69,7 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
     from .train import load_task
 
+    t0 = time.perf_counter()
     if (data is None) != (metrics is None):
         raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
     orders, spec = _orders(order, layer_orders)
@@ -77,7 +81,8 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     L = kernel_length or meta.get("l_max")
     if not L:
         raise ValueError(f"{checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
-    reduced, rep = ModelReducer(model, route, int(L)).reduce(method, orders, hp.reduction.get(method, {}))
+    reduced, rep = ModelReducer(model, route, int(L)).reduce(method, orders, hp.reduction.get(method, {}),
+                                                             seed=meta.get("seed"))  # a control's seed
     rep.update(order_spec=spec.label, checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     if layer_orders is not None:
         rep.update(layer_orders_file=str(layer_orders), **{spec.kind: spec.value})
@@ -87,7 +92,8 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
         run = describe_run("reduce", method, spec.wildcard)
         measured = base_metrics(task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state,
                                 spec.label) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test")) | {
-            "reduced_from": str(checkpoint), "epochs_run": 0, "route": route}
+            "reduced_from": str(checkpoint), "epochs_run": 0, "route": route,
+            "wall_time_s": time.perf_counter() - t0}  # reduction and evaluation
         reduced.cpu()
     reduction = {"method": method, "route": route, "r": order, "layer_orders": reduced.cfg.orders_by_layer(),
                  "order_spec": spec.label}

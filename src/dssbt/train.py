@@ -34,9 +34,9 @@ from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model
 from .reduction.hankel import hankel_penalty
 from .resume import ResumeState
-from .runs import describe_run
+from .runs import BASELINE_METHODS, describe_run
 
-TRAIN_INITS = (*INITS, "from_reduced")
+TRAIN_INITS = (*INITS, "from_reduced", "from_pretrained")  # from_*: start from a model file
 SSM_PARAMS = ("Lambda_log_neg_re", "Lambda_im", "B", "C", "log_dt")
 
 
@@ -63,6 +63,8 @@ def model_config(meta: dict[str, Any], hp: Hparams, init: str, order: int | list
         raise ValueError(f"order r={order} must satisfy 1 <= r < N={N} (model.d_state)")
     if init == "from_reduced" and order is None:
         raise ValueError("init from_reduced needs --order r or --layer-orders (the state sizes of the reduced model)")
+    if init == "from_pretrained" and order is not None:
+        raise ValueError("init from_pretrained continues the full-N model: no --order or --layer-orders")
     task = {k: meta[k] for k in ("d_input", "d_output", "encoder", "dual")}
     uniform = order if isinstance(order, int) else N
     cfg = ModelConfig.from_dict({**hp.model, **task, "d_state": uniform, "init": init if init in INITS else "skew_hippo"})
@@ -113,27 +115,36 @@ def train(
     reduced: str | os.PathLike | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    method: str | None = None,
 ) -> dict[str, Any]:
     """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
 
     ``order``: None (full N: pretraining), r, or one order per layer (then ``order_spec`` names how they were
-    chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``) or ``from_reduced`` with ``reduced``, the
-    model file written by ``dssbt reduce``.
+    chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``), ``from_reduced`` with ``reduced``, the
+    model file written by ``dssbt reduce``, or ``from_pretrained`` with ``reduced`` the pretrained full-N model file
+    (the ``full_continued`` control: that model trained further, stage ``continue``, method ``full``). ``method``: the run's method name in its metrics (and so its run folder
+    name, ``dssbt.runs.run_name``) for a baseline of order r, e.g. ``skew_hippo_equal`` for the equal-budget
+    control (``runs.BASELINE_METHODS``); default the init.
     """
+    if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
+        raise ValueError(f"--method {method!r}: only a baseline of order r (not from_reduced, not the full-N "
+                         f"pretraining) takes a method name, one of {list(BASELINE_METHODS)}")
     hp = parse_hparams(hparams)
     meta, data = load_task(data_dir)
     cfg = model_config(meta, hp, init, order)
     dev = resolve_device(device)
-    if init == "from_reduced" and reduced is None:
-        raise ValueError("init from_reduced needs --reduced (the model file written by dssbt reduce)")
+    if init.startswith("from_") and reduced is None:
+        raise ValueError(f"init {init} needs --reduced (the model file to start from: written by dssbt reduce for "
+                         "from_reduced, the pretrained model for from_pretrained)")
     torch.manual_seed(seed)
     model = S4Model(cfg)
-    method = init
-    if init == "from_reduced":
+    method = method or init
+    if init.startswith("from_"):
         start, start_meta = load_model(reduced, expect=cfg)
         model.load_state_dict(start.state_dict())
-        method = start_meta.get("reduction", {}).get("method") or "bt"
-    stage = "retrain" if init == "from_reduced" else "pretrain" if order is None else "baseline"
+        method = (start_meta.get("reduction", {}).get("method") or "bt") if init == "from_reduced" else "full"
+    stage = {"from_reduced": "retrain", "from_pretrained": "continue"}.get(
+        init, "pretrain" if order is None else "baseline")
     run = describe_run(stage, method, None if order is None else _order_folder(order, order_spec))
     model.to(dev)
     opt = optimizer(model, hp)

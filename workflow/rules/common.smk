@@ -7,10 +7,10 @@ import os
 
 from dssbt.data import EMBEDDED_TASKS
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
-from dssbt.hparams import DEFAULT_D_STATE
+from dssbt.hparams import DEFAULT_D_STATE, equal_budget_hparams
 from dssbt.orders import from_wildcard, parse_order
 from dssbt.reduction.registry import METHODS as REDUCTION_METHODS
-from dssbt.runs import run_name
+from dssbt.runs import TRAINING_CONTROLS, run_name
 
 CONDA_ENV = "../envs/dssbt.yaml"
 # glibc returns every freed block above 32 MiB to the OS and maps it again on the next step: millions of page
@@ -20,10 +20,15 @@ TRAIN_RULES = (
     "pretrain",
     "train_baseline",
     "retrain",
+    "train_equal_budget",
+    "continue_full",
 )  # resources: default, then 'train', then the rule's own
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
-METHODS = config["methods"]
+CONTROLS = config.get("controls", [])
+# the reduce -> retrain chain runs every compared method and every control that is a registry method (transplant,
+# random_modes); the other controls (skew_hippo_equal) have their own rule
+METHODS = config["methods"] + [c for c in CONTROLS if c not in TRAINING_CONTROLS]
 
 
 def _order_specs():
@@ -106,6 +111,17 @@ check_config()
 
 
 @functools.cache
+def equal_budget_hparams_json(task):
+    """Hyper-parameters of the equal-budget Skew-HiPPO control: the baseline's, with epochs = pretraining +
+    retraining epochs (dssbt.hparams.equal_budget_hparams)."""
+    return equal_budget_hparams(
+        hparams_json(task, "train"),
+        hparams_json(task, "retrain"),
+        pretrain=hparams_json(task, "pretrain"),
+    )
+
+
+@functools.cache
 def reduce_hparams_json(task, method):
     """What a reduce job depends on besides its inputs: the evaluation settings of the retrain stage (its accuracy)
     and, where set, the method's options (reduction.h2); other methods' jobs never see them.
@@ -174,12 +190,43 @@ def expand_runs(stage, filename, method="{method}"):
     )
 
 
+def baseline_methods():
+    """The baseline runs at every order: plain Skew-HiPPO, and the equal-budget control where selected."""
+    return ["skew_hippo"] + [c for c in CONTROLS if c == "skew_hippo_equal"]
+
+
+def continued_runs(filename):
+    """The full_continued control's files (one run per task and seed), where config controls lists it."""
+    if "full_continued" not in CONTROLS:
+        return []
+    return expand(f"{run_dir('continue', 'full')}{filename}", task=TASKS, seed=SEEDS)
+
+
 def all_metrics():
     return (
         expand_runs("pretrain", "metrics.json")
-        + expand_runs("baseline", "metrics.json", method="skew_hippo")
+        + continued_runs("metrics.json")
+        + [
+            f
+            for m in baseline_methods()
+            for f in expand_runs("baseline", "metrics.json", method=m)
+        ]
         + expand_runs("reduce", "metrics.json")
         + expand_runs("retrain", "metrics.json")
+    )
+
+
+def all_histories():
+    """history.csv of every trained run: pretraining, the baselines, every retraining (the learning curves)."""
+    return (
+        expand_runs("pretrain", "history.csv")
+        + continued_runs("history.csv")
+        + [
+            f
+            for m in baseline_methods()
+            for f in expand_runs("baseline", "history.csv", method=m)
+        ]
+        + expand_runs("retrain", "history.csv")
     )
 
 

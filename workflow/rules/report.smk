@@ -14,6 +14,7 @@ rule aggregate:
         md="results/tables/accuracy.md",
         tex="results/tables/accuracy.tex",
         methods="results/tables/methods.md",
+        differences="results/tables/differences.csv",
     log:
         "logs/aggregate.log",
     conda:
@@ -29,6 +30,7 @@ rule plot:
     input:
         runs="results/tables/runs.csv",
         reports=all_hsv_reports(),
+        histories=all_histories(),
     output:
         accuracy=report(
             multiext("results/plots/accuracy_vs_order", ".png", ".pdf"),
@@ -43,6 +45,11 @@ rule plot:
         scatter=report(
             multiext("results/plots/pretrained_vs_bt", ".png", ".pdf"),
             caption="../report/pretrained_vs_bt.rst",
+            category="Figures",
+        ),
+        curves=report(
+            multiext("results/plots/learning_curves", ".png", ".pdf"),
+            caption="../report/learning_curves.rst",
             category="Figures",
         ),
     log:

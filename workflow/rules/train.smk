@@ -1,5 +1,7 @@
 # Training stages, one rule each, one shape: the pretraining at full N (also the baseline's full-N reference row:
-# trained once), the Skew-HiPPO baseline at every order, and the retraining from the reduced parameters. An order is
+# trained once), the Skew-HiPPO baseline at every order, its equal-budget control (trained for the pretraining +
+# retraining epochs, where config controls lists skew_hippo_equal), the full-N model trained for the retraining
+# epochs more (full_continued), and the retraining from the reduced parameters. An order is
 # an integer r or a per-layer spec (tol0.3); order_input / order_args add the orders file and the flag.
 
 
@@ -50,6 +52,49 @@ use rule pretrain as train_baseline with:
         hparams=lambda wc: hparams_json(wc.task, "train"),
         init="--init skew_hippo",
         order=order_args,
+        out_dir=lambda wc, output: os.path.dirname(output.model),
+        device=config["device"],
+        env=TRAIN_ENV,
+
+
+use rule train_baseline as train_equal_budget with:
+    output:
+        model=run_dir("baseline", "skew_hippo_equal") + "model.pt",
+        metrics=run_dir("baseline", "skew_hippo_equal") + "metrics.json",
+        history=run_dir("baseline", "skew_hippo_equal") + "history.csv",
+    log:
+        "logs/train_equal_budget/{task}/seed{seed}_r{order}.log",
+    benchmark:
+        "benchmarks/train_equal_budget/{task}/seed{seed}_r{order}.tsv"
+    resources:
+        **rule_resources("train_equal_budget"),
+    params:
+        hparams=lambda wc: equal_budget_hparams_json(wc.task),
+        init="--init skew_hippo --method skew_hippo_equal",
+        order=order_args,
+        out_dir=lambda wc, output: os.path.dirname(output.model),
+        device=config["device"],
+        env=TRAIN_ENV,
+
+
+use rule pretrain as continue_full with:
+    input:
+        data=prepared("{task}"),
+        model=run_dir("pretrain") + "model.pt",
+    output:
+        model=run_dir("continue", "full") + "model.pt",
+        metrics=run_dir("continue", "full") + "metrics.json",
+        history=run_dir("continue", "full") + "history.csv",
+    log:
+        "logs/continue_full/{task}/seed{seed}.log",
+    benchmark:
+        "benchmarks/continue_full/{task}/seed{seed}.tsv"
+    resources:
+        **rule_resources("continue_full"),
+    params:
+        hparams=lambda wc: hparams_json(wc.task, "retrain"),
+        init=lambda wc, input: f"--init from_pretrained --reduced {input.model}",
+        order="",
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
         env=TRAIN_ENV,

@@ -31,6 +31,9 @@ def reduce(
     (``METHODS[method].options``, e.g. h2: ``tol``, ``max_iter``).
     """
     m = get_method(method)
+    if m.control:  # transplant, random_modes act on a model's stored parameters: ModelReducer.reduce
+        raise ValueError(f"{method!r} is a control, not a reduction of channel arrays; reduce a model with "
+                         f"dssbt.reduction.apply.ModelReducer(model).reduce({method!r}, r, seed=seed)")
     unknown = sorted(set(options) - set(m.options))
     if unknown:
         raise ValueError(f"reduction method {method!r} has no option(s) {unknown}; known: {sorted(m.options)}")

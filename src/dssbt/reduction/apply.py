@@ -17,7 +17,7 @@ from ..dss import DSS, ss_kernel
 from ..model import S4Model
 from ..orders import OrderSpec
 from .balanced import BalancedFactors, balance
-from .registry import System, check_route, get_method
+from .registry import CONTROL_PARAMS, ControlInput, Method, System, check_route, get_method
 
 
 class ModelReducer:
@@ -88,7 +88,7 @@ class ModelReducer:
                 "discarded_energy": fractions, "N": self.sizes, **extra}
 
     def reduce(
-        self, method: str, orders: int | list[int], options: dict[str, Any] | None = None
+        self, method: str, orders: int | list[int], options: dict[str, Any] | None = None, seed: int | None = None
     ) -> tuple[S4Model, dict[str, Any]]:
         """The model with every layer reduced by ``method`` to ``orders`` (one r for all layers, 1 <= r < N, or one
         order per layer, 1 <= r_i <= N_i; a layer whose order equals its size is copied unchanged), and its report.
@@ -99,6 +99,10 @@ class ModelReducer:
         2 * discarded HSVs; modal: the sum of the discarded modes' dominance), rank, n_clamped, rel_kernel_error
         ``||K - K_r||_2 / ||K||_2`` over ``kernel_length`` steps (n_dir, H) computed from the weights actually
         stored, and for h2 the converged flags.
+
+        A control (``registry.Method.control``: transplant, random_modes) needs the run's ``seed`` and replaces the
+        stored Lambda, B, C of every layer (also one whose order equals its size) with what it returns; its report
+        has per layer ``control: true``, the indices of the modes it ``kept`` (random_modes) and the kernel error.
         """
         m = get_method(method)
         options = dict(options or {})
@@ -117,6 +121,8 @@ class ModelReducer:
         report = {"method": method, "route": self.route, "N": model.cfg.d_state,
                   "r": orders if isinstance(orders, int) else None, "layer_orders": layer_orders,
                   "kernel_length": self.kernel_length, "options": options, "layers": []}
+        if m.control:
+            return self._control(m, reduced, layer_orders, seed, report)
         for i, (full, red, r) in enumerate(zip(model.dss_layers(), reduced.dss_layers(), layer_orders)):
             if r == self.sizes[i]:  # nothing to remove in this layer: copy it
                 red.load_state_dict(full.state_dict())
@@ -147,6 +153,32 @@ class ModelReducer:
             })
         return reduced, report
 
+    def _control(self, m: Method, reduced: S4Model, layer_orders: list[int], seed: int | None,
+                 report: dict[str, Any]) -> tuple[S4Model, dict[str, Any]]:
+        """Every layer's Lambda, B, C from the control ``m`` (see ``reduce``); D, dt and the rest are copied."""
+        if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"control {m.name!r} needs the run's seed (an integer, from the checkpoint metadata), "
+                             f"got {seed!r}")
+        fresh = fresh_skew_hippo(reduced.cfg, int(seed)) if m.uses_fresh_model else None
+        report["seed"] = int(seed)
+        for i, (full, red, r) in enumerate(zip(self.model.dss_layers(), reduced.dss_layers(), layer_orders)):
+            params = {k: getattr(full, k).detach() for k in CONTROL_PARAMS}
+            fresh_i = None if fresh is None else {k: getattr(fresh.dss_layers()[i], k).detach() for k in CONTROL_PARAMS}
+            res = m.run(ControlInput(params, fresh_i, np.random.default_rng([int(seed), i])), r)
+            with torch.no_grad():
+                for k in CONTROL_PARAMS:
+                    target = getattr(red, k)
+                    if tuple(res.params[k].shape) != tuple(target.shape):
+                        raise ValueError(f"control {m.name!r}, layer {i}: {k} has shape {tuple(res.params[k].shape)}, "
+                                         f"the order-{r} layer needs {tuple(target.shape)}")
+                    target.copy_(res.params[k])
+            report["layers"].append({
+                "layer": i, "r": r, "control": True,
+                **({} if res.kept is None else {"kept": res.kept.tolist()}),
+                "rel_kernel_error": relative_kernel_error(full, red, self.kernel_length).tolist(),
+            })
+        return reduced, report
+
     def _check_orders(self, orders: int | list[int]) -> list[int]:
         def is_int(r: Any) -> bool:
             return isinstance(r, (int, np.integer)) and not isinstance(r, bool)
@@ -170,9 +202,19 @@ def reduce_model(
     route: str = "discrete",
     kernel_length: int = 1024,
     options: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> tuple[S4Model, dict[str, Any]]:
-    """``ModelReducer(model, route, kernel_length).reduce(method, orders, options)``: see there."""
-    return ModelReducer(model, route, kernel_length).reduce(method, orders, options)
+    """``ModelReducer(model, route, kernel_length).reduce(method, orders, options, seed)``: see there."""
+    return ModelReducer(model, route, kernel_length).reduce(method, orders, options, seed)
+
+
+def fresh_skew_hippo(cfg, seed: int) -> S4Model:
+    """The order-r model a baseline of this seed starts from: ``torch.manual_seed(seed); S4Model(cfg)`` with the
+    Skew-HiPPO init, as ``train.train`` builds it (so its Lambda, B, C are bit-identical to that baseline's at
+    epoch 0). ``cfg``: the order-r architecture (``ModelConfig``). Torch's global RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return S4Model(cfg.replace(init="skew_hippo"))
 
 
 def discarded_energy_share(hsv: np.ndarray) -> np.ndarray:
@@ -202,4 +244,4 @@ def relative_kernel_error(full: DSS, reduced: DSS, L: int) -> np.ndarray:
     return (torch.linalg.vector_norm(diff, dim=-1) / torch.linalg.vector_norm(K[0], dim=-1)).numpy()
 
 
-__all__ = ["ModelReducer", "discarded_energy_share", "reduce_model", "relative_kernel_error"]
+__all__ = ["ModelReducer", "discarded_energy_share", "fresh_skew_hippo", "reduce_model", "relative_kernel_error"]

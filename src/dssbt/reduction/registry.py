@@ -4,6 +4,17 @@ the hyper-parameter options (``reduction.<method>``) and the table labels are de
 A method is called as ``run(factors, system, r, **options)``: ``system`` is the batch of channels
 ``(Lambda, B, C, dt)`` (complex128 (..., N), dt None or (...,)), ``factors`` its ``BalancedFactors`` when the method
 ``uses_balance`` (computed once per layer and shared by every order and every such method), else None.
+
+A *control* (``Method.control``) is not a reduction but a check of what BT's parameters are worth; it flows
+through the same reduce -> retrain chain (run folders ``{name}_r{order}``, ``{name}_init_r{order}``) and is selected
+by the config's ``controls`` list, not by ``methods``. A control acts on the stored parameters of a layer, so what
+it keeps is bit-identical to its source: ``run(ControlInput, r) -> ControlResult``.
+
+    transplant    Lambda, B, C of a fresh order-r Skew-HiPPO model of the run's seed (built exactly as the
+                  baseline of that seed is, ``train.train``); D, dt and every non-SSM weight from the pretrained
+                  model. Whatever BT-init gains beyond this is due to the reduced Lambda, B, C.
+    random_modes  r modes of each pretrained channel, picked uniformly at random (a generator seeded by the run's
+                  seed and the layer index only) and kept unchanged: the reduction without any selection.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+import torch
 
 from .balanced import BalancedFactors, ReducedSystem, truncate
 from .methods import h2_reduction, modal_singular_perturbation, modal_truncation, singular_perturbation
@@ -28,14 +40,39 @@ class System(NamedTuple):
     dt: np.ndarray | None
 
 
+# the stored DSS parameters a control replaces (D and log_dt are always the pretrained model's)
+CONTROL_PARAMS = ("Lambda_log_neg_re", "Lambda_im", "B", "C")
+
+
+class ControlInput(NamedTuple):
+    """What a control sees of one layer. ``params``: the pretrained layer's stored parameters (CONTROL_PARAMS:
+    Lambda_log_neg_re, Lambda_im float32 (n_dir, H, N); B, C float32 (n_dir, H, N, 2), real views of complex);
+    ``fresh``: the same of the layer of a fresh order-r Skew-HiPPO model of the run's seed (r modes; None unless
+    the method ``uses_fresh_model``); ``rng``: a generator seeded by (seed, layer index)."""
+
+    params: dict[str, torch.Tensor]
+    fresh: dict[str, torch.Tensor] | None
+    rng: np.random.Generator
+
+
+class ControlResult(NamedTuple):
+    """The layer's new stored parameters (CONTROL_PARAMS, r modes) and, where modes were kept, their indices into
+    the pretrained channel (int64 (n_dir, H, r), ascending), else None."""
+
+    params: dict[str, torch.Tensor]
+    kept: np.ndarray | None
+
+
 @dataclass(frozen=True)
 class Method:
     name: str  # the config / CLI / run folder name
     label: str  # the name in tables and plots
     uses_balance: bool  # starts from the balanced factorisation (shared across orders and methods)
-    run: Callable[..., ReducedSystem]
+    run: Callable[..., ReducedSystem] | Callable[[ControlInput, int], ControlResult]
     options: dict[str, type] = field(default_factory=dict)  # reduction.<name> keys and their types
     routes: tuple[str, ...] = ROUTES
+    control: bool = False  # a control (config `controls`, run(ControlInput, r)), not a reduction (`methods`)
+    uses_fresh_model: bool = False  # a control that needs the fresh order-r Skew-HiPPO model of the run's seed
 
 
 def _bt(f: BalancedFactors, s: System, r: int) -> ReducedSystem:
@@ -58,6 +95,27 @@ def _h2(f: BalancedFactors, s: System, r: int, **options: Any) -> ReducedSystem:
     return h2_reduction(f, s.Lambda, s.B, s.C, r, **options)
 
 
+def _transplant(inp: ControlInput, r: int) -> ControlResult:
+    return ControlResult({k: inp.fresh[k].detach().clone() for k in CONTROL_PARAMS}, None)
+
+
+def _random_modes(inp: ControlInput, r: int) -> ControlResult:
+    shape = tuple(inp.params["Lambda_im"].shape)  # (n_dir, H, N)
+    if not 1 <= r <= shape[-1]:
+        raise ValueError(f"random_modes: order r={r} must lie in [1, N={shape[-1]}]")
+    # one permutation per channel, its first r entries kept: the draw does not depend on r, so the modes kept at
+    # a smaller order are among those kept at a larger one
+    perm = inp.rng.permuted(np.broadcast_to(np.arange(shape[-1]), shape), axis=-1)
+    kept = np.sort(perm[..., :r], axis=-1)
+    index = torch.from_numpy(kept)
+    out = {}
+    for k in CONTROL_PARAMS:
+        p = inp.params[k].detach()
+        idx = index if p.dim() == 3 else index[..., None].expand(*index.shape, p.shape[-1])
+        out[k] = torch.gather(p, 2, idx).clone()
+    return ControlResult(out, kept)
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -66,8 +124,13 @@ METHODS: dict[str, Method] = {
         Method("modal", "Modal", False, _modal),
         Method("h2", "H2 (IRKA)", True, _h2, options={"tol": float, "max_iter": int}),
         Method("msp", "Modal SP", False, _msp),
+        Method("transplant", "Transplant", False, _transplant, control=True, uses_fresh_model=True),
+        Method("random_modes", "Random modes", False, _random_modes, control=True),
     )
 }
+# the reductions compared (config `methods`) and the controls among the methods (config `controls`)
+REDUCTIONS = tuple(name for name, m in METHODS.items() if not m.control)
+CONTROL_METHODS = tuple(name for name, m in METHODS.items() if m.control)
 
 
 def get_method(name: str) -> Method:
@@ -83,4 +146,5 @@ def check_route(route: str) -> str:
     return route
 
 
-__all__ = ["METHODS", "Method", "ROUTES", "System", "check_route", "get_method"]
+__all__ = ["CONTROL_METHODS", "CONTROL_PARAMS", "ControlInput", "ControlResult", "METHODS", "Method", "REDUCTIONS",
+           "ROUTES", "System", "check_route", "get_method"]
