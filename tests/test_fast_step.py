@@ -202,3 +202,17 @@ def test_next_fast_len_is_the_smallest_5_smooth_size():
         assert next_fast_len(n) == want, n
     with pytest.raises(ValueError, match="n >= 1"):
         next_fast_len(0)
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_fast_path_runs_under_bfloat16_autocast(norm):
+    """optim.amp: activations may reach the DSS layer in bfloat16 (its FFTs run in the parameters' float32)."""
+    torch.manual_seed(0)
+    model = S4Model(ModelConfig(d_input=1, d_output=3, d_model=8, d_state=4, n_layers=2, norm=norm))
+    x = torch.randn(3, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = model(x)
+        ref = model(x, reference=True)
+    fast.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    torch.testing.assert_close(fast.float(), ref.float(), rtol=0.05, atol=0.05)  # bfloat16 round-off

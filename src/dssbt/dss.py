@@ -338,7 +338,8 @@ class DSS(nn.Module):
         n = next_fast_len(2 * L - 1)
         k = circular_kernel(self.kernel(L), n)  # (H, L) or (H, n)
         k = torch.cat([k[:, :1] + self.D.unsqueeze(-1), k[:, 1:]], dim=-1)  # D u is the lag-0 tap
-        return FFTConv.apply(u, k, n)
+        # in the parameters' dtype: under autocast u may arrive in bfloat16, which torch's FFTs do not take
+        return FFTConv.apply(u.to(k.dtype), k, n)
 
     def forward_reference(self, u: Tensor) -> Tensor:
         """The original convolution path (complex-arithmetic kernel, autograd through ``torch.fft`` at size 2L).

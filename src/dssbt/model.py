@@ -134,7 +134,10 @@ class ModelConfig:
 class _LinearFromChannelMajor(torch.autograd.Function):
     """Row blocks of ``y = z^T W^T + b`` for channel-major z (see ``linear_from_channel_major``)."""
 
+    # Under CUDA autocast (optim.amp) the matmuls run in float32: the out= writes and the hand-written backward
+    # need one dtype (cast_inputs disables autocast inside, custom_bwd runs the backward in the same state).
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor, parts: int) -> Tensor:  # type: ignore[override]
         H_in, M = z.shape
         W, b = weight.view(parts, -1, H_in), bias.view(parts, -1)  # (parts, H_part, H_in), (parts, H_part)
@@ -146,6 +149,7 @@ class _LinearFromChannelMajor(torch.autograd.Function):
         return y  # (parts, M, H_part)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g: Tensor):  # type: ignore[override]
         z, weight = ctx.saved_tensors
         W = weight.view(ctx.parts, -1, z.shape[0])
