@@ -68,9 +68,10 @@ def test_default_config_dry_run_job_counts(tmp_path):
 
 def test_lra_preset_dry_run_needs_no_data(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions
+    # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions; one extract job
+    # unpacks the four tasks of lra_release.gz in a single pass
     assert job_counts(wf, "--configfile", "workflow/presets/lra.yaml") == {
-        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "reduce": 72, "retrain": 72,
+        "download": 3, "extract_lra": 1, "prepare": 6, "pretrain": 18, "train_baseline": 72, "reduce": 72, "retrain": 72,
         "aggregate": 1, "plot": 1}
 
 
