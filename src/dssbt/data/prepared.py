@@ -91,24 +91,33 @@ def _smallest_uint(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def pixel_codes_inplace(pixels: np.ndarray, rows: int = 4096) -> np.ndarray:
+def pixel_codes_inplace(pixels: np.ndarray, rows: int = 4096, block: int = 64) -> np.ndarray:
     """Overwrite uint8 pixel values (n, L) with the codes :func:`_pixel_codes` would give them; returns the
     pixel value of each code, uint8 (k,), k <= 256.
 
-    For a strictly increasing normalisation f, ``_pixel_codes(f(pixels))`` gives these same codes and the table
-    ``f(values)``: so an image reader can keep its pixels as uint8 and never build the float32 split (the prepared
-    files are byte-for-byte those of the float32 route). Memory: one chunk of ``rows`` rows as a temporary.
+    For a strictly increasing normalisation f, ``_pixel_codes(f(pixels), rows)`` gives these same codes and the
+    table ``f(values)``: so an image reader can keep its pixels as uint8 and never build the float32 split (the
+    prepared files are byte-for-byte those of the float32 route). The codes depend on the chunks of ``rows`` rows
+    (values new in a chunk get the next codes, in increasing order); the work goes ``block`` rows at a time, so
+    the temporaries are a few blocks of uint8 (Path-X: 1 MiB each), whatever ``rows``.
     """
     if pixels.dtype != np.uint8:
         raise ValueError(f"pixel_codes_inplace needs uint8 pixels, got {pixels.dtype}")
     values = np.zeros(0, np.uint8)  # code -> pixel value, in order of first appearance (sorted within a chunk)
     lut = np.zeros(256, np.uint8)  # pixel value -> code
-    for start in range(0, len(pixels), rows):
-        chunk = pixels[start : start + rows]
-        new = np.setdiff1d(np.unique(chunk), values)  # exactly as _pixel_codes; unique copies one uint8 chunk
+    n = len(pixels)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        present = np.zeros(256, bool)
+        for b in range(start, stop, block):
+            present[np.unique(pixels[b : min(b + block, stop)])] = True
+        present[values] = False
+        new = np.flatnonzero(present).astype(np.uint8)  # = np.setdiff1d(np.unique(chunk), values), sorted
         lut[new] = np.arange(len(values), len(values) + len(new))
         values = np.concatenate([values, new])
-        chunk[...] = lut[chunk]  # fancy indexing casts the uint8 index chunk in buffers (np.take would copy it)
+        for b in range(start, stop, block):
+            blk = pixels[b : min(b + block, stop)]
+            blk[...] = lut[blk]
     return values
 
 
