@@ -2,7 +2,8 @@
 
 Names: layer (DSS layer fwd+bwd vs a textbook reference), reduction (BT of a whole model vs per-channel library
 and scipy loops), inference (recurrent and convolution-mode inference of full vs BT-reduced models), workflow
-(Snakemake dry run of the LRA preset and no-op rerun). Default: all four, in that order. Each runs as its own
+(Snakemake dry run of the LRA preset and no-op rerun), prepare_memory (peak RSS of `dssbt prepare` on each LRA
+task at its real size, synthetic data). Default: all five, in that order. Each runs as its own
 process (``python bench/<name>.py``), one after the other, never concurrently; its output is streamed, and a
 summary of every RATIO / TARGET / CHECK line and the wall time of each benchmark is printed at the end.
 ``--quick``: tiny sizes, 1-2 repeats, no tiny workflow run -- keeps the scripts working (tests/test_bench.py);
@@ -29,6 +30,7 @@ NAMES = {
     "reduction": "reduction.py",
     "inference": "inference.py",
     "workflow": "workflow.py",
+    "prepare_memory": "prepare_memory.py",
 }
 
 

@@ -1,9 +1,9 @@
-"""The benchmark scripts keep working: ``python bench/run.py --quick`` runs all four at tiny sizes.
+"""The benchmark scripts keep working: ``python bench/run.py --quick`` runs all five at tiny sizes.
 
 Timings at tiny sizes mean nothing and are not asserted; what is asserted is that every script ran, that every
 correctness check it prints passed (layer outputs and gradients equal a textbook reference; HSVs and reduced
 transfer functions equal python-control/slycot and scipy; recurrent equals convolution mode; the LRA dry run
-plans 245 jobs), and that each printed its figures.
+plans 246 jobs; each task's prepared sizes are the generated ones), and that each printed its figures.
 """
 
 import os
@@ -24,7 +24,8 @@ EXPECTED_CHECKS = {
     "reduction transfer functions equal python-control/slycot", "reduction transfer functions equal scipy-Lyapunov BT",
     "inference recurrent step equals convolution mode", "inference reduced models have state size r",
     "workflow LRA dry run plans the full grid", "workflow tiny dry run plans jobs",
-}
+} | {f"prepare_memory {t} sizes are the generated ones" for t in
+     ("listops", "text", "retrieval", "image", "pathfinder", "pathx")}
 EXPECTED_FIGURES = [
     r"^RATIO layer L=\d+ speed-up ours vs textbook: [\d.]+x",
     r"^MEMORY layer L=\d+ ours: peak RSS \d+ MiB",
@@ -35,7 +36,8 @@ EXPECTED_FIGURES = [
     r"^RATIO inference convolution-mode speed-up",
     r"^MEMORY inference r=\d+: weights",
     r"^TARGET workflow LRA dry run.*: median [\d.]+ s",
-]
+] + [rf"^MEMORY prepare {t}: peak RSS \d+ MiB"
+      for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")]
 
 
 @pytest.mark.slow
@@ -43,7 +45,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
     pytest.importorskip("control", reason="the reduction benchmark compares with python-control (test extra)")
     pytest.importorskip("slycot", reason="python-control's balred needs slycot (test extra)")
     p = subprocess.run([sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                       env=ENV, timeout=300)
+                       env=ENV, timeout=420)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
     checks = dict(re.findall(r"^CHECK (.+?): (ok|FAIL)", p.stdout, re.M))
@@ -51,7 +53,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
     assert all(v == "ok" for v in checks.values()), {k: v for k, v in checks.items() if v != "ok"}
     for pattern in EXPECTED_FIGURES:
         assert re.search(pattern, p.stdout, re.M), pattern
-    for name in ("layer", "reduction", "inference", "workflow"):
+    for name in ("layer", "reduction", "inference", "workflow", "prepare_memory"):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
 
