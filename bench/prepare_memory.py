@@ -17,6 +17,11 @@ reviews (4096 characters); AAN 147,086 / 18,090 / 17,437 pairs of two documents 
 curv_contour_length_14: 160,000 / 20,000 / 20,000 after the 80/10/10 split). ``--quick``: 1/500 of that (the
 suite; figures meaningless, only the output shapes are checked). ``--plain``: the readers' default options
 (to compare with an older dssbt put first on PYTHONPATH, which has no reference options).
+
+Last, the time of extracting the four tasks of lra_release.gz (ListOps, Retrieval, Pathfinder, Path-X) in one
+pass (``extract_tasks``, the workflow's extract_lra job) against one pass per task (``extract_task``, as each
+prepare job did before), on a synthetic gzip tar of the release's layout (``--archive-mb``, default 300):
+``RATIO extract one pass vs one pass per task``.
 """
 
 from __future__ import annotations
@@ -196,6 +201,75 @@ def prepared_mib(out: Path) -> float:
     return total / 2 ** 20
 
 
+# -------------------------------------------------------------------------------- one pass over lra_release.gz
+
+PNG_BYTES = {32: 250, 64: 700, 128: 2500, 256: 8000}  # typical PNG sizes of the release's images
+DIFFICULTIES = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
+
+
+def build_release(path: Path, target_mb: float, rng: np.random.Generator) -> dict:
+    """A gzip tar in the layout of lra_release.gz: lra_release/listops-1000/, lra_release/lra_release/tsv_data/,
+    lra_release/pathfinder{32,64,128,256}/{3 difficulties}/{metadata,imgs}; PNG members of random bytes (PNGs
+    do not compress further), text members of random text. Returns its size and member count."""
+    import io
+    import tarfile
+
+    per_image = sum(PNG_BYTES.values()) * len(DIFFICULTIES)
+    n_img = max(20, int(target_mb * 0.8 * 2 ** 20 / per_image))  # 80 % images, the rest text
+    text = _text_pool(rng, int(target_mb * 0.2 * 2 ** 20)).replace("\t", " ").encode()
+    members = 0
+
+    def add(tar, name, data):
+        nonlocal members
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        members += 1
+
+    with tarfile.open(path, "w:gz", compresslevel=6) as tar:
+        third = len(text) // 6
+        for i, s in enumerate(("train", "val", "test")):
+            add(tar, f"lra_release/listops-1000/basic_{s}.tsv", text[i * third: (i + 1) * third])
+        for i, s in enumerate(("train", "eval", "test")):
+            add(tar, f"lra_release/lra_release/tsv_data/new_aan_pairs.{s}.tsv", text[(3 + i) * third: (4 + i) * third])
+        for res, size in PNG_BYTES.items():
+            for diff in DIFFICULTIES:
+                base = f"lra_release/pathfinder{res}/{diff}"
+                for k in range((n_img + 999) // 1000):
+                    lines = []
+                    for j in range(k * 1000, min(n_img, (k + 1) * 1000)):
+                        add(tar, f"{base}/imgs/{k}/sample_{j}.png", rng.bytes(size))
+                        lines.append(f"imgs/{k} sample_{j}.png {j} {j % 2} 2 14")
+                    add(tar, f"{base}/metadata/{k}.npy", ("\n".join(lines) + "\n").encode())
+    return {"mib": path.stat().st_size / 2 ** 20, "members": members, "images_per_difficulty": n_img}
+
+
+def bench_extract(tmp: Path, target_mb: float) -> bool:
+    """One extract_task pass per task (the former prepare jobs) against one extract_tasks pass (rule
+    extract_lra), on the same archive, side by side in this process."""
+    from dssbt.data.download import extract_task, extract_tasks
+
+    tasks = ("listops", "retrieval", "pathfinder", "pathx")
+    archive = tmp / "lra_release.gz"
+    t = time.perf_counter()
+    info = build_release(archive, target_mb, np.random.default_rng(1))
+    print(f"synthetic lra_release.gz: {info['mib']:.0f} MiB, {info['members']} members, "
+          f"{info['images_per_difficulty']} images per resolution and difficulty (built in "
+          f"{time.perf_counter() - t:.0f} s)", flush=True)
+    t = time.perf_counter()
+    for task in tasks:
+        extract_task(archive, task, tmp / "per_task" / task, log=None)
+    per_task = time.perf_counter() - t
+    t = time.perf_counter()
+    extract_tasks(archive, {task: tmp / "one_pass" / task for task in tasks}, log=None)
+    one_pass = time.perf_counter() - t
+    print(f"RATIO extract one pass vs one pass per task ({len(tasks)} tasks, {info['mib']:.0f} MiB archive): "
+          f"{per_task / one_pass:.2f}x ({per_task:.1f} s -> {one_pass:.1f} s)", flush=True)
+    same = all(sorted(p.relative_to(tmp / "per_task" / t) for p in (tmp / "per_task" / t).rglob("*")) ==
+               sorted(p.relative_to(tmp / "one_pass" / t) for p in (tmp / "one_pass" / t).rglob("*")) for t in tasks)
+    return check("prepare_memory one pass extracts what the per-task passes extract", same, f"{len(tasks)} tasks")
+
+
 def check(name: str, ok: bool, detail: str) -> bool:
     print(f"CHECK {name}: {'ok' if ok else 'FAIL'} ({detail})", flush=True)
     return ok
@@ -207,6 +281,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--plain", action="store_true", help="the readers' default options, not the LRA preset's")
     ap.add_argument("--tmp", default=None, help="folder for the synthetic data (default: the system's temp)")
+    ap.add_argument("--archive-mb", type=float, default=None,
+                    help="size of the synthetic lra_release.gz for the extraction timing (default 300; --quick 4)")
     a = ap.parse_args()
     scale = 1 / 500 if a.quick else 1.0
     ok = True
@@ -243,6 +319,8 @@ def main() -> None:
             if not a.quick:
                 ok &= check(f"prepare_memory {task} stays below one {kind} copy of train", peak - base < wide,
                             f"{peak - base:.0f} MiB above the imports vs {wide:.0f} MiB")
+    with tempfile.TemporaryDirectory(dir=a.tmp, prefix="prepmem-extract-") as tmp:
+        ok &= bench_extract(Path(tmp), a.archive_mb or (4.0 if a.quick else 300.0))
     sys.exit(0 if ok else 1)
 
 
