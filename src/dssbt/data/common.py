@@ -119,13 +119,42 @@ def codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
-def char_counts(texts: Iterable[str], counts: Counter | None = None) -> Counter:
-    """Character counts over ``texts`` (vectorised per text), added to ``counts`` if given."""
-    counts = Counter() if counts is None else counts
+class CharCounter:
+    """Character counts over many texts, vectorised: code points are gathered into batches of ~260,000 and
+    counted with one ``np.bincount`` per batch (memory: one batch)."""
+
+    def __init__(self, batch: int = 1 << 18):
+        self.counts = np.zeros(0, np.int64)  # (max code point + 1,)
+        self.pending: list[np.ndarray] = []
+        self.n_pending, self.batch = 0, batch
+
+    def add(self, text: str) -> None:
+        cp = codepoints(text)
+        self.pending.append(cp)
+        self.n_pending += len(cp)
+        if self.n_pending >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            c = np.bincount(np.concatenate(self.pending))
+            if len(c) > len(self.counts):
+                self.counts = np.concatenate([self.counts, np.zeros(len(c) - len(self.counts), np.int64)])
+            self.counts[: len(c)] += c
+            self.pending, self.n_pending = [], 0
+
+    def counter(self) -> Counter:
+        """The counts so far: character -> count (characters that occur only)."""
+        self._flush()
+        return Counter({chr(int(k)): int(self.counts[k]) for k in np.flatnonzero(self.counts)})
+
+
+def char_counts(texts: Iterable[str]) -> Counter:
+    """Character counts over ``texts`` (see :class:`CharCounter`)."""
+    counter = CharCounter()
     for t in texts:
-        u, c = np.unique(codepoints(t), return_counts=True)
-        counts.update({chr(int(k)): int(v) for k, v in zip(u, c)})
-    return counts
+        counter.add(t)
+    return counter.counter()
 
 
 def keep_length(l_max: int, eos: bool) -> int:
@@ -148,19 +177,18 @@ class Encoder:
         if eos and EOS not in self.index:
             raise ValueError("eos requested but <eos> is not in the vocabulary")
         self.eos = self.index[EOS] if eos else None
-        chars = sorted((ord(tok), i) for tok, i in self.index.items() if i > 1 and len(tok) == 1)
-        self.keys = np.array([c for c, _ in chars], dtype=np.uint32)  # (V',) code points, sorted
-        self.vals = np.array([i for _, i in chars], dtype=np.int64)  # (V',) their ids
+        # characters: a lookup table by code point (ids < 2**16 as uint16: one small table, fast gathers)
+        chars = {ord(tok): i for tok, i in self.index.items() if i > 1 and len(tok) == 1}
+        top = max(chars, default=0)
+        self.lut = np.ones(top + 2, dtype=np.int64)  # (max code point + 2,); the last entry: beyond the table
+        for c, i in chars.items():
+            self.lut[c] = i
 
     def ids(self, doc: str | Sequence[str]) -> np.ndarray:
         """int64 (len(doc) [+ 1],): the ids of ``doc``, then ``<eos>`` if set."""
         if isinstance(doc, str):
             cp = codepoints(doc)
-            if len(self.keys):
-                pos = np.minimum(np.searchsorted(self.keys, cp), len(self.keys) - 1)
-                out = np.where(self.keys[pos] == cp, self.vals[pos], 1)
-            else:
-                out = np.ones(len(cp), np.int64)
+            out = self.lut[np.minimum(cp, len(self.lut) - 1)]  # unknown characters -> 1
         else:
             out = np.array([self.index.get(t, 1) for t in doc], dtype=np.int64)
         if self.eos is not None:

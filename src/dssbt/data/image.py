@@ -24,7 +24,6 @@ test = ``test_batch``. Pixels stay uint8 until stored as codes + table (:mod:`.p
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from pathlib import Path
@@ -66,8 +65,8 @@ def load_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch -> (data uint8 (n, 3072), labels int64 (n,)). Malformed file: DataError."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-        obj = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        with open(path, "rb") as fh:
+            obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
     except OSError as e:
         raise DataError(path, f"cannot read ({e.strerror or e})") from None
     except Exception as e:  # truncated or foreign pickle
@@ -97,21 +96,26 @@ def load_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def grayscale(data: np.ndarray) -> np.ndarray:
     """uint8 (n, 3072) RGB planes -> uint8 (n, 1024) luma, exactly as PIL's ``convert("L")``."""
     out = np.empty((len(data), SIDE * SIDE), dtype=np.uint8)  # (n, 1024)
-    for i in range(0, len(data), 8192):  # in chunks: bounded temporaries (uint32 suffices: < 2**24 + 2**15)
-        rgb = data[i: i + 8192].reshape(-1, 3, SIDE * SIDE).astype(np.uint32)  # (b, 3, 1024)
-        out[i: i + 8192] = (19595 * rgb[:, 0] + 38470 * rgb[:, 1] + 7471 * rgb[:, 2] + 32768) >> 16
+    for i in range(0, len(data), 1024):  # in chunks: bounded temporaries (uint32 suffices: < 2**24 + 2**15)
+        rgb = data[i: i + 1024].reshape(-1, 3, SIDE * SIDE).astype(np.uint32)  # (b, 3, 1024)
+        out[i: i + 1024] = (19595 * rgb[:, 0] + 38470 * rgb[:, 1] + 7471 * rgb[:, 2] + 32768) >> 16
     return out
 
 
 def read_cifar(root: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``cifar-10-batches-py`` found under ``root`` -> {"train": (data, labels), "test": (data, labels)}."""
+    """``cifar-10-batches-py`` found under ``root`` -> {"train": (gray, labels), "test": (gray, labels)}: gray
+    uint8 (n, 1024) (:func:`grayscale`), labels int64 (n,); train = data_batch_1..5 in order (as torchvision's
+    CIFAR10). Each batch is turned to grayscale as it is read: memory holds one RGB batch, never all 50,000."""
     base = find_unique(root, "cifar-10-batches-py", dirs=True)
     parts = []
     for name in TRAIN_FILES + [TEST_FILE]:
         if not (base / name).is_file():
             raise ValueError(f"{base / name}: missing (CIFAR-10 python layout: data_batch_1..5, test_batch)")
-        parts.append(load_batch(base / name))
-    train = (np.concatenate([d for d, _ in parts[:-1]]), np.concatenate([y for _, y in parts[:-1]]))
+    for name in TRAIN_FILES + [TEST_FILE]:
+        data, labels = load_batch(base / name)
+        parts.append((grayscale(data), labels))
+        del data
+    train = (np.concatenate([g for g, _ in parts[:-1]]), np.concatenate([y for _, y in parts[:-1]]))
     return {"train": train, "test": parts[-1]}
 
 
@@ -131,7 +135,7 @@ def prepare_image(root: str | os.PathLike, *, val_size: int = 5000, seed: int = 
     if split not in SPLIT:
         raise ValueError(f"split must be one of {SPLIT}, got {split!r}")
     raw = read_cifar(root)
-    x_all, y_all = raw["train"]
+    g_all, y_all = raw["train"]  # uint8 (50000, 1024) grayscale
     if not 0 < val_size < len(y_all):
         raise ValueError(f"val_size must be in 1..{len(y_all) - 1} (the training batches hold {len(y_all)}), "
                          f"got {val_size}")
@@ -139,8 +143,8 @@ def prepare_image(root: str | os.PathLike, *, val_size: int = 5000, seed: int = 
         idx = random_split(len(y_all), {"train": len(y_all) - val_size, "val": val_size}, seed)
     else:
         idx = stratified_split(y_all, {"val": val_size}, seed)
-    gray = {"train": grayscale(x_all[idx["train"]]), "val": grayscale(x_all[idx["val"]]),
-            "test": grayscale(raw["test"][0])}  # uint8 (n, 1024)
+    gray = {"train": g_all[idx["train"]], "val": g_all[idx["val"]], "test": raw["test"][0]}  # uint8 (n, 1024)
+    del g_all
     labels = {"train": y_all[idx["train"]], "val": y_all[idx["val"]], "test": raw["test"][1]}
     if normalise == "reference":
         mean, std = REFERENCE_MEAN, REFERENCE_STD

@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from collections import Counter
 from typing import Iterator
 
-from .common import (DataError, char_counts, encode_into, find_unique, iter_text_lines, keep_length, sorted_vocab,
+from .common import (CharCounter, DataError, encode_into, find_unique, iter_text_lines, keep_length, sorted_vocab,
                      split_stats)
 from .prepared import SPLITS, Split
 
@@ -73,18 +72,19 @@ def prepare_retrieval(root: str | os.PathLike, *, l_max: int = 4000, min_count: 
         raise ValueError(f"l_max must be >= 1, got {l_max}")
     keep = keep_length(l_max, eos)
     paths = {s: find_unique(root, FILES[s]) for s in SPLITS}
-    counts: Counter = Counter()
+    counts = CharCounter()
     labels, longest = {}, 0
     for s in SPLITS:  # pass 1: check every line, count train characters, measure lengths
         ys = []
         for a, b, y in iter_tsv(paths[s]):
             a, b = a[:keep], b[:keep]
             if s == "train":
-                char_counts((a, b), counts)
+                counts.add(a)
+                counts.add(b)
             longest = max(longest, len(a), len(b))
             ys.append(y)
         labels[s] = np.array(ys, dtype=np.int64)
-    vocab = sorted_vocab(counts, min_count, eos)
+    vocab = sorted_vocab(counts.counter(), min_count, eos)
     L = max(longest, 1) + int(eos)
     splits = {}
     for s in SPLITS:  # pass 2: ids straight into the compact arrays
