@@ -169,7 +169,7 @@ def keep_length(l_max: int, eos: bool) -> int:
 class Encoder:
     """Token sequences (list of str) or texts (str, one token per character) -> ids into ``vocab``.
 
-    Unknown tokens -> 1 (``<unk>``); with ``eos`` the id of ``<eos>`` follows the tokens.
+    Unknown tokens -> 1 (``<unk>``); with ``eos``, ``self.eos`` is the id of ``<eos>`` (2).
     """
 
     def __init__(self, vocab: Sequence[str], eos: bool = False):
@@ -185,15 +185,11 @@ class Encoder:
             self.lut[c] = i
 
     def ids(self, doc: str | Sequence[str]) -> np.ndarray:
-        """int64 (len(doc) [+ 1],): the ids of ``doc``, then ``<eos>`` if set."""
+        """int64 (len(doc),): the ids of ``doc`` (without ``<eos>``: :func:`encode_into` writes it after them)."""
         if isinstance(doc, str):
             cp = codepoints(doc)
-            out = self.lut[np.minimum(cp, len(self.lut) - 1)]  # unknown characters -> 1
-        else:
-            out = np.array([self.index.get(t, 1) for t in doc], dtype=np.int64)
-        if self.eos is not None:
-            out = np.append(out, self.eos)
-        return out
+            return self.lut[np.minimum(cp, len(self.lut) - 1)]  # unknown characters -> 1
+        return np.array([self.index.get(t, 1) for t in doc], dtype=np.int64)
 
 
 def encode_into(examples: Iterable[Sequence[str | Sequence[str]]], n: int, n_docs: int, L: int,
@@ -214,10 +210,13 @@ def encode_into(examples: Iterable[Sequence[str | Sequence[str]]], n: int, n_doc
             raise ValueError(f"{what}: more than the {n} examples counted in the first pass (changed meanwhile?)")
         for j, doc in enumerate(docs):
             x = enc.ids(doc)
-            if len(x) > L:
-                raise ValueError(f"{what}: example {i} has {len(x)} tokens, more than L={L}")
+            k = len(x) + int(eos)
+            if k > L:
+                raise ValueError(f"{what}: example {i} has {k} tokens, more than L={L}")
             ids[i, j, : len(x)] = x
-            lengths[i, j] = len(x)
+            if eos:
+                ids[i, j, len(x)] = enc.eos
+            lengths[i, j] = k
     if i + 1 != n:
         raise ValueError(f"{what}: {i + 1} examples, but {n} were counted in the first pass (changed meanwhile?)")
     if n_docs == 1:
