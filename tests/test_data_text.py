@@ -121,3 +121,26 @@ def test_missing_class_folder(tmp_path):
     root = write_imdb(tmp_path, {k: v for k, v in REVIEWS.items() if not k.startswith("test/pos")})
     with pytest.raises(ValueError, match=r"test/pos: missing"):
         prepare_text(root)
+
+
+def test_fast_character_counting_and_encoding_equal_plain_python():
+    """CharCounter (batched bincount) against collections.Counter, and Encoder's code-point table against a dict
+    lookup, on random text with non-ASCII and non-BMP characters, across batch boundaries."""
+    from collections import Counter
+
+    from dssbt.data.common import CharCounter, Encoder, sorted_vocab
+
+    rng = np.random.default_rng(5)
+    alphabet = list("abc xyz!") + ["é", "€", "\u4e2d", "\U0001f600", "\t"]
+    texts = ["".join(rng.choice(alphabet, int(rng.integers(0, 40)))) for _ in range(60)]
+    fast = CharCounter(batch=7)
+    for t in texts:
+        fast.add(t)
+    slow = Counter(ch for t in texts for ch in t)
+    assert fast.counter() == slow
+    vocab = sorted_vocab(Counter(ch for t in texts[:30] for ch in t), min_count=3, eos=True)
+    index = {tok: i for i, tok in enumerate(vocab)}
+    enc = Encoder(vocab, eos=True)
+    for t in texts:
+        assert enc.ids(t).tolist() == [index.get(ch, 1) for ch in t]
+    assert enc.eos == 2 == index["<eos>"]
