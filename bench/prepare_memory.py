@@ -113,6 +113,8 @@ def gen_retrieval(root: Path, sizes: dict[str, int], rng: np.random.Generator) -
 
 
 def gen_image(root: Path, sizes: dict[str, int], rng: np.random.Generator) -> None:
+    """CIFAR-10 python batches; protocol 4 stores the pixels as raw bytes, as the real (Python 2) pickles read
+    with encoding="bytes" do (protocol 2 from Python 3 would route them through a latin-1 str: 2 extra copies)."""
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
     n_train = sizes["train"]
@@ -121,10 +123,10 @@ def gen_image(root: Path, sizes: dict[str, int], rng: np.random.Generator) -> No
         n = int(bounds[i + 1] - bounds[i])
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                  b"labels": rng.integers(0, 10, n).tolist()}
-        (d / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch, protocol=2))
+        (d / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch, protocol=4))
     n = sizes["test"]
     (d / "test_batch").write_bytes(pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                                 b"labels": rng.integers(0, 10, n).tolist()}, protocol=2))
+                                                 b"labels": rng.integers(0, 10, n).tolist()}, protocol=4))
 
 
 def gen_pathfinder(root: Path, sizes: dict[str, int], rng: np.random.Generator, res: int) -> None:
