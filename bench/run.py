@@ -4,7 +4,8 @@ Names: layer (DSS layer fwd+bwd vs a textbook reference), train_step (one traini
 shape: fast vs reference path vs its FFT + matmul floor; the paper-size unit vs textbook and, with S4D_PATH, vs
 state-spaces/s4's S4D), reduction (BT of a whole model vs per-channel library and scipy loops), inference
 (recurrent and convolution-mode inference of full vs BT-reduced models), workflow (Snakemake dry run of the LRA
-preset and no-op rerun). Default: all of them, in the order of NAMES. Each runs as its own
+preset and no-op rerun), prepare_memory (peak RSS of `dssbt prepare` on each LRA task at its real size, synthetic
+data). Default: all of them, in the order of NAMES. Each runs as its own
 process (``python bench/<name>.py``), one after the other, never concurrently; its output is streamed, and a
 summary of every RATIO / TARGET / CHECK line and the wall time of each benchmark is printed at the end.
 ``--quick``: tiny sizes, 1-2 repeats, no tiny workflow run -- keeps the scripts working (tests/test_bench.py);
@@ -37,6 +38,7 @@ NAMES = {
     "bt_route": "bt_route.py",
     "plan_scale": "plan_scale.py",
     "hsv_reg": "hsv_reg.py",
+    "prepare_memory": "prepare_memory.py",
 }
 
 

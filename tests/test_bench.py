@@ -3,8 +3,8 @@
 Timings at tiny sizes mean nothing and are not asserted; what is asserted is that every script ran, that every
 correctness check it prints passed (layer outputs and gradients equal a textbook reference; HSVs and reduced
 transfer functions equal python-control/slycot and scipy; recurrent equals convolution mode; the fast training
-step equals the reference step on every pipeline shape; the LRA dry run plans 245 jobs), and that each printed
-its figures.
+step equals the reference step on every pipeline shape; the LRA dry run plans its full grid; each task's prepared
+sizes are the generated ones), and that each printed its figures.
 """
 
 import os
@@ -30,7 +30,8 @@ EXPECTED_CHECKS = {
     "reduce_model continuous reduced models have the asked orders", "reduce_model discrete reduced models have the asked orders",
     "bt_route discrete r=2 kernel errors finite and below 1.5", "bt_route continuous r=4 kernel errors finite and below 1.5",
     "plan_scale job counts grow with the grid",
-}
+} | {f"prepare_memory {t} sizes are the generated ones" for t in
+     ("listops", "text", "retrieval", "image", "pathfinder", "pathx")}
 EXPECTED_FIGURES = [
     r"^RATIO layer L=\d+ speed-up ours vs textbook: [\d.]+x",
     r"^MEMORY layer L=\d+ ours: peak RSS \d+ MiB",
@@ -45,7 +46,8 @@ EXPECTED_FIGURES = [
     r"^RATIO inference convolution-mode speed-up",
     r"^MEMORY inference r=\d+: weights",
     r"^TARGET workflow LRA dry run.*: median [\d.]+ s",
-]
+] + [rf"^MEMORY prepare {t}: peak RSS \d+ MiB"
+      for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")]
 
 
 @pytest.mark.slow
@@ -62,7 +64,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
     for pattern in EXPECTED_FIGURES:
         assert re.search(pattern, p.stdout, re.M), pattern
     for name in ("layer", "train_step", "reduction", "inference", "workflow", "reduce_model", "bt_route", "plan_scale",
-                 "hsv_reg"):
+                 "hsv_reg", "prepare_memory"):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
 

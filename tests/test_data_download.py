@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dssbt.data.download import DownloadError, download, extract_task
+from dssbt.data import download as download_module
+from dssbt.data.download import DownloadError, download, extract_task, extract_tasks
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -217,6 +218,34 @@ def test_extracts_only_what_the_task_needs(tmp_path):
     extract_task(archive, "retrieval", tmp_path / "x" / "retrieval", log=None)
     assert tree(tmp_path / "x" / "retrieval") == ["lra_release/lra_release/tsv_data/new_aan_pairs.train.tsv"]
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["listops", "pathfinder", "retrieval"]
+
+
+def test_one_pass_extracts_every_requested_task(tmp_path, monkeypatch):
+    archive = make_tar(tmp_path / "lra_release.gz", RELEASE, "w:gz")
+    opened = []
+    real_open = download_module.tarfile.open
+    monkeypatch.setattr(download_module.tarfile, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    tasks = ("listops", "retrieval", "pathfinder", "pathx")
+    dests = extract_tasks(archive, {t: tmp_path / "x" / t for t in tasks}, log=None)
+    assert len(opened) == 1  # the archive is read once for all four tasks
+    assert tree(dests["listops"]) == [f"lra_release/listops-1000/basic_{s}.tsv" for s in ("test", "train", "val")]
+    assert tree(dests["retrieval"]) == ["lra_release/lra_release/tsv_data/new_aan_pairs.train.tsv"]
+    assert tree(dests["pathfinder"]) == ["lra_release/pathfinder32/curv_contour_length_14/imgs/0/sample_0.png",
+                                         "lra_release/pathfinder32/curv_contour_length_14/metadata/0.npy"]
+    assert tree(dests["pathx"]) == ["lra_release/pathfinder128/curv_contour_length_14/imgs/0/sample_0.png"]
+    assert all((d / ".complete").exists() for d in dests.values())
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(tasks)  # no temporaries left
+    # complete folders are reused: no second pass, not even when the archive is gone
+    archive.unlink()
+    assert extract_tasks(archive, {t: tmp_path / "x" / t for t in tasks}, log=None) == dests
+    assert len(opened) == 1
+
+
+def test_one_pass_fails_whole_when_a_task_is_missing(tmp_path):
+    archive = make_tar(tmp_path / "lra_release.gz", {k: v for k, v in RELEASE.items() if "pathfinder128" not in k})
+    with pytest.raises(ValueError, match="holds nothing the pathx task needs"):
+        extract_tasks(archive, {t: tmp_path / "x" / t for t in ("listops", "pathx")}, log=None)
+    assert list((tmp_path / "x").iterdir()) == []  # not even the task that was found
 
 
 def test_extraction_is_not_repeated(tmp_path):

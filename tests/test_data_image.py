@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dssbt.data.common import DataError
@@ -54,11 +55,11 @@ def check_image_prepared(splits, meta):
     assert math.isclose(meta["normalisation"]["std"], math.sqrt(3300) / 255, rel_tol=1e-12)
     for s in ("train", "val"):
         np.testing.assert_array_equal(np.sort(splits[s].labels), np.arange(10))
-        x = splits[s].inputs
+        x = splits[s].decoded().inputs
         assert x.dtype == np.float32 and x.shape == (10, 1024)
         for row, c in zip(x, splits[s].labels):
             np.testing.assert_allclose(row, (20 * c + 10 - 100) / math.sqrt(3300), rtol=1e-6, atol=1e-6)
-    t = splits["test"]
+    t = splits["test"].decoded()
     np.testing.assert_array_equal(t.labels, np.arange(10))
     np.testing.assert_array_equal(t.lengths, np.full(10, 1024))
     r, c = np.mgrid[:32, :32]
@@ -72,6 +73,52 @@ def test_reader_by_hand(tmp_path):
     splits, meta = prepare_image(write_cifar(tmp_path), val_size=10, seed=3)
     check_image_prepared(splits, meta)
     assert meta["majority_baseline"] == 0.1  # balanced train: label 0 wins the tie
+    assert all(splits[s].inputs.dtype == np.uint8 and splits[s].table.dtype == np.float32 for s in splits)
+
+
+def torchvision_gray_normalise(gray: np.ndarray) -> np.ndarray:
+    """What the S4 reference feeds the model for grayscale pixels: ``ToTensor()`` (uint8 -> float32, / 255) then
+    ``Normalize(mean=122.6/255, std=61.0/255)`` (float32 tensors, in-place sub and div), written with torch ops."""
+    x = torch.from_numpy(np.asarray(gray, np.uint8)).to(torch.float32).div(255)
+    mean = torch.as_tensor(122.6 / 255.0, dtype=torch.float32)
+    std = torch.as_tensor(61.0 / 255.0, dtype=torch.float32)
+    return x.sub_(mean).div_(std).numpy()
+
+
+def check_image_reference_prepared(splits, meta, root: Path):
+    """The S4 reference's reading of write_cifar: the 50,000 (here 20) training images in batch order, split by
+    torch's random_split into (n - val, val) with a generator seeded 42 (unstratified, in the permutation's order),
+    fixed constants, bit for bit."""
+    values, labels = [], []
+    for i in range(1, 6):  # torchvision's CIFAR10 concatenates data_batch_1..5 in order
+        b = pickle.loads((root / "cifar-10-batches-py" / f"data_batch_{i}").read_bytes(), encoding="bytes")
+        values += [int(row[0]) for row in b[b"data"]]  # constant images with R = G = B: the gray value
+        labels += list(b[b"labels"])
+    train, val = torch.utils.data.random_split(range(20), [10, 10], generator=torch.Generator().manual_seed(42))
+    assert meta["normalisation"]["mean"] == 122.6 / 255 and meta["normalisation"]["std"] == 61.0 / 255
+    for name, subset in (("train", train), ("val", val)):
+        assert splits[name].labels.tolist() == [labels[i] for i in subset.indices]
+        x = splits[name].decoded().inputs
+        for row, i in zip(x, subset.indices):
+            assert np.array_equal(row.view(np.uint32), torchvision_gray_normalise(np.full(1024, values[i])).view(
+                np.uint32))
+    r, c = np.mgrid[:32, :32]
+    test = splits["test"].decoded()
+    assert np.array_equal(test.inputs[0].view(np.uint32),
+                          torchvision_gray_normalise(((r + 3 * c) % 256).reshape(-1)).view(np.uint32))
+    assert test.labels.tolist() == list(range(10))
+
+
+def test_reference_split_and_constants_by_hand(tmp_path):
+    root = write_cifar(tmp_path)
+    splits, meta = prepare_image(root, val_size=10, seed=42, normalise="reference", split="reference")
+    check_image_reference_prepared(splits, meta, root)
+    # unstratified: this permutation puts both images of some class into val (the stratified split never does)
+    assert any(np.bincount(splits["val"].labels, minlength=10) != 1)
+    with pytest.raises(ValueError, match="normalise must be one of"):
+        prepare_image(root, val_size=10, normalise="imagenet")
+    with pytest.raises(ValueError, match="split must be one of"):
+        prepare_image(root, val_size=10, split="random")
 
 
 def test_split_depends_on_seed_only(tmp_path):

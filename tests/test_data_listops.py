@@ -43,9 +43,46 @@ def check_listops_prepared(splits, meta):
     np.testing.assert_array_equal(splits["test"].inputs, [[11, 8, 8, 2, 0, 0, 0, 0]])
     np.testing.assert_array_equal(splits["test"].lengths, [4])
     np.testing.assert_array_equal(splits["test"].labels, [8])
-    assert splits["train"].inputs.dtype == np.int64 and splits["train"].lengths.dtype == np.int64
+    assert np.issubdtype(splits["train"].inputs.dtype, np.integer)
     # train labels 9 and 1 tie -> the smaller, 1; the test label is 8
     assert meta["majority_baseline"] == 0.0
+
+
+# The S4 reference (ListOps: append_eos True): tokens cut at l_max - 1, then <eos>; torchtext's vocabulary with
+# specials ["<pad>", "<unk>", "<eos>"] first, then the train tokens by decreasing count, ties by string.
+VOCAB_EOS = ["<pad>", "<unk>", "<eos>", "X", "1", "2", "3", "4", "5", "9", "[MAX", "[MIN", "[SM"]
+
+
+def check_listops_eos_prepared(splits, meta):
+    """Hand expectation of the reference's reading of TRAIN/VAL/TEST (l_max 2048: nothing is cut)."""
+    assert meta["vocab"] == VOCAB_EOS and meta["d_input"] == 13  # the model's vocabulary counts <eos>
+    assert meta["l_max"] == 9 and meta["preprocessing"]["bos_eos"] == "eos"
+    # [MAX 2 9 X <eos> | [MIN 4 [SM 3 5 X 1 X <eos>
+    np.testing.assert_array_equal(splits["train"].inputs, [[10, 5, 9, 3, 2, 0, 0, 0, 0],
+                                                           [11, 7, 12, 6, 8, 3, 4, 3, 2]])
+    np.testing.assert_array_equal(splits["train"].lengths, [5, 9])  # <eos> counted
+    np.testing.assert_array_equal(splits["val"].inputs, [[1, 1, 1, 3, 2, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(splits["val"].lengths, [5])
+    np.testing.assert_array_equal(splits["test"].inputs, [[12, 9, 9, 3, 2, 0, 0, 0, 0]])
+    assert [splits[s].labels.tolist() for s in ("train", "val", "test")] == [[9, 1], [3], [8]]
+
+
+def test_reference_eos_ids_lengths_by_hand(tmp_path):
+    splits, meta = prepare_listops(write_listops(tmp_path), eos=True)
+    check_listops_eos_prepared(splits, meta)
+    assert splits["train"].inputs.dtype == np.uint8 and splits["train"].lengths.dtype == np.uint8  # compact
+
+
+def test_reference_cut_is_l_max_minus_one_before_the_vocabulary(tmp_path):
+    splits, meta = prepare_listops(write_listops(tmp_path), l_max=4, eos=True)
+    # 3 tokens kept: [MAX 2 9 | [MIN 4 [SM, once each -> by string: 2 4 9 [MAX [MIN [SM after the specials
+    assert meta["vocab"] == ["<pad>", "<unk>", "<eos>", "2", "4", "9", "[MAX", "[MIN", "[SM"]
+    assert meta["l_max"] == 4 and meta["preprocessing"]["cut"] == 3
+    np.testing.assert_array_equal(splits["train"].inputs, [[6, 3, 5, 2], [7, 4, 8, 2]])
+    np.testing.assert_array_equal(splits["train"].lengths, [4, 4])
+    np.testing.assert_array_equal(splits["test"].inputs, [[8, 5, 5, 2]])  # [SM 9 9 <eos>
+    with pytest.raises(ValueError, match="l_max must be >= 2"):
+        prepare_listops(tmp_path, l_max=1, eos=True)
 
 
 def test_tokenizer_maps_bracket_to_x_and_drops_parentheses():
@@ -56,6 +93,8 @@ def test_tokenizer_maps_bracket_to_x_and_drops_parentheses():
 def test_reader_ids_lengths_labels_by_hand(tmp_path):
     splits, meta = prepare_listops(write_listops(tmp_path))
     check_listops_prepared(splits, meta)
+    assert splits["train"].inputs.dtype == np.uint8  # built compact, no int64 copy
+    assert meta["preprocessing"]["bos_eos"] is False
 
 
 def test_cut_at_l_max(tmp_path):

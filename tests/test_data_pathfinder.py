@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -49,6 +50,7 @@ def check_pathfinder_prepared(splits, meta, n: int = 20, resolution: int = 32):
     assert sizes == {"train": n - 2 * (n // 10), "val": n // 10, "test": n // 10}
     seen = []
     for s, split in splits.items():
+        split = split.decoded()
         assert split.inputs.dtype == np.float32 and split.inputs.shape == (len(split), L)
         np.testing.assert_array_equal(split.lengths, np.full(len(split), L))
         assert np.bincount(split.labels, minlength=2).tolist() == [len(split) // 2] * 2
@@ -65,8 +67,45 @@ def test_reader_by_hand(tmp_path):
     check_pathfinder_prepared(splits, meta)
     again, _ = prepare_pathfinder(tmp_path, seed=0)
     other, _ = prepare_pathfinder(tmp_path, seed=1)
-    np.testing.assert_array_equal(splits["val"].inputs, again["val"].inputs)
-    assert any(not np.array_equal(splits[s].inputs, other[s].inputs) for s in ("val", "test"))
+    np.testing.assert_array_equal(splits["val"].decoded().inputs, again["val"].decoded().inputs)
+    assert any(not np.array_equal(splits[s].labels, other[s].labels) or
+               not np.array_equal(splits[s].decoded().inputs, other[s].decoded().inputs) for s in ("val", "test"))
+    assert all(splits[s].inputs.dtype == np.uint8 and splits[s].table is not None for s in splits)  # compact
+
+
+def to_tensor(value: int, L: int, center: bool) -> np.ndarray:
+    """The S4 reference's pixels for a constant image: ``ToTensor()`` (float32 / 255), then ``Normalize(0.5, 0.5)``
+    when ``center``, written with torch ops."""
+    x = torch.full((L,), value, dtype=torch.uint8).to(torch.float32).div(255)
+    if center:
+        x = x.sub_(torch.as_tensor(0.5)).div_(torch.as_tensor(0.5))
+    return x.numpy()
+
+
+def check_pathfinder_reference_prepared(splits, meta, n: int = 20, resolution: int = 32, center: bool = False):
+    """The S4 reference's reading of write_pathfinder: samples in metadata order (image i is sample i), split by
+    random_split(dataset, [train, val, test]) with a generator seeded 42, each split in the permutation's order."""
+    L = resolution * resolution
+    parts = torch.utils.data.random_split(range(n), [n - 2 * (n // 10), n // 10, n // 10],
+                                          generator=torch.Generator().manual_seed(42))
+    assert meta["l_max"] == L
+    for name, subset in zip(("train", "val", "test"), parts):
+        assert splits[name].labels.tolist() == [i % 2 for i in subset.indices]
+        x = splits[name].decoded().inputs
+        assert x.shape == (len(subset), L)
+        for row, i in zip(x, subset.indices):
+            assert np.array_equal(row.view(np.uint32), to_tensor(value_of(i), L, center).view(np.uint32)), (name, i)
+
+
+def test_reference_split_and_pixels_by_hand(tmp_path):
+    root = write_pathfinder(tmp_path)
+    splits, meta = prepare_pathfinder(root, seed=42, split="reference", pixels="unit")
+    check_pathfinder_reference_prepared(splits, meta)
+    assert meta["normalisation"] == {"mean": 0.0, "std": 1.0, "scale": 255.0}
+    centered, _ = prepare_pathfinder(root, seed=42, split="reference", pixels="centered")
+    check_pathfinder_reference_prepared(centered, meta, center=True)
+    with pytest.raises(ValueError, match="pixels must be one of"):
+        prepare_pathfinder(root, pixels="minus-one")
 
 
 def test_pixels_keep_row_major_order(tmp_path):
@@ -75,7 +114,7 @@ def test_pixels_keep_row_major_order(tmp_path):
     img = ((r * 7 + c) % 256).astype(np.uint8)
     Image.fromarray(img, mode="L").save(root / "lra_release/pathfinder32/curv_contour_length_14/imgs/2/sample_0.png")
     splits, _ = prepare_pathfinder(root, val_fraction=0.0, test_fraction=0.0)
-    row = splits["train"].inputs[0]  # the first metadata line of 2.npy
+    row = splits["train"].decoded().inputs[0]  # the first metadata line of 2.npy
     np.testing.assert_allclose(row[32 * 5 + 9], (img[5, 9] / 255 - 0.5) / 0.5, rtol=1e-6)
     np.testing.assert_allclose(row.reshape(32, 32), (img / 255 - 0.5) / 0.5, rtol=1e-6, atol=1e-6)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dssbt.data.prepared import Split, _pixel_codes, load_split, save_prepared
 from dssbt.batches import batches
+from dssbt.data.prepared import Split, _pixel_codes, code_table, load_split, pixel_codes_inplace, save_prepared
 
 
 def roundtrip(tmp_path, split: Split) -> Split:
@@ -42,6 +42,23 @@ def test_values_first_seen_in_a_later_chunk_keep_earlier_codes_valid():
     assert np.array_equal(table[codes], x)
     wide = np.arange(300, dtype=np.float32).reshape(3, 100)
     assert _pixel_codes(wide, rows=1) is None
+
+
+@pytest.mark.parametrize("rows, block", [(4096, 64), (3, 2), (5, 1), (7, 16)])
+def test_uint8_codes_in_place_equal_the_float32_route(rows, block):
+    """pixel_codes_inplace on uint8 pixels (the readers' fast path) against _pixel_codes on the normalised float32
+    array (the route it replaces): same codes, same table, bit for bit, across chunk and block boundaries."""
+    rng = np.random.default_rng(4)
+    raw = rng.integers(0, 40, (23, 50)).astype(np.uint8)
+    raw[9, 3], raw[17, 0], raw[22, 49] = 200, 255, 0  # values first met in later chunks
+    f = lambda v: ((v.astype(np.float64) / 255.0 - 0.3) / 0.2).astype(np.float32)  # noqa: E731
+    codes, table = _pixel_codes(f(raw), rows=rows)
+    mine = raw.copy()
+    values = pixel_codes_inplace(mine, rows=rows, block=block)
+    assert mine.dtype == np.uint8 and np.array_equal(mine, codes)
+    assert np.array_equal(code_table(values, f).view(np.uint32), table.view(np.uint32))
+    with pytest.raises(ValueError, match="needs uint8"):
+        pixel_codes_inplace(raw.astype(np.int64))
 
 
 def test_continuous_inputs_are_kept_as_they_are(tmp_path):

@@ -33,12 +33,40 @@ def check_retrieval_prepared(splits, meta):
     np.testing.assert_array_equal(splits["val"].lengths, [[2, 1]])
     np.testing.assert_array_equal(splits["test"].inputs, [[[4, 0], [2, 3]]])
     np.testing.assert_array_equal(splits["test"].labels, [0])
-    assert splits["train"].inputs.shape == (2, 2, 2) and splits["train"].inputs.dtype == np.int64
+    assert splits["train"].inputs.shape == (2, 2, 2) and np.issubdtype(splits["train"].inputs.dtype, np.integer)
+
+
+def check_retrieval_eos_prepared(splits, meta):
+    """The S4 reference (AAN, append_eos): <pad> <unk> <eos> then a 3, b 2, c 2; every document ends in <eos> 2."""
+    assert meta["vocab"] == ["<pad>", "<unk>", "<eos>", "a", "b", "c"] and meta["d_input"] == 6
+    assert meta["l_max"] == 3 and meta["dual"] is True
+    np.testing.assert_array_equal(splits["train"].inputs, [[[3, 4, 2], [4, 3, 2]], [[5, 5, 2], [3, 2, 0]]])
+    np.testing.assert_array_equal(splits["train"].lengths, [[3, 3], [3, 2]])
+    np.testing.assert_array_equal(splits["val"].inputs, [[[3, 4, 2], [1, 2, 0]]])
+    np.testing.assert_array_equal(splits["val"].lengths, [[3, 2]])
+    np.testing.assert_array_equal(splits["test"].inputs, [[[5, 2, 0], [3, 4, 2]]])
+    np.testing.assert_array_equal(splits["test"].lengths, [[2, 3]])
+    np.testing.assert_array_equal(splits["train"].labels, [1, 0])
 
 
 def test_reader_by_hand(tmp_path):
     splits, meta = prepare_retrieval(write_aan(tmp_path))
     check_retrieval_prepared(splits, meta)
+    assert splits["train"].inputs.dtype == np.uint8  # built compact, no int64 copy
+
+
+def test_reference_eos_by_hand(tmp_path):
+    splits, meta = prepare_retrieval(write_aan(tmp_path), eos=True)
+    check_retrieval_eos_prepared(splits, meta)
+    assert splits["train"].inputs.dtype == np.uint8 and splits["train"].lengths.dtype == np.uint8
+
+
+def test_reference_cut_at_l_max_minus_one(tmp_path):
+    splits, meta = prepare_retrieval(write_aan(tmp_path, train="1.0\ta\tb\tabcabc\tcba\n"), l_max=4, eos=True)
+    # kept "abc", "cba": a 2, b 2, c 2 -> by character
+    assert meta["vocab"] == ["<pad>", "<unk>", "<eos>", "a", "b", "c"] and meta["l_max"] == 4
+    np.testing.assert_array_equal(splits["train"].inputs, [[[3, 4, 5, 2], [5, 4, 3, 2]]])
+    np.testing.assert_array_equal(splits["train"].lengths, [[4, 4]])
 
 
 def test_each_document_is_cut_to_l_max(tmp_path):

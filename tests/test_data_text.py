@@ -46,6 +46,31 @@ def check_text_prepared(splits, meta):
 def test_reader_by_hand(tmp_path):
     splits, meta = prepare_text(write_imdb(tmp_path), min_count=2)
     check_text_prepared(splits, meta)
+    assert splits["train"].inputs.dtype == np.uint8  # built compact, no int64 copy
+
+
+def check_text_eos_prepared(splits, meta):
+    """The S4 reference (IMDB, append_eos), min_count 2: <pad> <unk> <eos> a b; every review ends in <eos> 2."""
+    assert meta["vocab"] == ["<pad>", "<unk>", "<eos>", "a", "b"] and meta["d_input"] == 5
+    assert meta["l_max"] == 5
+    np.testing.assert_array_equal(splits["train"].inputs, [[3, 4, 1, 1, 2], [3, 3, 4, 2, 0]])  # abc! | aab
+    np.testing.assert_array_equal(splits["train"].lengths, [5, 4])
+    np.testing.assert_array_equal(splits["test"].inputs, [[1, 1, 2, 0, 0], [4, 3, 1, 2, 0]])  # zz | bad
+    np.testing.assert_array_equal(splits["test"].lengths, [3, 4])
+    np.testing.assert_array_equal(splits["val"].inputs, splits["test"].inputs)
+
+
+def test_reference_eos_by_hand(tmp_path):
+    splits, meta = prepare_text(write_imdb(tmp_path), min_count=2, eos=True)
+    check_text_eos_prepared(splits, meta)
+
+
+def test_reference_cut_at_l_max_minus_one_before_the_vocabulary(tmp_path):
+    splits, meta = prepare_text(write_imdb(tmp_path), l_max=3, min_count=2, eos=True)
+    # kept "ab", "aa": a 3, b 1 -> only a survives min_count 2
+    assert meta["vocab"] == ["<pad>", "<unk>", "<eos>", "a"] and meta["l_max"] == 3
+    np.testing.assert_array_equal(splits["train"].inputs, [[3, 1, 2], [3, 3, 2]])
+    np.testing.assert_array_equal(splits["test"].inputs, [[1, 1, 2], [1, 3, 2]])  # "zz", "ba"
 
 
 def test_min_count_one_orders_ties_by_character(tmp_path):
@@ -96,3 +121,26 @@ def test_missing_class_folder(tmp_path):
     root = write_imdb(tmp_path, {k: v for k, v in REVIEWS.items() if not k.startswith("test/pos")})
     with pytest.raises(ValueError, match=r"test/pos: missing"):
         prepare_text(root)
+
+
+def test_fast_character_counting_and_encoding_equal_plain_python():
+    """CharCounter (batched bincount) against collections.Counter, and Encoder's code-point table against a dict
+    lookup, on random text with non-ASCII and non-BMP characters, across batch boundaries."""
+    from collections import Counter
+
+    from dssbt.data.common import CharCounter, Encoder, sorted_vocab
+
+    rng = np.random.default_rng(5)
+    alphabet = list("abc xyz!") + ["é", "€", "\u4e2d", "\U0001f600", "\t"]
+    texts = ["".join(rng.choice(alphabet, int(rng.integers(0, 40)))) for _ in range(60)]
+    fast = CharCounter(batch=7)
+    for t in texts:
+        fast.add(t)
+    slow = Counter(ch for t in texts for ch in t)
+    assert fast.counter() == slow
+    vocab = sorted_vocab(Counter(ch for t in texts[:30] for ch in t), min_count=3, eos=True)
+    index = {tok: i for i, tok in enumerate(vocab)}
+    enc = Encoder(vocab, eos=True)
+    for t in texts:
+        assert enc.ids(t).tolist() == [index.get(ch, 1) for ch in t]
+    assert enc.eos == 2 == index["<eos>"]

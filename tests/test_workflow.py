@@ -54,7 +54,8 @@ def test_lint_is_clean():
 
 
 def rule_names() -> set[str]:
-    out = snakemake(ROOT, "--list-rules").stdout
+    """Every rule of the workflow (the LRA preset: its data rules include extract_lra)."""
+    out = snakemake(ROOT, "--list-rules", "--configfile", "workflow/presets/lra.yaml").stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
@@ -71,7 +72,8 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
     mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
     edit = {"resources": {"default": {"mem_mb": 1, "runtime": 10}, "train": {"mem_mb": 2, "runtime": 30},
                           **{rule: {"mem_mb": m} for rule, m in mem.items()}},
-            "orders": [2, "tol:0.1"], "data": {"image": {"source": "lra"}}, "deploy": {"enabled": True},
+            "orders": [2, "tol:0.1"], "data": {"listops": {"source": "lra"}},
+            "deploy": {"enabled": True},
             "controls": ["skew_hippo_equal", "full_continued", "transplant"]}
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
     out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
@@ -144,10 +146,11 @@ def test_default_config_dry_run_job_counts(tmp_path):
 
 def test_lra_preset_dry_run_needs_no_data(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions
+    # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions; one extract job
+    # unpacks the four tasks of lra_release.gz in a single pass
     assert job_counts(wf, "--configfile", "workflow/presets/lra.yaml") == {
-        "download": 3, "prepare": 6, "pretrain": 18, "train_baseline": 72, "train_equal_budget": 72, "reduce": 144,
-        "retrain": 144, "aggregate": 1, "plot": 1}
+        "download": 3, "extract_lra": 1, "prepare": 6, "pretrain": 18, "train_baseline": 72, "train_equal_budget": 72,
+        "reduce": 144, "retrain": 144, "aggregate": 1, "plot": 1}
 
 
 def test_methods_preset_dry_run_job_counts(tmp_path):

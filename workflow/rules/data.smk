@@ -43,9 +43,51 @@ rule download:
         "python -m dssbt download {params.archive} --out {output} {params.options} > {log} 2>&1"
 
 
+# Tasks read from the LRA release (ListOps, Retrieval, Pathfinder, Path-X): one extract job reads the ~7.7 GB
+# archive once for all of them, instead of one pass per prepare job. LRA_RELEASE: a given path, else the download;
+# a given folder is an extracted release, read as it is.
+LRA_RELEASE = (
+    config.get("downloads", {}).get("lra", {}).get("path")
+    or f"data/downloads/{ARCHIVES['lra'].filename}"
+)
+LRA_EXTRACTED = [
+    t
+    for t in TASKS
+    if config["data"][t]["source"] == "lra"
+    and TASK_ARCHIVE[t] == "lra"
+    and not os.path.isdir(LRA_RELEASE)
+]
+
+
+if LRA_EXTRACTED:
+
+    rule extract_lra:
+        input:
+            LRA_RELEASE,
+        output:
+            [directory(f"data/extracted/lra/{t}") for t in LRA_EXTRACTED],
+        log:
+            "logs/extract/lra.log",
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            **rule_resources("extract_lra"),
+        params:
+            tasks=" ".join(LRA_EXTRACTED),
+        shell:
+            "python -m dssbt extract --input {input} --tasks {params.tasks}"
+            " --out data/extracted/lra > {log} 2>&1"
+
+
 rule prepare:
     input:
-        prepare_input,
+        # the task's extracted folder for the LRA release, else the generated folder or the archive
+        lambda wc: (
+            f"data/extracted/lra/{wc.task}"
+            if wc.task in LRA_EXTRACTED
+            else prepare_input(wc)
+        ),
     output:
         prepared("{task}"),
     log:

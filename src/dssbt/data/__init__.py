@@ -4,9 +4,14 @@ Real LRA data (``source = "lra"``) and the embedded offline tasks (``source = "e
 readers: the generators write the official file formats (ListOps TSV, Pathfinder PNG + metadata, CIFAR-10 python
 pickles). Every task ends in the prepared form of :mod:`dssbt.data.prepared`.
 
-Modules: ``download`` (resumable, verified downloads; selective archive extraction), ``listops``, ``text``,
-``retrieval``, ``image``, ``pathfinder`` (one reader per task), ``generate`` (the embedded generators),
-``prepare`` (dispatch by task), ``cli`` (the ``download``, ``generate`` and ``prepare`` subcommands).
+Each reader has options that read the real data exactly as the S4 reference (state-spaces/s4) does -- ``eos``
+(ListOps, Text, Retrieval), ``normalise`` (Image), ``split`` (Image, Pathfinder, Path-X), ``pixels`` (Pathfinder,
+Path-X) -- set by ``workflow/presets/lra.yaml``; their defaults keep dssbt's own choices (the embedded tasks).
+
+Modules: ``download`` (resumable, verified downloads; selective archive extraction, all tasks of an archive in one
+pass), ``listops``, ``text``, ``retrieval``, ``image``, ``pathfinder`` (one reader per task), ``generate`` (the
+embedded generators), ``prepare`` (dispatch by task), ``cli`` (the ``download``, ``extract``, ``generate`` and
+``prepare`` subcommands).
 """
 
 from .common import DataError

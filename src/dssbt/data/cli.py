@@ -3,6 +3,8 @@
     dssbt download {lra,imdb,cifar10} [--out FILE] [--url MIRROR] [--sha256 HEX]
     dssbt generate {listops,pathfinder,image} --out DIR [--seed S] [sizes and difficulty]
     dssbt prepare {listops,text,retrieval,image,pathfinder,pathx} --source {lra,embedded} --input PATH --out DIR
+        [--eos true] [--normalise reference] [--split reference --seed 42] [--pixels unit]  (the S4 reference)
+    dssbt extract --input lra_release.gz --tasks listops retrieval pathfinder pathx --out DIR
 
 Registered on the main parser by :func:`add_subcommands`. Every command function raises ValueError with a clear
 message for bad input (the main CLI prints it and exits with status 2).
@@ -19,6 +21,16 @@ from .download import ARCHIVES, TASK_ARCHIVE
 def _threads(p: argparse.ArgumentParser) -> None:
     # The main CLI sets torch's thread count from --threads for every subcommand.
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (unused by data commands)")
+
+
+def _bool(text: str) -> bool:
+    """``true``/``false`` (any case, as a YAML boolean reaches the command line: ``True``), ``1``/``0``, yes/no."""
+    t = text.strip().lower()
+    if t in ("true", "1", "yes"):
+        return True
+    if t in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _positive(text: str) -> int:
@@ -59,11 +71,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
           f"label counts {info['label_counts']} ({time.perf_counter() - t0:.1f} s)")
 
 
+def cmd_extract(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .download import extract_tasks
+
+    t0 = time.perf_counter()
+    extract_tasks(args.input, {task: Path(args.out) / task for task in args.tasks})
+    print(f"extracted {', '.join(args.tasks)} from {args.input} in one pass ({time.perf_counter() - t0:.1f} s)")
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from .prepare import prepare_task
 
-    opts = {k: getattr(args, k) for k in ("l_max", "min_count", "val_fraction", "val_size", "test_fraction", "seed")
-            if hasattr(args, k)}
+    opts = {k: getattr(args, k) for k in ("l_max", "min_count", "val_fraction", "val_size", "test_fraction", "seed",
+                                          "eos", "normalise", "split", "pixels") if hasattr(args, k)}
     prepare_task(args.task, args.source, args.input, args.out, extract_dir=args.extract_dir, **opts)
 
 
@@ -86,6 +108,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _threads(p)
     p.set_defaults(func=cmd_download)
+
+    # extract
+    p = sub.add_parser("extract", help="extract the members of several tasks from one archive in a single pass",
+                       description="Read the archive once and write each task's members to OUT/<task> (a folder "
+                                   "`dssbt prepare --input` takes). A complete OUT/<task> (with .complete) is kept.")
+    p.add_argument("--input", required=True, help="the archive, e.g. lra_release.gz")
+    p.add_argument("--tasks", nargs="+", required=True, choices=sorted(TASK_ARCHIVE), help="tasks to extract")
+    p.add_argument("--out", required=True, help="folder; task t goes to OUT/t")
+    _threads(p)
+    p.set_defaults(func=cmd_extract)
 
     # generate
     p = sub.add_parser("generate", help="generate an embedded offline task in the official file format")
@@ -139,25 +171,49 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=cmd_prepare)
         return q
 
+    # Defaults keep dssbt's own choices (the embedded tasks); the S4 reference's are one option each, and the LRA
+    # preset sets them all: --eos true, --normalise reference, --split reference --seed 42, --pixels unit.
+    def eos(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--eos", type=_bool, default=None,
+                       help="true: cut at l-max - 1 tokens and append <eos> (id 2), as the S4 reference "
+                            "(append_eos); false (default): cut at l-max, nothing appended")
+
+    def split(q: argparse.ArgumentParser, what: str) -> None:
+        q.add_argument("--split", choices=["stratified", "reference"], default=None,
+                       help=f"{what}: stratified (default: by class, numpy, --seed) or reference (the S4 "
+                            f"reference's torch random_split, generator seeded with --seed; 42 there; unstratified)")
+
     q = common("listops", "ListOps: basic_{train,val,test}.tsv", True)
-    q.add_argument("--l-max", type=_positive, default=2048, help="cut (default 2048)")
+    q.add_argument("--l-max", type=_positive, default=2048, help="longest sequence, <eos> included (default 2048)")
+    eos(q)
     q = common("text", "Text: aclImdb, characters", False)
-    q.add_argument("--l-max", type=_positive, default=4096, help="cut (default 4096)")
+    q.add_argument("--l-max", type=_positive, default=4096, help="longest sequence, <eos> included (default 4096)")
     q.add_argument("--min-count", type=_positive, default=15, help="rarer characters -> <unk> (default 15)")
     q.add_argument("--val-fraction", type=float, default=0.0,
                    help="0: validate on the test set, as LRA (default); >0: seeded part of train")
     q.add_argument("--seed", type=int, default=0, help="seed of the validation split (with --val-fraction)")
+    eos(q)
     q = common("retrieval", "Retrieval: new_aan_pairs.{train,eval,test}.tsv, characters, two documents", False)
-    q.add_argument("--l-max", type=_positive, default=4000, help="cut per document (default 4000)")
+    q.add_argument("--l-max", type=_positive, default=4000,
+                   help="longest document, <eos> included (default 4000)")
     q.add_argument("--min-count", type=_positive, default=1)
+    eos(q)
     q = common("image", "Image: CIFAR-10 python batches, grayscale 1024", True)
     q.add_argument("--val-size", type=_positive, default=None,
                    help="images of the training batches held out for validation (default: 5000, or the "
                         "generator's n_val for embedded data)")
     q.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    q.add_argument("--normalise", choices=["train", "reference"], default=None,
+                   help="train (default): mean/std of the train pixels; reference: the S4 reference's fixed "
+                        "mean 122.6/255, std 61.0/255")
+    split(q, "train/val split")
     for name, res in (("pathfinder", 32), ("pathx", 128)):
         q = common(name, f"{'Pathfinder' if res == 32 else 'Path-X'}: pathfinder{res}/curv_contour_length_14",
                    name == "pathfinder")
         q.add_argument("--val-fraction", type=float, default=0.1, help="share of the images for val (0.1)")
         q.add_argument("--test-fraction", type=float, default=0.1, help="share of the images for test (0.1)")
         q.add_argument("--seed", type=int, default=0, help="seed of the 80/10/10 split")
+        q.add_argument("--pixels", choices=["centered", "unit"], default=None,
+                       help="centered (default): (x/255 - 0.5)/0.5 in [-1, 1]; unit: x/255 in [0, 1], what the "
+                            "S4 reference's pathfinder config runs (center: False)")
+        split(q, "80/10/10 split")

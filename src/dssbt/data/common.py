@@ -1,15 +1,22 @@
-"""Helpers shared by the readers: errors that name file and line, vocabularies, encoding, splits, label stats."""
+"""Helpers shared by the readers: errors that name file and line, vocabularies, encoding, splits, label stats.
+
+Conventions of the S4 reference (state-spaces/s4, ``src/dataloaders/lra.py`` and ``base.py``) that the readers can
+follow (options ``eos`` and ``split``): token sequences are cut at ``l_max - 1`` and get ``<eos>`` appended, with
+the specials ``<pad>`` 0, ``<unk>`` 1, ``<eos>`` 2 first in the vocabulary (:func:`sorted_vocab`,
+:func:`keep_length`); splits drawn from one data set are ``torch.utils.data.random_split`` with a generator seeded
+42, unstratified (:func:`random_split`).
+"""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .prepared import PAD, UNK, Split
+from .prepared import EOS, PAD, UNK, Split, compact_zeros
 
 
 class DataError(ValueError):
@@ -61,40 +68,50 @@ def find_unique(root: str | os.PathLike, pattern: str, *, dirs: bool = False) ->
     return hits[0]
 
 
-def sorted_vocab(counts: Counter, min_count: int = 1) -> list[str]:
-    """``[<pad>, <unk>]`` then the tokens with count >= ``min_count``, by decreasing count, ties by token.
+def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) of a UTF-8 text file, read one line at a time (memory: one line).
 
-    This is the ordering of torchtext's ``build_vocab_from_iterator`` used by the S4 reference.
+    The lines of :func:`read_text_lines`: split on ``\\n`` only, a trailing ``\\r`` dropped, no final empty line.
+    An undecodable line is a DataError naming file and line.
+    """
+    path = Path(path)
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise DataError(path, f"cannot read ({e.strerror or e})") from None
+    with fh:
+        for no, raw in enumerate(fh, start=1):  # binary iteration splits on b"\n" only
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)", no) from None
+            if line.endswith("\n"):
+                line = line[:-1]
+            yield no, line[:-1] if line.endswith("\r") else line
+
+
+def sorted_vocab(counts: Counter, min_count: int = 1, eos: bool = False) -> list[str]:
+    """``[<pad>, <unk>]`` (then ``<eos>`` if ``eos``), then the tokens with count >= ``min_count``, by decreasing
+    count, ties by token (code point order).
+
+    This is what the S4 reference gets from torchtext's ``build_vocab_from_iterator(tokens, min_freq=min_count,
+    specials=["<pad>", "<unk>"] + ["<eos>"])``: specials first in that order, then the counter sorted by
+    (-count, token); tokens equal to a special are not listed twice.
     """
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
-    kept = [(tok, c) for tok, c in counts.items() if c >= min_count and tok not in (PAD, UNK)]
+    specials = [PAD, UNK] + ([EOS] if eos else [])
+    kept = [(tok, c) for tok, c in counts.items() if c >= min_count and tok not in specials]
     kept.sort(key=lambda tc: (-tc[1], tc[0]))
-    return [PAD, UNK] + [tok for tok, _ in kept]
+    return specials + [tok for tok, _ in kept]
 
 
-def build_vocab(token_lists: Iterable[Sequence[str]], min_count: int = 1) -> list[str]:
+def build_vocab(token_lists: Iterable[Sequence[str]], min_count: int = 1, eos: bool = False) -> list[str]:
     """Vocabulary (list, index = id) from token sequences; see :func:`sorted_vocab` for the order."""
     counts: Counter = Counter()
     for toks in token_lists:
         counts.update(toks)
-    return sorted_vocab(counts, min_count)
-
-
-def encode_tokens(token_lists: Sequence[Sequence[str]], vocab: Sequence[str], l_max: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Token sequences -> (ids int64 (n, L), lengths int64 (n,)), cut at ``l_max``, padded with 0; unknown -> 1.
-
-    L is the longest (cut) sequence, so a short data set is not padded to ``l_max``.
-    """
-    index = {tok: i for i, tok in enumerate(vocab)}
-    lengths = np.array([min(len(t), l_max) for t in token_lists], dtype=np.int64)  # (n,)
-    L = int(lengths.max(initial=1))
-    ids = np.zeros((len(token_lists), L), dtype=np.int64)  # (n, L)
-    for i, toks in enumerate(token_lists):
-        n = lengths[i]
-        ids[i, :n] = [index.get(t, 1) for t in toks[:n]]
-    return ids, lengths
+    return sorted_vocab(counts, min_count, eos)
 
 
 def codepoints(text: str) -> np.ndarray:
@@ -102,35 +119,108 @@ def codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
+class CharCounter:
+    """Character counts over many texts, vectorised: code points are gathered into batches of ~260,000 and
+    counted with one ``np.bincount`` per batch (memory: one batch)."""
+
+    def __init__(self, batch: int = 1 << 18):
+        self.counts = np.zeros(0, np.int64)  # (max code point + 1,)
+        self.pending: list[np.ndarray] = []
+        self.n_pending, self.batch = 0, batch
+
+    def add(self, text: str) -> None:
+        cp = codepoints(text)
+        self.pending.append(cp)
+        self.n_pending += len(cp)
+        if self.n_pending >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            c = np.bincount(np.concatenate(self.pending))
+            if len(c) > len(self.counts):
+                self.counts = np.concatenate([self.counts, np.zeros(len(c) - len(self.counts), np.int64)])
+            self.counts[: len(c)] += c
+            self.pending, self.n_pending = [], 0
+
+    def counter(self) -> Counter:
+        """The counts so far: character -> count (characters that occur only)."""
+        self._flush()
+        return Counter({chr(int(k)): int(self.counts[k]) for k in np.flatnonzero(self.counts)})
+
+
 def char_counts(texts: Iterable[str]) -> Counter:
-    """Character counts over ``texts`` (vectorised per text)."""
-    counts: Counter = Counter()
+    """Character counts over ``texts`` (see :class:`CharCounter`)."""
+    counter = CharCounter()
     for t in texts:
-        u, c = np.unique(codepoints(t), return_counts=True)
-        counts.update({chr(int(k)): int(v) for k, v in zip(u, c)})
-    return counts
+        counter.add(t)
+    return counter.counter()
 
 
-def encode_chars(texts: Sequence[str], vocab: Sequence[str], L: int) -> tuple[np.ndarray, np.ndarray]:
-    """Character-level encoding: (ids int64 (n, L), lengths int64 (n,)). Texts must already be cut to <= L.
+def keep_length(l_max: int, eos: bool) -> int:
+    """Tokens kept of each sequence: ``l_max``, or ``l_max - 1`` when ``<eos>`` is appended (the S4 reference cuts
+    at ``l_max - int(append_bos) - int(append_eos)``, so a sequence with its ``<eos>`` is at most ``l_max`` long)."""
+    keep = l_max - int(eos)
+    if keep < 1:
+        raise ValueError(f"l_max must be >= {1 + int(eos)} (with eos {eos}), got {l_max}")
+    return keep
 
-    Unknown characters get id 1; padding is 0.
+
+class Encoder:
+    """Token sequences (list of str) or texts (str, one token per character) -> ids into ``vocab``.
+
+    Unknown tokens -> 1 (``<unk>``); with ``eos``, ``self.eos`` is the id of ``<eos>`` (2).
     """
-    chars = [(ord(tok), i) for i, tok in enumerate(vocab) if i > 1 and len(tok) == 1]
-    keys = np.array(sorted(c for c, _ in chars), dtype=np.uint32)  # (V',)
-    vals = np.array([i for _, i in sorted(chars)], dtype=np.int64)  # (V',)
-    ids = np.zeros((len(texts), L), dtype=np.int64)  # (n, L)
-    lengths = np.zeros(len(texts), dtype=np.int64)  # (n,)
-    for i, t in enumerate(texts):
-        cp = codepoints(t)
-        if len(cp) > L:
-            raise ValueError(f"text {i} has {len(cp)} characters, more than L={L}")
-        if len(keys):
-            pos = np.minimum(np.searchsorted(keys, cp), len(keys) - 1)
-            ids[i, : len(cp)] = np.where(keys[pos] == cp, vals[pos], 1)
-        else:
-            ids[i, : len(cp)] = 1
-        lengths[i] = len(cp)
+
+    def __init__(self, vocab: Sequence[str], eos: bool = False):
+        self.index = {tok: i for i, tok in enumerate(vocab)}
+        if eos and EOS not in self.index:
+            raise ValueError("eos requested but <eos> is not in the vocabulary")
+        self.eos = self.index[EOS] if eos else None
+        # characters: a lookup table by code point (ids < 2**16 as uint16: one small table, fast gathers)
+        chars = {ord(tok): i for tok, i in self.index.items() if i > 1 and len(tok) == 1}
+        top = max(chars, default=0)
+        self.lut = np.ones(top + 2, dtype=np.int64)  # (max code point + 2,); the last entry: beyond the table
+        for c, i in chars.items():
+            self.lut[c] = i
+
+    def ids(self, doc: str | Sequence[str]) -> np.ndarray:
+        """int64 (len(doc),): the ids of ``doc`` (without ``<eos>``: :func:`encode_into` writes it after them)."""
+        if isinstance(doc, str):
+            cp = codepoints(doc)
+            return self.lut[np.minimum(cp, len(self.lut) - 1)]  # unknown characters -> 1
+        return np.array([self.index.get(t, 1) for t in doc], dtype=np.int64)
+
+
+def encode_into(examples: Iterable[Sequence[str | Sequence[str]]], n: int, n_docs: int, L: int,
+                vocab: Sequence[str], eos: bool = False, what: str = "input") -> tuple[np.ndarray, np.ndarray]:
+    """Encode ``n`` examples of ``n_docs`` documents each (already cut) straight into compact arrays.
+
+    Returns (ids, lengths): ids in the smallest unsigned type holding ``len(vocab) - 1``, (n, L) for one
+    document or (n, n_docs, L), padded with 0; lengths (n,) or (n, n_docs) in the smallest type holding L.
+    Memory: the output plus one document; no int64 copy of the split. ``examples`` yielding a different count
+    than ``n`` or a document longer than L (e.g. the file changed between two passes) is a ValueError.
+    """
+    ids = compact_zeros((n, n_docs, L), len(vocab) - 1)  # (n, n_docs, L)
+    lengths = compact_zeros((n, n_docs), L)
+    enc = Encoder(vocab, eos)
+    i = -1
+    for i, docs in enumerate(examples):
+        if i >= n:
+            raise ValueError(f"{what}: more than the {n} examples counted in the first pass (changed meanwhile?)")
+        for j, doc in enumerate(docs):
+            x = enc.ids(doc)
+            k = len(x) + int(eos)
+            if k > L:
+                raise ValueError(f"{what}: example {i} has {k} tokens, more than L={L}")
+            ids[i, j, : len(x)] = x
+            if eos:
+                ids[i, j, len(x)] = enc.eos
+            lengths[i, j] = k
+    if i + 1 != n:
+        raise ValueError(f"{what}: {i + 1} examples, but {n} were counted in the first pass (changed meanwhile?)")
+    if n_docs == 1:
+        return ids[:, 0], lengths[:, 0]
     return ids, lengths
 
 
@@ -176,6 +266,24 @@ def stratified_split(labels: np.ndarray, sizes: dict[str, int], seed: int, rest:
     for c in pools:
         out[rest].append(pools[c][taken[c]:])
     return {name: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64) for name, parts in out.items()}
+
+
+def random_split(n: int, lengths: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """The split of the S4 reference: ``torch.utils.data.random_split(range(n), lengths.values(),
+    generator=torch.Generator().manual_seed(seed))`` -- one ``torch.randperm(n)`` cut into consecutive pieces in
+    the order of ``lengths`` (name -> count, summing to n). Unstratified. Returns name -> int64 indices, in the
+    permutation's order (the order of the reference's Subset).
+    """
+    import torch
+
+    if any(v < 0 for v in lengths.values()) or sum(lengths.values()) != n:
+        raise ValueError(f"split sizes {lengths} do not add up to {n} examples")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()  # int64 (n,)
+    out, start = {}, 0
+    for name, k in lengths.items():
+        out[name] = perm[start : start + k].astype(np.int64)
+        start += k
+    return out
 
 
 def take(split: Split, idx: np.ndarray) -> Split:

@@ -278,42 +278,74 @@ def member_selector(task: str) -> Callable[[str], bool]:
 def extract_task(archive: str | os.PathLike, task: str, dest: str | os.PathLike, *, log=print) -> Path:
     """Extract only the members ``task`` needs from ``archive`` into the folder ``dest``; returns ``dest``.
 
-    One sequential pass over the archive (any compression tarfile knows, or none). Extraction goes to a
-    temporary folder beside ``dest`` that is renamed into place when complete; an existing complete ``dest``
-    (marked by ``.complete``) is reused. A truncated or corrupt archive raises ValueError naming it.
+    One task of :func:`extract_tasks` (see there).
     """
-    archive, dest = Path(archive), Path(dest)
-    if (dest / ".complete").exists():
-        return dest
+    return extract_tasks(archive, {task: dest}, log=log)[task]
+
+
+def extract_tasks(archive: str | os.PathLike, dests: dict[str, str | os.PathLike], *, log=print) -> dict[str, Path]:
+    """Extract the members each task needs from ``archive`` into its folder, all in ONE pass; returns the folders.
+
+    ``dests``: task -> folder. The LRA release holds four tasks in ~7.7 GB; a pass per task reads (and, for a
+    compressed archive, decompresses) all of it each time, one pass for every requested task reads it once.
+    One sequential pass over the archive (any compression tarfile knows, or none). Each task's members go to a
+    temporary folder beside its ``dest``, renamed into place when the pass is complete; a task whose ``dest`` is
+    already complete (marked by ``.complete``) is reused and not extracted again (no pass at all if every one
+    is). A truncated or corrupt archive raises ValueError naming it and leaves no folder behind; so does an
+    archive that holds nothing for one of the tasks.
+    """
+    archive = Path(archive)
+    dests = {task: Path(d) for task, d in dests.items()}
+    todo = {task: d for task, d in dests.items() if not (d / ".complete").exists()}
+    if not todo:
+        return dests
     if not archive.is_file():
         raise ValueError(f"{archive}: archive not found")
-    wanted = member_selector(task)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.extracting-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    n = 0
+    wanted = {task: member_selector(task) for task in todo}
+    tmps = {task: d.parent / f".{d.name}.extracting-{os.getpid()}" for task, d in todo.items()}
+    counts = {task: 0 for task in todo}
+    filt = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
+        for task, tmp in tmps.items():
+            todo[task].parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(archive, "r|*") as tar:
             for m in tar:
-                if (m.isfile() or m.isdir()) and wanted(m.name):
-                    if os.path.isabs(m.name) or ".." in Path(m.name).parts:
-                        raise ValueError(f"{archive}: unsafe member path {m.name!r} (absolute or with '..')")
-                    # tarfile's "data" filter exists from Python 3.11.4/3.12 (3.10: the check above suffices,
-                    # only plain files and folders reach this point)
-                    tar.extract(m, tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-                    n += 1
-        if n == 0:
-            raise ValueError(f"{archive}: holds nothing the {task} task needs (is this the right archive?)")
-        (tmp / ".complete").write_text(f"{archive.name} {n}\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+                if not (m.isfile() or m.isdir()):
+                    continue
+                takers = [task for task, sel in wanted.items() if sel(m.name)]
+                if not takers:
+                    continue
+                if os.path.isabs(m.name) or ".." in Path(m.name).parts:
+                    raise ValueError(f"{archive}: unsafe member path {m.name!r} (absolute or with '..')")
+                # tarfile's "data" filter exists from Python 3.11.4/3.12 (3.10: the check above suffices,
+                # only plain files and folders reach this point)
+                tar.extract(m, tmps[takers[0]], **filt)
+                for task in takers[1:]:  # a stream is read once: copy what another task needs too
+                    target = tmps[task] / m.name
+                    if m.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(tmps[takers[0]] / m.name, target)
+                for task in takers:
+                    counts[task] += 1
+        for task, n in counts.items():
+            if n == 0:
+                raise ValueError(f"{archive}: holds nothing the {task} task needs (is this the right archive?)")
+        for task, tmp in tmps.items():
+            (tmp / ".complete").write_text(f"{archive.name} {counts[task]}\n")
+            if todo[task].exists():
+                shutil.rmtree(todo[task])
+            os.replace(tmp, todo[task])
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in tmps.values():
+            shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)):
             raise ValueError(f"{archive}: truncated or corrupt archive, extraction failed "
                              f"({type(e).__name__}: {e})") from None
         raise
     if log:
-        log(f"{archive}: extracted {n} members for {task} into {dest}")
-    return dest
+        for task, n in counts.items():
+            log(f"{archive}: extracted {n} members for {task} into {todo[task]}")
+    return dests

@@ -3,8 +3,10 @@
 ``input`` is a folder (extracted LRA data, or a generator's output: searched for the official file names) or,
 for ``source = "lra"``, an archive (``lra_release.gz``, ``aclImdb_v1.tar.gz``, ``cifar-10-python.tar.gz``), of
 which only the members the task needs are extracted (into ``extract_dir``; by default
-``<archive folder>/<archive name>.extracted/<task>``, see :func:`default_extract_dir`). Everything is read and
-checked before the first prepared file is written, so malformed input leaves no prepared file behind.
+``<archive folder>/<archive name>.extracted/<task>``, see :func:`default_extract_dir`). The workflow instead
+extracts every requested task of ``lra_release.gz`` in one pass (``dssbt extract``, rule ``extract_lra``) and
+passes the folders. Everything is read and checked before the first prepared file is written, so malformed input
+leaves no prepared file behind.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def prepare_task(task: str, source: str, input: str | os.PathLike, out: str | os
                  extract_dir: str | os.PathLike | None = None, log=print, **opts: Any) -> dict[str, Any]:
     """Prepare ``task`` from ``input`` into the folder ``out``; returns the metadata written to meta.json.
 
-    ``opts`` are the reader's settings (e.g. ``l_max``, ``min_count``, ``val_size``, ``seed``); None values are
-    dropped so the reader's defaults apply. For the embedded image task ``val_size`` defaults to the generator's.
+    ``opts`` are the reader's settings (e.g. ``l_max``, ``min_count``, ``val_size``, ``seed``, and the S4
+    reference's conventions ``eos``, ``normalise``, ``split``, ``pixels``); None values are dropped so the
+    reader's defaults apply. For the embedded image task ``val_size`` defaults to the generator's.
     """
     if task not in LRA_TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {LRA_TASKS}")

@@ -11,15 +11,18 @@ A prepared task is a folder holding ``train.npz``, ``val.npz``, ``test.npz`` and
   d_output (classes), l_max (L), dual, vocab (list of tokens, index = id; null for pixel tasks), sizes per split,
   majority_baseline (test accuracy of always predicting the most frequent train label), preprocessing (free-form).
 
-Vocabulary convention: id 0 = ``<pad>``, id 1 = ``<unk>``, then tokens of the train split.
+Vocabulary convention: id 0 = ``<pad>``, id 1 = ``<unk>``, then (with the reference's end-of-sequence token,
+option ``eos``) id 2 = ``<eos>``, then tokens of the train split. ``d_input`` counts every id, ``<eos>`` included.
 ``meta.json`` is written last, so a folder with a meta.json is complete.
 
-Storage: the values above are what a reader produces and what a training batch sees; on disk (and in memory while
-training) they are kept compact, losslessly. Token ids, lengths and labels are stored in the smallest unsigned
+Storage: the values above are what a training batch sees (``Split.batch_inputs``, ``Split.decoded``); readers,
+files on disk and the training process keep them compact, losslessly. Token ids, lengths and labels are stored in the smallest unsigned
 integer type that holds them (uint8 for LRA's byte-level vocabularies, uint16 for lengths up to 65,535); pixel
 inputs that take at most 256 distinct values (every LRA image task: 8-bit pixels under an affine normalisation) are
 stored as uint8 codes plus ``table`` (float32 (256,), the value of each code). ``Split.batch_inputs`` decodes a
 batch back to int64 / float32. Files written before this (int64 / float32, no table) load unchanged.
+The readers build these compact arrays directly (:func:`compact_zeros`, :func:`pixel_codes_inplace`): no whole
+split ever exists as int64 ids or float32 pixels while preparing.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 from ..io import atomic_path, write_json
 
 SPLITS = ("train", "val", "test")
-PAD, UNK = "<pad>", "<unk>"
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 
 
 @dataclass
@@ -62,15 +65,67 @@ class Split:
                      labels=self.labels.astype(np.int64))
 
 
+def smallest_uint_dtype(top: int) -> type:
+    """The smallest of uint8 / uint16 / uint32 / uint64 that holds the non-negative integer ``top``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return dtype
+    return np.uint64
+
+
+def compact_zeros(shape: tuple[int, ...], top: int) -> np.ndarray:
+    """Zeros of ``shape`` in the smallest unsigned type holding values up to ``top`` (ids, lengths)."""
+    return np.zeros(shape, dtype=smallest_uint_dtype(top))
+
+
 def _smallest_uint(a: np.ndarray) -> np.ndarray:
-    """``a`` (non-negative integers) in uint8 / uint16 / uint32 when its values fit, else unchanged."""
+    """``a`` (non-negative integers) in uint8 / uint16 / uint32 when its values fit, else unchanged.
+
+    No copy when ``a`` already has that type (a prepared Retrieval train split is 1.2 GB of uint8)."""
     if a.size == 0 or a.min() < 0:
         return a
     top = int(a.max())
     for dtype in (np.uint8, np.uint16, np.uint32):
         if top <= np.iinfo(dtype).max:
-            return a.astype(dtype)
+            return a.astype(dtype, copy=False)
     return a
+
+
+def pixel_codes_inplace(pixels: np.ndarray, rows: int = 4096, block: int = 64) -> np.ndarray:
+    """Overwrite uint8 pixel values (n, L) with the codes :func:`_pixel_codes` would give them; returns the
+    pixel value of each code, uint8 (k,), k <= 256.
+
+    For a strictly increasing normalisation f, ``_pixel_codes(f(pixels), rows)`` gives these same codes and the
+    table ``f(values)``: so an image reader can keep its pixels as uint8 and never build the float32 split (the
+    prepared files are byte-for-byte those of the float32 route). The codes depend on the chunks of ``rows`` rows
+    (values new in a chunk get the next codes, in increasing order); the work goes ``block`` rows at a time, so
+    the temporaries are a few blocks of uint8 (Path-X: 1 MiB each), whatever ``rows``.
+    """
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"pixel_codes_inplace needs uint8 pixels, got {pixels.dtype}")
+    values = np.zeros(0, np.uint8)  # code -> pixel value, in order of first appearance (sorted within a chunk)
+    lut = np.zeros(256, np.uint8)  # pixel value -> code
+    n = len(pixels)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        present = np.zeros(256, bool)
+        for b in range(start, stop, block):
+            present[np.unique(pixels[b : min(b + block, stop)])] = True
+        present[values] = False
+        new = np.flatnonzero(present).astype(np.uint8)  # = np.setdiff1d(np.unique(chunk), values), sorted
+        lut[new] = np.arange(len(values), len(values) + len(new))
+        values = np.concatenate([values, new])
+        for b in range(start, stop, block):
+            blk = pixels[b : min(b + block, stop)]
+            blk[...] = lut[blk]
+    return values
+
+
+def code_table(values: np.ndarray, normalise) -> np.ndarray:
+    """float32 (256,): ``normalise(values)`` (float32 (k,)) in the first k entries, zeros after."""
+    table = np.zeros(256, np.float32)
+    table[: len(values)] = normalise(values)
+    return table
 
 
 def _pixel_codes(x: np.ndarray, rows: int = 4096) -> tuple[np.ndarray, np.ndarray] | None:
