@@ -32,6 +32,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/reduce.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/correlation.smk"
 
 
 localrules:
@@ -52,6 +53,7 @@ rule all:
         "results/plots/hsv_decay.png",
         "results/plots/pretrained_vs_bt.png",
         "results/plots/learning_curves.png",
+        ["results/tables/correlation.csv"] if CORRELATION else [],
 
 
 rule data_all:
