@@ -33,6 +33,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/reduce.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/deploy.smk"
+include: "workflow/rules/correlation.smk"
 
 
 localrules:
@@ -54,6 +55,7 @@ rule all:
         "results/plots/pretrained_vs_bt.png",
         DEPLOY_IN_ALL,
         "results/plots/learning_curves.png",
+        ["results/tables/correlation.csv"] if CORRELATION else [],
 
 
 rule data_all:

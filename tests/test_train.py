@@ -230,3 +230,18 @@ def test_full_continued_trains_the_pretrained_model_further(task, tmp_path):
         train(task, hp, "from_pretrained", 0, tmp_path / "x", order=4, reduced=tmp_path / "pre" / "model.pt")
     with pytest.raises(ValueError, match="needs --reduced"):
         train(task, hp, "from_pretrained", 0, tmp_path / "x")
+
+
+def test_a_snapshot_is_the_pretraining_stopped_after_its_epoch(task, tmp_path):
+    """--stop-after e: the same run as the pretraining (same schedule over optim.epochs, same RNG streams) up to
+    epoch e, named stage snapshot, run pretrain_e{e}."""
+    hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 3}}
+    train(task, hp, "skew_hippo", 0, tmp_path / "full", log=lambda s: None)
+    snap = train(task, hp, "skew_hippo", 0, tmp_path / "snap", stop_after=2, log=lambda s: None)
+    assert (snap["stage"], snap["run"], snap["epochs_run"]) == ("snapshot", "pretrain_e2", 2)
+    assert history(tmp_path / "snap" / "history.csv") == history(tmp_path / "full" / "history.csv")[:3]
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="--stop-after"):
+            train(task, hp, "skew_hippo", 0, tmp_path / "x", stop_after=bad)
+    with pytest.raises(ValueError, match="--stop-after"):
+        train(task, hp, "skew_hippo", 0, tmp_path / "x", order=4, stop_after=1)

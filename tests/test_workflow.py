@@ -74,7 +74,9 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
                           **{rule: {"mem_mb": m} for rule, m in mem.items()}},
             "orders": [2, "tol:0.1"], "data": {"listops": {"source": "lra"}},
             "deploy": {"enabled": True},
-            "controls": ["skew_hippo_equal", "full_continued", "transplant"]}
+            "controls": ["skew_hippo_equal", "full_continued", "transplant"],
+            "correlation": {"epochs": [1], "order": 2}, "optim": {"epochs": 2},
+            "task_settings": {"listops": {"optim": {"epochs": 2}}}}
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
     out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
     seen = {}
@@ -144,6 +146,40 @@ def test_default_config_dry_run_job_counts(tmp_path):
                               "train_equal_budget": 18, "reduce": 36, "retrain": 36, "aggregate": 1, "plot": 1}
 
 
+def test_correlation_study_adds_only_its_jobs(tmp_path):
+    """With config correlation, one snapshot, reduction and retraining per task, seed and snapshot epoch, and the
+    correlation job; the main grid is unchanged."""
+    wf = copy_workflow(tmp_path)
+    (wf / "corr.yaml").write_text("correlation: {epochs: [1, 2], order: 8}\n")
+    main = job_counts(wf)
+    assert job_counts(wf, "--configfile", "config.yaml", "corr.yaml") == main | {
+        "snapshot": 12, "reduce_snapshot": 12, "retrain_snapshot": 12, "correlation": 1}
+
+
+def test_correlation_study_runs_end_to_end(tmp_path):
+    """One task, one seed, pretraining of 2 epochs: the snapshot after epoch 1 and the full pretraining, each
+    reduced and retrained; the snapshot is the pretraining's first epoch; points and coefficients written."""
+    import json
+
+    import pandas as pd
+
+    wf = copy_workflow(tmp_path)
+    shutil.copy(TINY, wf / "tiny.yaml")
+    (wf / "corr.yaml").write_text("tasks: [image]\ncontrols: []\noptim: {epochs: 2}\n"
+                                  "correlation: {epochs: [1], order: 2}\n")
+    snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml", "corr.yaml", "--", "results/tables/correlation.csv")
+    run = wf / "results/runs/image/seed0"
+    snap = json.loads((run / "pretrain_e1/metrics.json").read_text())
+    assert (snap["stage"], snap["run"], snap["epochs_run"]) == ("snapshot", "pretrain_e1", 1)
+    assert (run / "pretrain_e1/bt_init_r2/metrics.json").exists()
+    pre, full = (pd.read_csv(run / f"{r}/history.csv") for r in ("pretrain_e1", "pretrain"))
+    pd.testing.assert_frame_equal(pre.drop(columns="seconds"), full.drop(columns="seconds").iloc[:2])
+    points = pd.read_csv(wf / "results/tables/correlation_points.csv")
+    assert list(points["pretrain_epochs"]) == [1, 2]
+    assert (wf / "results/plots/correlation.png").stat().st_size > 0
+    assert list(pd.read_csv(wf / "results/tables/correlation.csv")["task"]) == ["image"]
+
+
 def test_lra_preset_dry_run_needs_no_data(tmp_path):
     wf = copy_workflow(tmp_path)
     # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions; one extract job
@@ -175,6 +211,9 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("methods: [bt, pod]", r"'pod' is not one of \['bt', 'bsp', 'modal', 'h2', 'msp'\]"),
         ("controls: [skew_hippo_eq]", r"'skew_hippo_eq' is not one of"),
         ("methods: [bt, transplant]", r"'transplant' is not one of \['bt', 'bsp', 'modal', 'h2', 'msp'\]"),
+        ("correlation: {epochs: [1], order: 4}", r"correlation.order = 4 is not below N = 4"),
+        ("correlation: {epochs: [1], order: 2}", r"correlation.epochs \[1\] must be below the pretraining epochs"),
+        ("correlation: {epochs: [1]}", r"'order' is a required property"),
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
     ],

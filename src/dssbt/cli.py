@@ -17,7 +17,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .stages import train_job
 
     train_job(a.data, a.out_dir, a.init, a.seed, a.hparams, a.order, a.layer_orders, a.reduced, a.device,
-              method=a.method)
+              method=a.method, stop_after=a.stop_after)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None,
                    help="method name of a baseline run of order r in its metrics and tables (default: the init); "
                         "skew_hippo_equal = the Skew-HiPPO model trained for the pretraining + retraining epochs")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="a snapshot of the full-N pretraining: the same run stopped after this epoch (its best "
+                        "model up to then); the schedule still spans optim.epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.json, history.csv")
     common(p)

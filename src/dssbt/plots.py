@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from scipy.stats import pearsonr  # noqa: E402
+from scipy.stats import linregress, pearsonr  # noqa: E402
 
 from .aggregate import BASELINE_LABELS, CONTINUED_LABELS, METHOD_NAMES, reduction_method  # noqa: E402
 from .io import atomic_path  # noqa: E402
@@ -145,7 +145,9 @@ def hsv_decay(report_files: Iterable[str | os.PathLike], paths: Iterable, settin
 
 def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
     """Scatter over runs (task × seed × order × method): accuracy of the pretrained full-N model vs the final
-    accuracy of the reduction-initialised order-r model, with Pearson's rho."""
+    accuracy of the reduction-initialised order-r model, with Pearson's rho pooled over every task and labelled so:
+    an easy task has both accuracies high, so the pooled rho mostly measures differences between tasks, not whether
+    a better pretrained model gives a better reduced one (that is the within-task study, ``correlation_plot``)."""
     _style(settings)
     pre = runs[runs["reference"] & (runs["init"] == "skew_hippo")].set_index(["task", "seed"])["test_accuracy"]
     bt = runs[runs["init"].str.endswith("_init") & runs["method"].isin(REDUCTIONS)].copy()  # no controls
@@ -157,7 +159,8 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     x, y = bt["pretrained_accuracy"].to_numpy(), bt["test_accuracy"].to_numpy()
     if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
         rho, p = pearsonr(x, y)
-        text = f"Pearson ρ = {rho:.3f} (p = {p:.2g}, n = {len(x)})"
+        text = (f"Pearson ρ pooled over tasks = {rho:.3f} (p = {p:.2g}, n = {len(x)}):\nmostly between-task "
+                f"differences; within-task: correlation study")
     else:
         text = f"Pearson ρ undefined (n = {len(x)})"
     ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize="small")
@@ -225,5 +228,42 @@ def learning_curves(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any
             ax.set_xlabel("cumulative training epochs")
             ax.set_ylabel("val accuracy (mean over seeds)")
     axes[0][0].legend(fontsize="x-small")
+    fig.tight_layout()
+    _save(fig, paths, settings.get("dpi", 150))
+
+
+def _coefficient(value: float, low: float, high: float) -> str:
+    if np.isnan(value):
+        return "undefined"
+    interval = "no CI" if np.isnan(low) else f"95 % CI [{low:.2f}, {high:.2f}]"
+    return f"{value:.2f} ({interval})"
+
+
+def correlation_plot(points: pd.DataFrame, table: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
+    """One panel per task (never pooled): test accuracy of the reduced-and-retrained model vs that of the
+    pretrained model it came from (pretraining snapshots and the full pretraining, every seed; colour = seed,
+    marker = pretraining epochs), the least-squares line (``scipy.stats.linregress``), and Pearson's r and
+    Spearman's rho with their bootstrap intervals from ``table`` (``correlation.correlation_table``)."""
+    _style(settings)
+    tasks = sorted(points["task"].unique())
+    coeffs = table.set_index("task")
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        d = points[points["task"] == task]
+        sns.scatterplot(data=d, x="pretrained_accuracy", y="bt_init_accuracy", hue="seed", style="pretrain_epochs",
+                        palette="deep", ax=ax)
+        x, y = d["pretrained_accuracy"].to_numpy(), d["bt_init_accuracy"].to_numpy()
+        if len(x) >= 2 and np.ptp(x) > 0:
+            fit = linregress(x, y)
+            xs = np.linspace(x.min(), x.max(), 2)
+            ax.plot(xs, fit.intercept + fit.slope * xs, c="0.3", lw=1, label="least squares")
+        c = coeffs.loc[task]
+        ax.text(0.02, 0.98, f"Pearson r = {_coefficient(c['pearson'], c['pearson_low'], c['pearson_high'])}\n"
+                f"Spearman ρ = {_coefficient(c['spearman'], c['spearman_low'], c['spearman_high'])}\n"
+                f"n = {int(c['n'])} points of this task", transform=ax.transAxes, va="top", fontsize="x-small")
+        ax.set_title(task)
+        ax.set_xlabel("pretrained (full N) test accuracy")
+        ax.set_ylabel("reduced + retrained test accuracy")
+        ax.legend(fontsize="xx-small", loc="lower right")
     fig.tight_layout()
     _save(fig, paths, settings.get("dpi", 150))

@@ -9,6 +9,9 @@
     retrain    bt|bsp|...      {method}_init_r{order}                        retrained from the reduced model
     continue   full            full_continued                                the pretrained model trained for the
                                                                              retraining epochs more (control)
+    snapshot   skew_hippo      pretrain_e{epoch}                             the pretraining stopped after epoch e
+                                                                             (correlation study; the reduce and
+                                                                             retrain folders of a snapshot lie inside)
 
 A reduce "method" may be a control of the comparison rather than a reduction (``registry.Method.control``:
 transplant, random_modes); it flows through reduce and retrain like the others. The controls a config can select
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-STAGES = ("pretrain", "baseline", "reduce", "retrain", "continue", "evaluate")
+STAGES = ("pretrain", "baseline", "reduce", "retrain", "continue", "snapshot", "evaluate")
 # the method names of a baseline run (order r, trained from an init): the plain one and the equal-budget control
 BASELINE_METHODS = ("skew_hippo", "skew_hippo_equal")
 # controls with their own training rule (the others are reduce methods of the registry with control=True)
@@ -44,8 +47,10 @@ def run_name(stage: str, method: str, order: str) -> str:
         return f"{method}_init_r{order}"
     if stage == "continue":
         return f"{method}_continued"
+    if stage == "snapshot":  # order: the epoch
+        return f"pretrain_e{order}"
     raise ValueError(f"stage {stage!r} has no run folder; stages with one: pretrain, baseline, reduce, retrain, "
-                     "continue")
+                     "continue, snapshot")
 
 
 def describe_run(stage: str, method: str, order: str | None) -> dict[str, Any]:

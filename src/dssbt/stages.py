@@ -35,14 +35,15 @@ def _orders(order: int | None, layer_orders: PathLike | None) -> tuple[int | lis
 def train_job(data: PathLike, out_dir: PathLike, init: str, seed: int = 0, hparams: str = "{}",
               order: int | None = None, layer_orders: PathLike | None = None, reduced: PathLike | None = None,
               device: str = "cpu", log: Callable[[str], None] = print,
-              method: str | None = None) -> dict[str, Path]:
+              method: str | None = None, stop_after: int | None = None) -> dict[str, Path]:
     """Train one model (pretraining, baseline or retraining: ``train.train``); returns {model, metrics, history}.
-    ``method`` names a baseline run other than its init (``skew_hippo_equal``: the equal-budget control)."""
+    ``method`` names a baseline run other than its init (``skew_hippo_equal``: the equal-budget control);
+    ``stop_after`` makes a snapshot of the pretraining (``train.train``)."""
     from .train import train
 
     orders, spec = _orders(order, layer_orders)
     train(data, hparams, init, seed, out_dir, order=orders, order_spec=None if spec is None else spec.label,
-          reduced=reduced, device=device, log=log, method=method)
+          reduced=reduced, device=device, log=log, method=method, stop_after=stop_after)
     out = Path(out_dir)
     return {"model": out / "model.pt", "metrics": out / "metrics.json", "history": out / "history.csv"}
 

@@ -116,13 +116,17 @@ def train(
     device: str = "cpu",
     log: Callable[[str], None] = print,
     method: str | None = None,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
 
     ``order``: None (full N: pretraining), r, or one order per layer (then ``order_spec`` names how they were
     chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``), ``from_reduced`` with ``reduced``, the
     model file written by ``dssbt reduce``, or ``from_pretrained`` with ``reduced`` the pretrained full-N model file
-    (the ``full_continued`` control: that model trained further, stage ``continue``, method ``full``). ``method``: the run's method name in its metrics (and so its run folder
+    (the ``full_continued`` control: that model trained further, stage ``continue``, method ``full``).
+    ``stop_after``: a snapshot of the full-N pretraining (the correlation study): the same run (same
+    hyper-parameters, schedule and RNG streams) stopped after that epoch, its best model up to then by validation
+    accuracy as the pretraining picks its own; stage ``snapshot``, run ``pretrain_e{stop_after}``. ``method``: the run's method name in its metrics (and so its run folder
     name, ``dssbt.runs.run_name``) for a baseline of order r, e.g. ``skew_hippo_equal`` for the equal-budget
     control (``runs.BASELINE_METHODS``); default the init.
     """
@@ -133,6 +137,10 @@ def train(
     meta, data = load_task(data_dir)
     cfg = model_config(meta, hp, init, order)
     dev = resolve_device(device)
+    if stop_after is not None and (order is not None or init != "skew_hippo" or method is not None
+                                   or not 1 <= stop_after < hp.optim.epochs):
+        raise ValueError(f"--stop-after {stop_after}: a snapshot of the full-N Skew-HiPPO pretraining (no order, "
+                         f"init or method) after an epoch in [1, optim.epochs={hp.optim.epochs})")
     if init.startswith("from_") and reduced is None:
         raise ValueError(f"init {init} needs --reduced (the model file to start from: written by dssbt reduce for "
                          "from_reduced, the pretrained model for from_pretrained)")
@@ -145,7 +153,10 @@ def train(
         method = (start_meta.get("reduction", {}).get("method") or "bt") if init == "from_reduced" else "full"
     stage = {"from_reduced": "retrain", "from_pretrained": "continue"}.get(
         init, "pretrain" if order is None else "baseline")
-    run = describe_run(stage, method, None if order is None else _order_folder(order, order_spec))
+    folder = None if order is None else _order_folder(order, order_spec)
+    if stop_after is not None:
+        stage, folder = "snapshot", str(stop_after)
+    run = describe_run(stage, method, folder)
     model.to(dev)
     opt = optimizer(model, hp)
     steps_per_epoch = math.ceil(len(data["train"]) / hp.optim.batch_size)
@@ -158,7 +169,8 @@ def train(
     job = json.dumps(
         {"data": str(Path(data_dir).resolve()), "hparams": hp.to_dict(), "init": init, "seed": seed,
          "order": order if isinstance(order, int) else None, "layer_orders": order if isinstance(order, list) else None,
-         "reduced": None if reduced is None else hashlib.sha256(Path(reduced).read_bytes()).hexdigest()},
+         "reduced": None if reduced is None else hashlib.sha256(Path(reduced).read_bytes()).hexdigest(),
+         "stop_after": stop_after},
         sort_keys=True,
     )
     st = ResumeState.load(state_path, job, log)
@@ -181,7 +193,8 @@ def train(
         st.best = {"val_accuracy": v["accuracy"], "epoch": 0, "state": _cpu_state(model)}
         log(f"epoch 0 (before training): val acc {v['accuracy']:.4f}, test acc {t['accuracy']:.4f}")
 
-    while st.epoch < hp.optim.epochs and not (hp.optim.patience and st.bad_epochs >= hp.optim.patience):
+    last = hp.optim.epochs if stop_after is None else stop_after  # the schedule still spans optim.epochs
+    while st.epoch < last and not (hp.optim.patience and st.bad_epochs >= hp.optim.patience):
         st.epoch += 1
         tr = _train_epoch(model, data["train"], hp, opt, sched, shuffle, dev, st.epoch, steps_per_epoch)
         v = evaluate(model, data["val"], hp.optim.eval_batch_size, dev, hp.optim.amp)

@@ -22,6 +22,8 @@ TRAIN_RULES = (
     "retrain",
     "train_equal_budget",
     "continue_full",
+    "snapshot",
+    "retrain_snapshot",
 )  # resources: default, then 'train', then the rule's own
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
@@ -29,6 +31,9 @@ CONTROLS = config.get("controls", [])
 # the reduce -> retrain chain runs every compared method and every control that is a registry method (transplant,
 # random_modes); the other controls (skew_hippo_equal) have their own rule
 METHODS = config["methods"] + [c for c in CONTROLS if c not in TRAINING_CONTROLS]
+CORRELATION = config.get(
+    "correlation"
+)  # the within-task correlation study, or None (off)
 
 
 def _order_specs():
@@ -69,12 +74,27 @@ def check_config():
                 raise ValueError(
                     f"config: orders contains {spec.r}, not below N = {where} = {N} (task {task})"
                 )
+        if CORRELATION:
+            epochs = json.loads(hparams_json(task, "pretrain"))["optim"].get("epochs")
+            if CORRELATION["order"] >= N:
+                raise ValueError(
+                    f"config: correlation.order = {CORRELATION['order']} is not below N = {N} (task {task})"
+                )
+            late = [
+                e for e in CORRELATION["epochs"] if epochs is not None and e >= epochs
+            ]
+            if late:
+                raise ValueError(
+                    f"config: correlation.epochs {late} must be below the pretraining epochs of task {task} "
+                    f"({epochs}): the full pretraining is always one more point"
+                )
 
 
 wildcard_constraints:
     task="|".join(TASKS),
     filename="|".join(a.filename.replace(".", r"\.") for a in ARCHIVES.values()),
     seed=r"\d+",
+    epoch=r"\d+",
     method="|".join(REDUCTION_METHODS),
     order=r"\d+|[a-z]+[0-9][0-9.eE+-]*",
 
@@ -214,6 +234,38 @@ def all_metrics():
         + expand_runs("reduce", "metrics.json")
         + expand_runs("retrain", "metrics.json")
     )
+
+
+def snapshot_run_dir(stage):
+    """Folder of a reduce or retrain run of a pretraining snapshot (correlation study): inside the snapshot's."""
+    return f"results/runs/{{task}}/seed{{seed}}/pretrain_e{{epoch}}/{run_name(stage, '{method}', '{order}')}/"
+
+
+def correlation_pairs():
+    """(pretrained metrics, retrained metrics) files of the correlation study, as two lists in one order: per task
+    and seed, every snapshot epoch, then the full pretraining with its retrained model of the main grid.
+    """
+    if not CORRELATION:
+        return [], []
+    method, order = CORRELATION.get("method", "bt"), CORRELATION["order"]
+    pre, ret = [], []
+    for task in TASKS:
+        for seed in SEEDS:
+            for e in CORRELATION["epochs"]:
+                where = dict(task=task, seed=seed, epoch=e, method=method, order=order)
+                pre.append(
+                    run_dir("snapshot", "skew_hippo", "{epoch}").format(**where)
+                    + "metrics.json"
+                )
+                ret.append(snapshot_run_dir("retrain").format(**where) + "metrics.json")
+            pre.append(
+                run_dir("pretrain").format(task=task, seed=seed) + "metrics.json"
+            )
+            ret.append(
+                run_dir("retrain", method, str(order)).format(task=task, seed=seed)
+                + "metrics.json"
+            )
+    return pre, ret
 
 
 def all_histories():
