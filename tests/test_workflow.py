@@ -140,9 +140,9 @@ def test_snakefmt_check_passes():
 
 def test_default_config_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 3 tasks x 2 seeds x 3 orders (+ 1 pretraining per task and seed); the controls at every order: equal budget
+    # 3 tasks x 3 seeds x 2 orders (+ 1 pretraining per task and seed); the controls at every order: equal budget
     # (its own rule) and transplant (reduce + retrain, beside bt)
-    assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 18,
+    assert job_counts(wf) == {"generate": 3, "prepare": 3, "pretrain": 9, "train_baseline": 18,
                               "train_equal_budget": 18, "reduce": 36, "retrain": 36, "aggregate": 1, "plot": 1}
 
 
