@@ -189,6 +189,16 @@ def test_lra_preset_dry_run_needs_no_data(tmp_path):
         "reduce": 144, "retrain": 144, "aggregate": 1, "plot": 1}
 
 
+def test_study_preset_dry_run_job_counts(tmp_path):
+    wf = copy_workflow(tmp_path)
+    # 3 tasks x 5 seeds x 3 orders x (bt + transplant + random modes) + equal budget + one continued model per
+    # pretraining; the correlation study: 2 snapshots per pretraining, each reduced and retrained
+    assert job_counts(wf, "--configfile", "workflow/presets/study.yaml") == {
+        "generate": 3, "prepare": 3, "pretrain": 15, "snapshot": 30, "train_baseline": 45, "train_equal_budget": 45,
+        "continue_full": 15, "reduce": 135, "reduce_snapshot": 30, "retrain": 135, "retrain_snapshot": 30,
+        "aggregate": 1, "correlation": 1, "plot": 1}
+
+
 def test_methods_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
     # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x (4 methods + transplant); the tolerance row has its own
