@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,3 +170,128 @@ def test_evaluate_command_matches_training_metrics(task, tmp_path):
     e = json.loads((tmp_path / "e.json").read_text())
     assert {k: e["accuracy"][k] for k in ("val", "test")} == {k: m["accuracy"][k] for k in ("val", "test")}
     assert e["params"] == m["params"] and 0 <= e["accuracy"]["train"] <= 1
+
+
+# ----- faults: divergence ------------------------------------------------------------------------------------------
+
+def diverging(on_divergence: str | None = None, **optim) -> dict:
+    """HP with learning rates so large that the loss of the tiny task becomes NaN within the first epoch."""
+    hp = json.loads(json.dumps(HP))
+    hp["optim"].update(lr=1e6, ssm_lr=1e6, epochs=3, **optim)
+    if on_divergence:
+        hp["optim"]["on_divergence"] = on_divergence
+    return hp
+
+
+def test_diverging_run_fails_naming_the_job_and_writes_no_output(task, tmp_path):
+    out = tmp_path / "out"
+    p = run_cli("train", "--data", str(task), "--hparams", json.dumps(diverging()), "--init", "skew_hippo",
+                "--seed", "2", "--out-dir", str(out))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert re.search(r"dssbt train: error: training diverged: (training loss|gradient norm) is (nan|inf|-inf) "
+                     r"\(task tiny, seed 2, init skew_hippo, order N=8 \(full\)\) at epoch 1/3, step \d+/10; "
+                     r"optim\.lr=1e\+06, optim\.ssm_lr=1e\+06 \(scheduled at that step: lr [0-9.e+]+, ssm_lr", p.stderr), \
+        p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    for name in ("metrics.json", "model.pt", "history.csv"):
+        assert not (out / name).exists(), name
+
+
+def test_divergence_names_order_and_init_of_a_baseline(task, tmp_path):
+    with pytest.raises(ValueError, match=r"\(task tiny, seed 0, init s4d_lin, order r=3\) at epoch 1/3, step \d+/10"):
+        train(task, diverging(), "s4d_lin", 0, tmp_path, order=3, log=lambda s: None)
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.pt").exists()
+
+
+class InjectNaN:
+    """F.cross_entropy that, at the ``at``-th training step (1-based; evaluation runs without grad), returns NaN or
+    (``grad=True``) a finite loss whose gradient is infinite."""
+
+    def __init__(self, at: int, grad: bool = False):
+        import torch.nn.functional as F
+
+        self.at, self.grad, self.calls, self.real = at, grad, 0, F.cross_entropy
+
+    def __call__(self, *args, **kw):
+        import torch
+
+        loss = self.real(*args, **kw)
+        if not torch.is_grad_enabled():
+            return loss
+        self.calls += 1
+        if self.calls != self.at:
+            return loss
+        if self.grad:
+            loss.register_hook(lambda g: g * float("inf"))
+            return loss
+        return loss * float("nan")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["nan_loss", "inf_gradient"])
+def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task, tmp_path, monkeypatch, grad):
+    """Divergence injected at epoch 3, step 4: keep_best reports exactly what a clean 2-epoch run reports (plateau
+    schedule: the learning rates do not depend on the number of epochs); the diverged epoch leaves no trace."""
+    import dssbt.train
+
+    hp = json.loads(json.dumps(HP))
+    hp["optim"].update(schedule="plateau", warmup_epochs=0.0, epochs=5, lr=0.02)
+    ref = train(task, hp | {"optim": hp["optim"] | {"epochs": 2}}, "skew_hippo", 0, tmp_path / "ref", log=lambda s: None)
+    monkeypatch.setattr(dssbt.train.F, "cross_entropy", InjectNaN(at=2 * 10 + 4, grad=grad))
+    lines = []
+    m = train(task, hp | {"optim": hp["optim"] | {"on_divergence": "keep_best"}}, "skew_hippo", 0, tmp_path / "kb",
+              log=lines.append)
+    monkeypatch.undo()
+    what = "gradient norm" if grad else "training loss"
+    assert m["diverged"] is True and m["diverged_at"] == {"epoch": 3, "step": 4, "what": what,
+                                                         "value": m["diverged_at"]["value"]}
+    assert m["diverged_at"]["value"] in (("inf", "nan") if grad else ("nan",))  # inf x 0 in backward: nan
+    assert any(s.startswith(f"warning: training diverged: {what}") and "keep_best" in s for s in lines), lines
+    assert ref["diverged"] is False and "diverged_at" not in ref
+    drop = ("wall_time_s", "diverged", "diverged_at", "hparams")
+    assert {k: v for k, v in m.items() if k not in drop} == {k: v for k, v in ref.items() if k not in drop}
+    assert m["epochs_run"] == 2 and m["best_epoch"] == ref["best_epoch"] > 0
+    assert history(tmp_path / "kb" / "history.csv") == history(tmp_path / "ref" / "history.csv")
+    assert not (tmp_path / "kb" / "train_state.pt").exists()
+    # the model file is the best checkpoint: evaluated on its own it gives the metrics' accuracy
+    p = run_cli("evaluate", "--checkpoint", str(tmp_path / "kb" / "model.pt"), "--data", str(task),
+                "--hparams", json.dumps(hp), "--out", str(tmp_path / "e.json"))
+    assert p.returncode == 0, p.stderr
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert {k: e["accuracy"][k] for k in ("val", "test")} == {k: m["accuracy"][k] for k in ("val", "test")}
+
+
+def test_keep_best_real_divergence_is_marked_in_the_tables(task, tmp_path):
+    from dssbt.aggregate import DIVERGED_MARK, write_tables
+
+    m = train(task, diverging("keep_best"), "skew_hippo", 2, tmp_path / "kb", log=lambda s: None)
+    assert m["diverged"] is True and m["diverged_at"]["epoch"] == 1 and m["epochs_run"] == 0 and m["best_epoch"] == 0
+    assert m["hparams"]["optim"]["on_divergence"] == "keep_best"
+    # best = the untrained model: what a healthy run with this seed measured before its first update
+    ok = train(task, HP, "skew_hippo", 2, tmp_path / "ok", order=None, log=lambda s: None)
+    assert {k: m["accuracy"][k] for k in ("val", "test")} == ok["initial"]["accuracy"]
+    base = json.loads((tmp_path / "kb" / "metrics.json").read_text())
+    assert base["diverged"] is True
+    # the same task at another order, healthy: its cell carries no mark
+    small = train(task, HP, "skew_hippo", 2, tmp_path / "r3", order=3, log=lambda s: None)
+    assert small["diverged"] is False
+    t = {k: tmp_path / f"t.{k}" for k in ("runs", "csv", "md", "tex", "methods")}
+    write_tables([tmp_path / "kb" / "metrics.json", tmp_path / "r3" / "metrics.json"], t["runs"], t["csv"], t["md"],
+                 t["tex"], t["methods"])
+    with open(t["runs"]) as fh:
+        rows = {r["order_spec"]: r for r in csv.DictReader(fh)}
+    assert rows["8"]["diverged"] == "True" and rows["3"]["diverged"] == "False"
+    md = t["md"].read_text().splitlines()
+    full = next(line for line in md if "8 (full N)" in line)
+    r3 = next(line for line in md if line.startswith("| tiny | 3 |"))
+    assert f"± 0.00 {DIVERGED_MARK} |" in full and DIVERGED_MARK not in r3
+    assert md[-1].startswith(f"{DIVERGED_MARK} training diverged in at least one seed")
+    assert r"\dag{}" in t["tex"].read_text() and DIVERGED_MARK in t["methods"].read_text()
+
+
+def test_on_divergence_is_left_out_of_the_recorded_hyper_parameters_at_its_default():
+    """Jobs finished before the key existed keep their recorded hyper-parameters (and resume identity)."""
+    assert "on_divergence" not in parse_hparams(HP).to_dict()["optim"]
+    assert "on_divergence" not in parse_hparams({"optim": {"on_divergence": "fail"}}).to_dict()["optim"]
+    assert parse_hparams({"optim": {"on_divergence": "keep_best"}}).to_dict()["optim"]["on_divergence"] == "keep_best"
+    with pytest.raises(ValueError, match=r"optim.on_divergence='skip' is not one of \['fail', 'keep_best'\]"):
+        parse_hparams({"optim": {"on_divergence": "skip"}})

@@ -6,6 +6,10 @@ Inits in the tables: ``skew_hippo`` (a model of order r trained from the Skew-Hi
 
 Orders are grouped by how they were asked for (``order_spec``): an integer r, or ``tol:<x>`` where every layer got
 its own order; ``order`` is then the mean state size over layers (and seeds, in the summary).
+
+A run whose training diverged and that finished with its best checkpoint before it (``optim.on_divergence:
+keep_best``; metrics ``diverged: true``) is marked: ``diverged`` in the runs table, the count ``n_diverged`` in the
+summary, and a ``†`` on its cell in the Markdown and LaTeX tables, explained in a footnote below them.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 "params_total": m["params"]["total"],
                 "params_ssm": m["params"]["ssm"],
                 "epochs_run": m.get("epochs_run", 0),
+                "diverged": bool(m.get("diverged", False)),  # files written before the key existed: not diverged
                 "wall_time_s": m.get("wall_time_s"),
                 "file": str(path),
             }
@@ -80,6 +85,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         acc_mean=("test_accuracy", "mean"),
         acc_std=("test_accuracy", lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0),
         n_seeds=("seed", "nunique"),
+        n_diverged=("diverged", "sum"),
         params_total=("params_total", "mean"),  # differs between seeds only for tolerance-chosen orders
         params_ssm=("params_ssm", "mean"),
     ).reset_index()
@@ -106,8 +112,13 @@ def _count(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+DIVERGED_MARK = "†"
+DIVERGED_NOTE = (f"{DIVERGED_MARK} training diverged in at least one seed of this cell; that seed reports its best "
+                 "checkpoint before the divergence (optim.on_divergence: keep_best; runs.csv, column diverged).")
+
+
+def _pm(mean: float, std: float, n_diverged: int = 0) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" + (f" {DIVERGED_MARK}" if n_diverged else "")
 
 
 def _display(summary: pd.DataFrame) -> pd.DataFrame:
@@ -116,7 +127,8 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
             "task": summary["task"],
             "order": [_order_label(*a) for a in zip(summary["order_spec"], summary["order"], summary["reference"])],
             "init": [LABELS.get(i, i) for i in summary["init"]],
-            "test acc. % (mean ± std)": [_pm(m, s) for m, s in zip(summary["acc_mean"], summary["acc_std"])],
+            "test acc. % (mean ± std)": [_pm(m, s, d) for m, s, d in
+                                         zip(summary["acc_mean"], summary["acc_std"], summary["n_diverged"])],
             "seeds": summary["n_seeds"],
             "params": [_count(x) for x in summary["params_total"]],
             "SSM params": [_count(x) for x in summary["params_ssm"]],
@@ -125,20 +137,22 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _latex(df: pd.DataFrame) -> str:
-    """A booktabs tabular of ``df`` (written by hand: pandas' to_latex needs jinja2)."""
+def _latex(df: pd.DataFrame, note: str | None = None) -> str:
+    """A booktabs tabular of ``df`` (written by hand: pandas' to_latex needs jinja2), ``note`` below it."""
 
     def cell(v) -> str:
         t = str(v)
         for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
             t = t.replace(a, b)
-        return t.replace("±", r"$\pm$")
+        return t.replace("±", r"$\pm$").replace(DIVERGED_MARK, r"\dag{}")
 
     lines = [r"\begin{tabular}{" + "l" * 3 + "r" * (len(df.columns) - 3) + "}", r"\toprule"]
     lines.append(" & ".join(cell(c) for c in df.columns) + r" \\")
     lines.append(r"\midrule")
     lines += [" & ".join(cell(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if note:
+        lines += ["", r"\par\footnotesize " + cell(note)]
     return "\n".join(lines) + "\n"
 
 
@@ -150,18 +164,18 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         row = {"task": task, "order": _order_label(spec, first["order"], first["reference"]),
                "params": _count(g["params_total"].mean())}
-        for init, m, sd in zip(g["init"], g["acc_mean"], g["acc_std"]):
-            row[LABELS.get(init, init)] = _pm(m, sd)
+        for init, m, sd, d in zip(g["init"], g["acc_mean"], g["acc_std"], g["n_diverged"]):
+            row[LABELS.get(init, init)] = _pm(m, sd, d)
         rows.append(row)
     table = pd.DataFrame(rows)
     columns = ["task", "order", "params"] + [LABELS[i] for i in INIT_ORDER if LABELS[i] in table.columns]
     return table[columns].fillna("")
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def _markdown(df: pd.DataFrame, note: str | None = None) -> str:
     md = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(md) + "\n"
+    return "\n".join(md + (["", note] if note else [])) + "\n"
 
 
 def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path, md_path, tex_path,
@@ -171,14 +185,15 @@ def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path,
     runs = runs_table(metrics_files)
     summary = summary_table(runs)
     shown = _display(summary)
+    note = DIVERGED_NOTE if summary["n_diverged"].any() else None
     outputs = [
         (runs_csv, runs.to_csv(index=False)),
         (csv_path, summary.to_csv(index=False)),
-        (md_path, _markdown(shown)),
-        (tex_path, _latex(shown)),
+        (md_path, _markdown(shown, note)),
+        (tex_path, _latex(shown, note)),
     ]
     if methods_md is not None:
-        outputs.append((methods_md, _markdown(methods_table(summary))))
+        outputs.append((methods_md, _markdown(methods_table(summary), note)))
     for path, text in outputs:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)
