@@ -1,4 +1,5 @@
 import csv
+import errno
 import json
 import os
 import re
@@ -295,3 +296,180 @@ def test_on_divergence_is_left_out_of_the_recorded_hyper_parameters_at_its_defau
     assert parse_hparams({"optim": {"on_divergence": "keep_best"}}).to_dict()["optim"]["on_divergence"] == "keep_best"
     with pytest.raises(ValueError, match=r"optim.on_divergence='skip' is not one of \['fail', 'keep_best'\]"):
         parse_hparams({"optim": {"on_divergence": "skip"}})
+
+
+# ----- faults: broken or hostile state files, a full disk ---------------------------------------------------------
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupted_after_epoch_1(task, out: Path, seed: int = 1) -> Path:
+    """Train HP in ``out`` and stop it in epoch 2, before its state is saved: leaves the genuine train_state.pt of
+    epoch 1 (the log line of an epoch comes just before its save)."""
+
+    def log(line: str) -> None:
+        if line.startswith("epoch 2/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(task, HP, "skew_hippo", seed, out, log=log)
+    assert not (out / "metrics.json").exists()
+    return out / "train_state.pt"
+
+
+@pytest.fixture(scope="module")
+def clean_run(task, tmp_path_factory):
+    """HP, seed 1, run once without interruption: the reference of every resume test."""
+    out = tmp_path_factory.mktemp("clean")
+    return strip_time(train(task, HP, "skew_hippo", 1, out, log=lambda s: None)), history(out / "history.csv")
+
+
+def test_interrupted_run_resumes_from_its_state_to_the_same_result(task, tmp_path, clean_run):
+    interrupted_after_epoch_1(task, tmp_path)
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    assert f"resuming from {tmp_path / 'train_state.pt'} after epoch 1" in lines
+    assert (strip_time(m), history(tmp_path / "history.csv")) == clean_run
+
+
+def test_truncated_state_file_is_reported_and_training_starts_over(task, tmp_path, clean_run):
+    state = interrupted_after_epoch_1(task, tmp_path)
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2])
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    warnings = [s for s in lines if s.startswith(f"warning: ignoring {state}: not a readable resume state")]
+    assert warnings and warnings[0].endswith("training starts over"), lines
+    assert not any(s.startswith("resuming from") for s in lines)
+    assert (strip_time(m), history(tmp_path / "history.csv")) == clean_run
+
+
+class RunsCode:
+    """Unpickled by a full pickle loader, this creates ``marker``: code run by loading a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_state_file_that_would_run_code_is_refused(task, tmp_path, clean_run):
+    import torch
+
+    state = interrupted_after_epoch_1(task, tmp_path / "run")
+    genuine = torch.load(state, weights_only=True)
+    marker = tmp_path / "code_ran"
+    # the job's own arguments and format tag, so that only the payload makes it foreign
+    torch.save({**genuine, "history": [RunsCode(marker)]}, state)
+    probe = tmp_path / "probe.pt"
+    probe.write_bytes(state.read_bytes())
+    torch.load(probe, weights_only=False)  # a full unpickler runs it: the file is live
+    assert marker.exists()
+    marker.unlink()
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path / "run", log=lines.append)
+    assert not marker.exists()
+    assert any(s.startswith(f"warning: ignoring {state}: not a readable resume state (UnpicklingError")
+               for s in lines), lines
+    assert not any(s.startswith("resuming from") for s in lines)
+    assert (strip_time(m), history(tmp_path / "run" / "history.csv")) == clean_run
+
+
+class FullDiskAfter:
+    """``open`` for dssbt.resume: the ``n``-th file opened for writing accepts half of what is written, then
+    raises ENOSPC, as a file system that fills up during the write."""
+
+    def __init__(self, n: int):
+        self.n, self.opened = n, 0
+
+    def __call__(self, path, mode="r", *args, **kw):
+        fh = open(path, mode, *args, **kw)
+        if "w" not in mode:
+            return fh
+        self.opened += 1
+        if self.opened != self.n:
+            return fh
+        real_write = fh.write
+
+        def write(data):
+            real_write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        fh.write = write
+        return fh
+
+
+def check_full_disk_failure(error: BaseException, state: Path, lines: list[str]) -> None:
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    assert str(error).startswith(f"[Errno 28] could not write the resume state {state} after epoch 2 (No space "
+                                 "left on device); the previous state file is unchanged"), str(error)
+    assert not list(state.parent.glob(".*.tmp"))  # the half-written temporary is gone
+    for name in ("metrics.json", "model.pt", "history.csv"):
+        assert not (state.parent / name).exists(), name
+
+
+def test_full_disk_at_a_state_write_names_the_file_keeps_the_previous_state_and_resumes(task, tmp_path, monkeypatch,
+                                                                                        clean_run):
+    import torch
+
+    import dssbt.resume
+
+    state = tmp_path / "train_state.pt"
+    monkeypatch.setattr(dssbt.resume, "open", FullDiskAfter(2), raising=False)
+    lines = []
+    with pytest.raises(OSError) as e:
+        train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    monkeypatch.undo()
+    check_full_disk_failure(e.value, state, lines)
+    assert torch.load(state, weights_only=True)["epoch"] == 1  # the state of epoch 1, readable
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    assert f"resuming from {state} after epoch 1" in lines
+    assert (strip_time(m), history(tmp_path / "history.csv")) == clean_run
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 64 KiB tmpfs (root only): one state file of the tiny job (~44 KB) fits, a second beside it does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a tmpfs needs root (uid {os.geteuid()}); the injected full disk test covers the rest")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {p.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resumes(task, small_tmpfs, tmp_path):
+    import torch
+
+    out = small_tmpfs / "run"
+    p = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
+                "--out-dir", str(out))
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    err = p.stderr.strip().splitlines()[-1]
+    state = out / "train_state.pt"
+    assert err.startswith(f"dssbt train: error: [Errno 28] could not write the resume state {state} after epoch 2 "
+                          "(No space left on device); the previous state file is unchanged"), err
+    assert torch.load(state, weights_only=True)["epoch"] == 1
+    assert not list(out.glob(".*.tmp")) and not (out / "metrics.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_tmpfs)], check=True)  # space freed
+    again = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
+                    "--out-dir", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from {state} after epoch 1" in again.stdout
+    # the reference through the CLI too: one torch thread (the in-process runs use pytest's, and the last digits
+    # of a loss depend on the thread count)
+    ref = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
+                  "--out-dir", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert strip_time(json.loads((out / "metrics.json").read_text())) == \
+        strip_time(json.loads((tmp_path / "ref" / "metrics.json").read_text()))
+    assert history(out / "history.csv") == history(tmp_path / "ref" / "history.csv")
