@@ -255,7 +255,7 @@ def _train_epoch(model: S4Model, split: Split, hp: Hparams, opt, sched, shuffle:
         if hp.optim.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, hp.optim.grad_clip)  # the norm before clipping
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            norm = _total_norm([p.grad for p in params if p.grad is not None])
         # Checked before the step (one sync per step, as loss.item() alone was): a non-finite gradient would make
         # every weight NaN, clipping included (it scales by the norm)
         loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
@@ -273,6 +273,13 @@ def _train_epoch(model: S4Model, split: Split, hp: Hparams, opt, sched, shuffle:
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     bar.close()
     return {"loss": loss_sum / seen, "accuracy": correct / seen}
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of ``grads`` (as clip_grad_norm_ computes it); torch < 2.6 has no get_total_norm."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def _lrs(opt: torch.optim.Optimizer) -> tuple[float, float]:
