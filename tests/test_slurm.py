@@ -298,6 +298,10 @@ def test_requeued_training_job_resumes_and_finishes_with_the_same_metrics(slurm_
         ids = [line.split("|")[0] for line in queue.stdout.splitlines() if line.endswith("rule_pretrain_wildcards_listops_0")]
         assert len(ids) == 1, queue.stdout
         subprocess.run(["scontrol", "requeue", ids[0]], check=True, env=ENV, capture_output=True, text=True)
+        # SLURM ends the running job (SIGTERM, SIGKILL after KillWait = 5 s, cluster.sh) and starts it again no
+        # sooner than 2 minutes later (its requeue delay): the first run was stopped before it finished
+        time.sleep(15)
+        assert not (wf / RUN / "metrics.json").exists() and state.exists()
         out, _ = run.communicate(timeout=900)
     finally:
         if run.poll() is None:
