@@ -7,11 +7,13 @@ profiles/slurm is used as shipped; the command line only fills in its site place
 and lowers the plugin's wait before the first status check, which dominates minute-sized jobs."""
 
 import csv
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -98,17 +100,19 @@ def run_id(output: str) -> str:
 
 
 def sacct_jobs(run: str) -> list[dict[str, str]]:
-    """The jobs that SLURM accounting recorded for one Snakemake run: id, rule, wildcards, state."""
+    """The jobs that SLURM accounting recorded for one Snakemake run, in submission order: id, rule, wildcards,
+    state, time limit."""
     p = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", run,
-                        "-o", "JobIDRaw,JobName%100,Comment%300,State"],
+                        "-o", "JobIDRaw,JobName%100,Comment%300,State,Timelimit"],
                        capture_output=True, text=True, env=ENV, check=True)
     jobs = []
     for line in p.stdout.splitlines():
-        jobid, name, comment, state = line.split("|")
+        jobid, name, comment, state, timelimit = line.split("|")
         # The plugin's job comment: rule_<rule> or rule_<rule>_wildcards_<values>
         m = re.fullmatch(r"rule_(\w+?)(?:_wildcards_(.*))?", comment)
         assert m, comment
-        jobs.append({"id": jobid, "rule": m.group(1), "wildcards": m.group(2) or "", "state": state.split()[0]})
+        jobs.append({"id": jobid, "rule": m.group(1), "wildcards": m.group(2) or "", "state": state.split()[0],
+                     "timelimit": timelimit})
     return jobs
 
 
@@ -200,3 +204,115 @@ def test_config_edit_submits_only_the_invalidated_job(slurm_runs):
     p = snakemake(wf, *profile_args("--configfile", "tiny.yaml", "edit.yaml"))
     jobs = sacct_jobs(run_id(p.stdout + p.stderr))
     assert [(j["rule"], j["state"]) for j in jobs] == [("plot", "COMPLETED")]
+
+
+# ----- faults: time limits and requeueing -------------------------------------------------------------------------
+
+# One listops pretraining job whose CPU time (about 100 s: 2000 sequences x 130 epochs of a tiny model) is above
+# SLURM's smallest time limit, 1 minute, and its kill granularity (slurmctld checks time limits every 30 s, so the
+# job ends 60-90 s after it started). resources.pretrain.runtime: 1 asks for 1 minute, then 2, 4, 8 (doubling per
+# attempt, common.smk); --retries 3 instead of the profile's 2 leaves room for a machine loaded by other work.
+TIMEOUT_CONFIG = """
+tasks: [listops]
+seeds: [0]
+orders: [2]
+data:
+  listops:
+    source: embedded
+    generate: {seed: 0, n_train: 2000, n_val: 40, n_test: 40, max_depth: 2, max_length: 60, min_length: 5}
+    prepare: {l_max: 60}
+model: {d_model: 16, d_state: 4, n_layers: 1}
+optim: {epochs: 130, batch_size: 20, eval_batch_size: 50}
+task_settings: {listops: {optim: {epochs: 130}}}
+resources: {pretrain: {runtime: 1}}
+"""
+# A shorter job (about 20 s of CPU) for the requeue test.
+REQUEUE_CONFIG = TIMEOUT_CONFIG.replace("n_train: 2000", "n_train: 600").replace("130", "60").replace(
+    "resources: {pretrain: {runtime: 1}}", "")
+RUN = "results/runs/listops/seed0/pretrain"
+
+
+def prepared_workflow(dest: Path, config: str) -> Path:
+    """A copy of the workflow with ``config`` as faults.yaml and its data generated and prepared locally."""
+    dest.mkdir()
+    wf = copy_workflow(dest)
+    (wf / "faults.yaml").write_text(config)
+    snakemake(wf, "data_all", "--cores", "2", "--configfile", "faults.yaml")
+    return wf
+
+
+def start_local_reference(wf: Path, dest: Path) -> subprocess.Popen:
+    """The same pretraining run locally, without interruption, in a copy of ``wf`` (started, not waited for)."""
+    ref = shutil.copytree(wf, dest)
+    return subprocess.Popen([*SNAKEMAKE, "pretrain_all", "--cores", "1", "--configfile", "faults.yaml"], cwd=ref,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def same_training_result(slurm_wf: Path, local: subprocess.Popen, local_wf: Path) -> None:
+    out, _ = local.communicate(timeout=900)
+    assert local.returncode == 0, out[-3000:]
+
+    def metrics(wf):
+        return {k: v for k, v in json.loads((wf / RUN / "metrics.json").read_text()).items() if k != "wall_time_s"}
+
+    assert metrics(slurm_wf) == metrics(local_wf)
+    assert (read_rows(slurm_wf / RUN / "history.csv", drop=("seconds",))
+            == read_rows(local_wf / RUN / "history.csv", drop=("seconds",)))
+    assert not (slurm_wf / RUN / "train_state.pt").exists()
+
+
+def test_training_job_killed_at_its_time_limit_is_retried_with_more_time_and_resumes(slurm_cluster, tmp_path):
+    wf = prepared_workflow(tmp_path / "slurm", TIMEOUT_CONFIG)
+    local = start_local_reference(wf, tmp_path / "local")
+    p = snakemake(wf, "pretrain_all", *profile_args("--configfile", "faults.yaml", "--retries", "3"), timeout=1800)
+    out = p.stdout + p.stderr
+    jobs = [j for j in sacct_jobs(run_id(out)) if j["rule"] == "pretrain"]
+    states = [j["state"] for j in jobs]
+    # SLURM killed the first attempt at its 1-minute limit; each retry asked for twice the time of the one before
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED" and set(states[:-1]) == {"TIMEOUT"}, jobs
+    assert [j["timelimit"] for j in jobs] == ["00:01:00", "00:02:00", "00:04:00", "00:08:00"][:len(jobs)], jobs
+    # the SLURM log of the killed attempt says why, and the last attempt continued from a saved epoch
+    killed = list((wf / ".snakemake/slurm_logs/rule_pretrain").glob(f"*/{jobs[0]['id']}.log"))
+    assert len(killed) == 1, out[-3000:]
+    assert re.search(r"CANCELLED AT .* DUE TO TIME LIMIT", killed[0].read_text()), killed[0].read_text()[-2000:]
+    log = (wf / "logs/pretrain/listops/seed0.log").read_text()
+    assert re.search(rf"resuming from {RUN}/train_state.pt after epoch [1-9]", log), log[-2000:]
+    same_training_result(wf, local, tmp_path / "local")
+
+
+def test_requeued_training_job_resumes_and_finishes_with_the_same_metrics(slurm_cluster, tmp_path):
+    import torch
+
+    wf = prepared_workflow(tmp_path / "slurm", REQUEUE_CONFIG)
+    local = start_local_reference(wf, tmp_path / "local")
+    run = subprocess.Popen([*SNAKEMAKE, "pretrain_all", *profile_args("--configfile", "faults.yaml")], cwd=wf, env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        state = wf / RUN / "train_state.pt"
+        deadline = time.time() + 300
+        while not state.exists():  # the first epoch completed inside the SLURM job
+            assert run.poll() is None and time.time() < deadline, "the job ended before it could be requeued"
+            time.sleep(0.2)
+        epoch = torch.load(state, weights_only=True)["epoch"]
+        queue = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True, env=ENV, check=True)
+        ids = [line.split("|")[0] for line in queue.stdout.splitlines() if line.endswith("rule_pretrain_wildcards_listops_0")]
+        assert len(ids) == 1, queue.stdout
+        subprocess.run(["scontrol", "requeue", ids[0]], check=True, env=ENV, capture_output=True, text=True)
+        # SLURM ends the running job (SIGTERM, SIGKILL after KillWait = 5 s, cluster.sh) and starts it again no
+        # sooner than 2 minutes later (its requeue delay): the first run was stopped before it finished
+        time.sleep(15)
+        assert not (wf / RUN / "metrics.json").exists() and state.exists()
+        out, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, out[-4000:]
+    # One SLURM job: requeued once (sacct -D lists each run of it), then completed
+    runs = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", ids[0], "-o", "State"], capture_output=True,
+                          text=True, env=ENV, check=True).stdout.split()
+    assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
+    assert [j["state"] for j in sacct_jobs(run_id(out)) if j["rule"] == "pretrain"] == ["COMPLETED"]
+    log = (wf / "logs/pretrain/listops/seed0.log").read_text()
+    resumed = re.search(rf"resuming from {RUN}/train_state.pt after epoch (\d+)", log)
+    assert resumed and int(resumed.group(1)) >= epoch, log[-2000:]
+    same_training_result(wf, local, tmp_path / "local")

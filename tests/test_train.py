@@ -1,6 +1,8 @@
 import csv
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,3 +247,305 @@ def test_a_snapshot_is_the_pretraining_stopped_after_its_epoch(task, tmp_path):
             train(task, hp, "skew_hippo", 0, tmp_path / "x", stop_after=bad)
     with pytest.raises(ValueError, match="--stop-after"):
         train(task, hp, "skew_hippo", 0, tmp_path / "x", order=4, stop_after=1)
+
+
+# ----- faults: divergence ------------------------------------------------------------------------------------------
+
+def diverging(on_divergence: str | None = None, **optim) -> dict:
+    """HP with learning rates so large that the loss of the tiny task becomes NaN within the first epoch."""
+    hp = json.loads(json.dumps(HP))
+    hp["optim"].update(lr=1e6, ssm_lr=1e6, epochs=3, **optim)
+    if on_divergence:
+        hp["optim"]["on_divergence"] = on_divergence
+    return hp
+
+
+def test_diverging_run_fails_naming_the_job_and_writes_no_output(task, tmp_path):
+    out = tmp_path / "out"
+    p = run_cli("train", "--data", str(task), "--hparams", json.dumps(diverging()), "--init", "skew_hippo",
+                "--seed", "2", "--out-dir", str(out))
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert re.search(r"dssbt train: error: training diverged: (training loss|gradient norm) is (nan|inf|-inf) "
+                     r"\(task tiny, seed 2, init skew_hippo, order N=8 \(full\)\) at epoch 1/3, step \d+/10; "
+                     r"optim\.lr=1e\+06, optim\.ssm_lr=1e\+06 \(scheduled at that step: lr [0-9.e+]+, ssm_lr", p.stderr), \
+        p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    for name in ("metrics.json", "model.pt", "history.csv"):
+        assert not (out / name).exists(), name
+
+
+def test_divergence_names_order_and_init_of_a_baseline(task, tmp_path):
+    with pytest.raises(ValueError, match=r"\(task tiny, seed 0, init s4d_lin, order r=3\) at epoch 1/3, step \d+/10"):
+        train(task, diverging(), "s4d_lin", 0, tmp_path, order=3, log=lambda s: None)
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.pt").exists()
+
+
+class InjectNaN:
+    """F.cross_entropy that, at the ``at``-th training step (1-based; evaluation runs without grad), returns NaN or
+    (``grad=True``) a finite loss whose gradient is infinite."""
+
+    def __init__(self, at: int, grad: bool = False):
+        import torch.nn.functional as F
+
+        self.at, self.grad, self.calls, self.real = at, grad, 0, F.cross_entropy
+
+    def __call__(self, *args, **kw):
+        import torch
+
+        loss = self.real(*args, **kw)
+        if not torch.is_grad_enabled():
+            return loss
+        self.calls += 1
+        if self.calls != self.at:
+            return loss
+        if self.grad:
+            loss.register_hook(lambda g: g * float("inf"))
+            return loss
+        return loss * float("nan")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["nan_loss", "inf_gradient"])
+def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task, tmp_path, monkeypatch, grad):
+    """Divergence injected at epoch 3, step 4: keep_best reports exactly what a clean 2-epoch run reports (plateau
+    schedule: the learning rates do not depend on the number of epochs); the diverged epoch leaves no trace."""
+    import dssbt.train
+
+    hp = json.loads(json.dumps(HP))
+    hp["optim"].update(schedule="plateau", warmup_epochs=0.0, epochs=5, lr=0.02)
+    ref = train(task, hp | {"optim": hp["optim"] | {"epochs": 2}}, "skew_hippo", 0, tmp_path / "ref", log=lambda s: None)
+    monkeypatch.setattr(dssbt.train.F, "cross_entropy", InjectNaN(at=2 * 10 + 4, grad=grad))
+    lines = []
+    m = train(task, hp | {"optim": hp["optim"] | {"on_divergence": "keep_best"}}, "skew_hippo", 0, tmp_path / "kb",
+              log=lines.append)
+    monkeypatch.undo()
+    what = "gradient norm" if grad else "training loss"
+    assert m["diverged"] is True and m["diverged_at"] == {"epoch": 3, "step": 4, "what": what,
+                                                         "value": m["diverged_at"]["value"]}
+    assert m["diverged_at"]["value"] in (("inf", "nan") if grad else ("nan",))  # inf x 0 in backward: nan
+    assert any(s.startswith(f"warning: training diverged: {what}") and "keep_best" in s for s in lines), lines
+    assert ref["diverged"] is False and "diverged_at" not in ref
+    drop = ("wall_time_s", "diverged", "diverged_at", "hparams")
+    assert {k: v for k, v in m.items() if k not in drop} == {k: v for k, v in ref.items() if k not in drop}
+    assert m["epochs_run"] == 2 and m["best_epoch"] == ref["best_epoch"] > 0
+    assert history(tmp_path / "kb" / "history.csv") == history(tmp_path / "ref" / "history.csv")
+    assert not (tmp_path / "kb" / "train_state.pt").exists()
+    # the model file is the best checkpoint: evaluated on its own it gives the metrics' accuracy
+    p = run_cli("evaluate", "--checkpoint", str(tmp_path / "kb" / "model.pt"), "--data", str(task),
+                "--hparams", json.dumps(hp), "--out", str(tmp_path / "e.json"))
+    assert p.returncode == 0, p.stderr
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert {k: e["accuracy"][k] for k in ("val", "test")} == {k: m["accuracy"][k] for k in ("val", "test")}
+
+
+def test_keep_best_real_divergence_is_marked_in_the_tables(task, tmp_path):
+    from dssbt.aggregate import DIVERGED_MARK, write_tables
+
+    m = train(task, diverging("keep_best"), "skew_hippo", 2, tmp_path / "kb", log=lambda s: None)
+    assert m["diverged"] is True and m["diverged_at"]["epoch"] == 1 and m["epochs_run"] == 0 and m["best_epoch"] == 0
+    assert m["hparams"]["optim"]["on_divergence"] == "keep_best"
+    # best = the untrained model: what a healthy run with this seed measured before its first update
+    ok = train(task, HP, "skew_hippo", 2, tmp_path / "ok", order=None, log=lambda s: None)
+    assert {k: m["accuracy"][k] for k in ("val", "test")} == ok["initial"]["accuracy"]
+    base = json.loads((tmp_path / "kb" / "metrics.json").read_text())
+    assert base["diverged"] is True
+    # the same task at another order, healthy: its cell carries no mark
+    small = train(task, HP, "skew_hippo", 2, tmp_path / "r3", order=3, log=lambda s: None)
+    assert small["diverged"] is False
+    t = {k: tmp_path / f"t.{k}" for k in ("runs", "csv", "md", "tex", "methods")}
+    write_tables([tmp_path / "kb" / "metrics.json", tmp_path / "r3" / "metrics.json"], t["runs"], t["csv"], t["md"],
+                 t["tex"], t["methods"])
+    with open(t["runs"]) as fh:
+        rows = {r["order_spec"]: r for r in csv.DictReader(fh)}
+    assert rows["8"]["diverged"] == "True" and rows["3"]["diverged"] == "False"
+    md = t["md"].read_text().splitlines()
+    full = next(line for line in md if "8 (full N)" in line)
+    r3 = next(line for line in md if line.startswith("| tiny | 3 |"))
+    assert f"(n=1) {DIVERGED_MARK} |" in full and DIVERGED_MARK not in r3
+    assert md[-1].startswith(f"{DIVERGED_MARK} training diverged in at least one seed")
+    assert r"\dag{}" in t["tex"].read_text() and DIVERGED_MARK in t["methods"].read_text()
+
+
+def test_on_divergence_is_left_out_of_the_recorded_hyper_parameters_at_its_default():
+    """Jobs finished before the key existed keep their recorded hyper-parameters (and resume identity)."""
+    assert "on_divergence" not in parse_hparams(HP).to_dict()["optim"]
+    assert "on_divergence" not in parse_hparams({"optim": {"on_divergence": "fail"}}).to_dict()["optim"]
+    assert parse_hparams({"optim": {"on_divergence": "keep_best"}}).to_dict()["optim"]["on_divergence"] == "keep_best"
+    with pytest.raises(ValueError, match=r"optim.on_divergence='skip' is not one of \['fail', 'keep_best'\]"):
+        parse_hparams({"optim": {"on_divergence": "skip"}})
+
+
+# ----- faults: broken or hostile state files, a full disk ---------------------------------------------------------
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupted_after_epoch_1(task, out: Path, seed: int = 1) -> Path:
+    """Train HP in ``out`` and stop it in epoch 2, before its state is saved: leaves the genuine train_state.pt of
+    epoch 1 (the log line of an epoch comes just before its save)."""
+
+    def log(line: str) -> None:
+        if line.startswith("epoch 2/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(task, HP, "skew_hippo", seed, out, log=log)
+    assert not (out / "metrics.json").exists()
+    return out / "train_state.pt"
+
+
+@pytest.fixture(scope="module")
+def clean_run(task, tmp_path_factory):
+    """HP, seed 1, run once without interruption: the reference of every resume test."""
+    out = tmp_path_factory.mktemp("clean")
+    return strip_time(train(task, HP, "skew_hippo", 1, out, log=lambda s: None)), history(out / "history.csv")
+
+
+def test_interrupted_run_resumes_from_its_state_to_the_same_result(task, tmp_path, clean_run):
+    interrupted_after_epoch_1(task, tmp_path)
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    assert f"resuming from {tmp_path / 'train_state.pt'} after epoch 1" in lines
+    assert (strip_time(m), history(tmp_path / "history.csv")) == clean_run
+
+
+def test_truncated_state_file_is_reported_and_training_starts_over(task, tmp_path, clean_run):
+    state = interrupted_after_epoch_1(task, tmp_path)
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2])
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    warnings = [s for s in lines if s.startswith(f"warning: ignoring {state}: not a readable resume state")]
+    assert warnings and warnings[0].endswith("training starts over"), lines
+    assert not any(s.startswith("resuming from") for s in lines)
+    assert (strip_time(m), history(tmp_path / "history.csv")) == clean_run
+
+
+class RunsCode:
+    """Unpickled by a full pickle loader, this creates ``marker``: code run by loading a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_state_file_that_would_run_code_is_refused(task, tmp_path, clean_run):
+    import torch
+
+    state = interrupted_after_epoch_1(task, tmp_path / "run")
+    genuine = torch.load(state, weights_only=True)
+    marker = tmp_path / "code_ran"
+    # the job's own arguments and format tag, so that only the payload makes it foreign
+    torch.save({**genuine, "history": [RunsCode(marker)]}, state)
+    probe = tmp_path / "probe.pt"
+    probe.write_bytes(state.read_bytes())
+    torch.load(probe, weights_only=False)  # a full unpickler runs it: the file is live
+    assert marker.exists()
+    marker.unlink()
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path / "run", log=lines.append)
+    assert not marker.exists()
+    assert any(s.startswith(f"warning: ignoring {state}: not a readable resume state (UnpicklingError")
+               for s in lines), lines
+    assert not any(s.startswith("resuming from") for s in lines)
+    assert (strip_time(m), history(tmp_path / "run" / "history.csv")) == clean_run
+
+
+class FullDiskAfter:
+    """``open`` for dssbt.resume: the ``n``-th file opened for writing accepts half of what is written, then
+    raises ENOSPC, as a file system that fills up during the write."""
+
+    def __init__(self, n: int):
+        self.n, self.opened = n, 0
+
+    def __call__(self, path, mode="r", *args, **kw):
+        fh = open(path, mode, *args, **kw)
+        if "w" not in mode:
+            return fh
+        self.opened += 1
+        if self.opened != self.n:
+            return fh
+        real_write = fh.write
+
+        def write(data):
+            real_write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        fh.write = write
+        return fh
+
+
+def check_full_disk_failure(error: BaseException, state: Path, lines: list[str]) -> None:
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    assert str(error).startswith(f"[Errno 28] could not write the resume state {state} after epoch 2 (No space "
+                                 "left on device); the previous state file is unchanged"), str(error)
+    assert not list(state.parent.glob(".*.tmp"))  # the half-written temporary is gone
+    for name in ("metrics.json", "model.pt", "history.csv"):
+        assert not (state.parent / name).exists(), name
+
+
+def test_full_disk_at_a_state_write_names_the_file_keeps_the_previous_state_and_resumes(task, tmp_path, monkeypatch,
+                                                                                        clean_run):
+    import torch
+
+    import dssbt.resume
+
+    state = tmp_path / "train_state.pt"
+    monkeypatch.setattr(dssbt.resume, "open", FullDiskAfter(2), raising=False)
+    lines = []
+    with pytest.raises(OSError) as e:
+        train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    monkeypatch.undo()
+    check_full_disk_failure(e.value, state, lines)
+    assert torch.load(state, weights_only=True)["epoch"] == 1  # the state of epoch 1, readable
+    lines = []
+    m = train(task, HP, "skew_hippo", 1, tmp_path, log=lines.append)
+    assert f"resuming from {state} after epoch 1" in lines
+    assert (strip_time(m), history(tmp_path / "history.csv")) == clean_run
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 64 KiB tmpfs (root only): one state file of the tiny job (~44 KB) fits, a second beside it does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a tmpfs needs root (uid {os.geteuid()}); the injected full disk test covers the rest")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {p.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resumes(task, small_tmpfs, tmp_path):
+    import torch
+
+    out = small_tmpfs / "run"
+    p = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
+                "--out-dir", str(out))
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    err = p.stderr.strip().splitlines()[-1]
+    state = out / "train_state.pt"
+    assert err.startswith(f"dssbt train: error: [Errno 28] could not write the resume state {state} after epoch 2 "
+                          "(No space left on device); the previous state file is unchanged"), err
+    assert torch.load(state, weights_only=True)["epoch"] == 1
+    assert not list(out.glob(".*.tmp")) and not (out / "metrics.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_tmpfs)], check=True)  # space freed
+    again = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
+                    "--out-dir", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from {state} after epoch 1" in again.stdout
+    # the reference through the CLI too: one torch thread (the in-process runs use pytest's, and the last digits
+    # of a loss depend on the thread count)
+    ref = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
+                  "--out-dir", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert strip_time(json.loads((out / "metrics.json").read_text())) == \
+        strip_time(json.loads((tmp_path / "ref" / "metrics.json").read_text()))
+    assert history(out / "history.csv") == history(tmp_path / "ref" / "history.csv")

@@ -226,6 +226,7 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("correlation: {epochs: [1]}", r"'order' is a required property"),
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
+        ("optim: {on_divergence: skip}", r"'skip' is not one of \['fail', 'keep_best'\]"),
     ],
 )
 def test_bad_config_fails_at_parse_time_naming_key_and_value(tmp_path, edit, message):
@@ -276,6 +277,17 @@ def test_tiny_run_produces_tables_and_plots(tiny_run):
 
 def test_noop_rerun_schedules_nothing(tiny_run):
     assert job_counts(tiny_run, "--configfile", "tiny.yaml") == {}
+
+
+def test_on_divergence_reaches_the_training_jobs_only_where_set(tmp_path):
+    """optim.on_divergence has no schema default: at its default it is not in any job's --hparams, so runs
+    finished before the key existed stay up to date; set, it reaches every training job."""
+    wf = copy_workflow(tmp_path)
+    plain = snakemake(wf, "-n", "-p", "--configfile", str(TINY)).stdout
+    assert plain.count("python -m dssbt train") == 6 and '"on_divergence"' not in plain
+    (wf / "edit.yaml").write_text("optim: {on_divergence: keep_best}\n")
+    edited_out = snakemake(wf, "-n", "-p", "--configfile", str(TINY), "edit.yaml").stdout
+    assert edited_out.count('"on_divergence": "keep_best"') == 6, edited_out[-3000:]
 
 
 def test_retrain_edit_schedules_retrain_and_downstream_only(tiny_run):

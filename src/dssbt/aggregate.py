@@ -19,6 +19,10 @@ order and initial RNG state), with the two-sided 95 % Student-t interval of that
 
 Orders are grouped by how they were asked for (``order_spec``): an integer r, or ``tol:<x>`` where every layer got
 its own order; ``order`` is then the mean state size over layers (and seeds, in the summary).
+
+A run whose training diverged and that finished with its best checkpoint before it (``optim.on_divergence:
+keep_best``; metrics ``diverged: true``) is marked: ``diverged`` in the runs table, the count ``n_diverged`` in the
+summary, and a ``†`` on its cell in the Markdown and LaTeX tables, explained in a footnote below them.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 "params_total": m["params"]["total"],
                 "params_ssm": m["params"]["ssm"],
                 "epochs_run": epochs,
+                "diverged": bool(m.get("diverged", False)),  # files written before the key existed: not diverged
                 "wall_time_s": wall,
                 "total_epochs": total_epochs,
                 "total_wall_time_s": total_wall,
@@ -180,6 +185,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         acc_mean=("test_accuracy", "mean"),
         acc_std=("test_accuracy", lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else np.nan),
         n_seeds=("seed", "nunique"),
+        n_diverged=("diverged", "sum"),
         params_total=("params_total", "mean"),  # differs between seeds only for tolerance-chosen orders
         params_ssm=("params_ssm", "mean"),
         epochs_run=("epochs_run", "mean"),
@@ -208,10 +214,15 @@ def _count(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    """``mean ± std (n=k)`` in %; one seed has no std."""
+DIVERGED_MARK = "†"
+DIVERGED_NOTE = (f"{DIVERGED_MARK} training diverged in at least one seed of this cell; that seed reports its best "
+                 "checkpoint before the divergence (optim.on_divergence: keep_best; runs.csv, column diverged).")
+
+
+def _pm(mean: float, std: float, n: int, n_diverged: int = 0) -> str:
+    """``mean ± std (n=k)`` in %; one seed has no std; ``†`` where a seed diverged."""
     spread = "± n/a" if np.isnan(std) else f"± {100 * std:.2f}"
-    return f"{100 * mean:.2f} {spread} (n={int(n)})"
+    return f"{100 * mean:.2f} {spread} (n={int(n)})" + (f" {DIVERGED_MARK}" if n_diverged else "")
 
 
 def _diff_cell(diff: float, low: float, high: float, n: float) -> str:
@@ -231,7 +242,7 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
         "order": [_order_label(*a) for a in zip(summary["order_spec"], summary["order"], summary["reference"])],
         "init": [LABELS.get(i, i) for i in summary["init"]],
         "test acc. % (mean ± std, n seeds)": [_pm(*a) for a in zip(summary["acc_mean"], summary["acc_std"],
-                                                                    summary["n_seeds"])],
+                                                                    summary["n_seeds"], summary["n_diverged"])],
         "epochs (total)": [_count(x) for x in summary["total_epochs"]],
         "train time s (total)": ["" if np.isnan(x) else f"{x:.0f}" for x in summary["total_wall_time_s"]],
         "params": [_count(x) for x in summary["params_total"]],
@@ -244,8 +255,9 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def _latex(df: pd.DataFrame) -> str:
-    """A booktabs tabular of ``df`` (written by hand: pandas' to_latex needs jinja2); ``**x**`` becomes bold."""
+def _latex(df: pd.DataFrame, note: str | None = None) -> str:
+    """A booktabs tabular of ``df`` (written by hand: pandas' to_latex needs jinja2); ``**x**`` becomes bold,
+    ``note`` goes below it."""
 
     def cell(v) -> str:
         t = str(v)
@@ -253,7 +265,7 @@ def _latex(df: pd.DataFrame) -> str:
         t = t[2:-2] if bold else t
         for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
             t = t.replace(a, b)
-        t = t.replace("±", r"$\pm$")
+        t = t.replace("±", r"$\pm$").replace(DIVERGED_MARK, r"\dag{}")
         return rf"\textbf{{{t}}}" if bold else t
 
     lines = [r"\begin{tabular}{" + "l" * 3 + "r" * (len(df.columns) - 3) + "}", r"\toprule"]
@@ -261,6 +273,8 @@ def _latex(df: pd.DataFrame) -> str:
     lines.append(r"\midrule")
     lines += [" & ".join(cell(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if note:
+        lines += ["", r"\par\footnotesize " + cell(note)]
     return "\n".join(lines) + "\n"
 
 
@@ -272,18 +286,18 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         row = {"task": task, "order": _order_label(spec, first["order"], first["reference"]),
                "params": _count(g["params_total"].mean())}
-        for init, m, sd, n in zip(g["init"], g["acc_mean"], g["acc_std"], g["n_seeds"]):
-            row[LABELS.get(init, init)] = _pm(m, sd, n)
+        for init, m, sd, n, d in zip(g["init"], g["acc_mean"], g["acc_std"], g["n_seeds"], g["n_diverged"]):
+            row[LABELS.get(init, init)] = _pm(m, sd, n, d)
         rows.append(row)
     table = pd.DataFrame(rows)
     columns = ["task", "order", "params"] + [LABELS[i] for i in INIT_ORDER if LABELS[i] in table.columns]
     return table[columns].fillna("")
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def _markdown(df: pd.DataFrame, note: str | None = None) -> str:
     md = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     md += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(md) + "\n"
+    return "\n".join(md + (["", note] if note else [])) + "\n"
 
 
 def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path, md_path, tex_path,
@@ -294,14 +308,15 @@ def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path,
     runs = runs_table(metrics_files)
     summary = summary_table(runs)
     shown = _display(summary)
+    note = DIVERGED_NOTE if summary["n_diverged"].any() else None
     outputs = [
         (runs_csv, runs.to_csv(index=False)),
         (csv_path, summary.to_csv(index=False)),
-        (md_path, _markdown(shown)),
-        (tex_path, _latex(shown)),
+        (md_path, _markdown(shown, note)),
+        (tex_path, _latex(shown, note)),
     ]
     if methods_md is not None:
-        outputs.append((methods_md, _markdown(methods_table(summary))))
+        outputs.append((methods_md, _markdown(methods_table(summary), note)))
     if differences_csv is not None:
         outputs.append((differences_csv, differences_table(runs).to_csv(index=False)))
     for path, text in outputs:

@@ -127,7 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # made the batched BT 3x slower on a loaded 2-core machine (README, Benchmarks)
         with threadpool_limits(limits=threads):
             args.func(args)
-    except ValueError as e:
+    except ValueError as e:  # bad input, a diverged training run
         print(f"dssbt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that cannot be read or written (a full disk, a missing folder)
+        print(f"dssbt {args.command}: error: {e}", file=sys.stderr)
+        return 1
     return 0

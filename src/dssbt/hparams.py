@@ -4,7 +4,7 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
-               eval_batch_size, amp, hsv_reg},
+               eval_batch_size, amp, hsv_reg, on_divergence},
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only)
 
 The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
@@ -52,6 +52,15 @@ class OptimHparams:
     # weight of the Hankel nuclear norm (sum of the HSVs of every channel, discrete route) added to the loss: trains
     # models whose HSVs decay fast, so that they compress well (reduction/hankel.py); 0 = off, training unchanged
     hsv_reg: float = 0.0
+    # a non-finite loss or gradient: "fail" (error, nothing written) | "keep_best" (finish with the best checkpoint
+    # before it, metrics marked diverged)
+    on_divergence: str = "fail"
+
+
+ON_DIVERGENCE = ("fail", "keep_best")
+# Keys added after runs were finished: left out of to_dict() (metrics, resume identity) while at their default, so
+# a job's recorded hyper-parameters, and so everything derived from them, stay as they were before the key existed.
+OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence")
 
 
 # Options of a reduction method, passed to it by ``dssbt reduce`` (defaults there: h2 tol 1e-8, max_iter 100).
@@ -65,7 +74,9 @@ class Hparams:
     reduction: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options (REDUCTION_KEYS)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"model": dict(sorted(self.model.items())), "optim": asdict(self.optim)}
+        optim = {k: v for k, v in asdict(self.optim).items()
+                 if not (k in OPTIM_KEYS_OMITTED_AT_DEFAULT and v == OptimHparams.__dataclass_fields__[k].default)}
+        d = {"model": dict(sorted(self.model.items())), "optim": optim}
         return d | ({"reduction": self.reduction} if self.reduction else {})
 
 
@@ -103,6 +114,9 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     optim = OptimHparams(**optim_in)
     if optim.schedule not in ("cosine", "plateau"):
         raise ValueError(f"hyper-parameters: optim.schedule={optim.schedule!r} is not one of ['cosine', 'plateau']")
+    if optim.on_divergence not in ON_DIVERGENCE:
+        raise ValueError(f"hyper-parameters: optim.on_divergence={optim.on_divergence!r} is not one of "
+                         f"{list(ON_DIVERGENCE)}")
     for k in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(optim, k) < 1:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 1, got {getattr(optim, k)}")

@@ -8,6 +8,7 @@ training starts over.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,9 +39,22 @@ class ResumeState:
     cuda_rng: list[torch.Tensor] | None = None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a kill or a failed write leaves the previous state file as it was."""
-        with atomic_path(path) as tmp:
-            torch.save({"format": FORMAT, **asdict(self)}, tmp)
+        """Write atomically and durably: a kill or a failed write (a full disk) leaves the previous state file as
+        it was. A failed write raises OSError naming ``path`` (with the errno of the cause, e.g. ENOSPC)."""
+        # Serialised in memory first: the file write is then one plain write whose OSError keeps its errno (torch's
+        # file writer turns a full disk into a RuntimeError without it); the state is small next to the data.
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, **asdict(self)}, buf)
+        try:
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    fh.write(buf.getbuffer())
+                    fh.flush()
+                    os.fsync(fh.fileno())  # on disk before the rename: a crash never leaves a renamed empty file
+        except OSError as e:
+            kept = "the previous state file is unchanged" if Path(path).exists() else "no state file was kept"
+            raise OSError(e.errno, f"could not write the resume state {path} after epoch {self.epoch} "
+                                   f"({e.strerror or e}); {kept}: free space and rerun to continue from it") from e
 
     @classmethod
     def load(cls, path: str | os.PathLike, job: str, log: Callable[[str], None] = print) -> "ResumeState | None":

@@ -5,6 +5,11 @@
 ``train_state.pt`` (``resume.ResumeState``), written atomically after every epoch; started again with the same
 arguments it continues from the last completed epoch and ends with the same metrics as an uninterrupted run. The
 state file is removed once the outputs are complete. Evaluation and the metrics format are in ``evaluate.py``.
+
+Divergence: a non-finite training loss, or a non-finite gradient norm after the backward pass, stops the epoch
+before the optimiser steps. With ``optim.on_divergence = "fail"`` (the default) ``train`` raises ValueError naming
+the job (task, seed, init, order), the epoch and step and the learning rates, and writes no output; with
+``"keep_best"`` it finishes with the best checkpoint of the epochs before and marks the metrics ``diverged``.
 """
 
 from __future__ import annotations
@@ -104,6 +109,15 @@ def scheduler(opt: torch.optim.Optimizer, hp: Hparams, steps_per_epoch: int):
 
 # ----- training ----------------------------------------------------------------------------------------------------
 
+class Diverged(Exception):
+    """A non-finite value met at training step ``step`` (1-based, within epoch ``epoch``) before the optimiser
+    step: ``what`` is "training loss" or "gradient norm"; ``lr``, ``ssm_lr`` the scheduled rates at that step."""
+
+    def __init__(self, what: str, value: float, epoch: int, step: int, lr: float, ssm_lr: float):
+        super().__init__(f"{what} is {value} at epoch {epoch}, step {step}")
+        self.what, self.value, self.epoch, self.step, self.lr, self.ssm_lr = what, value, epoch, step, lr, ssm_lr
+
+
 def train(
     data_dir: str | os.PathLike,
     hparams: str | dict[str, Any],
@@ -194,9 +208,20 @@ def train(
         log(f"epoch 0 (before training): val acc {v['accuracy']:.4f}, test acc {t['accuracy']:.4f}")
 
     last = hp.optim.epochs if stop_after is None else stop_after  # the schedule still spans optim.epochs
+    diverged = None
     while st.epoch < last and not (hp.optim.patience and st.bad_epochs >= hp.optim.patience):
         st.epoch += 1
-        tr = _train_epoch(model, data["train"], hp, opt, sched, shuffle, dev, st.epoch, steps_per_epoch)
+        try:
+            tr = _train_epoch(model, data["train"], hp, opt, sched, shuffle, dev, st.epoch, steps_per_epoch)
+        except Diverged as d:
+            msg = _divergence_message(d, meta, hp, init, seed, order, order_spec, steps_per_epoch)
+            if hp.optim.on_divergence == "fail":
+                raise ValueError(f"{msg}; nothing written. Lower optim.lr / optim.ssm_lr, set optim.grad_clip, "
+                                 "or set optim.on_divergence: keep_best to keep the best checkpoint before it") from None
+            log(f"warning: {msg}; finishing with the best checkpoint before it (optim.on_divergence: keep_best)")
+            st.epoch -= 1  # the diverged epoch did not complete
+            diverged = {"epoch": d.epoch, "step": d.step, "what": d.what, "value": str(d.value)}
+            break
         v = evaluate(model, data["val"], hp.optim.eval_batch_size, dev, hp.optim.amp)
         if hp.optim.schedule == "plateau":
             sched.step(v["accuracy"])
@@ -226,7 +251,8 @@ def train(
         "best_epoch": best["epoch"],
         "epochs_run": st.epoch,
         "wall_time_s": time.perf_counter() - t0,
-    }
+        "diverged": diverged is not None,
+    } | ({"diverged_at": diverged} if diverged else {})
     save_model(out / "model.pt", model.cpu(), {"l_max": meta["l_max"], "task": meta.get("task"), "init": init, "seed": seed})
     _write_history(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
@@ -244,7 +270,8 @@ def _train_epoch(model: S4Model, split: Split, hp: Hparams, opt, sched, shuffle:
     tty = sys.stderr.isatty()
     bar = tqdm(total=steps, desc=f"epoch {epoch}/{hp.optim.epochs}", file=sys.stderr, ascii=True,
                mininterval=1.0 if tty else 30.0, ncols=100)
-    for x, lengths, y in batches(split, perm, hp.optim.batch_size, dev):
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step, (x, lengths, y) in enumerate(batches(split, perm, hp.optim.batch_size, dev), start=1):
         with autocast(dev, hp.optim.amp):
             logits = model(x, lengths).float()
         loss = F.cross_entropy(logits, y)
@@ -254,17 +281,54 @@ def _train_epoch(model: S4Model, split: Split, hp: Hparams, opt, sched, shuffle:
         else:
             loss.backward()
         if hp.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp.optim.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, hp.optim.grad_clip)  # the norm before clipping
+        else:
+            norm = _total_norm([p.grad for p in params if p.grad is not None])
+        # Checked before the step (one sync per step, as loss.item() alone was): a non-finite gradient would make
+        # every weight NaN, clipping included (it scales by the norm)
+        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        if not math.isfinite(loss_value):
+            raise Diverged("training loss", loss_value, epoch, step, *_lrs(opt))
+        if not math.isfinite(norm_value):
+            raise Diverged("gradient norm", norm_value, epoch, step, *_lrs(opt))
         opt.step()
         if hp.optim.schedule == "cosine":
             sched.step()
-        loss_sum += loss.item() * len(y)
+        loss_sum += loss_value * len(y)
         correct += int((logits.argmax(-1) == y).sum())
         seen += len(y)
         bar.update()
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     bar.close()
     return {"loss": loss_sum / seen, "accuracy": correct / seen}
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of ``grads`` (as clip_grad_norm_ computes it); torch < 2.6 has no get_total_norm."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _lrs(opt: torch.optim.Optimizer) -> tuple[float, float]:
+    """(lr, ssm_lr) as scheduled now: param group 1 holds the non-SSM weights, group 0 the SSM parameters."""
+    return opt.param_groups[1]["lr"], opt.param_groups[0]["lr"]
+
+
+def _divergence_message(d: Diverged, meta: dict[str, Any], hp: Hparams, init: str, seed: int,
+                        order: int | list[int] | None, order_spec: str | None, steps: int) -> str:
+    """What diverged, in which job and where, and the learning rates (configured, and scheduled at that step)."""
+    if order is None:
+        what_order = f"N={full_state_size(hp)} (full)"
+    elif isinstance(order, int):
+        what_order = f"r={order}"
+    else:
+        what_order = f"{order_spec or 'per layer'} (layers {list(order)})"
+    o = hp.optim
+    return (f"training diverged: {d.what} is {d.value} (task {meta.get('task')}, seed {seed}, init {init}, "
+            f"order {what_order}) at epoch {d.epoch}/{o.epochs}, step {d.step}/{steps}; "
+            f"optim.lr={o.lr:g}, optim.ssm_lr={o.ssm_lr:g} (scheduled at that step: lr {d.lr:.3g}, "
+            f"ssm_lr {d.ssm_lr:.3g})")
 
 
 def _order_folder(order: int | list[int], order_spec: str | None) -> str:

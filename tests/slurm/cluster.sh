@@ -234,6 +234,10 @@ AccountingStoreFlags=job_comment
 SlurmctldParameters=enable_configless
 # sacct answers from slurmdbd; squeue keeps a finished job for MinJobAge seconds (the default).
 MinJobAge=300
+# A cancelled, timed-out or requeued job gets SIGTERM, then SIGKILL after KillWait seconds (default 30). The job step's
+# Snakemake outlives SIGTERM and lets its training run on: 5 s keeps a requeue test's job from finishing after it
+# was requeued.
+KillWait=5
 $node State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -187,13 +187,23 @@ def order_args(wildcards, input):
 
 def rule_resources(name):
     """mem_mb, runtime (minutes) and gpu (only where > 0) of a rule: resources.default, then resources.train for a
-    training rule, then the section named after the rule."""
+    training rule, then the section named after the rule. A training rule's runtime doubles with each attempt: a
+    job retried after its time limit (TIMEOUT; retries in profiles/slurm) resumes from its last epoch with more time.
+    """
     res = config["resources"]
     merged = deep_merge(
         res["default"], res.get("train", {}) if name in TRAIN_RULES else {}
     )
     merged = deep_merge(merged, res.get(name, {}))
-    return {k: v for k, v in merged.items() if k != "gpu" or v}
+    merged = {k: v for k, v in merged.items() if k != "gpu" or v}
+    if name in TRAIN_RULES and "runtime" in merged:
+        merged["runtime"] = runtime_by_attempt(merged["runtime"])
+    return merged
+
+
+def runtime_by_attempt(minutes):
+    """Runtime of attempt 1, 2, 3, ...: minutes, 2 x minutes, 4 x minutes, ..."""
+    return lambda wildcards, attempt: minutes * 2 ** (attempt - 1)
 
 
 def expand_runs(stage, filename, method="{method}"):
