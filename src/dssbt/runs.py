@@ -35,22 +35,24 @@ BASELINE_METHODS = ("skew_hippo", "skew_hippo_equal")
 TRAINING_CONTROLS = ("skew_hippo_equal", "full_continued")
 
 
+# stage -> run folder name (``order``: the folder part of an order spec, e.g. 8 or tol0.3; for a snapshot the epoch)
+FOLDERS = {
+    "pretrain": "pretrain",
+    "baseline": "{method}_r{order}",
+    "reduce": "{method}_r{order}",
+    "retrain": "{method}_init_r{order}",
+    "continue": "{method}_continued",
+    "snapshot": "pretrain_e{order}",
+}
+# stage -> key of a run in the tables (other stages: the method itself)
+TABLE_KEYS = {"reduce": "{method}_no_retrain", "retrain": "{method}_init", "continue": "{method}_continued"}
+
+
 def run_name(stage: str, method: str, order: str) -> str:
     """The run folder name; ``order`` is the folder part of an order spec (``8``, ``tol0.3``) or a wildcard."""
-    if stage == "pretrain":
-        return "pretrain"
-    if stage == "baseline":
-        return f"{method}_r{order}"
-    if stage == "reduce":
-        return f"{method}_r{order}"
-    if stage == "retrain":
-        return f"{method}_init_r{order}"
-    if stage == "continue":
-        return f"{method}_continued"
-    if stage == "snapshot":  # order: the epoch
-        return f"pretrain_e{order}"
-    raise ValueError(f"stage {stage!r} has no run folder; stages with one: pretrain, baseline, reduce, retrain, "
-                     "continue, snapshot")
+    if stage not in FOLDERS:
+        raise ValueError(f"stage {stage!r} has no run folder; stages with one: {', '.join(FOLDERS)}")
+    return FOLDERS[stage].format(method=method, order=order)
 
 
 def describe_run(stage: str, method: str, order: str | None) -> dict[str, Any]:
@@ -68,10 +70,4 @@ def table_init(metrics: dict[str, Any]) -> str:
     if stage is None:  # metrics written before stage/method existed
         init = metrics["init"]
         return f"{metrics.get('method') or 'bt'}_init" if init == "from_reduced" else init
-    if stage == "retrain":
-        return f"{metrics['method']}_init"
-    if stage == "reduce":
-        return f"{metrics['method']}_no_retrain"
-    if stage == "continue":
-        return f"{metrics['method']}_continued"
-    return metrics["method"]
+    return TABLE_KEYS.get(stage, "{method}").format(method=metrics["method"])
