@@ -3,7 +3,7 @@
 In temporary copies of the workflow (Snakefile, config.yaml, workflow/, profiles/, as tests/test_workflow.py does),
 with this interpreter's bin directory first on PATH (jobs call ``python -m dssbt``):
 
-* ``snakemake -n --configfile workflow/presets/lra.yaml``: dry run of the full LRA preset (463 jobs, no data);
+* ``snakemake -n --configfile workflow/presets/lra.yaml``: dry run of the full LRA preset (462 jobs, no data);
 * the tiny grid (tests/workflow/tiny.yaml) run for real once (~1 min, timed for information), then the no-op
   rerun ``snakemake --cores 2 --configfile tiny.yaml``, which must report nothing to be done.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from common import ROOT, check, finish, fmt_s, header, interleaved, summary, time_line
 
 TARGET_S = 10.0
-LRA_JOBS = 463  # 6 tasks x 3 seeds x 4 orders, baseline + equal-budget control + bt and transplant, + data jobs (one extract_lra)
+LRA_JOBS = 462  # 6 tasks x 3 seeds x 4 orders, baseline + equal-budget control + bt and transplant, + data jobs (one extract_lra)
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
