@@ -30,8 +30,9 @@ ACCOUNT = "dssbt"
 # ~270 MB of a tiny pretraining run, so SLURM kills the training command itself.
 OOM_MEM_MB = 150
 # Every job of the tiny config (tests/workflow/tiny.yaml), without the local target rule 'all'.
-TINY_JOBS = {"generate": 2, "prepare": 2, "pretrain": 2, "train_baseline": 2, "reduce": 2, "retrain": 2,
-             "aggregate": 1, "plot": 1}
+# tests/workflow/tiny.yaml: 2 tasks x 1 seed x 1 order, with the equal-budget control
+TINY_JOBS = {"generate": 2, "prepare": 2, "pretrain": 2, "train_baseline": 2, "train_equal_budget": 2, "reduce": 2,
+             "retrain": 2, "aggregate": 1, "plot": 1}
 
 
 def snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 480) -> subprocess.CompletedProcess:
