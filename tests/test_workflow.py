@@ -152,8 +152,11 @@ def test_correlation_study_adds_only_its_jobs(tmp_path):
     wf = copy_workflow(tmp_path)
     (wf / "corr.yaml").write_text("correlation: {epochs: [1, 2], order: 8}\n")
     main = job_counts(wf)
-    assert job_counts(wf, "--configfile", "config.yaml", "corr.yaml") == main | {
-        "snapshot": 12, "reduce_snapshot": 12, "retrain_snapshot": 12, "correlation": 1}
+    expected = main | {"snapshot": 18, "reduce_snapshot": 18, "retrain_snapshot": 18, "correlation": 1}  # 3x3x2
+    # the full pretraining is a point of the study too: reduced and retrained at order 8, not among the default's
+    # orders (4, 16), so one more reduce and retrain per task and seed
+    expected |= {"reduce": main["reduce"] + 9, "retrain": main["retrain"] + 9}
+    assert job_counts(wf, "--configfile", "config.yaml", "corr.yaml") == expected
 
 
 def test_correlation_study_runs_end_to_end(tmp_path):
@@ -283,10 +286,11 @@ def test_on_divergence_reaches_the_training_jobs_only_where_set(tmp_path):
     finished before the key existed stay up to date; set, it reaches every training job."""
     wf = copy_workflow(tmp_path)
     plain = snakemake(wf, "-n", "-p", "--configfile", str(TINY)).stdout
-    assert plain.count("python -m dssbt train") == 6 and '"on_divergence"' not in plain
+    # the tiny grid's training jobs: pretrain, baseline, equal-budget control and retrain, for 2 tasks
+    assert plain.count("python -m dssbt train") == 8 and '"on_divergence"' not in plain
     (wf / "edit.yaml").write_text("optim: {on_divergence: keep_best}\n")
     edited_out = snakemake(wf, "-n", "-p", "--configfile", str(TINY), "edit.yaml").stdout
-    assert edited_out.count('"on_divergence": "keep_best"') == 6, edited_out[-3000:]
+    assert edited_out.count('"on_divergence": "keep_best"') == 8, edited_out[-3000:]
 
 
 def test_retrain_edit_schedules_retrain_and_downstream_only(tiny_run):
