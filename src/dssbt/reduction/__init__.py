@@ -34,9 +34,7 @@ def reduce(
     if m.control:  # transplant, random_modes act on a model's stored parameters: ModelReducer.reduce
         raise ValueError(f"{method!r} is a control, not a reduction of channel arrays; reduce a model with "
                          f"dssbt.reduction.apply.ModelReducer(model).reduce({method!r}, r, seed=seed)")
-    unknown = sorted(set(options) - set(m.options))
-    if unknown:
-        raise ValueError(f"reduction method {method!r} has no option(s) {unknown}; known: {sorted(m.options)}")
+    m.check_options(options)
     Lambda, B, C = (np.asarray(a, dtype=np.complex128) for a in (Lambda, B, C))
     if dt is not None:
         dt = np.broadcast_to(np.asarray(dt, dtype=np.float64), Lambda.shape[:-1])

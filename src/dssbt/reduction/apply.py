@@ -106,9 +106,7 @@ class ModelReducer:
         """
         m = get_method(method)
         options = dict(options or {})
-        unknown = sorted(set(options) - set(m.options))
-        if unknown:
-            raise ValueError(f"reduction method {method!r} has no option(s) {unknown}; known: {sorted(m.options)}")
+        m.check_options(options)
         layer_orders = self._check_orders(orders)
         model = self.model
         ssm_names = {f"blocks.{i}.dss.{p}" for i in range(len(self.sizes))

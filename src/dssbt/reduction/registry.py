@@ -74,6 +74,12 @@ class Method:
     control: bool = False  # a control (config `controls`, run(ControlInput, r)), not a reduction (`methods`)
     uses_fresh_model: bool = False  # a control that needs the fresh order-r Skew-HiPPO model of the run's seed
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        """ValueError naming any option this method does not take."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"reduction method {self.name!r} has no option(s) {unknown}; known: {sorted(self.options)}")
+
 
 def _bt(f: BalancedFactors, s: System, r: int) -> ReducedSystem:
     return truncate(f, r)
