@@ -10,9 +10,11 @@ from dssbt.aggregate import differences_table, paired_difference, runs_table, su
 
 STAGE = {"pretrain": ("pretrain", "skew_hippo"), "skew_hippo": ("baseline", "skew_hippo"),
          "skew_hippo_equal": ("baseline", "skew_hippo_equal"), "bt_init": ("retrain", "bt"), "bt": ("reduce", "bt"),
-         "full_continued": ("continue", "full")}
+         "full_continued": ("continue", "full"), "transplant_init": ("retrain", "transplant"),
+         "transplant": ("reduce", "transplant")}
 RUN = {"pretrain": "pretrain", "skew_hippo": "skew_hippo_r{r}", "skew_hippo_equal": "skew_hippo_equal_r{r}",
-       "bt_init": "bt_init_r{r}", "bt": "bt_r{r}", "full_continued": "full_continued"}
+       "bt_init": "bt_init_r{r}", "bt": "bt_r{r}", "full_continued": "full_continued",
+       "transplant_init": "transplant_init_r{r}", "transplant": "transplant_r{r}"}
 
 
 def metrics(root, kind, task, seed, order, acc, N=8, params=(100, 40), epochs=3, wall=1.0, extra=None):
@@ -84,6 +86,28 @@ def test_differences_are_paired_by_seed(tmp_path):
     half = stats.t.ppf(0.975, 1) * np.std([0.1, 0.2], ddof=1) / np.sqrt(2)
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.15 - half, 0.15 + half))
     assert not row["significant"]
+
+
+def test_retrained_inits_are_also_compared_with_the_retrained_controls(tmp_path):
+    """BT-init - transplant (retrained): what the reduced SSM adds beyond the copied weights, paired by seed and
+    checked against scipy's paired t test; inits that are not retrained get no row against a retrained control."""
+    f, bt, tp = [], [0.80, 0.90, 0.70], [0.60, 0.85, 0.50]
+    for seed in range(3):
+        f.append(metrics(tmp_path, "pretrain", "t", seed, 8, 0.9))
+        f.append(metrics(tmp_path, "skew_hippo_equal", "t", seed, 2, 0.6))
+        f.append(metrics(tmp_path, "bt_init", "t", seed, 2, bt[seed]))
+        f.append(metrics(tmp_path, "bt", "t", seed, 2, 0.3))
+        f.append(metrics(tmp_path, "transplant_init", "t", seed, 2, tp[seed]))
+        f.append(metrics(tmp_path, "transplant", "t", seed, 2, 0.1))
+    d = differences_table(runs_table(f)).set_index(["init", "versus"])
+    row = d.loc[("bt_init", "transplant_init")]
+    ci = stats.ttest_rel(bt, tp).confidence_interval(0.95)
+    assert row["diff"] == pytest.approx(np.mean(np.subtract(bt, tp))) and row["n_pairs"] == 3
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert row["significant"] == (ci.low > 0)
+    versus_transplant = {i for i, v in d.index if v == "transplant_init"}
+    assert versus_transplant == {"bt_init"}  # not bt_no_retrain, transplant_no_retrain, skew_hippo_equal, itself
+    assert ("transplant_init", "skew_hippo_equal") in d.index  # the controls keep their rows against the baselines
 
 
 def test_summary_means_stds_budgets_and_paired_differences(files):

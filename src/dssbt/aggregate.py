@@ -149,19 +149,28 @@ def paired_difference(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDEN
     return {"diff": diff, "ci_low": float(ci.low), "ci_high": float(ci.high), "n_pairs": n}
 
 
+def retrained_controls(inits) -> list[str]:
+    """The retrained control inits among ``inits`` (``transplant_init``, ``random_modes_init``), in registry order:
+    the further baselines of every retrained init (what the reduced SSM adds beyond the copied weights, or beyond
+    any r pretrained modes)."""
+    return [f"{m}_init" for m, method in METHODS.items() if method.control and f"{m}_init" in set(inits)]
+
+
 def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Long form: per task × order spec × init × baseline (``versus``: skew_hippo_equal, skew_hippo), the paired
-    difference of test accuracy over the seeds both have (``paired_difference``), and ``significant``: the
-    interval excludes 0. At order N the pretrained model (``skew_hippo``) is the baseline of ``full_continued``.
-    No rows for an init against itself."""
+    """Long form: per task × order spec × init × baseline (``versus``), the paired difference of test accuracy over
+    the seeds both have (``paired_difference``), and ``significant``: the interval excludes 0. Baselines: every init
+    against skew_hippo_equal and skew_hippo (``VERSUS``); every retrained init (``*_init``) also against each
+    retrained control (``retrained_controls``). At order N the pretrained model (``skew_hippo``) is the baseline of
+    ``full_continued``. No rows for an init against itself."""
     rows = []
     for (task, spec), g in runs.groupby(["task", "order_spec"], sort=False):
         acc = g.pivot_table(index="seed", columns="init", values="test_accuracy", aggfunc="first")
-        for versus in VERSUS:
+        controls = retrained_controls(acc.columns)
+        for versus in [*VERSUS, *controls]:
             if versus not in acc:
                 continue
             for init in acc.columns:
-                if init == versus:
+                if init == versus or (versus in controls and not init.endswith("_init")):
                     continue
                 both = acc[[init, versus]].dropna()
                 d = paired_difference(both[init].to_numpy(), both[versus].to_numpy())
