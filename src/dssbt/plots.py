@@ -57,7 +57,7 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
     reduction-initialised model) and without retraining (the reduced model as is). One colour per method, the same
     in both rows; the Skew-HiPPO baselines (trained at order r; the equal-budget control for the pretraining +
     retraining epochs) are in both rows for reference. Lines: mean ± sd over
-    seeds, seeds as dots; dashed: the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at
+    seeds (each method dodged a little beside its order), seeds as dots; dashed: the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at
     their mean state size per layer, labelled with the tolerance."""
     _style(settings)
     runs = runs.copy()
@@ -76,12 +76,18 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
             ax = axes[row][col]
             d = runs[keep & ~by_tol & (runs["task"] == task)]
             hue_order = [n for n in names if n in set(d["method_name"])]
-            if len(d):
-                sns.lineplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
-                             palette=colours, errorbar="sd", marker="o", ax=ax, legend=col == 0)
-                sns.stripplot(data=d, x="order", y="test_accuracy", hue="method_name", hue_order=hue_order,
-                              palette=colours, native_scale=True, dodge=False, alpha=0.4, size=3, ax=ax,
-                              legend=False)
+            # each method a little beside the order (dodged by a fixed factor on the log axis), so that means,
+            # sd bars and seed dots of different methods do not overlap; seeds as dots beside their method's mean
+            seeds = sorted(d["seed"].unique())
+            for j, name in enumerate(hue_order):
+                g = d[d["method_name"] == name]
+                dodge = 2 ** (0.09 * (j - (len(hue_order) - 1) / 2))
+                m = g.groupby("order")["test_accuracy"].agg(["mean", "std"]).reset_index()
+                ax.errorbar(m["order"] * dodge, m["mean"], yerr=m["std"].fillna(0), marker="o", ms=4, lw=1.2,
+                            capsize=2, color=colours[name], label=name if col == 0 else None, zorder=4)
+                spread = {s: 2 ** (0.02 * (k - (len(seeds) - 1) / 2)) for k, s in enumerate(seeds)}
+                ax.scatter(g["order"] * dodge * g["seed"].map(spread), g["test_accuracy"], s=9, alpha=0.45,
+                           color=colours[name], lw=0, zorder=3)
             t = runs[keep & by_tol & (runs["task"] == task)].groupby(["order_spec", "method_name"], as_index=False)[
                 ["order", "test_accuracy"]].mean()
             for spec, name, x, y in t[["order_spec", "method_name", "order", "test_accuracy"]].itertuples(index=False):
@@ -100,11 +106,16 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
             ax.set_xscale("log", base=2)
             orders = sorted(d["order"].unique())
             ax.set_xticks(orders, [f"{o:g}" for o in orders])
+            ax.minorticks_off()
+            if len(orders) == 1:  # a single order: a factor 2 either side instead of the locator's wide default
+                ax.set_xlim(orders[0] / 2, orders[0] * 2)
             ax.set_title(f"{task}: {title}")
             ax.set_xlabel("reduced order r")
             ax.set_ylabel("test accuracy")
-        axes[row][0].legend(fontsize="small", title=None)
-    fig.tight_layout()
+    # one legend for the figure, right of the panels: inside a panel it covers seed dots
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.84 if len(tasks) > 1 else 0.7, 1))
     _save(fig, paths, settings.get("dpi", 150))
 
 
