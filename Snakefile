@@ -36,6 +36,10 @@ include: "workflow/rules/deploy.smk"
 include: "workflow/rules/correlation.smk"
 
 
+onstart:
+    note_if_oversubscribed()
+
+
 localrules:
     all,
     data_all,

@@ -419,3 +419,16 @@ def test_h2_options_rerun_only_the_h2_jobs(tiny_run):
     (tiny_run / "h2_opts.yaml").write_text("reduction: {h2: {max_iter: 5}}\n")
     assert job_counts(tiny_run, "--configfile", "tiny.yaml", "h2.yaml", "h2_opts.yaml") == {
         "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_local_run_with_more_cores_than_cpus_says_so(tiny_run):
+    """--cores above the machine's CPUs gets a note naming both numbers and --cores all; --cores 1 gets none. Runs
+    only the plot job (a plot edit), after the h2 test above, in that test's configuration."""
+    cpus = len(os.sched_getaffinity(0))
+    (tiny_run / "dpi.yaml").write_text("plot: {dpi: 81}\n")
+    over = snakemake(tiny_run, "--cores", str(cpus + 2), "--configfile", "tiny.yaml", "h2.yaml", "dpi.yaml")
+    assert f"note: --cores {cpus + 2} on a machine with {cpus} CPUs" in over.stderr, over.stderr[-2000:]
+    assert f"--cores all uses {cpus}" in over.stderr
+    (tiny_run / "dpi.yaml").write_text("plot: {dpi: 82}\n")
+    one = snakemake(tiny_run, "--cores", "1", "--configfile", "tiny.yaml", "h2.yaml", "dpi.yaml")
+    assert "note: --cores" not in one.stderr and "Finished jobid" in one.stderr  # it ran, and said nothing
