@@ -432,3 +432,16 @@ def test_local_run_with_more_cores_than_cpus_says_so(tiny_run):
     (tiny_run / "dpi.yaml").write_text("plot: {dpi: 82}\n")
     one = snakemake(tiny_run, "--cores", "1", "--configfile", "tiny.yaml", "h2.yaml", "dpi.yaml")
     assert "note: --cores" not in one.stderr and "Finished jobid" in one.stderr  # it ran, and said nothing
+
+
+def test_planning_imports_no_torch():
+    """Every dssbt module the Snakefile and the rule files import, imported in a fresh interpreter, leaves torch out:
+    torch costs about a second of every snakemake call (dry runs included)."""
+    import re
+
+    sources = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
+    modules = sorted({m for f in sources for m in re.findall(r"^(?:from|import) (dssbt[\w.]*)", f.read_text(), re.M)})
+    assert "dssbt.reduction.registry" in modules and "dssbt.hparams" in modules, modules
+    code = f"import sys\nfor m in {modules!r}:\n    __import__(m)\nprint('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert p.returncode == 0 and p.stdout.strip() == "False", (modules, p.stdout, p.stderr[-2000:])

@@ -20,10 +20,12 @@ it keeps is bit-identical to its source: ``run(ControlInput, r) -> ControlResult
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a control runs: the Snakefile imports this registry, and torch
+    import torch  # costs ~1 s of every snakemake call
 
 from .balanced import BalancedFactors, ReducedSystem, truncate
 from .methods import h2_reduction, modal_singular_perturbation, modal_truncation, singular_perturbation
@@ -112,6 +114,8 @@ def _random_modes(inp: ControlInput, r: int) -> ControlResult:
     # one permutation per channel, its first r entries kept: the draw does not depend on r, so the modes kept at
     # a smaller order are among those kept at a larger one
     perm = inp.rng.permuted(np.broadcast_to(np.arange(shape[-1]), shape), axis=-1)
+    import torch
+
     kept = np.sort(perm[..., :r], axis=-1)
     index = torch.from_numpy(kept)
     out = {}
