@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from snakemake.utils import available_cpu_count
+
 from dssbt.data import EMBEDDED_TASKS
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
 from dssbt.hparams import DEFAULT_D_STATE, equal_budget_hparams
@@ -331,19 +333,12 @@ def prepare_input(wildcards):
     return given or f"data/downloads/{ARCHIVES[key].filename}"
 
 
-def machine_cpus():
-    """CPUs this process may run on (its affinity mask, where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def note_if_oversubscribed():
     """On a local run, --cores above the machine's CPUs runs more single-threaded training jobs at once than it has
     CPUs; time slicing then costs CPU time. Measured on the 2-core reference machine (README): the default grid took
     19 min 20 s with --cores 8 and 17 min 23 s with --cores 2, its training jobs 32.4 vs 24.3 min of CPU, same results.
     """
-    cpus = machine_cpus()
+    cpus = available_cpu_count()  # what --cores all gives
     if workflow.local_exec and workflow.cores > cpus:
         print(
             f"note: --cores {workflow.cores} on a machine with {cpus} CPUs runs more training jobs at once than it "
