@@ -56,9 +56,9 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
     """Test accuracy vs reduced order, one column per task and two rows: after retraining (each method's
     reduction-initialised model) and without retraining (the reduced model as is). One colour per method, the same
     in both rows; the Skew-HiPPO baselines (trained at order r; the equal-budget control for the pretraining +
-    retraining epochs) are in both rows for reference. Lines: mean ± sd over
-    seeds (each method dodged a little beside its order), seeds as dots; dashed: the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are stars at
-    their mean state size per layer, labelled with the tolerance."""
+    retraining epochs) are in both rows for reference. Lines: mean ± sd over seeds (each method dodged a little
+    beside its order), seeds as dots; dashed: the full-N pretrained model. Tolerance-chosen orders (``tol:<x>``) are
+    stars at their mean state size per layer, labelled with the tolerance."""
     _style(settings)
     runs = runs.copy()
     runs["method_name"] = [series_name(i) for i in runs["init"]]
@@ -79,13 +79,13 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
             # each method a little beside the order (dodged by a fixed factor on the log axis), so that means,
             # sd bars and seed dots of different methods do not overlap; seeds as dots beside their method's mean
             seeds = sorted(d["seed"].unique())
+            spread = {s: 2 ** (0.02 * (k - (len(seeds) - 1) / 2)) for k, s in enumerate(seeds)}
             for j, name in enumerate(hue_order):
                 g = d[d["method_name"] == name]
                 dodge = 2 ** (0.09 * (j - (len(hue_order) - 1) / 2))
                 m = g.groupby("order")["test_accuracy"].agg(["mean", "std"]).reset_index()
                 ax.errorbar(m["order"] * dodge, m["mean"], yerr=m["std"].fillna(0), marker="o", ms=4, lw=1.2,
                             capsize=2, color=colours[name], label=name if col == 0 else None, zorder=4)
-                spread = {s: 2 ** (0.02 * (k - (len(seeds) - 1) / 2)) for k, s in enumerate(seeds)}
                 ax.scatter(g["order"] * dodge * g["seed"].map(spread), g["test_accuracy"], s=9, alpha=0.45,
                            color=colours[name], lw=0, zorder=3)
             t = runs[keep & by_tol & (runs["task"] == task)].groupby(["order_spec", "method_name"], as_index=False)[

@@ -108,14 +108,14 @@ def _transplant(inp: ControlInput, r: int) -> ControlResult:
 
 
 def _random_modes(inp: ControlInput, r: int) -> ControlResult:
+    import torch  # here, not at the top: see the import block
+
     shape = tuple(inp.params["Lambda_im"].shape)  # (n_dir, H, N)
     if not 1 <= r <= shape[-1]:
         raise ValueError(f"random_modes: order r={r} must lie in [1, N={shape[-1]}]")
     # one permutation per channel, its first r entries kept: the draw does not depend on r, so the modes kept at
     # a smaller order are among those kept at a larger one
     perm = inp.rng.permuted(np.broadcast_to(np.arange(shape[-1]), shape), axis=-1)
-    import torch
-
     kept = np.sort(perm[..., :r], axis=-1)
     index = torch.from_numpy(kept)
     out = {}
