@@ -216,3 +216,16 @@ def test_fast_path_runs_under_bfloat16_autocast(norm):
     fast.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     torch.testing.assert_close(fast.float(), ref.float(), rtol=0.05, atol=0.05)  # bfloat16 round-off
+
+
+def test_to_channel_major_is_the_transpose_and_hands_back_a_contiguous_gradient():
+    from dssbt.model import to_channel_major
+
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    y = to_channel_major(x)
+    assert y.is_contiguous() and torch.equal(y, x.permute(2, 0, 1))  # (H, B, L)
+    g = torch.randn(4, 3, 5, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(y, x, g)
+    assert dx.is_contiguous()  # batch norm's backward is ~4x slower on a transposed gradient
+    assert torch.equal(dx, g.permute(1, 2, 0))
+    assert torch.autograd.gradcheck(to_channel_major, (x,))

@@ -181,20 +181,21 @@ class FFTConv(torch.autograd.Function):
         ut = u.transpose(0, 1)  # (H, B, L)
         H, B, L = ut.shape
         Kf = torch.fft.rfft(k, n=n)  # (H, n//2 + 1)
-        Uf = torch.empty(H, B, n // 2 + 1, dtype=Kf.dtype, device=u.device)
         y = torch.empty(H, B, L, dtype=u.dtype, device=u.device)
+        chunks = _channel_chunks(H, B, n, u.device)
+        Uf = []  # per chunk (h, B, n//2 + 1), kept as they come: rfft(out=) into one tensor took an extra copy
         buf = None
-        for c in _channel_chunks(H, B, n, u.device):
+        for c in chunks:
             buf = _padded(ut[c], n, buf)
-            torch.fft.rfft(buf, out=Uf[c])
-            y[c] = torch.fft.irfft(Uf[c] * Kf[c].unsqueeze(1), n=n)[..., :L]
-        ctx.save_for_backward(Uf, Kf)
-        ctx.n, ctx.Lk = n, k.shape[-1]
+            Uf.append(torch.fft.rfft(buf))
+            y[c] = torch.fft.irfft(Uf[-1] * Kf[c].unsqueeze(1), n=n)[..., :L]
+        ctx.save_for_backward(Kf, *Uf)
+        ctx.n, ctx.Lk, ctx.chunks = n, k.shape[-1], chunks
         return y.transpose(0, 1)  # (B, H, L)
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        Uf, Kf = ctx.saved_tensors
+        Kf, *Uf = ctx.saved_tensors
         n = ctx.n
         gt = g.transpose(0, 1)  # (H, B, L)
         H, B, L = gt.shape
@@ -203,11 +204,11 @@ class FFTConv(torch.autograd.Function):
         dk_f = torch.empty(H, n // 2 + 1, dtype=Kf.dtype, device=g.device) if want_dk else None
         Kf_conj = Kf.conj().unsqueeze(1)  # (H, 1, n//2 + 1)
         buf = None
-        for c in _channel_chunks(H, B, n, g.device):
+        for c, Uf_c in zip(ctx.chunks, Uf):
             buf = _padded(gt[c], n, buf)
             Gf = torch.fft.rfft(buf)  # (h, B, n//2 + 1)
             if want_dk:
-                dk_f[c] = torch.linalg.vecdot(Uf[c], Gf, dim=1)  # sum_B conj(Uf) Gf
+                dk_f[c] = torch.linalg.vecdot(Uf_c, Gf, dim=1)  # sum_B conj(Uf) Gf
             if want_du:
                 du[c] = torch.fft.irfft(Gf.mul_(Kf_conj[c]), n=n)[..., :L]
         dk = torch.fft.irfft(dk_f, n=n)[..., : ctx.Lk] if want_dk else None

@@ -178,10 +178,27 @@ def linear_from_channel_major(z: Tensor, lin: nn.Linear, parts: int = 1) -> Tens
     return y.view(parts, Bsz, L, -1)
 
 
+class _ToChannelMajor(torch.autograd.Function):
+    """(B, L, H) -> contiguous (H, B, L), whose backward hands back a contiguous (B, L, H) gradient.
+
+    Autograd's own backward of ``.t().contiguous()`` returns the gradient as a transposed view; batch norm's
+    backward on such a view took ~37 ms instead of ~9 ms (copy included) at B*L = 51200, H = 32.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        Bsz, L, H = x.shape
+        return x.reshape(Bsz * L, H).t().contiguous().view(H, Bsz, L)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        H, Bsz, L = g.shape
+        return g.reshape(H, Bsz * L).t().contiguous().view(Bsz, L, H)
+
+
 def to_channel_major(x: Tensor) -> Tensor:
-    """(B, L, H) -> contiguous (H, B, L): one 2-D transpose copy of the (B*L, H) matrix."""
-    Bsz, L, H = x.shape
-    return x.reshape(Bsz * L, H).t().contiguous().view(H, Bsz, L)
+    """(B, L, H) -> contiguous (H, B, L): one 2-D transpose copy of the (B*L, H) matrix (and one in the backward)."""
+    return _ToChannelMajor.apply(x)
 
 
 class Block(nn.Module):
