@@ -551,3 +551,112 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
     assert strip_time(json.loads((out / "metrics.json").read_text())) == \
         strip_time(json.loads((tmp_path / "ref" / "metrics.json").read_text()))
     assert history(out / "history.csv") == history(tmp_path / "ref" / "history.csv")
+
+
+# ----- in-training reduction (optim.reduce_during) ----------------------------------------------------------------
+
+def reduce_during_hp(epochs: int = 4, **rd) -> dict:
+    hp = json.loads(json.dumps(HP))
+    hp["model"]["dropout"] = 0.0
+    hp["optim"]["epochs"] = epochs
+    hp["optim"]["reduce_during"] = rd or {"at_epochs": [1, 2], "tol": 0.05}
+    return hp
+
+
+def test_reduction_during_training_is_bt_of_the_live_model_with_the_optimizer_cut_to_the_kept_states(
+        task, tmp_path, monkeypatch):
+    import copy
+
+    import torch
+
+    import dssbt.train as tr
+    from dssbt.reduction.apply import ModelReducer, reduce_model
+    from dssbt.orders import parse_order
+
+    seen = []
+    real = tr.shrink_model
+
+    def by_name(model, opt):  # a copy of the optimizer state by parameter name, taken now (training goes on)
+        return {n: copy.deepcopy(opt.state[p]) for n, p in model.named_parameters() if p in opt.state}
+
+    def spy(model, opt, orders, **kw):
+        before, old_state = copy.deepcopy(model), by_name(model, opt)
+        new_model, new_opt, report = real(model, opt, orders, **kw)
+        seen.append((before, old_state, copy.deepcopy(new_model), by_name(new_model, new_opt), list(orders)))
+        return new_model, new_opt, report
+
+    monkeypatch.setattr(tr, "shrink_model", spy)
+    m = train(task, reduce_during_hp(), "skew_hippo", 0, tmp_path, log=lambda s: None)
+    assert [r["epoch"] for r in m["reductions"]] == [1, 2] and len(seen) == 2
+    assert seen[0][-1][0] < 8  # the first reduction did cut states (so the new-basis branch below is exercised)
+    x = torch.randn(5, 32)
+    for before, old_state, new_model, new_state, orders in seen:
+        # the orders: chosen on the live model by the tolerance rule of the per-layer orders
+        assert orders == ModelReducer(before, "discrete").choose_orders(parse_order("tol:0.05"))["layer_orders"]
+        # the new model: exactly the BT reduction of the model it replaced
+        ref, _ = reduce_model(before, orders, "bt", "discrete")
+        with torch.no_grad():
+            assert torch.equal(new_model.eval()(x), ref.eval()(x))
+        # optimizer moments: the shapes of the kept states; unchanged weights keep their state bit for bit
+        for name, p in new_model.named_parameters():
+            state = new_state[name]
+            assert state["exp_avg"].shape == p.shape and state["exp_avg_sq"].shape == p.shape
+            if name.split(".")[-1] in ("Lambda_log_neg_re", "Lambda_im", "B", "C") and orders[0] < before.cfg.d_state:
+                assert float(state["step"]) == 0 and not state["exp_avg"].any()  # a new basis: fresh moments
+            else:
+                assert torch.equal(state["exp_avg"], old_state[name]["exp_avg"])
+                assert torch.equal(state["exp_avg_sq"], old_state[name]["exp_avg_sq"])
+    # the final model has the size of the last reduction; the metrics and history record the sizes over time
+    assert m["layer_orders"] == seen[-1][-1] and m["best_epoch"] > 2
+    rows = history(tmp_path / "history.csv")
+    H = HP["model"]["d_model"]
+    assert [int(r["states"]) for r in rows] == [8 * H, 8 * H, seen[0][-1][0] * H, seen[1][-1][0] * H,
+                                               seen[1][-1][0] * H]
+
+
+def test_budget_reduction_during_training_ends_at_the_budget(task, tmp_path):
+    m = train(task, reduce_during_hp(at_epochs=[1, 2], budget=0.25), "skew_hippo", 0, tmp_path, log=lambda s: None)
+    assert [r["layer_orders"] for r in m["reductions"]] == [[4], [2]]  # 8 * 0.25^(1/2), then 8 * 0.25
+    assert m["order"] == 2 and m["params"]["ssm"] < train(task, HP, "skew_hippo", 0, tmp_path / "full",
+                                                          log=lambda s: None)["params"]["ssm"]
+
+
+def test_run_reduced_during_training_resumes_after_a_kill_to_the_same_result(task, tmp_path):
+    hp = reduce_during_hp(epochs=5, at_epochs=[1, 3], tol=0.05)
+    clean = strip_time(train(task, hp, "skew_hippo", 1, tmp_path / "clean", log=lambda s: None))
+
+    def log(line: str) -> None:  # stopped in epoch 3: the state of epoch 2 is the first reduction's model
+        if line.startswith("epoch 3/"):
+            raise Interrupt
+
+    out = tmp_path / "killed"
+    with pytest.raises(Interrupt):
+        train(task, hp, "skew_hippo", 1, out, log=log)
+    lines = []
+    m = train(task, hp, "skew_hippo", 1, out, log=lines.append)
+    assert f"resuming from {out / 'train_state.pt'} after epoch 2" in lines
+    assert strip_time(m) == clean and clean["reductions"][0]["layer_orders"] != [8]
+    assert history(out / "history.csv") == history(tmp_path / "clean" / "history.csv")
+
+
+@pytest.mark.parametrize("rd, message", [
+    ({"at_epochs": [4], "tol": 0.1}, "must increase strictly within [1, optim.epochs=4)"),
+    ({"at_epochs": [1]}, "needs exactly one of tol"),
+    ({"at_epochs": [1], "tol": 0.1, "budget": 0.5}, "needs exactly one of tol"),
+    ({"at_epochs": [1], "tol": 1.5}, "optim.reduce_during.tol must be in (0, 1), got 1.5"),
+    ({"at_epochs": [1], "tol": 0.1, "every": 2}, "unknown key optim.reduce_during.every"),
+])
+def test_bad_reduce_during_fails_naming_the_key(rd, message):
+    with pytest.raises(ValueError) as e:
+        parse_hparams({"optim": {"epochs": 4, "reduce_during": rd}})
+    assert message in str(e.value)
+
+
+def test_reduce_during_is_refused_outside_the_full_n_pretraining(task, tmp_path):
+    with pytest.raises(ValueError, match="applies to the full-N Skew-HiPPO pretraining"):
+        train(task, reduce_during_hp(), "skew_hippo", 0, tmp_path, order=4, log=lambda s: None)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_reduce_during_off_leaves_the_recorded_hyper_parameters_as_they_were():
+    assert "reduce_during" not in parse_hparams(HP).to_dict()["optim"]

@@ -445,3 +445,8 @@ def test_planning_imports_no_torch():
     code = f"import sys\nfor m in {modules!r}:\n    __import__(m)\nprint('torch' in sys.modules)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert p.returncode == 0 and p.stdout.strip() == "False", (modules, p.stdout, p.stderr[-2000:])
+
+
+def test_reduce_during_in_pretraining_reruns_pretraining_and_downstream_only(tiny_run):
+    assert edited(tiny_run, "pretrain: {optim: {reduce_during: {at_epochs: [1], tol: 0.001}}}\n") == {
+        "pretrain": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}

@@ -4,7 +4,7 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
-               eval_batch_size, amp, hsv_reg, on_divergence},
+               eval_batch_size, amp, hsv_reg, on_divergence, reduce_during},
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only)
 
 The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
@@ -55,12 +55,20 @@ class OptimHparams:
     # a non-finite loss or gradient: "fail" (error, nothing written) | "keep_best" (finish with the best checkpoint
     # before it, metrics marked diverged)
     on_divergence: str = "fail"
+    # in-training reduction of the full-N pretraining (dssbt.shrink): {"at_epochs": [e_1, ..., e_K], "tol": x |
+    # "budget": f, "moments": "reset" | "mean"}: after each listed epoch every layer is balanced-truncated and
+    # training continues with the optimizer carried over. tol: each layer drops at most x of its HSV energy at each
+    # reduction; budget: after reduction k the model keeps f^(k/K) of the full model's states (f after the last),
+    # allocated across layers by least discarded HSV energy. {} = off
+    reduce_during: dict = field(default_factory=dict)
 
 
 ON_DIVERGENCE = ("fail", "keep_best")
+REDUCE_DURING_KEYS = {"at_epochs": list, "tol": float, "budget": float, "moments": str}
+REDUCE_DURING_MOMENTS = ("reset", "mean")
 # Keys added after runs were finished: left out of to_dict() (metrics, resume identity) while at their default, so
 # a job's recorded hyper-parameters, and so everything derived from them, stay as they were before the key existed.
-OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence")
+OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence", "reduce_during")
 
 
 # Options of a reduction method, passed to it by ``dssbt reduce`` (defaults there: h2 tol 1e-8, max_iter 100).
@@ -74,8 +82,9 @@ class Hparams:
     reduction: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options (REDUCTION_KEYS)
 
     def to_dict(self) -> dict[str, Any]:
+        default = asdict(OptimHparams())
         optim = {k: v for k, v in asdict(self.optim).items()
-                 if not (k in OPTIM_KEYS_OMITTED_AT_DEFAULT and v == OptimHparams.__dataclass_fields__[k].default)}
+                 if not (k in OPTIM_KEYS_OMITTED_AT_DEFAULT and v == default[k])}
         d = {"model": dict(sorted(self.model.items())), "optim": optim}
         return d | ({"reduction": self.reduction} if self.reduction else {})
 
@@ -106,7 +115,8 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
             raise ValueError(f"hyper-parameters: unknown key model.{k}; known: {sorted(MODEL_KEYS)}")
         _check_type("model", k, v, MODEL_KEYS[k])
     optim_in = dict(source.get("optim", {}))
-    types = {f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)] for f in fields(OptimHparams)}
+    types = {f.name: {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[str(f.type)]
+             for f in fields(OptimHparams)}
     for k, v in optim_in.items():
         if k not in types:
             raise ValueError(f"hyper-parameters: unknown key optim.{k}; known: {sorted(types)}")
@@ -123,6 +133,8 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     for k in ("lr", "ssm_lr", "weight_decay", "warmup_epochs", "grad_clip", "patience", "hsv_reg"):
         if getattr(optim, k) < 0:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 0, got {getattr(optim, k)}")
+    if optim.reduce_during:
+        optim.reduce_during = _check_reduce_during(optim.reduce_during, optim.epochs)
     reduction = source.get("reduction", {})
     if not isinstance(reduction, dict):
         raise ValueError(f"hyper-parameters: reduction must be an object, got {reduction!r}")
@@ -139,6 +151,31 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
             if not v > 0:
                 raise ValueError(f"hyper-parameters: reduction.{method}.{k} must be > 0, got {v}")
     return Hparams(model=model, optim=optim, reduction={m: dict(o) for m, o in sorted(reduction.items())})
+
+
+def _check_reduce_during(rd: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """optim.reduce_during checked (every key, the epochs against optim.epochs); returns it with sorted keys."""
+    where = "optim.reduce_during"
+    for k, v in rd.items():
+        if k not in REDUCE_DURING_KEYS:
+            raise ValueError(f"hyper-parameters: unknown key {where}.{k}; known: {sorted(REDUCE_DURING_KEYS)}")
+        _check_type(where, k, v, REDUCE_DURING_KEYS[k])
+    at = rd.get("at_epochs")
+    if not at or not all(isinstance(e, int) and not isinstance(e, bool) for e in at):
+        raise ValueError(f"hyper-parameters: {where}.at_epochs must be a non-empty list of epochs, got {at!r}")
+    if list(at) != sorted(set(at)) or not 1 <= at[0] or at[-1] >= epochs:
+        raise ValueError(f"hyper-parameters: {where}.at_epochs={list(at)} must increase strictly within "
+                         f"[1, optim.epochs={epochs}) (training continues after the last reduction)")
+    if ("tol" in rd) == ("budget" in rd):
+        raise ValueError(f"hyper-parameters: {where} needs exactly one of tol (the HSV energy each layer may drop "
+                         "at a reduction) and budget (the fraction of the model's states kept)")
+    for k in ("tol", "budget"):
+        if k in rd and not 0 < rd[k] < 1:
+            raise ValueError(f"hyper-parameters: {where}.{k} must be in (0, 1), got {rd[k]}")
+    if rd.get("moments", "reset") not in REDUCE_DURING_MOMENTS:
+        raise ValueError(f"hyper-parameters: {where}.moments={rd['moments']!r} is not one of "
+                         f"{list(REDUCE_DURING_MOMENTS)}")
+    return dict(sorted(rd.items()))
 
 
 def equal_budget_hparams(train: str | dict[str, Any], retrain: str | dict[str, Any],

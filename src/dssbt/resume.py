@@ -37,6 +37,10 @@ class ResumeState:
     shuffle_rng: torch.Tensor | None = None
     torch_rng: torch.Tensor | None = None
     cuda_rng: list[torch.Tensor] | None = None
+    # in-training reduction (optim.reduce_during): the model's per-layer orders after the last reduction (None: as
+    # built), so a resumed job rebuilds the model at that size before loading it; and one record per reduction
+    layer_orders: list[int] | None = None
+    reductions: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically and durably: a kill or a failed write (a full disk) leaves the previous state file as

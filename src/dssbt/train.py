@@ -39,6 +39,7 @@ from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model
 from .reduction.hankel import hankel_penalty
 from .resume import ResumeState
+from .shrink import move_scheduler, orders_by_budget, orders_by_tol, shrink_model
 from .runs import BASELINE_METHODS, describe_run
 
 TRAIN_INITS = (*INITS, "from_reduced", "from_pretrained")  # from_*: start from a model file
@@ -155,6 +156,9 @@ def train(
                                    or not 1 <= stop_after < hp.optim.epochs):
         raise ValueError(f"--stop-after {stop_after}: a snapshot of the full-N Skew-HiPPO pretraining (no order, "
                          f"init or method) after an epoch in [1, optim.epochs={hp.optim.epochs})")
+    if hp.optim.reduce_during and (order is not None or init != "skew_hippo" or method is not None):
+        raise ValueError("optim.reduce_during: in-training reduction applies to the full-N Skew-HiPPO pretraining "
+                         "(config: pretrain.optim.reduce_during), not to a baseline of order r or a retraining")
     if init.startswith("from_") and reduced is None:
         raise ValueError(f"init {init} needs --reduced (the model file to start from: written by dssbt reduce for "
                          "from_reduced, the pretrained model for from_pretrained)")
@@ -189,6 +193,10 @@ def train(
     )
     st = ResumeState.load(state_path, job, log)
     if st is not None:
+        if st.layer_orders is not None:  # reduced during training: rebuild at that size, then load
+            model = S4Model(cfg.with_layer_orders(st.layer_orders)).to(dev)
+            opt = optimizer(model, hp)
+            sched = scheduler(opt, hp, steps_per_epoch)
         model.load_state_dict(st.model)
         opt.load_state_dict(st.optimizer)
         sched.load_state_dict(st.scheduler)
@@ -203,7 +211,7 @@ def train(
 
     if st.epoch == 0:  # row 0: the model before any update
         v, t = (evaluate(model, data[s], hp.optim.eval_batch_size, dev, hp.optim.amp) for s in ("val", "test"))
-        st.history = [_row(0, {"loss": math.nan, "accuracy": math.nan}, v, t, opt, 0.0)]
+        st.history = [_row(0, {"loss": math.nan, "accuracy": math.nan}, v, t, opt, 0.0, _states(model, hp))]
         st.best = {"val_accuracy": v["accuracy"], "epoch": 0, "state": _cpu_state(model)}
         log(f"epoch 0 (before training): val acc {v['accuracy']:.4f}, test acc {t['accuracy']:.4f}")
 
@@ -225,7 +233,7 @@ def train(
         v = evaluate(model, data["val"], hp.optim.eval_batch_size, dev, hp.optim.amp)
         if hp.optim.schedule == "plateau":
             sched.step(v["accuracy"])
-        st.history.append(_row(st.epoch, tr, v, None, opt, time.perf_counter() - t0))
+        st.history.append(_row(st.epoch, tr, v, None, opt, time.perf_counter() - t0, _states(model, hp)))
         if v["accuracy"] > st.best["val_accuracy"]:
             st.best, st.bad_epochs = {"val_accuracy": v["accuracy"], "epoch": st.epoch, "state": _cpu_state(model)}, 0
         else:
@@ -233,6 +241,8 @@ def train(
         log(f"epoch {st.epoch}/{hp.optim.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} | "
             f"val loss {v['loss']:.4f} acc {v['accuracy']:.4f} | best val {st.best['val_accuracy']:.4f} "
             f"(epoch {st.best['epoch']}) | {time.perf_counter() - t0:.0f} s")
+        if st.epoch in hp.optim.reduce_during.get("at_epochs", ()) and st.epoch < last:
+            model, opt = _reduce_during(model, opt, sched, hp, st, meta, log)
         st.model, st.optimizer, st.scheduler = model.state_dict(), opt.state_dict(), sched.state_dict()
         st.shuffle_rng, st.torch_rng = shuffle.get_state(), torch.get_rng_state()
         st.cuda_rng = torch.cuda.get_rng_state_all() if dev.type == "cuda" else None
@@ -254,7 +264,7 @@ def train(
         "epochs_run": st.epoch,
         "wall_time_s": time.perf_counter() - t0,
         "diverged": diverged is not None,
-    } | ({"diverged_at": diverged} if diverged else {})
+    } | ({"diverged_at": diverged} if diverged else {}) | ({"reductions": st.reductions} if st.reductions else {})
     save_model(out / "model.pt", model.cpu(), {"l_max": meta["l_max"], "task": meta.get("task"), "init": init, "seed": seed})
     _write_history(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
@@ -342,11 +352,55 @@ def _order_folder(order: int | list[int], order_spec: str | None) -> str:
     return parse_order(order_spec).wildcard if order_spec else "layers"
 
 
+def _reduce_during(model: S4Model, opt, sched, hp: Hparams, st: ResumeState, meta: dict[str, Any],
+                   log: Callable[[str], None]) -> tuple[S4Model, torch.optim.Optimizer]:
+    """One scheduled in-training reduction after epoch ``st.epoch`` (``optim.reduce_during``; ``dssbt.shrink``).
+
+    Balanced truncation of every layer (discrete route) to orders chosen on the current model, the optimizer and
+    scheduler carried over. The best checkpoint restarts with the reduced model: the final model has the size of the
+    last reduction, and is the best by validation accuracy among the epochs trained after it.
+    """
+    rd = hp.optim.reduce_during
+    before = model.cfg.orders_by_layer()
+    if "tol" in rd:
+        orders = orders_by_tol(model, rd["tol"])
+    else:  # after reduction k of K: f^(k/K) of the full model's states, as a fraction of the current ones
+        k, K = rd["at_epochs"].index(st.epoch) + 1, len(rd["at_epochs"])
+        fraction = rd["budget"] ** (k / K) * model_states_full(hp, model) / _states(model, hp)
+        orders = orders_by_budget(model, min(1.0, fraction))
+    model, opt, _ = shrink_model(model, opt, orders, ssm_moments=rd.get("moments", "reset"),
+                                 kernel_length=int(meta.get("l_max") or 1024))
+    move_scheduler(sched, opt)
+    st.layer_orders = list(orders)
+    st.reductions.append({"epoch": st.epoch, "layer_orders_before": before, "layer_orders": list(orders),
+                          "states": _states(model, hp)})
+    st.best, st.bad_epochs = {"val_accuracy": -1.0, "epoch": st.epoch, "state": _cpu_state(model)}, 0
+    log(f"epoch {st.epoch}: reduced during training, layer orders {before} -> {list(orders)} "
+        f"({_states(model, hp)} states)")
+    return model, opt
+
+
+def model_states_full(hp: Hparams, model: S4Model) -> int:
+    """The number of states (complex modes of every channel, direction and layer) of the full-N model."""
+    cfg = model.cfg
+    return full_state_size(hp) * cfg.n_layers * cfg.d_model * (2 if cfg.bidirectional else 1)
+
+
+def _states(model: S4Model, hp: Hparams) -> int | None:
+    """The model's number of states (complex modes of every channel, direction and layer): the history's ``states``
+    column, written when reduce_during is on."""
+    if not hp.optim.reduce_during:
+        return None
+    cfg = model.cfg
+    return sum(cfg.orders_by_layer()) * cfg.d_model * (2 if cfg.bidirectional else 1)
+
+
 def _cpu_state(model: S4Model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _row(epoch: int, tr: dict, v: dict, t: dict | None, opt: torch.optim.Optimizer, seconds: float) -> dict[str, float]:
+def _row(epoch: int, tr: dict, v: dict, t: dict | None, opt: torch.optim.Optimizer, seconds: float,
+         states: int | None = None) -> dict[str, float]:
     return {
         "epoch": epoch,
         "train_loss": tr["loss"],
@@ -357,7 +411,7 @@ def _row(epoch: int, tr: dict, v: dict, t: dict | None, opt: torch.optim.Optimiz
         "lr": opt.param_groups[1]["lr"],
         "ssm_lr": opt.param_groups[0]["lr"],
         "seconds": seconds,
-    }
+    } | ({} if states is None else {"states": states})  # the model's size when this row was measured
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
