@@ -13,6 +13,7 @@
 #   results/runs/{task}/seed{s}/orders_{order}.json   per-layer orders of a per-layer spec (choose_orders)
 #   results/runs/{task}/seed{s}/{method}_r{order}/    reduced.pt, report.json, metrics.json (reduce)
 #   results/runs/{task}/seed{s}/{method}_init_r{order}/  retrained from the reduced model (retrain)
+#   results/compress/{task}/seed{s}/{variant}/      compressibility study (config compressibility: compress.smk)
 #   results/tables/, results/plots/                 accuracy tables, figures (aggregate, plot)
 #   logs/{rule}/..., benchmarks/{rule}/...          one log per job; time and memory of training jobs
 
@@ -34,6 +35,7 @@ include: "workflow/rules/reduce.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/deploy.smk"
 include: "workflow/rules/correlation.smk"
+include: "workflow/rules/compress.smk"
 
 
 onstart:
@@ -48,6 +50,7 @@ localrules:
     reduce_all,
     retrain_all,
     tables,
+    compress,
 
 
 rule all:
@@ -60,6 +63,7 @@ rule all:
         DEPLOY_IN_ALL,
         "results/plots/learning_curves.png",
         ["results/tables/correlation.csv"] if CORRELATION else [],
+        ["results/tables/compress.csv"] if COMPRESS else [],
 
 
 rule data_all:
@@ -94,3 +98,8 @@ rule retrain_all:
 rule tables:
     input:
         "results/tables/accuracy.csv",
+
+
+rule compress:
+    input:
+        "results/tables/compress.csv",

@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, format, config validation, dry-run job counts, and a tiny real run followed by
 config edits that must schedule exactly the invalidated jobs."""
 
+import json
 import os
 import re
 import shutil
@@ -229,6 +230,9 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
         ("optim: {on_divergence: skip}", r"'skip' is not one of \['fail', 'keep_best'\]"),
+        ("compressibility: {keep: [0.5], reduce_during_epochs: [2]}",
+         r"variant shrink0.5 of task listops: .*at_epochs=\[2\] must increase strictly within \[1, optim.epochs=2\)"),
+        ("compressibility: {keep: [1.5]}", r"1.5 is greater than or equal to the maximum of 1"),
     ],
 )
 def test_bad_config_fails_at_parse_time_naming_key_and_value(tmp_path, edit, message):
@@ -450,3 +454,33 @@ def test_planning_imports_no_torch():
 def test_reduce_during_in_pretraining_reruns_pretraining_and_downstream_only(tiny_run):
     assert edited(tiny_run, "pretrain: {optim: {reduce_during: {at_epochs: [1], tol: 0.001}}}\n") == {
         "pretrain": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_compressible_preset_dry_run_job_counts(tmp_path):
+    wf = copy_workflow(tmp_path)
+    # 2 tasks x 3 seeds: 2 hsv_reg pretrainings + 3 in-training reduction runs; 3 variants (plain = the main grid's
+    # pretraining) x 3 kept fractions, each with its orders, reduction and retraining
+    assert job_counts(wf, "compress", "--configfile", "workflow/presets/compressible.yaml") == {
+        "generate": 2, "prepare": 2, "pretrain": 6, "compress_pretrain": 30, "compress_orders": 54,
+        "compress_reduce": 54, "compress_retrain": 54, "compress_table": 1, "compress": 1}
+
+
+def test_compress_run_on_the_tiny_grid_tabulates_every_variant(tiny_run):
+    (tiny_run / "compress.yaml").write_text(
+        "compressibility: {keep: [0.5], hsv_reg: [0.01], reduce_during_epochs: [1]}\n")
+    snakemake(tiny_run, "compress", "--cores", "2", "--configfile", "tiny.yaml", "compress.yaml")
+    import pandas as pd
+
+    tab = pd.read_csv(tiny_run / "results/tables/compress.csv")
+    assert sorted(zip(tab.task, tab.variant)) == sorted(
+        (t, v) for t in ("image", "listops") for v in ("plain", "hsvreg0.01", "shrink0.5"))
+    for task in ("image", "listops"):  # the table's numbers are the metrics files' (one seed)
+        folder = tiny_run / f"results/compress/{task}/seed0"
+        ret = json.loads((folder / "hsvreg0.01/bt_init_rbudget0.5/metrics.json").read_text())
+        row = tab[(tab.task == task) & (tab.variant == "hsvreg0.01")].iloc[0]
+        assert row.retrained_mean == pytest.approx(100 * ret["accuracy"]["test"])
+        shrunk = json.loads((folder / "shrink0.5/pretrain/metrics.json").read_text())
+        assert shrunk["layer_orders"] == [2] and shrunk["epochs_run"] == 2  # N = 4 -> 2, pretraining + retraining
+        assert json.loads((folder / "hsvreg0.01/pretrain/metrics.json").read_text())["hparams"]["optim"][
+            "hsv_reg"] == 0.01
+    assert (tiny_run / "results/plots/compress_hsv_decay.png").stat().st_size > 0

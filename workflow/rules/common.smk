@@ -10,7 +10,9 @@ from snakemake.utils import available_cpu_count
 
 from dssbt.data import EMBEDDED_TASKS
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
-from dssbt.hparams import DEFAULT_D_STATE, equal_budget_hparams
+from types import SimpleNamespace
+
+from dssbt.hparams import DEFAULT_D_STATE, equal_budget_hparams, parse_hparams
 from dssbt.orders import from_wildcard, parse_order
 from dssbt.reduction.registry import METHODS as REDUCTION_METHODS
 from dssbt.runs import TRAINING_CONTROLS, run_name
@@ -27,6 +29,8 @@ TRAIN_RULES = (
     "continue_full",
     "snapshot",
     "retrain_snapshot",
+    "compress_pretrain",
+    "compress_retrain",
 )  # resources: default, then 'train', then the rule's own
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
@@ -34,6 +38,9 @@ CONTROLS = config.get("controls", [])
 # the reduce -> retrain chain runs every compared method and every control that is a registry method (transplant,
 # random_modes); the other controls (skew_hippo_equal) have their own rule
 METHODS = config["methods"] + [c for c in CONTROLS if c not in TRAINING_CONTROLS]
+COMPRESS = config.get(
+    "compressibility"
+)  # the compressibility study (dssbt.compress), or None (off)
 CORRELATION = config.get(
     "correlation"
 )  # the within-task correlation study, or None (off)
@@ -345,3 +352,123 @@ def note_if_oversubscribed():
             f"has CPUs, which is slower here; --cores all uses {cpus} (same results)",
             file=sys.stderr,
         )
+
+
+# ----- the compressibility study (compress.smk) -------------------------------------------------------------------
+
+
+def compress_variants(study):
+    """The pretraining variants of the study, in table order: plain, hsvreg<lambda>..., shrink<f>..."""
+    names = ["plain"] + [f"hsvreg{lam:g}" for lam in study.get("hsv_reg", [])]
+    if study.get("reduce_during_epochs"):
+        names += [f"shrink{f:g}" for f in study["keep"]]
+    return names
+
+
+def check_compress_config():
+    """Every shrink run's hyper-parameters parse (its reduction epochs below its total epochs), at planning time."""
+    for task in TASKS if COMPRESS else []:
+        for v in compress_variants(COMPRESS)[
+            1:
+        ]:  # plain is the main grid's pretraining
+            try:
+                parse_hparams(
+                    compress_pretrain_hparams(SimpleNamespace(task=task, variant=v))
+                )
+            except ValueError as e:
+                raise ValueError(
+                    f"config: compressibility, variant {v} of task {task}: {e}"
+                ) from None
+
+
+def compress_dir():
+    return "results/compress/{task}/seed{seed}/{variant}/"
+
+
+def compress_pretrained(wildcards):
+    """The full-N model a variant reduces: the main grid's pretraining (plain) or the variant's own."""
+    where = dict(task=wildcards.task, seed=wildcards.seed, variant=wildcards.variant)
+    if wildcards.variant == "plain":
+        return run_dir("pretrain").format(**where) + "model.pt"
+    return compress_dir().format(**where) + "pretrain/model.pt"
+
+
+def compress_pretrain_hparams(wildcards):
+    """Pretraining hyper-parameters of a variant: the task's pretraining with optim.hsv_reg = lambda (hsvreg), or
+    (shrink<f>) pretraining + retraining epochs in one run reduced during training to f of its states.
+    """
+    hp = json.loads(hparams_json(wildcards.task, "pretrain"))
+    v = wildcards.variant
+    if v.startswith("hsvreg"):
+        return json.dumps(
+            deep_merge(hp, {"optim": {"hsv_reg": float(v[len("hsvreg") :])}}),
+            sort_keys=True,
+        )
+    retrain_epochs = json.loads(hparams_json(wildcards.task, "retrain"))["optim"][
+        "epochs"
+    ]
+    optim = {
+        "epochs": hp["optim"]["epochs"] + retrain_epochs,
+        "reduce_during": {
+            "at_epochs": COMPRESS["reduce_during_epochs"],
+            "budget": float(v[len("shrink") :]),
+        },
+    }
+    return json.dumps(deep_merge(hp, {"optim": optim}), sort_keys=True)
+
+
+def compress_rows():
+    """(row descriptors, metrics files, HSV reports) of the study, in one order (dssbt.compress.points)."""
+    if not COMPRESS:
+        return [], [], []
+    method = COMPRESS.get("method", "bt")
+    rows, reports = [], []
+    for task in TASKS:
+        for seed in SEEDS:
+            for variant in compress_variants(COMPRESS):
+                where = dict(task=task, seed=seed, variant=variant, method=method)
+                folder = compress_dir().format(**where)
+                if variant.startswith("shrink"):
+                    keep = float(variant[len("shrink") :])
+                    rows.append(
+                        dict(
+                            where,
+                            keep=keep,
+                            kind="retrained",
+                            metrics=f"{folder}pretrain/metrics.json",
+                        )
+                    )
+                    continue
+                pre = compress_pretrained(SimpleNamespace(**where)).replace(
+                    "model.pt", "metrics.json"
+                )
+                rows.append(dict(where, keep=1.0, kind="pretrained", metrics=pre))
+                for keep in COMPRESS["keep"]:
+                    k = f"{keep:g}"
+                    rows.append(
+                        dict(
+                            where,
+                            keep=keep,
+                            kind="reduced",
+                            metrics=f"{folder}{method}_rbudget{k}/metrics.json",
+                        )
+                    )
+                    rows.append(
+                        dict(
+                            where,
+                            keep=keep,
+                            kind="retrained",
+                            metrics=f"{folder}{method}_init_rbudget{k}/metrics.json",
+                        )
+                    )
+                reports.append(
+                    f"{folder}{method}_rbudget{min(COMPRESS['keep']):g}/report.json"
+                )  # every layer cut
+    return (
+        [{k: v for k, v in r.items() if k != "metrics"} for r in rows],
+        [r["metrics"] for r in rows],
+        reports,
+    )
+
+
+check_compress_config()

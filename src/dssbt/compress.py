@@ -1,0 +1,171 @@
+"""The compressibility study (config ``compressibility``): how much accuracy survives when most states are removed,
+for models pretrained to be compressible.
+
+Variants of the full-N pretraining, all at the same total number of training epochs (pretraining E_p + retraining
+E_r):
+
+- ``plain``: the main grid's pretraining; reduced by BT to a global state budget, then retrained for E_r epochs;
+- ``hsvreg<lambda>``: the same with ``optim.hsv_reg = lambda`` (Hankel nuclear-norm penalty) in the pretraining;
+- ``shrink<f>``: in-training reduction (``optim.reduce_during`` with ``budget: f``) over one run of E_p + E_r
+  epochs; it has no "without retraining" figure (it never runs at full size after its last reduction).
+
+``keep`` lists the fractions f of the full model's states kept (budget orders ``budget:<f>``: 0.25 keeps 25 %, so
+removes 75 %). ``table`` writes one row per task x variant x kept fraction with mean ± std over seeds (test
+accuracy, %) without and after retraining, and the paired-by-seed difference to ``plain`` at the same fraction
+with its 95 % Student-t interval (``aggregate.paired_difference``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import paired_difference
+
+PLAIN = "plain"
+
+
+def variant_label(variant: str) -> str:
+    """How a variant reads in the table: ``plain``, ``hsv_reg 0.001``, ``in-training reduction``."""
+    if variant.startswith("hsvreg"):
+        return f"hsv_reg {variant[len('hsvreg'):]}"
+    if variant.startswith("shrink"):
+        return "in-training reduction"
+    return variant
+
+
+def _read(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def points(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Long form of the study's runs. Each row: {task, seed, variant, keep, kind, metrics} with kind one of
+    ``pretrained`` (full N), ``reduced`` (BT to the budget, not retrained), ``retrained`` (after E_r epochs; for a
+    shrink variant its own run) and ``metrics`` a metrics.json path. Returns task, seed, variant, keep, kind,
+    accuracy (test, %), states (complex modes over every channel and layer), epochs (total training epochs)."""
+    out = []
+    for r in rows:
+        m = _read(r["metrics"])
+        cfg = m["model_config"]
+        states = sum(m["layer_orders"]) * cfg["d_model"] * (2 if cfg.get("bidirectional") else 1)
+        out.append({"task": r["task"], "seed": int(r["seed"]), "variant": r["variant"], "keep": float(r["keep"]),
+                    "kind": r["kind"], "accuracy": 100.0 * m["accuracy"]["test"], "states": states,
+                    "epochs": m.get("epochs_run")})
+    return pd.DataFrame(out)
+
+
+def table(pts: pd.DataFrame) -> pd.DataFrame:
+    """One row per task x variant x kept fraction: the states kept (the largest over seeds), the variant's full-N
+    pretrained accuracy, the accuracy without and after retraining (mean, std, n over seeds; test, %) and the
+    after-retraining difference to ``plain`` at the same fraction, paired by seed, with its 95 % interval."""
+    rows = []
+    reduced_pts = pts[pts.kind != "pretrained"]
+    for (task, variant, keep), g in reduced_pts.groupby(["task", "variant", "keep"], sort=False):
+        row: dict[str, Any] = {"task": task, "variant": variant, "label": variant_label(variant), "keep": keep,
+                               "removed_pct": round(100 * (1 - keep)), "states": int(g["states"].max())}
+        full = pts[(pts.task == task) & (pts.variant == variant) & (pts.kind == "pretrained")]
+        for kind, a in (("pretrained", full["accuracy"]), ("reduced", g[g.kind == "reduced"]["accuracy"]),
+                        ("retrained", g[g.kind == "retrained"]["accuracy"])):
+            row[f"{kind}_mean"], row[f"{kind}_std"], row[f"{kind}_n"] = (
+                a.mean(), a.std(ddof=1) if len(a) > 1 else np.nan, len(a))
+        base = pts[(pts.task == task) & (pts.variant == PLAIN) & (pts.keep == keep) & (pts.kind == "retrained")]
+        pair = g[g.kind == "retrained"].merge(base, on="seed", suffixes=("", "_plain"))
+        d = (paired_difference(pair["accuracy"].to_numpy(), pair["accuracy_plain"].to_numpy())
+             if variant != PLAIN else {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_pairs": 0})
+        row |= {f"vs_plain_{k}": v for k, v in d.items()}
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    order = {v: i for i, v in enumerate(dict.fromkeys(pts["variant"]))}
+    return df.sort_values(["task", "keep", "variant"], ascending=[True, False, True],
+                          key=lambda s: s.map(order) if s.name == "variant" else s).reset_index(drop=True)
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if not n:
+        return "–"
+    return f"{mean:.1f}" + ("" if np.isnan(std) else f" ± {std:.1f}")
+
+
+def markdown(tab: pd.DataFrame) -> str:
+    """The table as Markdown: test accuracy %, mean ± std over seeds; a difference in bold where its interval
+    excludes 0."""
+    lines = ["| task | states removed | kept states | variant | full N | without retraining | after retraining |"
+             " after retraining − plain |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in tab.itertuples():
+        if r.vs_plain_n_pairs == 0:
+            diff = ""
+        elif np.isnan(r.vs_plain_ci_low):
+            diff = f"{r.vs_plain_diff:+.1f} (n = {r.vs_plain_n_pairs}, no interval)"
+        else:
+            diff = f"{r.vs_plain_diff:+.1f} [{r.vs_plain_ci_low:+.1f}, {r.vs_plain_ci_high:+.1f}]"
+            if r.vs_plain_ci_low > 0 or r.vs_plain_ci_high < 0:
+                diff = f"**{diff}**"
+        lines.append(f"| {r.task} | {r.removed_pct} % | {r.states} | {r.label}"
+                     f" | {_cell(r.pretrained_mean, r.pretrained_std, r.pretrained_n)}"
+                     f" | {_cell(r.reduced_mean, r.reduced_std, r.reduced_n)}"
+                     f" | {_cell(r.retrained_mean, r.retrained_std, r.retrained_n)} | {diff} |")
+    n = int(tab["retrained_n"].max()) if len(tab) else 0
+    lines.append("")
+    lines.append(f"Test accuracy %, mean ± std over seeds (n = {n}); kept states: complex modes over every channel "
+                 "and layer (the largest over seeds); after retraining − plain: the difference to the plain "
+                 "pretraining at the same fraction, paired by seed, with its 95 % Student-t interval (bold: it "
+                 "excludes 0). Every row has the same total training epochs (pretraining + retraining).")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: Iterable[dict[str, Any]], csv_path, md_path) -> pd.DataFrame:
+    """Points -> table, written as CSV and Markdown (atomically)."""
+    from .io import atomic_path
+
+    tab = table(points(rows))
+    with atomic_path(csv_path) as tmp:
+        tab.to_csv(tmp, index=False)
+    with atomic_path(md_path) as tmp:
+        Path(tmp).write_text(markdown(tab))
+    return tab
+
+
+def hsv_decay_by_variant(report_files: Iterable[str | os.PathLike], paths: Iterable, settings: dict[str, Any]) -> None:
+    """Normalised HSVs sigma_k / sigma_1 of each variant's pretrained model, one panel per task: median over every
+    channel, layer and seed, with the 10-90 % band. Report files: ``.../{task}/seed{s}/{variant}/<reduce run>/
+    report.json`` (the reduce report holds the HSVs of the model it reduced)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from .plots import _save, _style
+
+    _style(settings)
+    curves: dict[str, dict[str, list[np.ndarray]]] = {}
+    for path in report_files:
+        parts = Path(path).parts
+        task, variant = parts[-5], parts[-3]
+        for layer in _read(path)["layers"]:
+            if "hsv" not in layer:  # a layer the budget kept whole
+                continue
+            hsv = np.asarray(layer["hsv"]).reshape(-1, np.shape(layer["hsv"])[-1])  # (n_dir * H, N)
+            curves.setdefault(task, {}).setdefault(variant, []).append(
+                hsv / np.where(hsv[:, :1] > 0, hsv[:, :1], 1.0))
+    tasks = sorted(curves)
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, (variant, arrays) in enumerate(curves[task].items()):
+            a = np.maximum(np.concatenate(arrays), 1e-17)  # (channels, N)
+            k = np.arange(1, a.shape[1] + 1)
+            color = sns.color_palette()[i % 10]
+            ax.plot(k, np.median(a, 0), color=color, label=variant_label(variant))
+            ax.fill_between(k, np.quantile(a, 0.1, 0), np.quantile(a, 0.9, 0), color=color, alpha=0.15)
+        ax.set_yscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("index k")
+        ax.set_ylabel(r"$\sigma_k / \sigma_1$")
+    axes[0][0].legend(fontsize="small")
+    _save(fig, paths, settings.get("dpi", 150))
