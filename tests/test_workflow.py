@@ -458,11 +458,11 @@ def test_reduce_during_in_pretraining_reruns_pretraining_and_downstream_only(tin
 
 def test_compressible_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 2 tasks x 3 seeds: 2 hsv_reg pretrainings + 3 in-training reduction runs; 3 variants (plain = the main grid's
+    # 3 tasks x 3 seeds: 2 hsv_reg pretrainings + 3 in-training reduction runs; 3 variants (plain = the main grid's
     # pretraining) x 3 kept fractions, each with its orders, reduction and retraining
     assert job_counts(wf, "compress", "--configfile", "workflow/presets/compressible.yaml") == {
-        "generate": 2, "prepare": 2, "pretrain": 6, "compress_pretrain": 30, "compress_orders": 54,
-        "compress_reduce": 54, "compress_retrain": 54, "compress_table": 1, "compress": 1}
+        "generate": 3, "prepare": 3, "pretrain": 9, "compress_pretrain": 45, "compress_orders": 81,
+        "compress_reduce": 81, "compress_retrain": 81, "compress_table": 1, "compress": 1}
 
 
 def test_compress_run_on_the_tiny_grid_tabulates_every_variant(tiny_run):
