@@ -164,3 +164,10 @@ def test_bad_arguments_are_rejected():
         shrink_model(model, torch.optim.SGD(model.parameters(), lr=0.1), [3, 3], ssm_moments="mean")
     with pytest.raises(ValueError, match="layer orders"):
         shrink_model(model, opt, [3, 9])
+
+
+def test_integer_order_above_a_reduced_layer_fails_naming_the_layer_orders():
+    model = S4Model(ModelConfig(d_input=1, d_output=2, d_model=4, d_state=8, n_layers=2, layer_orders=(8, 3)))
+    with pytest.raises(ValueError, match=r"1 <= r < N = 3 \(the smallest layer .*layer orders are \[8, 3\].*"
+                                         r"optim.reduce_during.*got r=4"):
+        reduce_model(model, 4, "bt", "discrete")

@@ -184,7 +184,11 @@ class ModelReducer:
         if is_int(orders):
             N = min(self.sizes)
             if not 1 <= orders < N:
-                raise ValueError(f"reduced order must be an integer with 1 <= r < N = {N}, got r={orders!r}")
+                where = "" if len(set(self.sizes)) == 1 else (
+                    f" (the smallest layer of this model: its layer orders are {self.sizes}, e.g. after a reduction "
+                    "during pretraining, optim.reduce_during; a per-layer order such as tol:<x> or budget:<f> fits "
+                    "every layer)")
+                raise ValueError(f"reduced order must be an integer with 1 <= r < N = {N}{where}, got r={orders!r}")
             return [int(orders)] * len(self.sizes)
         if not (isinstance(orders, (list, tuple)) and len(orders) == len(self.sizes)
                 and all(is_int(r) and 1 <= r <= n for r, n in zip(orders, self.sizes))):
