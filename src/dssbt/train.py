@@ -6,6 +6,10 @@
 arguments it continues from the last completed epoch and ends with the same metrics as an uninterrupted run. The
 state file is removed once the outputs are complete. Evaluation and the metrics format are in ``evaluate.py``.
 
+In-training reduction (``optim.reduce_during``, full-N pretraining only): after each listed epoch the model is
+balanced-truncated (``dssbt.shrink``) and training goes on at the smaller size; the best checkpoint is taken among
+the epochs after the last reduction, and a resumed job rebuilds the model at its reduced size.
+
 Divergence: a non-finite training loss, or a non-finite gradient norm after the backward pass, stops the epoch
 before the optimiser steps. With ``optim.on_divergence = "fail"`` (the default) ``train`` raises ValueError naming
 the job (task, seed, init, order), the epoch and step and the learning rates, and writes no output; with
@@ -39,8 +43,8 @@ from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model
 from .reduction.hankel import hankel_penalty
 from .resume import ResumeState
-from .shrink import move_scheduler, orders_by_budget, orders_by_tol, shrink_model
 from .runs import BASELINE_METHODS, describe_run
+from .shrink import move_scheduler, orders_by_budget, orders_by_tol, shrink_model
 
 TRAIN_INITS = (*INITS, "from_reduced", "from_pretrained")  # from_*: start from a model file
 SSM_PARAMS = ("Lambda_log_neg_re", "Lambda_im", "B", "C", "log_dt")
@@ -366,7 +370,7 @@ def _reduce_during(model: S4Model, opt, sched, hp: Hparams, st: ResumeState, met
         orders = orders_by_tol(model, rd["tol"])
     else:  # after reduction k of K: f^(k/K) of the full model's states, as a fraction of the current ones
         k, K = rd["at_epochs"].index(st.epoch) + 1, len(rd["at_epochs"])
-        fraction = rd["budget"] ** (k / K) * model_states_full(hp, model) / _states(model, hp)
+        fraction = rd["budget"] ** (k / K) * _full_states(hp, model) / _states(model, hp)
         orders = orders_by_budget(model, min(1.0, fraction))
     model, opt, _ = shrink_model(model, opt, orders, ssm_moments=rd.get("moments", "reset"),
                                  kernel_length=int(meta.get("l_max") or 1024))
@@ -380,7 +384,7 @@ def _reduce_during(model: S4Model, opt, sched, hp: Hparams, st: ResumeState, met
     return model, opt
 
 
-def model_states_full(hp: Hparams, model: S4Model) -> int:
+def _full_states(hp: Hparams, model: S4Model) -> int:
     """The number of states (complex modes of every channel, direction and layer) of the full-N model."""
     cfg = model.cfg
     return full_state_size(hp) * cfg.n_layers * cfg.d_model * (2 if cfg.bidirectional else 1)
