@@ -367,10 +367,9 @@ def compress_variants(study):
 
 def check_compress_config():
     """Every shrink run's hyper-parameters parse (its reduction epochs below its total epochs), at planning time."""
-    for task in TASKS if COMPRESS else []:
-        for v in compress_variants(COMPRESS)[
-            1:
-        ]:  # plain is the main grid's pretraining
+    own = compress_variants(COMPRESS)[1:] if COMPRESS else []  # plain: the main grid's
+    for task in TASKS:
+        for v in own:
             try:
                 parse_hparams(
                     compress_pretrain_hparams(SimpleNamespace(task=task, variant=v))
@@ -382,6 +381,7 @@ def check_compress_config():
 
 
 def compress_dir():
+    """Folder of one variant's runs in the compressibility study."""
     return "results/compress/{task}/seed{seed}/{variant}/"
 
 
