@@ -135,13 +135,7 @@ def hsv_decay_by_variant(report_files: Iterable[str | os.PathLike], paths: Itera
     """Normalised HSVs sigma_k / sigma_1 of each variant's pretrained model, one panel per task: median over every
     channel, layer and seed, with the 10-90 % band. Report files: ``.../{task}/seed{s}/{variant}/<reduce run>/
     report.json`` (the reduce report holds the HSVs of the model it reduced)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from .plots import _save, _style
+    from .plots import _style, hsv_panels, normalised_hsv
 
     _style(settings)
     curves: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -149,23 +143,7 @@ def hsv_decay_by_variant(report_files: Iterable[str | os.PathLike], paths: Itera
         parts = Path(path).parts
         task, variant = parts[-5], parts[-3]
         for layer in _read(path)["layers"]:
-            if "hsv" not in layer:  # a layer the budget kept whole
-                continue
-            hsv = np.asarray(layer["hsv"]).reshape(-1, np.shape(layer["hsv"])[-1])  # (n_dir * H, N)
-            curves.setdefault(task, {}).setdefault(variant, []).append(
-                hsv / np.where(hsv[:, :1] > 0, hsv[:, :1], 1.0))
-    tasks = sorted(curves)
-    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for i, (variant, arrays) in enumerate(curves[task].items()):
-            a = np.maximum(np.concatenate(arrays), 1e-17)  # (channels, N)
-            k = np.arange(1, a.shape[1] + 1)
-            color = sns.color_palette()[i % 10]
-            ax.plot(k, np.median(a, 0), color=color, label=variant_label(variant))
-            ax.fill_between(k, np.quantile(a, 0.1, 0), np.quantile(a, 0.9, 0), color=color, alpha=0.15)
-        ax.set_yscale("log")
-        ax.set_title(task)
-        ax.set_xlabel("index k")
-        ax.set_ylabel(r"$\sigma_k / \sigma_1$")
-    axes[0][0].legend(fontsize="small")
-    _save(fig, paths, settings.get("dpi", 150))
+            norm = normalised_hsv(layer)
+            if norm is not None:
+                curves.setdefault(task, {}).setdefault(variant_label(variant), []).append(norm)
+    hsv_panels(curves, paths, settings)

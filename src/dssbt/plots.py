@@ -119,6 +119,39 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
     _save(fig, paths, settings.get("dpi", 150))
 
 
+def normalised_hsv(layer: dict[str, Any]) -> np.ndarray | None:
+    """sigma_k / sigma_1 of every channel of one layer of a reduce report, (n_dir * H, N); None for a layer kept
+    unchanged (a per-layer order that kept it whole has no HSVs in the report)."""
+    if "hsv" not in layer:
+        return None
+    hsv = np.asarray(layer["hsv"])
+    hsv = hsv.reshape(-1, hsv.shape[-1])  # (n_dir * H, N)
+    return hsv / np.where(hsv[:, :1] > 0, hsv[:, :1], 1.0)
+
+
+def hsv_panels(curves: dict[str, dict[str, list[np.ndarray]]], paths: Iterable, settings: dict[str, Any]) -> None:
+    """One log-scale panel per task (sorted), one line per series (in insertion order): the median over channels of
+    sigma_k / sigma_1 with the 10-90 % band. ``curves[task][series]``: arrays (channels, N)."""
+    tasks = sorted(curves)
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, (series, arrays) in enumerate(curves[task].items()):
+            a = np.concatenate(arrays)  # (channels, N)
+            k = np.arange(1, a.shape[1] + 1)
+            floor = 1e-17
+            med = np.maximum(np.median(a, 0), floor)
+            lo, hi = (np.maximum(np.quantile(a, q, 0), floor) for q in (0.1, 0.9))
+            color = sns.color_palette()[i % 10]
+            ax.plot(k, med, color=color, label=series)
+            ax.fill_between(k, lo, hi, color=color, alpha=0.2)
+        ax.set_yscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("index k")
+        ax.set_ylabel(r"$\sigma_k / \sigma_1$")
+    axes[0][0].legend(fontsize="small")
+    _save(fig, paths, settings.get("dpi", 150))
+
+
 def hsv_decay(report_files: Iterable[str | os.PathLike], paths: Iterable, settings: dict[str, Any]) -> None:
     """Normalised Hankel singular values sigma_k / sigma_1 of the pretrained models, per task and layer:
     median over channels (and seeds) with the 10-90 % band."""
@@ -128,30 +161,11 @@ def hsv_decay(report_files: Iterable[str | os.PathLike], paths: Iterable, settin
         rep = json.loads(Path(path).read_text())
         task = rep.get("task") or Path(path).parts[-4]
         for layer in rep["layers"]:
-            if "hsv" not in layer:  # a layer kept unchanged by a tolerance-chosen order
-                continue
-            hsv = np.asarray(layer["hsv"])
-            hsv = hsv.reshape(-1, hsv.shape[-1])  # (n_dir * H, N)
-            norm = hsv / np.where(hsv[:, :1] > 0, hsv[:, :1], 1.0)
-            per_task.setdefault(task, {}).setdefault(layer["layer"], []).append(norm)
-    tasks = sorted(per_task)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for i, (layer, arrays) in enumerate(sorted(per_task[task].items())):
-            a = np.concatenate(arrays)  # (channels, N)
-            k = np.arange(1, a.shape[1] + 1)
-            floor = 1e-17
-            med = np.maximum(np.median(a, 0), floor)
-            lo, hi = (np.maximum(np.quantile(a, q, 0), floor) for q in (0.1, 0.9))
-            color = sns.color_palette()[i % 10]
-            ax.plot(k, med, color=color, label=f"layer {layer}")
-            ax.fill_between(k, lo, hi, color=color, alpha=0.2)
-        ax.set_yscale("log")
-        ax.set_title(task)
-        ax.set_xlabel("index k")
-        ax.set_ylabel(r"$\sigma_k / \sigma_1$")
-    axes[0][0].legend(fontsize="small")
-    _save(fig, paths, settings.get("dpi", 150))
+            norm = normalised_hsv(layer)
+            if norm is not None:
+                per_task.setdefault(task, {}).setdefault(layer["layer"], []).append(norm)
+    hsv_panels({task: {f"layer {layer}": arrays for layer, arrays in sorted(layers.items())}
+                for task, layers in per_task.items()}, paths, settings)
 
 
 def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
