@@ -102,4 +102,4 @@ rule tables:
 
 rule compress:
     input:
-        "results/tables/compress.csv",
+        compress_target,

@@ -484,3 +484,10 @@ def test_compress_run_on_the_tiny_grid_tabulates_every_variant(tiny_run):
         assert json.loads((folder / "hsvreg0.01/pretrain/metrics.json").read_text())["hparams"]["optim"][
             "hsv_reg"] == 0.01
     assert (tiny_run / "results/plots/compress_hsv_decay.png").stat().st_size > 0
+
+
+def test_compress_target_without_a_compressibility_section_says_where_one_is(tmp_path):
+    wf = copy_workflow(tmp_path)
+    p = snakemake(wf, "-n", "compress", check=False)
+    assert p.returncode != 0
+    assert "target compress needs a compressibility section" in p.stdout + p.stderr

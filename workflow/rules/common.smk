@@ -380,6 +380,16 @@ def check_compress_config():
                 ) from None
 
 
+def compress_target(wildcards):
+    """The study's table, for target compress; without a compressibility section, an error saying where one is."""
+    if not COMPRESS:
+        raise ValueError(
+            "config: target compress needs a compressibility section, e.g. "
+            "--configfile workflow/presets/compressible.yaml (docs/compressibility.md)"
+        )
+    return "results/tables/compress.csv"
+
+
 def compress_dir():
     """Folder of one variant's runs in the compressibility study."""
     return "results/compress/{task}/seed{seed}/{variant}/"
