@@ -67,7 +67,7 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     sections = set(schema["properties"]["resources"]["propertyNames"]["enum"])
     rules = rule_names() - {"all", "data_all", "pretrain_all", "baseline_all", "reduce_all", "retrain_all", "tables",
-                            "deploy"}
+                            "deploy", "compress"}
     assert sections == rules | {"default", "train"}, sections ^ (rules | {"default", "train"})
     wf = copy_workflow(tmp_path)
     mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
@@ -77,6 +77,7 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
             "deploy": {"enabled": True},
             "controls": ["skew_hippo_equal", "full_continued", "transplant"],
             "correlation": {"epochs": [1], "order": 2}, "optim": {"epochs": 2},
+            "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1]},
             "task_settings": {"listops": {"optim": {"epochs": 2}}}}
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
     out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
