@@ -452,9 +452,19 @@ def test_planning_imports_no_torch():
     assert p.returncode == 0 and p.stdout.strip() == "False", (modules, p.stdout, p.stderr[-2000:])
 
 
-def test_reduce_during_in_pretraining_reruns_pretraining_and_downstream_only(tiny_run):
-    assert edited(tiny_run, "pretrain: {optim: {reduce_during: {at_epochs: [1], tol: 0.001}}}\n") == {
-        "pretrain": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+def test_reduce_during_in_pretraining_reruns_pretraining_and_what_reads_it_only(tiny_run):
+    # the tiny grid pretrains 1 epoch, and a reduction needs an epoch after it: 2 pretraining epochs, which the
+    # equal-budget control counts (its epochs are pretraining + retraining); the baselines stay as they are
+    assert edited(tiny_run, "pretrain: {optim: {epochs: 2, reduce_during: {at_epochs: [1], tol: 0.001}}}\n") == {
+        "pretrain": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+
+
+def test_reduce_during_outside_the_pretraining_fails_at_parse_time(tmp_path):
+    wf = copy_workflow(tmp_path)
+    (wf / "edit.yaml").write_text("retrain: {optim: {reduce_during: {at_epochs: [1], tol: 0.1}}}\n")
+    p = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml", check=False)
+    assert p.returncode != 0 and "retrain.optim.reduce_during: in-training reduction applies to the pretraining " \
+        "only; set it under pretrain.optim" in p.stdout + p.stderr
 
 
 def test_compressible_preset_dry_run_job_counts(tmp_path):

@@ -69,6 +69,30 @@ def check_config():
             raise ValueError(
                 f"config: data.{task}.source = embedded, but only {EMBEDDED_TASKS} have embedded data"
             )
+    settings = config.get("task_settings", {})
+    elsewhere = [
+        ("optim", config.get("optim", {})),
+        ("retrain.optim", config["retrain"]["optim"]),
+    ]
+    for task, cfg in settings.items():
+        elsewhere += [
+            (f"task_settings.{task}.optim", cfg.get("optim", {})),
+            (
+                f"task_settings.{task}.retrain.optim",
+                cfg.get("retrain", {}).get("optim", {}),
+            ),
+        ]
+    for where, optim in elsewhere:
+        if "reduce_during" in optim:
+            raise ValueError(
+                f"config: {where}.reduce_during: in-training reduction applies to the pretraining only; "
+                "set it under pretrain.optim"
+            )
+    for task in TASKS:
+        try:
+            parse_hparams(hparams_json(task, "pretrain"))
+        except ValueError as e:
+            raise ValueError(f"config: the pretraining of task {task}: {e}") from None
     for task in TASKS:
         N = json.loads(hparams_json(task, "train"))["model"].get(
             "d_state", DEFAULT_D_STATE
