@@ -196,11 +196,11 @@ def test_lra_preset_dry_run_needs_no_data(tmp_path):
 
 def test_study_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 3 tasks x 5 seeds x 3 orders x (bt + transplant + random modes) + equal budget + one continued model per
+    # 3 tasks x 5 seeds x 2 orders x (bt + transplant + random modes) + equal budget + one continued model per
     # pretraining; the correlation study: 2 snapshots per pretraining, each reduced and retrained
     assert job_counts(wf, "--configfile", "workflow/presets/study.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 15, "snapshot": 30, "train_baseline": 45, "train_equal_budget": 45,
-        "continue_full": 15, "reduce": 135, "reduce_snapshot": 30, "retrain": 135, "retrain_snapshot": 30,
+        "generate": 3, "prepare": 3, "pretrain": 15, "snapshot": 30, "train_baseline": 30, "train_equal_budget": 30,
+        "continue_full": 15, "reduce": 90, "reduce_snapshot": 30, "retrain": 90, "retrain_snapshot": 30,
         "aggregate": 1, "correlation": 1, "plot": 1}
 
 
