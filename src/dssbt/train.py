@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .batches import batches
 from .checkpoint import load_model, save_model
 from .data.prepared import SPLITS, Split, load_meta, load_split
+from .eager import AdamW
 from .evaluate import autocast, base_metrics, evaluate, resolve_device, summary_metrics
 from .hippo import INITS
 from .hparams import DEFAULT_D_STATE, Hparams, parse_hparams
@@ -86,12 +87,13 @@ def model_config(meta: dict[str, Any], hp: Hparams, init: str, order: int | list
 
 
 def optimizer(model: S4Model, hp: Hparams) -> torch.optim.AdamW:
-    """AdamW with the SSM parameters (Lambda, B, C, log_dt: own lr, no weight decay) apart from the rest."""
+    """AdamW with the SSM parameters (Lambda, B, C, log_dt: own lr, no weight decay) apart from the rest
+    (``eager.AdamW``: torch's, stepped without importing torch._dynamo)."""
     ssm, rest = [], []
     for name, p in model.named_parameters():
         (ssm if ".dss." in name and name.rsplit(".", 1)[1] in SSM_PARAMS else rest).append(p)
     o = hp.optim
-    return torch.optim.AdamW(
+    return AdamW(
         [{"params": ssm, "lr": o.ssm_lr, "weight_decay": 0.0}, {"params": rest, "lr": o.lr, "weight_decay": o.weight_decay}]
     )
 
