@@ -53,6 +53,15 @@ def test_parameter_count_matches_a_hand_count():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
+def test_state_count_is_the_number_of_complex_modes_the_model_holds(bidirectional):
+    cfg = ModelConfig(d_input=3, d_output=5, d_model=6, d_state=12, n_layers=2, bidirectional=bidirectional)
+    for c in (cfg, cfg.with_layer_orders([5, 12]), cfg.with_layer_orders([3, 3])):
+        modes = sum(b.dss.Lambda_im.numel() for b in S4Model(c).blocks)  # (n_dir, H, r) per layer
+        assert c.n_states() == modes
+    assert cfg.n_states([5, 12]) == (5 + 12) * 6 * (2 if bidirectional else 1)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("route", ["continuous", "discrete"])
 def test_reduced_model_runs_each_reduced_channel_system(bidirectional, route):
     model = small_model(bidirectional=bidirectional)

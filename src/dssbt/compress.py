@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import paired_difference
+from .orders import n_states
 
 PLAIN = "plain"
 
@@ -52,7 +53,7 @@ def points(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for r in rows:
         m = _read(r["metrics"])
         cfg = m["model_config"]
-        states = sum(m["layer_orders"]) * cfg["d_model"] * (2 if cfg.get("bidirectional") else 1)
+        states = n_states(m["layer_orders"], cfg["d_model"], cfg.get("bidirectional", False))
         out.append({"task": r["task"], "seed": int(r["seed"]), "variant": r["variant"], "keep": float(r["keep"]),
                     "kind": r["kind"], "accuracy": 100.0 * m["accuracy"]["test"], "states": states,
                     "epochs": m.get("epochs_run")})

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from .dss import DSS
 from .hippo import INITS
 from .hparams import DEFAULT_D_STATE
+from .orders import n_states
 
 _CHOICES = {
     "encoder": ("embedding", "linear"),
@@ -126,6 +127,11 @@ class ModelConfig:
     def orders_by_layer(self) -> list[int]:
         """The number of complex modes of each layer (length n_layers)."""
         return list(self.layer_orders) or [self.d_state] * self.n_layers
+
+    def n_states(self, layer_orders: list[int] | None = None) -> int:
+        """States of this architecture (``orders.n_states``) at ``layer_orders``, default its own."""
+        orders = self.orders_by_layer() if layer_orders is None else layer_orders
+        return n_states(orders, self.d_model, self.bidirectional)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+def n_states(layer_orders: list[int], d_model: int, bidirectional: bool) -> int:
+    """The number of states of a model (complex modes of every channel, direction and layer) whose layers have
+    ``layer_orders`` modes per channel: the unit of the budgets and of the compressibility study's tables."""
+    return sum(int(r) for r in layer_orders) * d_model * (2 if bidirectional else 1)
+
+
 # kind -> (allowed range of its value, what it means)
 PER_LAYER_KINDS = {
     "tol": ((0.0, 1.0), "discarded share of each layer's HSV energy"),

@@ -388,17 +388,13 @@ def _reduce_during(model: S4Model, opt, sched, hp: Hparams, st: ResumeState, met
 
 def _full_states(hp: Hparams, model: S4Model) -> int:
     """The number of states (complex modes of every channel, direction and layer) of the full-N model."""
-    cfg = model.cfg
-    return full_state_size(hp) * cfg.n_layers * cfg.d_model * (2 if cfg.bidirectional else 1)
+    return model.cfg.n_states([full_state_size(hp)] * model.cfg.n_layers)
 
 
 def _states(model: S4Model, hp: Hparams) -> int | None:
     """The model's number of states (complex modes of every channel, direction and layer): the history's ``states``
     column, written when reduce_during is on."""
-    if not hp.optim.reduce_during:
-        return None
-    cfg = model.cfg
-    return sum(cfg.orders_by_layer()) * cfg.d_model * (2 if cfg.bidirectional else 1)
+    return model.cfg.n_states() if hp.optim.reduce_during else None
 
 
 def _cpu_state(model: S4Model) -> dict[str, torch.Tensor]:

@@ -451,6 +451,7 @@ def compress_pretrain_hparams(wildcards):
     return json.dumps(deep_merge(hp, {"optim": optim}), sort_keys=True)
 
 
+@functools.cache  # three of compress_table's directives read it
 def compress_rows():
     """(row descriptors, metrics files, HSV reports) of the study, in one order (dssbt.compress.points)."""
     if not COMPRESS:
