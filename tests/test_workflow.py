@@ -108,17 +108,13 @@ def test_schema_lists_exactly_the_registered_methods_and_controls():
 def test_plain_install_leaves_the_slurm_plugin_out_and_a_dry_run_never_imports_it(tmp_path):
     """`pip install -e .` does not pull snakemake-executor-plugin-slurm (extra 'slurm'), and a local dry run works
     without it: run snakemake in an interpreter that sees every installed package except the plugin."""
-    import sysconfig
     from importlib.metadata import requires
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from plan_scale import without_slurm_plugin  # the plan-scale benchmark runs its dry runs this way too
 
     slurm = [r for r in requires("dssbt") if r.startswith("snakemake-executor-plugin-slurm")]
     assert slurm and all("extra ==" in r for r in slurm), slurm
-    site = Path(sysconfig.get_paths()["purelib"])
-    shadow = tmp_path / "site"
-    shadow.mkdir()
-    for entry in site.iterdir():
-        if not entry.name.startswith("snakemake_executor_plugin_slurm"):
-            (shadow / entry.name).symlink_to(entry)
     (tmp_path / "wf").mkdir()
     wf = copy_workflow(tmp_path / "wf")
 
@@ -128,7 +124,7 @@ def test_plain_install_leaves_the_slurm_plugin_out_and_a_dry_run_never_imports_i
         assert p.returncode == 0, p.stderr[-3000:]
         return re.search(r"\| +snakemake_executor_plugin_slurm\b", p.stderr) is not None
 
-    plain = {**ENV, "flags": ["-S"], "PYTHONPATH": os.pathsep.join([str(shadow), str(ROOT / "src")])}
+    plain = {**ENV, "flags": ["-S"], "PYTHONPATH": without_slurm_plugin(tmp_path)["PYTHONPATH"]}
     assert not dry_run(plain)
     # the same probe sees the plugin imported where it is installed (this environment): the check can fail
     assert dry_run({**ENV, "flags": []})
