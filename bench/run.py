@@ -39,6 +39,7 @@ NAMES = {
     "plan_scale": "plan_scale.py",
     "hsv_reg": "hsv_reg.py",
     "prepare_memory": "prepare_memory.py",
+    "job_startup": "job_startup.py",
 }
 
 

@@ -30,6 +30,7 @@ EXPECTED_CHECKS = {
     "reduce_model continuous reduced models have the asked orders", "reduce_model discrete reduced models have the asked orders",
     "bt_route discrete r=2 kernel errors finite and below 1.5", "bt_route continuous r=4 kernel errors finite and below 1.5",
     "plan_scale job counts grow with the grid",
+    "job_startup eager never imports torch._dynamo", "job_startup plain torch.optim imports torch._dynamo",
 } | {f"prepare_memory {t} sizes are the generated ones" for t in
      ("listops", "text", "retrieval", "image", "pathfinder", "pathx")}
 EXPECTED_FIGURES = [
@@ -46,6 +47,7 @@ EXPECTED_FIGURES = [
     r"^RATIO inference convolution-mode speed-up",
     r"^MEMORY inference r=\d+: weights",
     r"^TARGET workflow LRA dry run.*: median [\d.]+ s",
+    r"^SAVED job_startup per training job: median -?[\d.]+ s",
 ] + [rf"^MEMORY prepare {t}: peak RSS \d+ MiB"
       for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")]
 
@@ -64,7 +66,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
     for pattern in EXPECTED_FIGURES:
         assert re.search(pattern, p.stdout, re.M), pattern
     for name in ("layer", "train_step", "reduction", "inference", "workflow", "reduce_model", "bt_route", "plan_scale",
-                 "hsv_reg", "prepare_memory"):
+                 "hsv_reg", "prepare_memory", "job_startup"):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
 
