@@ -37,7 +37,9 @@ PROBE = textwrap.dedent("""
     cfg = ModelConfig(d_input=1, d_output=10, d_model=32, d_state=32, n_layers=2, encoder="linear")
     model = S4Model(cfg)
     hp = parse_hparams({})
-    opt = optimizer(model, hp) if eager else torch.optim.AdamW(model.parameters())
+    opt = optimizer(model, hp)  # the jobs' two parameter groups
+    if not eager:  # the same groups in torch's own AdamW
+        opt = torch.optim.AdamW(opt.param_groups)
     x, y = torch.randn(50, L, 1), torch.randint(0, 10, (50,))
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
 def n_states(layer_orders: list[int], d_model: int, bidirectional: bool) -> int:
     """The number of states of a model (complex modes of every channel, direction and layer) whose layers have
     ``layer_orders`` modes per channel: the unit of the budgets and of the compressibility study's tables."""
