@@ -6,7 +6,8 @@ task_settings; retrieval from workflow/presets/lra.yaml's dual two-tower head, a
 ``zero_grad``, ``cross_entropy(model(x, lengths, reference=...))``, ``backward`` on one torch thread, in the glibc
 malloc setting of the training jobs (``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10000000000``; the script re-runs
 itself with it if started without). Printed per shape: reference step, fast step, their ratio (target >= 2x for
-image), the floor, and fast / floor (target <= 1.5x for image). The floor is the time of the step's FFTs and
+image), the fast path with torch ops instead of the fused C kernels (``dssbt.fused``; ``fast`` uses them where
+they build), the floor, and fast / floor (target <= 1.5x for image). The floor is the time of the step's FFTs and
 matmuls alone, run in the same process at the step's sizes on fresh tensors: per layer the four real FFTs over
 the batch the fast path needs (rfft of u and of dLoss/dy on zero-padded buffers, two irffts) and the output map's
 three matmuls (forward, and the two of its backward). Before timing, a float64 copy of each model checks that both
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from common import check, finish, header, interleaved, ratio, time_line
+from dssbt import fused
 from dssbt.dss import DSS, next_fast_len
 from dssbt.model import ModelConfig, S4Model, linear_from_channel_major, to_channel_major
 from layer import textbook_forward
@@ -147,15 +149,29 @@ def bench_steps(a: argparse.Namespace) -> None:
         d = agreement(model, x, lengths, y)
         check(f"step {name} fast equals reference", d <= TOL64,
               f"float64 max relative difference of logits and every parameter gradient {d:.1e} (tolerance {TOL64:g})")
+        if fused.used() == "c":
+            with fused.kernels("torch"):
+                plain = step(model, x, lengths, y, False)
+            d = ((step(model, x, lengths, y, False) - plain).norm() / plain.norm()).item()
+            check(f"step {name} fused C kernels agree with torch ops in float32", d <= 1e-5,
+                  f"relative difference of the logits {d:.1e} (tolerance 1e-5)")
+
+        def torch_ops() -> torch.Tensor:
+            with fused.kernels("torch"):
+                return step(model, x, lengths, y, False)
+
         times = interleaved({
             "reference": lambda: step(model, x, lengths, y, True),
             "fast": lambda: step(model, x, lengths, y, False),
+            "fast-torch-ops": torch_ops,
             "floor": floor_ops(cfg, B, L),
         }, a.repeats)
         for v, ts in times.items():
             time_line(f"step {name} {v}", ts)
         ratio(f"step {name} speed-up fast vs reference", times["reference"], times["fast"],
               STEP_TARGET if name == "image" else None)
+        ratio(f"step {name} speed-up fast vs fast-torch-ops (what the fused C kernels bring)",
+              times["fast-torch-ops"], times["fast"], None)
         fr_med = statistics.median(times["fast"]) / statistics.median(times["floor"])
         fr_min = min(times["fast"]) / min(times["floor"])
         verdict = ("met" if fr_med <= FLOOR_TARGET else f"MISSED by {fr_med / FLOOR_TARGET:.2f}x") \

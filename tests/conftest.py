@@ -2,3 +2,39 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def _need_c_kernels():
+    """Without a C compiler a test of the fused C kernels is skipped with the reason, except under CI (CI set),
+    where it fails."""
+    from dssbt import fused
+
+    if fused.load() is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the fused C kernels do not build under CI: {fused.error()}")
+        pytest.skip(f"no fused C kernels on this machine: {fused.error()}")
+
+
+@pytest.fixture(params=["c", "torch"])
+def kernels(request):
+    """Each test using it runs twice: under the fused C kernels (dssbt.fused) and under torch ops."""
+    from dssbt import fused
+
+    if request.param == "c":
+        _need_c_kernels()
+    with fused.kernels(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def c_kernels():
+    """A test of the fused C kernels themselves, run under them."""
+    from dssbt import fused
+
+    _need_c_kernels()
+    with fused.kernels("c"):
+        yield "c"

@@ -71,8 +71,9 @@ def reference_two_b(model, x, lengths):
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("L", [1, 37, 64])
-def test_fast_step_equals_reference_step(shape, L):
-    """Logits and EVERY parameter gradient of one training step, fast vs reference path (train mode)."""
+def test_fast_step_equals_reference_step(shape, L, kernels):
+    """Logits and EVERY parameter gradient of one training step, fast vs reference path (train mode), with the
+    fused C kernels and with torch ops."""
     model, x, lengths, _ = make(shape, L=L)
     fast = logits_and_grads(model, lambda: model(x, lengths))
     if model.cfg.dual and model.cfg.norm == "batch":  # the fast path takes batch-norm statistics over 2B sequences
@@ -112,7 +113,7 @@ def test_batch_norm_running_statistics_match_the_reference():
             torch.testing.assert_close(a.running_var, b.running_var, rtol=TOL, atol=1e-14)
 
 
-def test_dropout_in_the_fast_path_is_seeded_and_off_in_eval():
+def test_dropout_in_the_fast_path_is_seeded_and_off_in_eval(kernels):
     model, x, lengths, _ = make("image", dropout=0.3)
     torch.manual_seed(5)
     a = model(x, lengths)

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy and loss of a model file on every split of a prepared task")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size and optim.amp are used")
+    p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size, optim.amp and optim.kernels are used")
     p.add_argument("--out", required=True, help="metrics JSON to write")
     common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="prepared task: also measure accuracy without retraining")
     p.add_argument("--metrics", default=None, help="metrics JSON of the reduced model without retraining")
     p.add_argument("--hparams", default="{}",
-                   help="optim.eval_batch_size and optim.amp (the accuracy), reduction.<method> (e.g. h2: tol, max_iter)")
+                   help="optim.eval_batch_size, optim.amp and optim.kernels (the accuracy), reduction.<method> (e.g. h2: tol, max_iter)")
     common(p)
     p.set_defaults(func=cmd_reduce)
 

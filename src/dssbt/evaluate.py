@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from . import __version__, fused
 from .batches import batches
 from .data.prepared import SPLITS, Split
 from .hparams import Hparams
@@ -77,6 +77,7 @@ def base_metrics(
         "params": count_parameters(model),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "kernels": fused.used() if str(device).startswith("cpu") else "torch",  # dssbt.fused: c or torch
         "hparams": hp.to_dict(),
         "model_config": model.cfg.to_dict(),
         "version": __version__,

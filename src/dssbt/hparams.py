@@ -4,7 +4,7 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
-               eval_batch_size, amp, hsv_reg, on_divergence, reduce_during},
+               eval_batch_size, amp, hsv_reg, on_divergence, reduce_during, kernels},
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only)
 
 The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
@@ -61,9 +61,13 @@ class OptimHparams:
     # reduction; budget: after reduction k the model keeps f^(k/K) of the full model's states (f after the last),
     # allocated across layers by least discarded HSV energy. {} = off
     reduce_during: dict = field(default_factory=dict)
+    # the block's layer norm and GLU on CPU (dssbt.fused): "auto" (compiled C kernels where a C compiler works,
+    # else torch ops) | "c" (the C kernels, or an error) | "torch" (torch ops; float32 results differ by rounding)
+    kernels: str = "auto"
 
 
 ON_DIVERGENCE = ("fail", "keep_best")
+KERNELS = ("auto", "c", "torch")
 REDUCE_DURING_KEYS = {"at_epochs": list, "tol": float, "budget": float, "moments": str}
 REDUCE_DURING_MOMENTS = ("reset", "mean")
 # Keys added after runs were finished: left out of to_dict() (metrics, resume identity) while at their default, so
@@ -127,6 +131,8 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     if optim.on_divergence not in ON_DIVERGENCE:
         raise ValueError(f"hyper-parameters: optim.on_divergence={optim.on_divergence!r} is not one of "
                          f"{list(ON_DIVERGENCE)}")
+    if optim.kernels not in KERNELS:
+        raise ValueError(f"hyper-parameters: optim.kernels={optim.kernels!r} is not one of {list(KERNELS)}")
     for k in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(optim, k) < 1:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 1, got {getattr(optim, k)}")

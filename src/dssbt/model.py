@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused
 from .dss import DSS
 from .hippo import INITS
 from .hparams import DEFAULT_D_STATE
@@ -144,12 +145,15 @@ class _LinearFromChannelMajor(torch.autograd.Function):
     # need one dtype (cast_inputs disables autocast inside, custom_bwd runs the backward in the same state).
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
-    def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor, parts: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor | None, parts: int) -> Tensor:  # type: ignore[override]
         H_in, M = z.shape
-        W, b = weight.view(parts, -1, H_in), bias.view(parts, -1)  # (parts, H_part, H_in), (parts, H_part)
+        W = weight.view(parts, -1, H_in)  # (parts, H_part, H_in)
         y = z.new_empty(parts, M, W.shape[1])
         for i in range(parts):  # z.t() is a transposed operand of the matmul, not a copy
-            torch.addmm(b[i], z.t(), W[i].t(), out=y[i])
+            if bias is None:
+                torch.mm(z.t(), W[i].t(), out=y[i])
+            else:
+                torch.addmm(bias.view(parts, -1)[i], z.t(), W[i].t(), out=y[i])
         ctx.save_for_backward(z, weight)
         ctx.parts = parts
         return y  # (parts, M, H_part)
@@ -171,16 +175,17 @@ class _LinearFromChannelMajor(torch.autograd.Function):
         return dz, dw, db, None
 
 
-def linear_from_channel_major(z: Tensor, lin: nn.Linear, parts: int = 1) -> Tensor:
+def linear_from_channel_major(z: Tensor, lin: nn.Linear, parts: int = 1, bias: bool = True) -> Tensor:
     """``lin`` at every position of channel-major z: real (H_in, B, L) -> (parts, B, L, H_out / parts), one matmul
     per part of the output features (parts=2: the two halves a, b of a GLU's input, each contiguous, so
     ``F.glu(y, dim=0)`` runs on contiguous tensors; on the interleaved (B, L, 2H) halves its backward was ~5x slower).
+    ``bias=False``: without ``lin.bias`` (the fused GLU adds it).
 
     The backward returns dLoss/dz channel-major (H_in, B, L), the layout of z, so an elementwise op before it
     (GELU) meets its gradient in its own layout.
     """
     H, Bsz, L = z.shape
-    y = _LinearFromChannelMajor.apply(z.reshape(H, Bsz * L), lin.weight, lin.bias, parts)
+    y = _LinearFromChannelMajor.apply(z.reshape(H, Bsz * L), lin.weight, lin.bias if bias else None, parts)
     return y.view(parts, Bsz, L, -1)
 
 
@@ -243,10 +248,19 @@ class Block(nn.Module):
         return self.norm(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Training path. x: (B, L, H) -> (B, L, H); equals ``forward_reference``."""
-        z = self._norm_rows(x) if self.prenorm else x
-        z = self.dss(to_channel_major(z).transpose(0, 1)).transpose(0, 1)  # (H, B, L), contiguous
+        """Training path. x: (B, L, H) -> (B, L, H); equals ``forward_reference``. Where ``fused.applies(x)``
+        (CPU, optim.kernels not torch), a prenorm layer norm and the GLU with the residual add are compiled
+        kernels (dssbt.fused)."""
+        c = fused.applies(x)
+        if c and self.prenorm and isinstance(self.norm, nn.LayerNorm):
+            z = fused.layer_norm_channel_major(x, self.norm)  # (H, B, L)
+        else:
+            z = to_channel_major(self._norm_rows(x) if self.prenorm else x)  # (H, B, L)
+        z = self.dss(z.transpose(0, 1)).transpose(0, 1)  # (H, B, L), contiguous
         z = self.dropout(F.gelu(z))
+        if c and self.glu and (self.dropout.p == 0 or not self.training):
+            x = fused.glu_residual(linear_from_channel_major(z, self.out, 2, bias=False), self.out.bias, x)
+            return x if self.prenorm else self._norm_rows(x)
         z = linear_from_channel_major(z, self.out, 2 if self.glu else 1)  # (1 or 2, B, L, H)
         z = (F.glu(z, dim=0) if self.glu else z).squeeze(0)  # (B, L, H); a view (indexing [0] would cost a
         # zero-filled copy in the backward)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import fused
 from .checkpoint import load_model, save_model
 from .evaluate import base_metrics, resolve_device, summary_metrics
 from .hparams import parse_hparams
@@ -68,8 +69,6 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
                device: str = "cpu") -> dict[str, Any]:
     """Reduce a pretrained model; writes the reduced model, its report and (with ``data``) its metrics without
     retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
-    from .train import load_task
-
     t0 = time.perf_counter()
     if (data is None) != (metrics is None):
         raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
@@ -77,6 +76,15 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     if orders is None:
         raise ValueError("give exactly one of --order r and --layer-orders FILE")
     hp = parse_hparams(hparams)
+    with fused.kernels(hp.optim.kernels):
+        return _reduce_job(checkpoint, out, report, method, route, order, layer_orders, orders, spec, data, metrics,
+                           hp, kernel_length, device, t0)
+
+
+def _reduce_job(checkpoint, out, report, method, route, order, layer_orders, orders, spec, data, metrics, hp,
+                kernel_length, device, t0) -> dict[str, Any]:
+    from .train import load_task
+
     model, meta = load_model(checkpoint)
     task = load_task(data) if data else None  # read before writing anything: bad data fails early
     L = kernel_length or meta.get("l_max")
@@ -113,9 +121,14 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
 def evaluate_job(checkpoint: PathLike, data: PathLike, out: PathLike, hparams: str = "{}",
                  device: str = "cpu") -> dict[str, Any]:
     """Accuracy and loss of a model file on every split of a prepared task, written as a metrics file."""
+    hp = parse_hparams(hparams)
+    with fused.kernels(hp.optim.kernels):
+        return _evaluate_job(checkpoint, data, out, hp, device)
+
+
+def _evaluate_job(checkpoint, data, out, hp, device) -> dict[str, Any]:
     from .train import load_task
 
-    hp = parse_hparams(hparams)
     model, meta_ckpt = load_model(checkpoint)
     meta, data_splits = load_task(data)
     dev = resolve_device(device)

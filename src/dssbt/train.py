@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import fused
 from .batches import batches
 from .checkpoint import load_model, save_model
 from .data.prepared import SPLITS, Split, load_meta, load_split
@@ -151,10 +152,17 @@ def train(
     name, ``dssbt.runs.run_name``) for a baseline of order r, e.g. ``skew_hippo_equal`` for the equal-budget
     control (``runs.BASELINE_METHODS``); default the init.
     """
+    hp = parse_hparams(hparams)
+    with fused.kernels(hp.optim.kernels):
+        return _train(data_dir, hp, init, seed, out_dir, order, order_spec, reduced, device, log, method, stop_after)
+
+
+def _train(data_dir, hp: Hparams, init, seed, out_dir, order, order_spec, reduced, device, log, method,
+           stop_after) -> dict[str, Any]:
+    """``train`` with parsed hyper-parameters, under its kernels."""
     if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
         raise ValueError(f"--method {method!r}: only a baseline of order r (not from_reduced, not the full-N "
                          f"pretraining) takes a method name, one of {list(BASELINE_METHODS)}")
-    hp = parse_hparams(hparams)
     meta, data = load_task(data_dir)
     cfg = model_config(meta, hp, init, order)
     dev = resolve_device(device)

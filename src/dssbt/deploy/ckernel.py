@@ -7,23 +7,17 @@ One call per layer does, for every sequence b and channel h, in a single pass ov
 with the state and parameters as separate real and imaginary arrays laid out mode-major (state (B, N, H), parameters
 (N, H)): the inner loop runs over the H channels, contiguous and independent, so it vectorises whatever N is (also
 for r = 4), and y accumulates over n in order (no reassociation, no fast-math).
-The library is compiled once per source and flags into ``$DSSBT_CACHE`` (default ``~/.cache/dssbt``) with
-``$CC`` (default ``cc``) and loaded with ctypes; a layer's pointers are packed into one struct, so a step is one
-foreign call with three arguments.
+The library is built once per source, flags and CPU by ``dssbt.cbuild`` and loaded with ctypes; a layer's pointers
+are packed into one struct, so a step is one foreign call with three arguments.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import numpy as np
+
+from ..cbuild import build
 
 SOURCE = r"""
 #define STEP(NAME, T)                                                                                  \
@@ -73,35 +67,9 @@ def load() -> ctypes.CDLL | None:
     global _lib, _error
     if _lib is not None or _error is not None:
         return _lib
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        _error = f"no C compiler ({cc!r} not found)"
+    lib, _error = build("dss_step", SOURCE, FLAGS)
+    if lib is None:
         return None
-    # -march=native: the library is only valid on this CPU kind, so the CPU's model and flags are in the key
-    try:
-        cpu = "".join(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()[:30]
-                      if ln.startswith(("model name", "flags")))
-    except OSError:
-        cpu = platform.processor()
-    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + cc + platform.machine() + cpu).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("DSSBT_CACHE", Path.home() / ".cache" / "dssbt"))
-    lib_path = cache / f"dss_step_{key}.so"
-    if not lib_path.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                src = Path(tmp) / "dss_step.c"
-                src.write_text(SOURCE)
-                out = Path(tmp) / "lib.so"
-                p = subprocess.run([cc, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
-                if p.returncode != 0:
-                    _error = f"{cc} failed: {p.stderr.strip()[:500]}"
-                    return None
-                os.replace(out, lib_path)  # atomic: a half-written library is never loaded
-        except OSError as e:
-            _error = f"cannot build the C step in {cache}: {e}"
-            return None
-    lib = ctypes.CDLL(str(lib_path))
     for name in ("dss_step_f32", "dss_step_f64"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         getattr(lib, name).restype = None
