@@ -149,12 +149,14 @@ def bench_steps(a: argparse.Namespace) -> None:
         d = agreement(model, x, lengths, y)
         check(f"step {name} fast equals reference", d <= TOL64,
               f"float64 max relative difference of logits and every parameter gradient {d:.1e} (tolerance {TOL64:g})")
-        if fused.used() == "c":
+        if fused.used() == "c":  # float32 logits of both against float64's (batch norm: train-mode statistics)
+            exact = copy.deepcopy(model).double()(x if x.dtype == torch.long else x.double(), lengths).detach()
             with fused.kernels("torch"):
-                plain = step(model, x, lengths, y, False)
-            d = ((step(model, x, lengths, y, False) - plain).norm() / plain.norm()).item()
-            check(f"step {name} fused C kernels agree with torch ops in float32", d <= 1e-5,
-                  f"relative difference of the logits {d:.1e} (tolerance 1e-5)")
+                plain = step(model, x, lengths, y, False).double()
+            ours = step(model, x, lengths, y, False).double()
+            e_ours, e_torch = (((v - exact).norm() / exact.norm()).item() for v in (ours, plain))
+            check(f"step {name} fused C kernels as accurate as torch ops in float32", e_ours <= 2 * e_torch + 1e-6,
+                  f"relative error of the logits against float64: C kernels {e_ours:.1e}, torch ops {e_torch:.1e}")
 
         def torch_ops() -> torch.Tensor:
             with fused.kernels("torch"):

@@ -158,3 +158,84 @@ def test_required_c_kernels_without_a_compiler_is_a_clear_error(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "optim.kernels: c" in p.stdout and "no-such-compiler-here" in p.stdout
     assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+
+
+@pytest.mark.parametrize("size", SIZES[:1] + SIZES[2:])
+def test_batch_norm_channel_major_equals_torch_batch_norm_then_transpose(size, c_kernels):
+    """Training mode: output, gradients and the running statistics (two steps); eval mode: the output."""
+    B, L, H = size
+    torch.manual_seed(5)
+    ours_bn = torch.nn.BatchNorm1d(H).double()
+    with torch.no_grad():
+        ours_bn.weight.normal_()
+        ours_bn.bias.normal_()
+    ref_bn = copy.deepcopy(ours_bn)
+    for step in range(2):
+        x = (3 * torch.randn(B, L, H, dtype=torch.float64) + step).requires_grad_()
+        g = torch.randn(H, B, L, dtype=torch.float64)
+        ours = grads(lambda: fused.batch_norm_channel_major(x, ours_bn), [x, ours_bn.weight, ours_bn.bias], g)
+        ref = grads(lambda: fused.batch_norm_channel_major_reference(x, ref_bn), [x, ref_bn.weight, ref_bn.bias], g)
+        assert ours[0].shape == (H, B, L) and ours[0].is_contiguous()
+        assert rel(ours, ref) < 1e-12
+        for name in ("running_mean", "running_var"):
+            torch.testing.assert_close(getattr(ours_bn, name), getattr(ref_bn, name), rtol=1e-12, atol=1e-14)
+        assert int(ours_bn.num_batches_tracked) == int(ref_bn.num_batches_tracked) == step + 1
+    ours_bn.eval()
+    ref_bn.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused.batch_norm_channel_major(x, ours_bn),
+                                   fused.batch_norm_channel_major_reference(x, ref_bn), rtol=1e-12, atol=1e-13)
+    assert not fused.batch_norm_applies(ours_bn)  # eval mode with gradients: torch's batch norm
+
+
+def _bn_apply(x, w, b, eps):
+    """The fused batch norm with the batch's statistics computed by torch ops from x.detach(): finite differences
+    recompute them at every perturbed x, so gradcheck sees the gradient through them, which the hand-written
+    (training-mode) backward must contain."""
+    rows = x.detach().reshape(-1, x.shape[-1])
+    mean, rstd = rows.mean(0), (rows.var(0, unbiased=False) + eps).rsqrt()
+    return fused._BatchNormChannelMajor.apply(x, w, b, mean, rstd)
+
+
+def test_batch_norm_is_the_closed_form_and_its_backward_passes_gradcheck(c_kernels):
+    torch.manual_seed(6)
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    rows = x.reshape(-1, 4)
+    closed = ((rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + 1e-5) * w + b).t().reshape(4, 2, 5)
+    torch.testing.assert_close(_bn_apply(x, w, b, 1e-5), closed, rtol=1e-12, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda x, w, b: _bn_apply(x, w, b, 1e-5), (x, w, b))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_layer_norm_mean_pool_equals_torch_norm_mask_and_mean(size, c_kernels):
+    """Lengths from 0 (an empty sequence: pooled = 0 / 1) to L; the rows past a length get no gradient."""
+    B, L, H = size
+    torch.manual_seed(7)
+    norm = torch.nn.LayerNorm(H).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (2 * torch.randn(B, L, H, dtype=torch.float64) - 1).requires_grad_()
+    lengths = torch.randint(0, L + 1, (B,))
+    lengths[0] = L
+    if B > 1:
+        lengths[1] = 0
+    g = torch.randn(B, H, dtype=torch.float64)
+    inputs = [x, norm.weight, norm.bias]
+    ours = grads(lambda: fused.layer_norm_mean_pool(x, lengths, norm), inputs, g)
+    ref = grads(lambda: fused.layer_norm_mean_pool_reference(x, lengths, norm), inputs, g)
+    assert ours[0].shape == (B, H)
+    assert rel(ours, ref) < 1e-12
+    past = torch.arange(L) >= lengths.unsqueeze(-1)
+    assert (ours[1][past] == 0).all()
+
+
+def test_layer_norm_mean_pool_backward_passes_gradcheck(c_kernels):
+    torch.manual_seed(8)
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 0])
+    assert torch.autograd.gradcheck(lambda x, w, b: fused._LayerNormMeanPool.apply(x, lengths, w, b, 1e-5), (x, w, b))

@@ -178,6 +178,194 @@ void glu_bwd_##SFX(long M, long H, const T *restrict g, const T *restrict a, con
 }
 KERNELS(f32, float, sqrtf, exp_f32)
 KERNELS(f64, double, sqrt, exp_f64)
+
+#define BN_KERNELS(SFX, T)                                                                                     \
+/* per channel of x (M, H): mean and biased variance, two passes, float64 sums */                              \
+void bn_stats_##SFX(long M, long H, const T *restrict x, double *restrict mean, double *restrict var) {       \
+    for (long h = 0; h < H; ++h) { mean[h] = 0; var[h] = 0; }                                                  \
+    for (long m = 0; m < M; ++m)                                                                               \
+        for (long h = 0; h < H; ++h) mean[h] += (double)x[m * H + h];                                          \
+    for (long h = 0; h < H; ++h) mean[h] = mean[h] / M;                                                        \
+    for (long m = 0; m < M; ++m)                                                                               \
+        for (long h = 0; h < H; ++h) { const double d = (double)x[m * H + h] - mean[h]; var[h] += d * d; }     \
+    for (long h = 0; h < H; ++h) var[h] = var[h] / M;                                                          \
+}                                                                                                              \
+/* x: (M, H) rows, per-channel mean, rstd, w, b (H,) -> z: (H, M) */                                           \
+int bn_cm_fwd_##SFX(long M, long H, const T *restrict x, const T *restrict w, const T *restrict b,           \
+                    const T *restrict mean, const T *restrict rstd, T *restrict z) {                           \
+    T *xt = malloc(sizeof(T) * H * TILE);                                                                      \
+    if (!xt) return 1;                                                                                         \
+    for (long m0 = 0; m0 < M; m0 += TILE) {                                                                    \
+        const long nt = M - m0 < TILE ? M - m0 : TILE;                                                         \
+        for (long t = 0; t < nt; ++t)                                                                          \
+            for (long h = 0; h < H; ++h) xt[h * TILE + t] = x[(m0 + t) * H + h];                               \
+        for (long h = 0; h < H; ++h) {                                                                         \
+            T *restrict zr = z + h * M + m0;                                                                   \
+            const T mu = mean[h], rs = rstd[h], wh = w[h], bh = b[h];                                          \
+            for (long t = 0; t < nt; ++t) zr[t] = (xt[h * TILE + t] - mu) * rs * wh + bh;                      \
+        }                                                                                                      \
+    }                                                                                                          \
+    free(xt);                                                                                                  \
+    return 0;                                                                                                  \
+}                                                                                                              \
+/* training-mode backward. g: dL/dz (H, M); x, mean, rstd as in the forward -> dx (M, H); dw, db (H,) float64.   \
+   dx = w rstd (g - mean_m(g) - x_hat mean_m(g x_hat)) */                                                      \
+int bn_cm_bwd_##SFX(long M, long H, const T *restrict g, const T *restrict x, const T *restrict w,          \
+                    const T *restrict mean, const T *restrict rstd, T *restrict dx, double *restrict dw,       \
+                    double *restrict db) {                                                                     \
+    T *xt = malloc(sizeof(T) * (H * TILE + 3 * H));                                                            \
+    double *acc = malloc(sizeof(double) * 2 * H * TILE);                                                       \
+    if (!xt || !acc) { free(xt); free(acc); return 1; }                                                        \
+    T *k1 = xt + H * TILE, *k2 = k1 + H, *c = k2 + H;                                                          \
+    double *ag = acc, *agx = acc + H * TILE;                                                                   \
+    for (long i = 0; i < 2 * H * TILE; ++i) acc[i] = 0;                                                        \
+    for (long m0 = 0; m0 < M; m0 += TILE) {                                                                    \
+        const long nt = M - m0 < TILE ? M - m0 : TILE;                                                         \
+        for (long t = 0; t < nt; ++t)                                                                          \
+            for (long h = 0; h < H; ++h) xt[h * TILE + t] = x[(m0 + t) * H + h];                               \
+        for (long h = 0; h < H; ++h) {                                                                         \
+            const T *restrict gr = g + h * M + m0, *restrict xr = xt + h * TILE;                               \
+            double *restrict agr = ag + h * TILE, *restrict agxr = agx + h * TILE;                             \
+            const T mu = mean[h], rs = rstd[h];                                                                \
+            for (long t = 0; t < nt; ++t) {                                                                    \
+                agr[t] += (double)gr[t];                                                                       \
+                agxr[t] += (double)(gr[t] * ((xr[t] - mu) * rs));                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+    }                                                                                                          \
+    for (long h = 0; h < H; ++h) {                                                                             \
+        double sg = 0, sgx = 0;                                                                                \
+        for (long t = 0; t < TILE; ++t) { sg += ag[h * TILE + t]; sgx += agx[h * TILE + t]; }                 \
+        db[h] = sg;                                                                                            \
+        dw[h] = sgx;                                                                                           \
+        k1[h] = (T)(sg / M);                                                                                   \
+        k2[h] = (T)(sgx / M);                                                                                  \
+        c[h] = w[h] * rstd[h];                                                                                 \
+    }                                                                                                          \
+    for (long m0 = 0; m0 < M; m0 += TILE) {                                                                    \
+        const long nt = M - m0 < TILE ? M - m0 : TILE;                                                         \
+        for (long t = 0; t < nt; ++t)                                                                          \
+            for (long h = 0; h < H; ++h) xt[h * TILE + t] = x[(m0 + t) * H + h];                               \
+        for (long h = 0; h < H; ++h) {                                                                         \
+            const T *restrict gr = g + h * M + m0;                                                             \
+            T *restrict xr = xt + h * TILE;                                                                    \
+            const T mu = mean[h], rs = rstd[h], a1 = k1[h], a2 = k2[h], ch = c[h];                             \
+            for (long t = 0; t < nt; ++t) xr[t] = ch * (gr[t] - a1 - (xr[t] - mu) * rs * a2);                  \
+        }                                                                                                      \
+        for (long t = 0; t < nt; ++t)                                                                          \
+            for (long h = 0; h < H; ++h) dx[(m0 + t) * H + h] = xt[h * TILE + t];                              \
+    }                                                                                                          \
+    free(xt);                                                                                                  \
+    free(acc);                                                                                                 \
+    return 0;                                                                                                  \
+}
+BN_KERNELS(f32, float)
+BN_KERNELS(f64, double)
+
+#define POOL_KERNELS(SFX, T, SQRT)                                                                             \
+/* layer norm of each row of x (B, L, H), then the mean over the first n_b = min(len_b, L) rows of sequence b,     \
+   divided by max(len_b, 1) -> pooled (B, H); mean, rstd (B * L,) of the rows used (others untouched) */         \
+int ln_pool_fwd_##SFX(long B, long L, long H, const T *restrict x, const long *restrict len,                \
+                      const T *restrict w, const T *restrict b, T eps, T *restrict pooled, T *restrict mean,   \
+                      T *restrict rstd) {                                                                      \
+    T *xt = malloc(sizeof(T) * (H * TILE + 2 * TILE));                                                         \
+    double *acc = malloc(sizeof(double) * H * TILE);                                                           \
+    if (!xt || !acc) { free(xt); free(acc); return 1; }                                                        \
+    T *mu = xt + H * TILE, *rs = mu + TILE;                                                                    \
+    for (long s = 0; s < B; ++s) {                                                                             \
+        const long n = len[s] < 0 ? 0 : len[s] > L ? L : len[s];                                               \
+        for (long i = 0; i < H * TILE; ++i) acc[i] = 0;                                                        \
+        for (long l0 = 0; l0 < n; l0 += TILE) {                                                                \
+            const long nt = n - l0 < TILE ? n - l0 : TILE, r0 = s * L + l0;                                    \
+            for (long t = 0; t < nt; ++t)                                                                      \
+                for (long h = 0; h < H; ++h) xt[h * TILE + t] = x[(r0 + t) * H + h];                           \
+            for (long t = 0; t < nt; ++t) mu[t] = 0;                                                           \
+            for (long h = 0; h < H; ++h)                                                                       \
+                for (long t = 0; t < nt; ++t) mu[t] += xt[h * TILE + t];                                       \
+            for (long t = 0; t < nt; ++t) { mu[t] = mu[t] / H; rs[t] = 0; }                                    \
+            for (long h = 0; h < H; ++h)                                                                       \
+                for (long t = 0; t < nt; ++t) { const T d = xt[h * TILE + t] - mu[t]; rs[t] += d * d; }       \
+            for (long t = 0; t < nt; ++t) {                                                                    \
+                rs[t] = 1 / SQRT(rs[t] / H + eps);                                                             \
+                mean[r0 + t] = mu[t];                                                                          \
+                rstd[r0 + t] = rs[t];                                                                          \
+            }                                                                                                  \
+            for (long h = 0; h < H; ++h) {                                                                     \
+                double *restrict ar = acc + h * TILE;                                                          \
+                const T wh = w[h], bh = b[h];                                                                  \
+                for (long t = 0; t < nt; ++t) ar[t] += (double)((xt[h * TILE + t] - mu[t]) * rs[t] * wh + bh); \
+            }                                                                                                  \
+        }                                                                                                      \
+        const double div = len[s] > 1 ? (double)len[s] : 1.0;                                                  \
+        for (long h = 0; h < H; ++h) {                                                                         \
+            double sum = 0;                                                                                    \
+            for (long t = 0; t < TILE; ++t) sum += acc[h * TILE + t];                                          \
+            pooled[s * H + h] = (T)(sum / div);                                                                \
+        }                                                                                                      \
+    }                                                                                                          \
+    free(xt);                                                                                                  \
+    free(acc);                                                                                                 \
+    return 0;                                                                                                  \
+}                                                                                                              \
+/* g: dL/dpooled (B, H) -> dx (B, L, H) (0 on the rows not pooled); dw, db (H,) float64 */                       \
+int ln_pool_bwd_##SFX(long B, long L, long H, const T *restrict g, const T *restrict x,                     \
+                      const long *restrict len, const T *restrict w, const T *restrict mean,                   \
+                      const T *restrict rstd, T *restrict dx, double *restrict dw, double *restrict db) {      \
+    T *xh = malloc(sizeof(T) * (2 * H * TILE + 2 * H + TILE));                                                 \
+    double *acc = malloc(sizeof(double) * H * TILE);                                                           \
+    if (!xh || !acc) { free(xh); free(acc); return 1; }                                                        \
+    T *dt = xh + H * TILE, *gr = dt + H * TILE, *q = gr + H, *c2 = q + H;                                      \
+    for (long i = 0; i < H * TILE; ++i) acc[i] = 0;                                                            \
+    for (long h = 0; h < H; ++h) db[h] = 0;                                                                    \
+    for (long s = 0; s < B; ++s) {                                                                             \
+        const long n = len[s] < 0 ? 0 : len[s] > L ? L : len[s];                                               \
+        const T inv = (T)1 / (T)(len[s] > 1 ? len[s] : 1);                                                     \
+        T c1 = 0;                                                                                              \
+        for (long h = 0; h < H; ++h) {                                                                         \
+            gr[h] = g[s * H + h] * inv;                                                                        \
+            q[h] = gr[h] * w[h];                                                                               \
+            c1 += q[h];                                                                                        \
+            db[h] += (double)gr[h] * n;                                                                        \
+        }                                                                                                      \
+        c1 = c1 / H;                                                                                           \
+        for (long i = n * H; i < L * H; ++i) dx[s * L * H + i] = 0;                                            \
+        for (long l0 = 0; l0 < n; l0 += TILE) {                                                                \
+            const long nt = n - l0 < TILE ? n - l0 : TILE, r0 = s * L + l0;                                    \
+            const T *restrict mu = mean + r0, *restrict rs = rstd + r0;                                        \
+            for (long t = 0; t < nt; ++t)                                                                      \
+                for (long h = 0; h < H; ++h) xh[h * TILE + t] = x[(r0 + t) * H + h];                           \
+            for (long t = 0; t < nt; ++t) c2[t] = 0;                                                           \
+            for (long h = 0; h < H; ++h) {                                                                     \
+                T *restrict xr = xh + h * TILE;                                                                \
+                double *restrict ar = acc + h * TILE;                                                          \
+                const T qh = q[h], gh = gr[h];                                                                 \
+                for (long t = 0; t < nt; ++t) {                                                                \
+                    const T xv = (xr[t] - mu[t]) * rs[t];                                                      \
+                    xr[t] = xv;                                                                                \
+                    c2[t] += qh * xv;                                                                          \
+                    ar[t] += (double)(gh * xv);                                                                \
+                }                                                                                              \
+            }                                                                                                  \
+            for (long t = 0; t < nt; ++t) c2[t] = c2[t] / H;                                                   \
+            for (long h = 0; h < H; ++h) {                                                                     \
+                const T qh = q[h];                                                                             \
+                for (long t = 0; t < nt; ++t) dt[h * TILE + t] = rs[t] * (qh - c1 - xh[h * TILE + t] * c2[t]); \
+            }                                                                                                  \
+            for (long t = 0; t < nt; ++t)                                                                      \
+                for (long h = 0; h < H; ++h) dx[(r0 + t) * H + h] = dt[h * TILE + t];                          \
+        }                                                                                                      \
+    }                                                                                                          \
+    for (long h = 0; h < H; ++h) {                                                                             \
+        double sw = 0;                                                                                         \
+        for (long t = 0; t < TILE; ++t) sw += acc[h * TILE + t];                                               \
+        dw[h] = sw;                                                                                            \
+    }                                                                                                          \
+    free(xh);                                                                                                  \
+    free(acc);                                                                                                 \
+    return 0;                                                                                                  \
+}
+POOL_KERNELS(f32, float, sqrtf)
+POOL_KERNELS(f64, double, sqrt)
 """
 # -std=c99: no FMA contraction (gnu modes contract), so results do not depend on whether the CPU has FMA;
 # -fno-math-errno / -fno-trapping-math let floorf and the clamps vectorise and change no result.
@@ -202,6 +390,15 @@ def load() -> ctypes.CDLL | None:
         getattr(lib, f"ln_cm_fwd_{sfx}").restype = ctypes.c_int
         getattr(lib, f"ln_cm_bwd_{sfx}").argtypes = [_L, _L] + [_P] * 8
         getattr(lib, f"ln_cm_bwd_{sfx}").restype = ctypes.c_int
+        getattr(lib, f"bn_stats_{sfx}").argtypes = [_L, _L] + [_P] * 3
+        getattr(lib, f"bn_cm_fwd_{sfx}").argtypes = [_L, _L] + [_P] * 6
+        getattr(lib, f"bn_cm_fwd_{sfx}").restype = ctypes.c_int
+        getattr(lib, f"bn_cm_bwd_{sfx}").argtypes = [_L, _L] + [_P] * 8
+        getattr(lib, f"bn_cm_bwd_{sfx}").restype = ctypes.c_int
+        getattr(lib, f"ln_pool_fwd_{sfx}").argtypes = [_L, _L, _L, _P, _P, _P, _P, real, _P, _P, _P]
+        getattr(lib, f"ln_pool_fwd_{sfx}").restype = ctypes.c_int
+        getattr(lib, f"ln_pool_bwd_{sfx}").argtypes = [_L, _L, _L] + [_P] * 9
+        getattr(lib, f"ln_pool_bwd_{sfx}").restype = ctypes.c_int
         getattr(lib, f"glu_fwd_{sfx}").argtypes = [_L, _L] + [_P] * 6
         getattr(lib, f"glu_bwd_{sfx}").argtypes = [_L, _L] + [_P] * 9
     _lib = lib
@@ -305,6 +502,122 @@ def layer_norm_channel_major_reference(x: Tensor, norm: torch.nn.LayerNorm) -> T
     """The same with torch ops: the layer norm, then the transpose copy."""
     Bsz, L, H = x.shape
     return norm(x).reshape(Bsz * L, H).t().contiguous().view(H, Bsz, L)
+
+
+class _BatchNormChannelMajor(torch.autograd.Function):
+    """Normalisation by given per-channel statistics, written channel-major; the backward is batch norm's in
+    training mode (the statistics are the batch's own, so their dependence on x is in the gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:  # type: ignore[override]
+        Bsz, L, H = x.shape
+        z = x.new_empty(H, Bsz, L)
+        w, b = weight.detach().contiguous(), bias.detach().contiguous()
+        _same_dtype(x, w, b, mean, rstd)
+        _check(_kernel("bn_cm_fwd", x)(Bsz * L, H, x.data_ptr(), w.data_ptr(), b.data_ptr(), mean.data_ptr(),
+                                       rstd.data_ptr(), z.data_ptr()), "batch norm")
+        ctx.save_for_backward(x, w, mean, rstd)
+        return z  # (H, B, L)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, w, mean, rstd = ctx.saved_tensors
+        g = g.contiguous()  # (H, B, L)
+        Bsz, L, H = x.shape
+        dx = torch.empty_like(x)
+        dw = torch.empty(H, dtype=torch.float64)
+        db = torch.empty(H, dtype=torch.float64)
+        _same_dtype(x, g)
+        _check(_kernel("bn_cm_bwd", x)(Bsz * L, H, g.data_ptr(), x.data_ptr(), w.data_ptr(), mean.data_ptr(),
+                                       rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr()),
+               "batch norm backward")
+        return dx, dw.to(x.dtype), db.to(x.dtype), None, None
+
+
+def batch_norm_applies(norm: torch.nn.BatchNorm1d) -> bool:
+    """What ``batch_norm_channel_major`` covers: affine, running statistics tracked with a momentum, and in
+    eval mode only without gradients (its backward is the training-mode one)."""
+    return (norm.affine and norm.track_running_stats and norm.momentum is not None
+            and (norm.training or not torch.is_grad_enabled()))
+
+
+def batch_norm_channel_major(x: Tensor, norm: torch.nn.BatchNorm1d) -> Tensor:
+    """``norm`` (BatchNorm1d over H channels) on (B, L, H) rows, statistics over all B*L rows, written
+    channel-major: contiguous (H, B, L). In training mode the running statistics are updated as torch's batch norm
+    does (momentum, unbiased variance). Needs ``applies(x)`` and ``batch_norm_applies(norm)``."""
+    if not batch_norm_applies(norm):
+        raise ValueError("fused batch norm: affine, tracked running statistics with a momentum, and no gradients "
+                         "in eval mode")
+    x = x.contiguous()
+    Bsz, L, H = x.shape
+    M = Bsz * L
+    if norm.training and M < 2:
+        return batch_norm_channel_major_reference(x, norm)  # torch's error: one value per channel
+    if norm.training:
+        mean64, var64 = torch.empty(H, dtype=torch.float64), torch.empty(H, dtype=torch.float64)
+        _kernel("bn_stats", x)(M, H, x.data_ptr(), mean64.data_ptr(), var64.data_ptr())
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            m = norm.momentum
+            norm.running_mean.mul_(1 - m).add_(mean64.to(x.dtype), alpha=m)
+            norm.running_var.mul_(1 - m).add_((var64 * (M / max(M - 1, 1))).to(x.dtype), alpha=m)
+        mean, rstd = mean64.to(x.dtype), (var64 + norm.eps).rsqrt().to(x.dtype)
+    else:
+        mean, rstd = norm.running_mean, (norm.running_var + norm.eps).rsqrt()
+    return _BatchNormChannelMajor.apply(x, norm.weight, norm.bias, mean, rstd)
+
+
+def batch_norm_channel_major_reference(x: Tensor, norm: torch.nn.BatchNorm1d) -> Tensor:
+    """The same with torch ops: batch norm on the (B*L, H) rows, then the transpose copy."""
+    Bsz, L, H = x.shape
+    return norm(x.reshape(Bsz * L, H)).t().contiguous().view(H, Bsz, L)
+
+
+class _LayerNormMeanPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, lengths: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        Bsz, L, H = x.shape
+        n = lengths.to(torch.int64).contiguous()
+        pooled = x.new_empty(Bsz, H)
+        mean, rstd = x.new_empty(Bsz * L), x.new_empty(Bsz * L)
+        w, b = weight.detach().contiguous(), bias.detach().contiguous()
+        _same_dtype(x, w, b)
+        _check(_kernel("ln_pool_fwd", x)(Bsz, L, H, x.data_ptr(), n.data_ptr(), w.data_ptr(), b.data_ptr(), eps,
+                                         pooled.data_ptr(), mean.data_ptr(), rstd.data_ptr()), "layer norm + pool")
+        ctx.save_for_backward(x, n, w, mean, rstd)
+        return pooled  # (B, H)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        x, n, w, mean, rstd = ctx.saved_tensors
+        g = g.contiguous()  # (B, H)
+        Bsz, L, H = x.shape
+        dx = torch.empty_like(x)
+        dw = torch.empty(H, dtype=torch.float64)
+        db = torch.empty(H, dtype=torch.float64)
+        _same_dtype(x, g)
+        _check(_kernel("ln_pool_bwd", x)(Bsz, L, H, g.data_ptr(), x.data_ptr(), n.data_ptr(), w.data_ptr(),
+                                         mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(),
+                                         db.data_ptr()), "layer norm + pool backward")
+        return dx, None, dw.to(x.dtype), db.to(x.dtype), None
+
+
+def layer_norm_mean_pool(x: Tensor, lengths: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
+    """``norm`` on every row of x (B, L, H), then the mean of each sequence's first lengths[b] rows (B, H):
+    the model's final norm and mean pooling in one pass (no (B, L, H) output). Needs ``applies(x)``."""
+    if norm.weight is None or norm.bias is None or tuple(norm.normalized_shape) != (x.shape[-1],):
+        raise ValueError("fused layer norm: an affine LayerNorm over the last dimension only")
+    if lengths.shape != x.shape[:1]:
+        raise ValueError(f"fused pool: lengths (B,) for x (B, L, H), got {tuple(lengths.shape)}, {tuple(x.shape)}")
+    return _LayerNormMeanPool.apply(x, lengths, norm.weight, norm.bias, norm.eps)
+
+
+def layer_norm_mean_pool_reference(x: Tensor, lengths: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
+    """The same with torch ops: the layer norm, the masked sum, the division by max(length, 1)."""
+    h = norm(x)
+    mask = (torch.arange(x.shape[1]) < lengths.unsqueeze(-1)).to(h.dtype)  # (B, L)
+    return (h * mask.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)
 
 
 class _GLUResidual(torch.autograd.Function):

@@ -249,11 +249,13 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Training path. x: (B, L, H) -> (B, L, H); equals ``forward_reference``. Where ``fused.applies(x)``
-        (CPU, optim.kernels not torch), a prenorm layer norm and the GLU with the residual add are compiled
-        kernels (dssbt.fused)."""
+        (CPU, optim.kernels not torch), a prenorm layer or batch norm and the GLU with the residual add are
+        compiled kernels (dssbt.fused)."""
         c = fused.applies(x)
         if c and self.prenorm and isinstance(self.norm, nn.LayerNorm):
             z = fused.layer_norm_channel_major(x, self.norm)  # (H, B, L)
+        elif c and self.prenorm and isinstance(self.norm, nn.BatchNorm1d) and fused.batch_norm_applies(self.norm):
+            z = fused.batch_norm_channel_major(x, self.norm)  # (H, B, L)
         else:
             z = to_channel_major(self._norm_rows(x) if self.prenorm else x)  # (H, B, L)
         z = self.dss(z.transpose(0, 1)).transpose(0, 1)  # (H, B, L), contiguous
@@ -357,6 +359,9 @@ class S4Model(nn.Module):
         h = self.encoder(x)  # (B, L, H)
         for block in self.blocks:
             h = block.forward_recurrent(h) if recurrent else block.forward_reference(h) if reference else block(h)
+        if (not reference and not recurrent and self.cfg.pool == "mean" and isinstance(self.final_norm, nn.LayerNorm)
+                and fused.applies(h)):
+            return fused.layer_norm_mean_pool(h, lengths, self.final_norm)  # (B, H): final norm + pooling, fused
         h = self.final_norm(h)
         if self.cfg.pool == "last":
             return h[torch.arange(Bsz, device=h.device), lengths - 1]  # (B, H)
