@@ -1,31 +1,42 @@
-"""Fused CPU kernels for a block's elementwise work: two compiled C passes where eager PyTorch takes six or more.
+"""Fused CPU kernels for a block's elementwise work: one compiled C pass where eager PyTorch takes several.
 
-A block's training step streams its (B, L, H) activations through memory once per elementwise op; at the
-pipeline's sizes (B*L = 51,200 rows of H = 32) each op is a pass over 6.5 MB, and these passes, not the FFTs and
-matmuls, dominate the step. Two kernels replace them, each a single pass in each direction:
+A training step streams its (B, L, H) activations through memory once per elementwise op; at the pipeline's sizes
+(B*L = 51,200 rows of H = 32) each op is a pass over 6.5 MB, and these passes, not the FFTs and matmuls, dominate
+the step. Four kernels, each one pass forward and one or two backward (x: (M, H) rows, M = B*L; z: (H, M)):
 
-  layer norm to channel-major   z[h, m] = (x[m, h] - mu_m) * rstd_m * w_h + b_h,   x: (M, H) rows, z: (H, M)
-      mu_m, rstd_m = 1 / sqrt(var_m + eps): mean and biased variance of row m (two passes over the row, as
-      torch's layer norm). Replaces the layer norm and the transpose copy to channel-major (and their backwards):
-      rows are read in tiles of 64, normalised and written out channel by channel. Backward, with x_hat the
-      normalised row and g_w = dL/dz * w:
-          dx = rstd * (g_w - mean_h(g_w) - x_hat * mean_h(g_w * x_hat)),  dw = sum_m dL/dz x_hat,  db = sum_m dL/dz
-  GLU + residual                out = x + (a + b_a) * sigmoid(b + b_b)
+  layer norm to channel-major   z[h, m] = (x[m, h] - mu_m) rstd_m w_h + b_h
+      mu_m and rstd_m = 1 / sqrt(var_m + eps): mean and biased variance of row m (two passes over the row).
+      Replaces the layer norm and the transpose copy to the DSS layer's channel-major input (and both backwards):
+      rows are read in tiles of 64, normalised and written out channel by channel. Backward, x_hat the normalised
+      row, g_w = dL/dz w:  dx = rstd (g_w - mean_h(g_w) - x_hat mean_h(g_w x_hat)), dw = sum_m dL/dz x_hat,
+      db = sum_m dL/dz.
+  batch norm to channel-major   z[h, m] = (x[m, h] - mu_h) rstd_h w_h + b_h
+      training: mu_h, var_h over all M rows (float64 sums; torch's float32 sums are less accurate, see
+      bench/train_step.py), running statistics updated as torch's batch norm does (momentum, unbiased variance);
+      eval: the running statistics. Backward (training mode): dx = w rstd (g - mean_m(g) - x_hat mean_m(g x_hat)).
+  final layer norm + mean pool  pooled[b, h] = sum_{l < n_b} LN(x)[b, l, h] / max(len_b, 1),  n_b = min(len_b, L)
+      the model's last norm and its masked mean pooling without the (B, L, H) normalised tensor; rows past a
+      sequence's length get a zero gradient.
+  GLU + residual                out = x + (a + b_a) sigmoid(b + b_b)
       a, b: the output map's two halves without their bias (``linear_from_channel_major(bias=False)``), so the
       bias add, the GLU and the residual add are one pass. Backward: da = g s, db = g (a + b_a) s^2 e^{-(b + b_b)}
-      (that is g (a + b_a) s (1 - s) without the cancellation of 1 - s), the bias gradients their sums over rows.
+      (g (a + b_a) s (1 - s) without the cancellation in 1 - s), the bias gradients their sums over rows.
 
-Numerics. float64: libm's exp; the same results as the torch ops to rounding (tests compare both, and the whole
-step against the reference path, at 1e-10). float32: exp is a vectorisable range reduction + degree-7 Taylor
-polynomial (truncation error < 1e-8 relative, below float32's 6e-8 rounding), sums run in a fixed order; results
-differ from torch's float32 ops by rounding only, but they do differ: a run with these kernels is not bit-equal to
-one without. Compiled with -std=c99 (no FMA contraction, no fast-math), so a machine computes the same bits every
-time; the gradient sums over rows accumulate in float64.
+Numerics. float64: libm's exp; the same results as the torch ops to rounding (``tests/test_fused.py`` compares
+each kernel and ``tests/test_fast_step.py`` the whole step with the reference path, at 1e-12 / 1e-10). float32:
+exp is a vectorisable range reduction + degree-7 Taylor polynomial (truncation < 1e-8 relative; the sigmoid is
+within 2 float32 eps of the exact one down to -87, where exp's argument is clamped), sums run in a fixed order,
+gradient sums over rows in float64. Results differ from torch's float32 ops by rounding only, but they differ:
+a run with these kernels is not bit-equal to one without. Compiled with -std=c99 (no FMA contraction, no
+fast-math), so one machine computes the same bits every time.
 
-Which kernels run is ``optim.kernels`` (``kernels(mode)`` around a job): ``auto`` (the default: these where a C
-compiler works, on CPU, float32/float64), ``c`` (these, or an error saying why not) or ``torch`` (never). They are
-single-threaded: with more torch threads the rest of the step speeds up, these do not. CUDA tensors always take
-the torch ops. The library is built on first use by ``dssbt.cbuild`` (about a second; cached).
+Which kernels run is ``optim.kernels`` (``kernels(mode)`` around a job): ``torch`` (the default: never), ``c``
+(these, for CPU float32/float64 tensors, or an error saying why not) or ``auto`` (these where a C compiler works).
+Measured (``bench/train_step.py``): 1.07-1.17x faster training steps in a process of its own; with two training jobs
+at once on a 2-core machine, where both share the memory bandwidth these passes are bound by, no measurable
+difference. So they are opt-in.
+They are single-threaded: with more torch threads the rest of the step speeds up, these do not. CUDA tensors always
+take the torch ops. The library is built on first use by ``dssbt.cbuild`` (about a second, then cached).
 """
 
 from __future__ import annotations
@@ -373,7 +384,7 @@ FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC
 
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
-_mode = "auto"
+_mode = "torch"
 _P, _L = ctypes.c_void_p, ctypes.c_long
 
 

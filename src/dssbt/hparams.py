@@ -61,9 +61,10 @@ class OptimHparams:
     # reduction; budget: after reduction k the model keeps f^(k/K) of the full model's states (f after the last),
     # allocated across layers by least discarded HSV energy. {} = off
     reduce_during: dict = field(default_factory=dict)
-    # the block's layer norm and GLU on CPU (dssbt.fused): "auto" (compiled C kernels where a C compiler works,
-    # else torch ops) | "c" (the C kernels, or an error) | "torch" (torch ops; float32 results differ by rounding)
-    kernels: str = "auto"
+    # a block's norm and GLU and the final norm + pooling on CPU (dssbt.fused): "torch" (torch's ops) | "c"
+    # (compiled C kernels, or an error where no C compiler works) | "auto" (C where it builds, else torch);
+    # float32 results of c and torch differ by rounding
+    kernels: str = "torch"
 
 
 ON_DIVERGENCE = ("fail", "keep_best")
@@ -72,7 +73,7 @@ REDUCE_DURING_KEYS = {"at_epochs": list, "tol": float, "budget": float, "moments
 REDUCE_DURING_MOMENTS = ("reset", "mean")
 # Keys added after runs were finished: left out of to_dict() (metrics, resume identity) while at their default, so
 # a job's recorded hyper-parameters, and so everything derived from them, stay as they were before the key existed.
-OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence", "reduce_during")
+OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence", "reduce_during", "kernels")
 
 
 # Options of a reduction method, passed to it by ``dssbt reduce`` (defaults there: h2 tol 1e-8, max_iter 100).
