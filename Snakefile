@@ -7,7 +7,8 @@
 #   data/downloads/{file}                           real LRA archives (rule download)
 #   data/prepared/{task}/{train,val,test}.npz       prepared splits + meta.json (rule prepare)
 #   results/runs/{task}/seed{s}/pretrain/           full-N model: model.pt, metrics.json, history.csv (pretrain)
-#   results/runs/{task}/seed{s}/skew_hippo_r{order}/  order-r Skew-HiPPO model, same files (train_baseline)
+#   results/runs/{task}/seed{s}/skew_hippo_r{order}/  order-r Skew-HiPPO model, same files (train_baseline;
+#                                                   config controls: skew_hippo)
 #   results/runs/{task}/seed{s}/skew_hippo_equal_r{order}/  the same for pretraining + retraining epochs
 #                                                   (train_equal_budget; config controls: skew_hippo_equal)
 #   results/runs/{task}/seed{s}/orders_{order}.json   per-layer orders of a per-layer spec (choose_orders)

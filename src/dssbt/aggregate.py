@@ -257,7 +257,7 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
         "params": [_count(x) for x in summary["params_total"]],
         "SSM params": [_count(x) for x in summary["params_ssm"]],
     }
-    for versus in VERSUS:
+    for versus in [v for v in VERSUS if summary[f"diff_vs_{v}"].notna().any()]:  # the baselines the grid ran
         cols[f"vs {BASELINE_LABELS[versus]} (pp, paired, {level} % CI)"] = [
             _diff_cell(*a) for a in zip(*(summary[f"{c}_vs_{versus}"] for c in ("diff", "ci_low", "ci_high",
                                                                                  "n_pairs")))]

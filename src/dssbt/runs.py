@@ -31,8 +31,9 @@ from typing import Any
 STAGES = ("pretrain", "baseline", "reduce", "retrain", "continue", "snapshot", "evaluate")
 # the method names of a baseline run (order r, trained from an init): the plain one and the equal-budget control
 BASELINE_METHODS = ("skew_hippo", "skew_hippo_equal")
-# controls with their own training rule (the others are reduce methods of the registry with control=True)
-TRAINING_CONTROLS = ("skew_hippo_equal", "full_continued")
+# controls with their own training rule (the others are reduce methods of the registry with control=True):
+# skew_hippo is the paper's own baseline (the order-r Skew-HiPPO model trained for the retraining epochs only)
+TRAINING_CONTROLS = ("skew_hippo", "skew_hippo_equal", "full_continued")
 
 
 # stage -> run folder name (``order``: the folder part of an order spec, e.g. 8 or tol0.3; for a snapshot the epoch)

@@ -4,7 +4,7 @@
 
 # The model files to export, in ONE place (edit here when run folders are renamed): per unidirectional
 # single-sequence task and seed, the full-N model and every trained reduced-order model (the Skew-HiPPO baseline
-# and each method's retrained model, integer orders and tolerance rows). Bidirectional tasks (their reverse
+# where config controls lists skew_hippo, and each method's retrained model, integer orders and tolerance rows). Bidirectional tasks (their reverse
 # direction needs the future) and the dual Retrieval task cannot run token by token: left out by design.
 # (A list, not a function: `snakemake --lint` objects to functions beside rules.)
 DEPLOY_MODELS = [
@@ -14,7 +14,11 @@ DEPLOY_MODELS = [
     and not json.loads(hparams_json(task, "train"))["model"].get("bidirectional", False)
     for seed in SEEDS
     for kind in [run_name("pretrain", "skew_hippo", "")]
-    + [run_name("baseline", "skew_hippo", order) for order in ORDER_WILDCARDS]
+    + [
+        run_name("baseline", "skew_hippo", order)
+        for order in ORDER_WILDCARDS
+        if "skew_hippo" in CONTROLS
+    ]
     + [
         run_name("retrain", method, order)
         for order in ORDER_WILDCARDS
