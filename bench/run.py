@@ -40,6 +40,7 @@ NAMES = {
     "hsv_reg": "hsv_reg.py",
     "prepare_memory": "prepare_memory.py",
     "job_startup": "job_startup.py",
+    "kernels_pair": "kernels_pair.py",
 }
 
 
