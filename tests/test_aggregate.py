@@ -164,13 +164,16 @@ def test_written_tables(files, tmp_path):
     assert row["diff"] == pytest.approx(0.125) and row["n_pairs"] == 2
 
 
-def test_one_seed_tables_say_no_interval(tmp_path):
+def test_one_seed_tables_say_no_interval_and_leave_out_a_baseline_not_run(tmp_path):
+    """No plain Skew-HiPPO run (control skew_hippo not listed): no column of differences to it."""
     f = [metrics(tmp_path, "pretrain", "t", 0, 8, 0.9), metrics(tmp_path, "skew_hippo_equal", "t", 0, 2, 0.6),
          metrics(tmp_path, "bt_init", "t", 0, 2, 0.7)]
     out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex")}
     write_tables(f, *out.values())
-    assert "| t | 2 | BT-init (retrained) | 70.00 ± n/a (n=1) | 6 | 2 | 100 | 40 | +10.00 (n=1, no CI) |  |" in \
-        out["md"].read_text()
+    md = out["md"].read_text()
+    assert "| t | 2 | BT-init (retrained) | 70.00 ± n/a (n=1) | 6 | 2 | 100 | 40 | +10.00 (n=1, no CI) |\n" in md
+    assert md.splitlines()[0].endswith("| vs Skew-HiPPO, equal budget (pp, paired, 95 % CI) |")
+    assert "vs Skew-HiPPO (pp" not in md and "vs Skew-HiPPO (pp" not in out["tex"].read_text().replace("\\%", "%")
 
 
 def test_no_metrics_is_an_error():
@@ -200,8 +203,9 @@ def test_tolerance_orders_group_by_spec_across_seeds_with_their_mean_state_size(
     assert row["diff_vs_skew_hippo"] == pytest.approx(0.8 - 0.55)  # against Skew-HiPPO at the same spec
     out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex")}
     write_tables(files, out["runs"], out["csv"], out["md"], out["tex"])
-    assert "| t | tol:0.05 (mean r 4.0) | BT-init (retrained) | 80.00 ± 14.14 (n=2) | 6 | 2 | 90.5 | 30.5 |  | " in \
-        out["md"].read_text()
+    # no equal-budget control in this grid: only the column against plain Skew-HiPPO
+    assert "| t | tol:0.05 (mean r 4.0) | BT-init (retrained) | 80.00 ± 14.14 (n=2) | 6 | 2 | 90.5 | 30.5 | +25.00 [" \
+        in out["md"].read_text()
 
 
 def test_methods_table_puts_every_init_of_an_order_side_by_side(files, tmp_path):

@@ -75,7 +75,7 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
                           **{rule: {"mem_mb": m} for rule, m in mem.items()}},
             "orders": [2, "tol:0.1"], "data": {"listops": {"source": "lra"}},
             "deploy": {"enabled": True},
-            "controls": ["skew_hippo_equal", "full_continued", "transplant"],
+            "controls": ["skew_hippo", "skew_hippo_equal", "full_continued", "transplant"],
             "correlation": {"epochs": [1], "order": 2}, "optim": {"epochs": 2},
             "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1]},
             "task_settings": {"listops": {"optim": {"epochs": 2}}}}

@@ -181,7 +181,11 @@ def reduce_hparams_json(task, method):
     and, where set, the method's options (reduction.h2); other methods' jobs never see them.
     """
     optim = json.loads(hparams_json(task, "retrain"))["optim"]
-    hp = {"optim": {k: optim[k] for k in ("eval_batch_size", "amp", "kernels") if k in optim}}
+    hp = {
+        "optim": {
+            k: optim[k] for k in ("eval_batch_size", "amp", "kernels") if k in optim
+        }
+    }
     # {method} is one of bt|bsp|modal|h2 (wildcard constraint), never the key "route"
     if method in config["reduction"]:
         hp["reduction"] = {method: config["reduction"][method]}
