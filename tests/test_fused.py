@@ -27,6 +27,16 @@ def grads(f, inputs, g):
     return [out.detach().clone()] + [t.grad.clone() for t in inputs]
 
 
+def affine(norm_class, H, seed):
+    """A float64 norm over H channels with random weight and bias (its defaults, 1 and 0, would hide errors)."""
+    torch.manual_seed(seed)
+    norm = norm_class(H).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    return norm
+
+
 def rel(a, b):
     """Largest difference relative to the reference's norm, or absolute below norm 1 (H = 1: the normalised
     rows are exactly 0, torch's carry 1e-14 of rounding)."""
@@ -36,11 +46,7 @@ def rel(a, b):
 @pytest.mark.parametrize("size", SIZES)
 def test_layer_norm_channel_major_equals_torch_layer_norm_then_transpose(size, c_kernels):
     B, L, H = size
-    torch.manual_seed(0)
-    norm = torch.nn.LayerNorm(H).double()
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
+    norm = affine(torch.nn.LayerNorm, H, 0)
     x = (3 * torch.randn(B, L, H, dtype=torch.float64) + 1).requires_grad_()
     g = torch.randn(H, B, L, dtype=torch.float64)
     inputs = [x, norm.weight, norm.bias]
@@ -164,11 +170,7 @@ def test_required_c_kernels_without_a_compiler_is_a_clear_error(tmp_path):
 def test_batch_norm_channel_major_equals_torch_batch_norm_then_transpose(size, c_kernels):
     """Training mode: output, gradients and the running statistics (two steps); eval mode: the output."""
     B, L, H = size
-    torch.manual_seed(5)
-    ours_bn = torch.nn.BatchNorm1d(H).double()
-    with torch.no_grad():
-        ours_bn.weight.normal_()
-        ours_bn.bias.normal_()
+    ours_bn = affine(torch.nn.BatchNorm1d, H, 5)
     ref_bn = copy.deepcopy(ours_bn)
     for step in range(2):
         x = (3 * torch.randn(B, L, H, dtype=torch.float64) + step).requires_grad_()
@@ -212,11 +214,7 @@ def test_batch_norm_is_the_closed_form_and_its_backward_passes_gradcheck(c_kerne
 def test_layer_norm_mean_pool_equals_torch_norm_mask_and_mean(size, c_kernels):
     """Lengths from 0 (an empty sequence: pooled = 0 / 1) to L; the rows past a length get no gradient."""
     B, L, H = size
-    torch.manual_seed(7)
-    norm = torch.nn.LayerNorm(H).double()
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
+    norm = affine(torch.nn.LayerNorm, H, 7)
     x = (2 * torch.randn(B, L, H, dtype=torch.float64) - 1).requires_grad_()
     lengths = torch.randint(0, L + 1, (B,))
     lengths[0] = L

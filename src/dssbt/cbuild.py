@@ -48,3 +48,28 @@ def build(name: str, source: str, flags: list[str]) -> tuple[ctypes.CDLL | None,
         except OSError as e:
             return None, f"cannot build {name} in {cache}: {e}"
     return ctypes.CDLL(str(lib_path)), None
+
+
+class Library:
+    """A C library built (``build``) and loaded on first use. ``signatures``: function name -> (argtypes,
+    restype) as ctypes wants them."""
+
+    def __init__(self, name: str, source: str, flags: list[str], signatures: dict[str, tuple[list, type | None]]):
+        self.name, self.source, self.flags, self.signatures = name, source, flags, signatures
+        self._lib: ctypes.CDLL | None = None
+        self._error: str | None = None
+
+    def load(self) -> ctypes.CDLL | None:
+        """The library, or None when it cannot be built (``error()`` says why); built at most once a process."""
+        if self._lib is None and self._error is None:
+            lib, self._error = build(self.name, self.source, self.flags)
+            if lib is not None:
+                for fn, (argtypes, restype) in self.signatures.items():
+                    getattr(lib, fn).argtypes = argtypes
+                    getattr(lib, fn).restype = restype
+                self._lib = lib
+        return self._lib
+
+    def error(self) -> str | None:
+        self.load()
+        return self._error

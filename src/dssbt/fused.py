@@ -48,7 +48,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .cbuild import build
+from .cbuild import Library
 from .hparams import KERNELS as MODES
 
 SOURCE = r"""
@@ -79,6 +79,20 @@ static inline float exp_f32(float x) {
 static inline double exp_f64(double x) { return exp(x); }
 
 #define KERNELS(SFX, T, SQRT, EXP)                                                                             \
+/* nt <= TILE rows of x (each H long), gathered channel-major into xt (H, TILE); mu, rs: each row's mean and     \
+   1 / sqrt(biased variance + eps) (two passes over the row) */                                                \
+static void tile_moments_##SFX(long nt, long H, const T *restrict x, T eps, T *restrict xt, T *restrict mu,  \
+                               T *restrict rs) {                                                               \
+    for (long t = 0; t < nt; ++t)                                                                              \
+        for (long h = 0; h < H; ++h) xt[h * TILE + t] = x[t * H + h];                                          \
+    for (long t = 0; t < nt; ++t) mu[t] = 0;                                                                   \
+    for (long h = 0; h < H; ++h)                                                                               \
+        for (long t = 0; t < nt; ++t) mu[t] += xt[h * TILE + t];                                               \
+    for (long t = 0; t < nt; ++t) { mu[t] = mu[t] / H; rs[t] = 0; }                                            \
+    for (long h = 0; h < H; ++h)                                                                               \
+        for (long t = 0; t < nt; ++t) { const T d = xt[h * TILE + t] - mu[t]; rs[t] += d * d; }               \
+    for (long t = 0; t < nt; ++t) rs[t] = 1 / SQRT(rs[t] / H + eps);                                           \
+}                                                                                                              \
 /* x: (M, H) rows -> z: (H, M); mean, rstd: (M,) */                                                            \
 int ln_cm_fwd_##SFX(long M, long H, const T *restrict x, const T *restrict w, const T *restrict b, T eps,    \
                     T *restrict z, T *restrict mean, T *restrict rstd) {                                      \
@@ -87,16 +101,8 @@ int ln_cm_fwd_##SFX(long M, long H, const T *restrict x, const T *restrict w, co
     T *mu = xt + H * TILE, *rs = mu + TILE;                                                                    \
     for (long m0 = 0; m0 < M; m0 += TILE) {                                                                    \
         const long nt = M - m0 < TILE ? M - m0 : TILE;                                                         \
-        for (long t = 0; t < nt; ++t)                                                                          \
-            for (long h = 0; h < H; ++h) xt[h * TILE + t] = x[(m0 + t) * H + h];                               \
-        for (long t = 0; t < nt; ++t) mu[t] = 0;                                                               \
-        for (long h = 0; h < H; ++h)                                                                           \
-            for (long t = 0; t < nt; ++t) mu[t] += xt[h * TILE + t];                                           \
-        for (long t = 0; t < nt; ++t) { mu[t] = mu[t] / H; rs[t] = 0; }                                        \
-        for (long h = 0; h < H; ++h)                                                                           \
-            for (long t = 0; t < nt; ++t) { const T d = xt[h * TILE + t] - mu[t]; rs[t] += d * d; }           \
+        tile_moments_##SFX(nt, H, x + m0 * H, eps, xt, mu, rs);                                                \
         for (long t = 0; t < nt; ++t) {                                                                        \
-            rs[t] = 1 / SQRT(rs[t] / H + eps);                                                                 \
             mean[m0 + t] = mu[t];                                                                              \
             rstd[m0 + t] = rs[t];                                                                              \
         }                                                                                                      \
@@ -273,7 +279,7 @@ int bn_cm_bwd_##SFX(long M, long H, const T *restrict g, const T *restrict x, co
 BN_KERNELS(f32, float)
 BN_KERNELS(f64, double)
 
-#define POOL_KERNELS(SFX, T, SQRT)                                                                             \
+#define POOL_KERNELS(SFX, T)                                                                             \
 /* layer norm of each row of x (B, L, H), then the mean over the first n_b = min(len_b, L) rows of sequence b,     \
    divided by max(len_b, 1) -> pooled (B, H); mean, rstd (B * L,) of the rows used (others untouched) */         \
 int ln_pool_fwd_##SFX(long B, long L, long H, const T *restrict x, const long *restrict len,                \
@@ -288,16 +294,8 @@ int ln_pool_fwd_##SFX(long B, long L, long H, const T *restrict x, const long *r
         for (long i = 0; i < H * TILE; ++i) acc[i] = 0;                                                        \
         for (long l0 = 0; l0 < n; l0 += TILE) {                                                                \
             const long nt = n - l0 < TILE ? n - l0 : TILE, r0 = s * L + l0;                                    \
-            for (long t = 0; t < nt; ++t)                                                                      \
-                for (long h = 0; h < H; ++h) xt[h * TILE + t] = x[(r0 + t) * H + h];                           \
-            for (long t = 0; t < nt; ++t) mu[t] = 0;                                                           \
-            for (long h = 0; h < H; ++h)                                                                       \
-                for (long t = 0; t < nt; ++t) mu[t] += xt[h * TILE + t];                                       \
-            for (long t = 0; t < nt; ++t) { mu[t] = mu[t] / H; rs[t] = 0; }                                    \
-            for (long h = 0; h < H; ++h)                                                                       \
-                for (long t = 0; t < nt; ++t) { const T d = xt[h * TILE + t] - mu[t]; rs[t] += d * d; }       \
+            tile_moments_##SFX(nt, H, x + r0 * H, eps, xt, mu, rs);                                            \
             for (long t = 0; t < nt; ++t) {                                                                    \
-                rs[t] = 1 / SQRT(rs[t] / H + eps);                                                             \
                 mean[r0 + t] = mu[t];                                                                          \
                 rstd[r0 + t] = rs[t];                                                                          \
             }                                                                                                  \
@@ -375,50 +373,38 @@ int ln_pool_bwd_##SFX(long B, long L, long H, const T *restrict g, const T *rest
     free(acc);                                                                                                 \
     return 0;                                                                                                  \
 }
-POOL_KERNELS(f32, float, sqrtf)
-POOL_KERNELS(f64, double, sqrt)
+POOL_KERNELS(f32, float)
+POOL_KERNELS(f64, double)
 """
 # -std=c99: no FMA contraction (gnu modes contract), so results do not depend on whether the CPU has FMA;
 # -fno-math-errno / -fno-trapping-math let floorf and the clamps vectorise and change no result.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"]
 
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+_SIGNATURES = {}
+for _sfx, _real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+    _SIGNATURES |= {
+        f"ln_cm_fwd_{_sfx}": ([_L, _L, _P, _P, _P, _real, _P, _P, _P], _I),
+        f"ln_cm_bwd_{_sfx}": ([_L, _L] + [_P] * 8, _I),
+        f"bn_stats_{_sfx}": ([_L, _L] + [_P] * 3, None),
+        f"bn_cm_fwd_{_sfx}": ([_L, _L] + [_P] * 6, _I),
+        f"bn_cm_bwd_{_sfx}": ([_L, _L] + [_P] * 8, _I),
+        f"ln_pool_fwd_{_sfx}": ([_L, _L, _L, _P, _P, _P, _P, _real, _P, _P, _P], _I),
+        f"ln_pool_bwd_{_sfx}": ([_L, _L, _L] + [_P] * 9, _I),
+        f"glu_fwd_{_sfx}": ([_L, _L] + [_P] * 6, None),
+        f"glu_bwd_{_sfx}": ([_L, _L] + [_P] * 9, None),
+    }
+LIBRARY = Library("dssbt_fused", SOURCE, FLAGS, _SIGNATURES)
 _mode = "torch"
-_P, _L = ctypes.c_void_p, ctypes.c_long
 
 
 def load() -> ctypes.CDLL | None:
     """The compiled library (built on first use), or None when it cannot be built (``error()`` says why)."""
-    global _lib, _error
-    if _lib is not None or _error is not None:
-        return _lib
-    lib, _error = build("dssbt_fused", SOURCE, FLAGS)
-    if lib is None:
-        return None
-    for sfx, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        getattr(lib, f"ln_cm_fwd_{sfx}").argtypes = [_L, _L, _P, _P, _P, real, _P, _P, _P]
-        getattr(lib, f"ln_cm_fwd_{sfx}").restype = ctypes.c_int
-        getattr(lib, f"ln_cm_bwd_{sfx}").argtypes = [_L, _L] + [_P] * 8
-        getattr(lib, f"ln_cm_bwd_{sfx}").restype = ctypes.c_int
-        getattr(lib, f"bn_stats_{sfx}").argtypes = [_L, _L] + [_P] * 3
-        getattr(lib, f"bn_cm_fwd_{sfx}").argtypes = [_L, _L] + [_P] * 6
-        getattr(lib, f"bn_cm_fwd_{sfx}").restype = ctypes.c_int
-        getattr(lib, f"bn_cm_bwd_{sfx}").argtypes = [_L, _L] + [_P] * 8
-        getattr(lib, f"bn_cm_bwd_{sfx}").restype = ctypes.c_int
-        getattr(lib, f"ln_pool_fwd_{sfx}").argtypes = [_L, _L, _L, _P, _P, _P, _P, real, _P, _P, _P]
-        getattr(lib, f"ln_pool_fwd_{sfx}").restype = ctypes.c_int
-        getattr(lib, f"ln_pool_bwd_{sfx}").argtypes = [_L, _L, _L] + [_P] * 9
-        getattr(lib, f"ln_pool_bwd_{sfx}").restype = ctypes.c_int
-        getattr(lib, f"glu_fwd_{sfx}").argtypes = [_L, _L] + [_P] * 6
-        getattr(lib, f"glu_bwd_{sfx}").argtypes = [_L, _L] + [_P] * 9
-    _lib = lib
-    return lib
+    return LIBRARY.load()
 
 
 def error() -> str | None:
-    load()
-    return _error
+    return LIBRARY.error()
 
 
 @contextlib.contextmanager
@@ -428,7 +414,7 @@ def kernels(mode: str) -> Iterator[None]:
     if mode not in MODES:
         raise ValueError(f"optim.kernels: {mode!r} is not one of {list(MODES)}")
     if mode == "c" and load() is None:
-        raise RuntimeError(f"optim.kernels: c, but the fused C kernels cannot be built: {_error}. "
+        raise RuntimeError(f"optim.kernels: c, but the fused C kernels cannot be built: {error()}. "
                            "Install a C compiler (or set $CC), or set optim.kernels: auto or torch")
     before, _mode = _mode, mode
     try:
@@ -456,7 +442,7 @@ def _kernel(name: str, t: Tensor):
     """The C function ``name`` for t's dtype (float32 or float64)."""
     lib = load()
     if lib is None:
-        raise RuntimeError(f"the fused C kernels cannot be built: {_error}")
+        raise RuntimeError(f"the fused C kernels cannot be built: {error()}")
     if t.dtype not in (torch.float32, torch.float64) or t.device.type != "cpu":
         raise ValueError(f"fused {name}: CPU float32/float64 tensors only, got {t.dtype} on {t.device}")
     return getattr(lib, f"{name}_{'f32' if t.dtype == torch.float32 else 'f64'}")
@@ -470,6 +456,21 @@ def _same_dtype(*ts: Tensor) -> None:
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         raise MemoryError(f"fused {what}: the C kernel could not allocate its tile buffers")
+
+
+def _norm_backward(name: str, ctx, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """dx (B, L, H), dw, db (H,) of a channel-major norm (kernel ``name``) from g = dL/dz (H, B, L) and what its
+    forward saved: x, w, mean, rstd."""
+    x, w, mean, rstd = ctx.saved_tensors
+    g = g.contiguous()  # (H, B, L)
+    Bsz, L, H = x.shape
+    dx = torch.empty_like(x)
+    dw = torch.empty(H, dtype=torch.float64)
+    db = torch.empty(H, dtype=torch.float64)
+    _same_dtype(x, g)
+    _check(_kernel(name, x)(Bsz * L, H, g.data_ptr(), x.data_ptr(), w.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                            dx.data_ptr(), dw.data_ptr(), db.data_ptr()), f"{name} (backward)")
+    return dx, dw.to(x.dtype), db.to(x.dtype)
 
 
 class _LayerNormChannelMajor(torch.autograd.Function):
@@ -489,17 +490,7 @@ class _LayerNormChannelMajor(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, w, mean, rstd = ctx.saved_tensors
-        g = g.contiguous()  # (H, B, L)
-        Bsz, L, H = x.shape
-        dx = torch.empty_like(x)
-        dw = torch.empty(H, dtype=torch.float64)
-        db = torch.empty(H, dtype=torch.float64)
-        _same_dtype(x, g)
-        _check(_kernel("ln_cm_bwd", x)(Bsz * L, H, g.data_ptr(), x.data_ptr(), w.data_ptr(), mean.data_ptr(),
-                                       rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr()),
-               "layer norm backward")
-        return dx, dw.to(x.dtype), db.to(x.dtype), None
+        return (*_norm_backward("ln_cm_bwd", ctx, g), None)
 
 
 def layer_norm_channel_major(x: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
@@ -532,17 +523,7 @@ class _BatchNormChannelMajor(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, w, mean, rstd = ctx.saved_tensors
-        g = g.contiguous()  # (H, B, L)
-        Bsz, L, H = x.shape
-        dx = torch.empty_like(x)
-        dw = torch.empty(H, dtype=torch.float64)
-        db = torch.empty(H, dtype=torch.float64)
-        _same_dtype(x, g)
-        _check(_kernel("bn_cm_bwd", x)(Bsz * L, H, g.data_ptr(), x.data_ptr(), w.data_ptr(), mean.data_ptr(),
-                                       rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr()),
-               "batch norm backward")
-        return dx, dw.to(x.dtype), db.to(x.dtype), None, None
+        return (*_norm_backward("bn_cm_bwd", ctx, g), None, None)
 
 
 def batch_norm_applies(norm: torch.nn.BatchNorm1d) -> bool:

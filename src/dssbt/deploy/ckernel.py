@@ -17,7 +17,7 @@ import ctypes
 
 import numpy as np
 
-from ..cbuild import build
+from ..cbuild import Library
 
 SOURCE = r"""
 #define STEP(NAME, T)                                                                                  \
@@ -48,9 +48,6 @@ STEP(dss_step_f64, double)
 """
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
 
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
-
 
 def _struct(real: type) -> type:
     ptr = ctypes.POINTER(real)
@@ -60,21 +57,13 @@ def _struct(real: type) -> type:
 
 
 LAYER = {np.float32: _struct(ctypes.c_float), np.float64: _struct(ctypes.c_double)}
+LIBRARY = Library("dss_step", SOURCE, FLAGS,
+                  {name: ([ctypes.c_void_p] * 3, None) for name in ("dss_step_f32", "dss_step_f64")})
 
 
 def load() -> ctypes.CDLL | None:
     """The compiled library (built on first use), or None when no compiler works (``error()`` says why)."""
-    global _lib, _error
-    if _lib is not None or _error is not None:
-        return _lib
-    lib, _error = build("dss_step", SOURCE, FLAGS)
-    if lib is None:
-        return None
-    for name in ("dss_step_f32", "dss_step_f64"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        getattr(lib, name).restype = None
-    _lib = lib
-    return lib
+    return LIBRARY.load()
 
 
 def available() -> bool:
@@ -82,8 +71,7 @@ def available() -> bool:
 
 
 def error() -> str | None:
-    load()
-    return _error
+    return LIBRARY.error()
 
 
 class CLayer:
@@ -94,7 +82,7 @@ class CLayer:
                  real: type = np.float32) -> None:
         lib = load()
         if lib is None:
-            raise ValueError(f"the C step is unavailable: {_error}")
+            raise ValueError(f"the C step is unavailable: {error()}")
         H, N = Lambda_bar.shape
         arr = lambda a: np.ascontiguousarray(a, dtype=real)  # noqa: E731
         T = lambda a: arr(np.asarray(a).T)  # noqa: E731  (H, N) -> mode-major (N, H)
