@@ -12,6 +12,7 @@ choices. Printed: the median step of each process, per choice (TIME), and torch 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -46,8 +47,6 @@ JOB_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "10000000000"}  # 
 
 def pair(mode: str, steps: int, L: int) -> tuple[list[float], set[str]]:
     """Two processes started together; each one's median step (s) and what kernels they used."""
-    import os
-
     env = {**os.environ, **JOB_ENV}
     procs = [subprocess.Popen([sys.executable, "-c", PROBE, mode, str(seed), str(steps), str(L)], cwd=ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -423,19 +423,14 @@ def kernels(mode: str) -> Iterator[None]:
         _mode = before
 
 
-def mode() -> str:
-    return _mode
-
-
-def applies(x: Tensor) -> bool:
-    """Whether a forward on ``x`` takes the fused kernels: mode, device, dtype and a built library."""
-    return (_mode != "torch" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and load() is not None)
-
-
 def used() -> str:
     """What a CPU float32 forward runs under the current mode: ``c`` or ``torch`` (recorded in metrics)."""
     return "c" if _mode != "torch" and load() is not None else "torch"
+
+
+def applies(x: Tensor) -> bool:
+    """Whether a forward on ``x`` takes the fused kernels: ``used()``, and a CPU float32/float64 tensor."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and used() == "c"
 
 
 def _kernel(name: str, t: Tensor):
@@ -446,6 +441,11 @@ def _kernel(name: str, t: Tensor):
     if t.dtype not in (torch.float32, torch.float64) or t.device.type != "cpu":
         raise ValueError(f"fused {name}: CPU float32/float64 tensors only, got {t.dtype} on {t.device}")
     return getattr(lib, f"{name}_{'f32' if t.dtype == torch.float32 else 'f64'}")
+
+
+def _check_layer_norm(norm: torch.nn.LayerNorm, x: Tensor) -> None:
+    if norm.weight is None or norm.bias is None or tuple(norm.normalized_shape) != (x.shape[-1],):
+        raise ValueError("fused layer norm: an affine LayerNorm over the last dimension only")
 
 
 def _same_dtype(*ts: Tensor) -> None:
@@ -495,8 +495,7 @@ class _LayerNormChannelMajor(torch.autograd.Function):
 
 def layer_norm_channel_major(x: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
     """``norm`` on (B, L, H) rows, written channel-major: contiguous (H, B, L). Needs ``applies(x)``."""
-    if norm.weight is None or norm.bias is None or tuple(norm.normalized_shape) != (x.shape[-1],):
-        raise ValueError("fused layer norm: an affine LayerNorm over the last dimension only")
+    _check_layer_norm(norm, x)
     return _LayerNormChannelMajor.apply(x, norm.weight, norm.bias, norm.eps)
 
 
@@ -598,8 +597,7 @@ class _LayerNormMeanPool(torch.autograd.Function):
 def layer_norm_mean_pool(x: Tensor, lengths: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
     """``norm`` on every row of x (B, L, H), then the mean of each sequence's first lengths[b] rows (B, H):
     the model's final norm and mean pooling in one pass (no (B, L, H) output). Needs ``applies(x)``."""
-    if norm.weight is None or norm.bias is None or tuple(norm.normalized_shape) != (x.shape[-1],):
-        raise ValueError("fused layer norm: an affine LayerNorm over the last dimension only")
+    _check_layer_norm(norm, x)
     if lengths.shape != x.shape[:1]:
         raise ValueError(f"fused pool: lengths (B,) for x (B, L, H), got {tuple(lengths.shape)}, {tuple(x.shape)}")
     return _LayerNormMeanPool.apply(x, lengths, norm.weight, norm.bias, norm.eps)

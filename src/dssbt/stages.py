@@ -69,6 +69,8 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
                device: str = "cpu") -> dict[str, Any]:
     """Reduce a pretrained model; writes the reduced model, its report and (with ``data``) its metrics without
     retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
+    from .train import load_task
+
     t0 = time.perf_counter()
     if (data is None) != (metrics is None):
         raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
@@ -76,15 +78,6 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     if orders is None:
         raise ValueError("give exactly one of --order r and --layer-orders FILE")
     hp = parse_hparams(hparams)
-    with fused.kernels(hp.optim.kernels):
-        return _reduce_job(checkpoint, out, report, method, route, order, layer_orders, orders, spec, data, metrics,
-                           hp, kernel_length, device, t0)
-
-
-def _reduce_job(checkpoint, out, report, method, route, order, layer_orders, orders, spec, data, metrics, hp,
-                kernel_length, device, t0) -> dict[str, Any]:
-    from .train import load_task
-
     model, meta = load_model(checkpoint)
     task = load_task(data) if data else None  # read before writing anything: bad data fails early
     L = kernel_length or meta.get("l_max")
@@ -99,10 +92,11 @@ def _reduce_job(checkpoint, out, report, method, route, order, layer_orders, ord
     if task is not None:
         dev = resolve_device(device)
         run = describe_run("reduce", method, spec.wildcard)
-        measured = base_metrics(task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state,
-                                spec.label) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test")) | {
-            "reduced_from": str(checkpoint), "epochs_run": 0, "route": route,
-            "wall_time_s": time.perf_counter() - t0}  # reduction and evaluation
+        with fused.kernels(hp.optim.kernels):
+            measured = base_metrics(task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state,
+                                    spec.label) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test"))
+        measured |= {"reduced_from": str(checkpoint), "epochs_run": 0, "route": route,
+                     "wall_time_s": time.perf_counter() - t0}  # reduction and evaluation
         reduced.cpu()
     reduction = {"method": method, "route": route, "r": order, "layer_orders": reduced.cfg.orders_by_layer(),
                  "order_spec": spec.label}
@@ -121,20 +115,16 @@ def _reduce_job(checkpoint, out, report, method, route, order, layer_orders, ord
 def evaluate_job(checkpoint: PathLike, data: PathLike, out: PathLike, hparams: str = "{}",
                  device: str = "cpu") -> dict[str, Any]:
     """Accuracy and loss of a model file on every split of a prepared task, written as a metrics file."""
-    hp = parse_hparams(hparams)
-    with fused.kernels(hp.optim.kernels):
-        return _evaluate_job(checkpoint, data, out, hp, device)
-
-
-def _evaluate_job(checkpoint, data, out, hp, device) -> dict[str, Any]:
     from .train import load_task
 
+    hp = parse_hparams(hparams)
     model, meta_ckpt = load_model(checkpoint)
     meta, data_splits = load_task(data)
     dev = resolve_device(device)
     model.to(dev)
     run = describe_run("evaluate", meta_ckpt.get("reduction", {}).get("method") or meta_ckpt.get("init"), None)
-    metrics = base_metrics(meta, model, hp, run, meta_ckpt.get("seed"), dev, model.cfg.d_state) | summary_metrics(
-        model, data_splits, hp, dev) | {"checkpoint": str(checkpoint), "epochs_run": 0}
+    with fused.kernels(hp.optim.kernels):
+        metrics = base_metrics(meta, model, hp, run, meta_ckpt.get("seed"), dev, model.cfg.d_state) | summary_metrics(
+            model, data_splits, hp, dev) | {"checkpoint": str(checkpoint), "epochs_run": 0}
     write_json(out, metrics)
     return metrics

@@ -154,10 +154,11 @@ def train(
     """
     hp = parse_hparams(hparams)
     with fused.kernels(hp.optim.kernels):
-        return _train(data_dir, hp, init, seed, out_dir, order, order_spec, reduced, device, log, method, stop_after)
+        return _train(data_dir, hp, init, seed, out_dir, order=order, order_spec=order_spec, reduced=reduced,
+                      device=device, log=log, method=method, stop_after=stop_after)
 
 
-def _train(data_dir, hp: Hparams, init, seed, out_dir, order, order_spec, reduced, device, log, method,
+def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, reduced, device, log, method,
            stop_after) -> dict[str, Any]:
     """``train`` with parsed hyper-parameters, under its kernels."""
     if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
