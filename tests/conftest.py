@@ -8,6 +8,12 @@ import os  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """The SLURM tests first: under pytest-xdist (.ci/run) their group is then the first one handed out, so its
+    minutes of waiting on the cluster overlap the rest of the suite instead of ending it."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable: otherwise collection order
+
+
 def _need_c_kernels():
     """Without a C compiler a test of the fused C kernels is skipped with the reason, except under CI (CI set),
     where it fails."""

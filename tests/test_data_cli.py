@@ -17,6 +17,9 @@ from test_data_pathfinder import check_pathfinder_prepared, check_pathfinder_ref
 from test_data_retrieval import check_retrieval_eos_prepared, check_retrieval_prepared, write_aan
 from test_data_text import check_text_eos_prepared, check_text_prepared, write_imdb
 
+# Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once.
+pytestmark = pytest.mark.xdist_group("test_data_cli")
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dssbt")

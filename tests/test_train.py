@@ -16,6 +16,9 @@ from dssbt.data.prepared import Split, save_prepared
 from dssbt.hparams import parse_hparams
 from dssbt.train import train
 
+# Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once.
+pytestmark = pytest.mark.xdist_group("test_train")
+
 HP = {
     "model": {"d_model": 8, "d_state": 8, "n_layers": 1, "dropout": 0.1, "norm": "layer"},
     "optim": {"epochs": 4, "batch_size": 20, "lr": 0.01, "ssm_lr": 0.005, "warmup_epochs": 0.5, "grad_clip": 1.0},

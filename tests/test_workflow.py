@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once.
+pytestmark = pytest.mark.xdist_group("test_workflow")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "workflow" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
