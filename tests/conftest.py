@@ -14,6 +14,18 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)  # stable: otherwise collection order
 
 
+def pytest_configure(config):
+    """xdist's --dist loadgroup (.ci/run) hands each xdist_group to one worker by a suffix on the node IDs, which
+    pytest 9.2 no longer lets it write (pytest-dev/pytest-xdist#1386): the groups then silently split, and the
+    SLURM tests start two clusters at once. Stop with the fix instead."""
+    if getattr(config.option, "dist", "no") == "loadgroup" and not hasattr(config, "workerinput"):
+        from packaging.version import Version  # a dependency of pytest
+
+        if Version(pytest.__version__) >= Version("9.2"):
+            raise pytest.UsageError(f"--dist loadgroup does not group tests under pytest {pytest.__version__}: "
+                                    "pip install -e '.[test]' (pytest<9.2), or run without -n")
+
+
 def _need_c_kernels():
     """Without a C compiler a test of the fused C kernels is skipped with the reason, except under CI (CI set),
     where it fails."""
