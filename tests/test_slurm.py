@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,17 @@ def rule_counts(jobs: list[dict[str, str]]) -> dict[str, int]:
     for job in jobs:
         counts[job["rule"]] = counts.get(job["rule"], 0) + 1
     return counts
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_runs(slurm_cluster, tmp_path_factory):
+    """The two fault scenarios at the end of this file (a time limit, a requeue), started in threads before any
+    test here runs: most of their minutes are spent waiting on SLURM (its 30-s time-limit checks, its 2-minute
+    requeue delay), which then overlaps the other scenario and the tiny grid's runs instead of following them.
+    Their tests wait for them and re-raise what failed."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {"timeout": pool.submit(timeout_scenario, tmp_path_factory.mktemp("timeout")),
+               "requeue": pool.submit(requeue_scenario, tmp_path_factory.mktemp("requeue"))}
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +282,8 @@ def same_training_result(slurm_wf: Path, local: subprocess.Popen, local_wf: Path
     assert not (slurm_wf / RUN / "train_state.pt").exists()
 
 
-def test_training_job_killed_at_its_time_limit_is_retried_with_more_time_and_resumes(slurm_cluster, tmp_path):
+def timeout_scenario(tmp_path: Path) -> None:
+    """A pretraining killed at its 1-minute limit, retried with more time, resumes; asserts as it goes."""
     wf = prepared_workflow(tmp_path / "slurm", TIMEOUT_CONFIG)
     local = start_local_reference(wf, tmp_path / "local")
     p = snakemake(wf, "pretrain_all", *profile_args("--configfile", "faults.yaml", "--retries", "3"), timeout=1800)
@@ -289,7 +302,8 @@ def test_training_job_killed_at_its_time_limit_is_retried_with_more_time_and_res
     same_training_result(wf, local, tmp_path / "local")
 
 
-def test_requeued_training_job_resumes_and_finishes_with_the_same_metrics(slurm_cluster, tmp_path):
+def requeue_scenario(tmp_path: Path) -> None:
+    """A pretraining requeued by SLURM mid-run resumes and ends with the uninterrupted run's metrics."""
     import torch
 
     wf = prepared_workflow(tmp_path / "slurm", REQUEUE_CONFIG)
@@ -298,13 +312,16 @@ def test_requeued_training_job_resumes_and_finishes_with_the_same_metrics(slurm_
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         state = wf / RUN / "train_state.pt"
-        deadline = time.time() + 300
+        deadline = time.time() + 600  # its job may wait for a CPU behind the other scenario's and the grid's
         while not state.exists():  # the first epoch completed inside the SLURM job
             assert run.poll() is None and time.time() < deadline, "the job ended before it could be requeued"
             time.sleep(0.2)
         epoch = torch.load(state, weights_only=True)["epoch"]
-        queue = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True, env=ENV, check=True)
-        ids = [line.split("|")[0] for line in queue.stdout.splitlines() if line.endswith("rule_pretrain_wildcards_listops_0")]
+        # this workflow's job only, by its working directory: the timeout scenario, running at the same time, has a
+        # pretraining of the same rule and wildcards
+        queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z|%k"], capture_output=True, text=True, env=ENV, check=True)
+        ids = [line.split("|")[0] for line in queue.stdout.splitlines()
+               if line.split("|")[1:] == [str(wf), "rule_pretrain_wildcards_listops_0"]]
         assert len(ids) == 1, queue.stdout
         subprocess.run(["scontrol", "requeue", ids[0]], check=True, env=ENV, capture_output=True, text=True)
         # SLURM ends the running job (SIGTERM, SIGKILL after KillWait = 5 s, cluster.sh) and starts it again no
@@ -325,3 +342,11 @@ def test_requeued_training_job_resumes_and_finishes_with_the_same_metrics(slurm_
     resumed = re.search(rf"resuming from {RUN}/train_state.pt after epoch (\d+)", log)
     assert resumed and int(resumed.group(1)) >= epoch, log[-2000:]
     same_training_result(wf, local, tmp_path / "local")
+
+
+def test_training_job_killed_at_its_time_limit_is_retried_with_more_time_and_resumes(fault_runs):
+    fault_runs["timeout"].result()  # re-raises what failed in the scenario
+
+
+def test_requeued_training_job_resumes_and_finishes_with_the_same_metrics(fault_runs):
+    fault_runs["requeue"].result()
