@@ -112,10 +112,12 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
             ax.set_title(f"{task}: {title}")
             ax.set_xlabel("reduced order r")
             ax.set_ylabel("test accuracy")
-    # one legend for the figure, right of the panels: inside a panel it covers seed dots
+    # one legend for the figure, below the panels: inside a panel it covers seed dots, right of them it ran into
+    # the last column's titles
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.84 if len(tasks) > 1 else 0.7, 1))
+    ncol = min(len(labels), 2 * len(tasks))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.05 * (-(-len(labels) // ncol)) / len(rows) * 2, 1, 1))
     _save(fig, paths, settings.get("dpi", 150))
 
 
