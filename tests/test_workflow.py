@@ -429,8 +429,10 @@ def test_h2_options_rerun_only_the_h2_jobs(tiny_run):
 
 def test_local_run_with_more_cores_than_cpus_says_so(tiny_run):
     """--cores above the machine's CPUs gets a note naming both numbers and --cores all; --cores 1 gets none. Runs
-    only the plot job (a plot edit), after the h2 test above, in that test's configuration."""
+    only the plot job (a plot edit), after the h2 test above, in that test's configuration (written here too, so
+    that the test also runs alone: it then runs the h2 jobs first)."""
     cpus = len(os.sched_getaffinity(0))
+    (tiny_run / "h2.yaml").write_text("methods: [bt, h2]\n")
     (tiny_run / "dpi.yaml").write_text("plot: {dpi: 81}\n")
     over = snakemake(tiny_run, "--cores", str(cpus + 2), "--configfile", "tiny.yaml", "h2.yaml", "dpi.yaml")
     assert f"note: --cores {cpus + 2} on a machine with {cpus} CPUs" in over.stderr, over.stderr[-2000:]
