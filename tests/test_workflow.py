@@ -418,9 +418,12 @@ def test_controls_run_end_to_end_through_reduce_and_retrain(tiny_run):
     assert job_counts(tiny_run, "--configfile", "tiny.yaml", "controls.yaml") == {}
 
 
+H2_CONFIG = "methods: [bt, h2]\n"  # the tiny grid with the h2 reduction beside bt
+
+
 def test_h2_options_rerun_only_the_h2_jobs(tiny_run):
     """After a real run with bt and h2, editing reduction.h2 schedules the h2 reductions and retrains only."""
-    (tiny_run / "h2.yaml").write_text("methods: [bt, h2]\n")
+    (tiny_run / "h2.yaml").write_text(H2_CONFIG)
     snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "h2.yaml")
     (tiny_run / "h2_opts.yaml").write_text("reduction: {h2: {max_iter: 5}}\n")
     assert job_counts(tiny_run, "--configfile", "tiny.yaml", "h2.yaml", "h2_opts.yaml") == {
@@ -432,7 +435,7 @@ def test_local_run_with_more_cores_than_cpus_says_so(tiny_run):
     only the plot job (a plot edit), after the h2 test above, in that test's configuration (written here too, so
     that the test also runs alone: it then runs the h2 jobs first)."""
     cpus = len(os.sched_getaffinity(0))
-    (tiny_run / "h2.yaml").write_text("methods: [bt, h2]\n")
+    (tiny_run / "h2.yaml").write_text(H2_CONFIG)
     (tiny_run / "dpi.yaml").write_text("plot: {dpi: 81}\n")
     over = snakemake(tiny_run, "--cores", str(cpus + 2), "--configfile", "tiny.yaml", "h2.yaml", "dpi.yaml")
     assert f"note: --cores {cpus + 2} on a machine with {cpus} CPUs" in over.stderr, over.stderr[-2000:]

@@ -116,8 +116,10 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
     # the last column's titles
     handles, labels = axes[0][0].get_legend_handles_labels()
     ncol = min(len(labels), 2 * len(tasks))
+    legend_rows = -(-len(labels) // ncol)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
-    fig.tight_layout(rect=(0, 0.05 * (-(-len(labels) // ncol)) / len(rows) * 2, 1, 1))
+    # each legend row takes about a tenth of one 3.4-inch row of panels
+    fig.tight_layout(rect=(0, 0.1 * legend_rows / len(rows), 1, 1))
     _save(fig, paths, settings.get("dpi", 150))
 
 
