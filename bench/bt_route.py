@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import check, finish
 
 from dssbt.model import ModelConfig, S4Model
-from common import check, finish
 from dssbt.reduction.apply import ModelReducer
 
 
@@ -73,7 +73,9 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-        print(f"epoch {epoch + 1}: loss {loss.item():.3f}, test acc {accuracy(model, Xte, yte):.3f} ({time.time() - t0:.0f} s)")
+        print(
+            f"epoch {epoch + 1}: loss {loss.item():.3f}, test acc {accuracy(model, Xte, yte):.3f} ({time.time() - t0:.0f} s)"
+        )
     model.eval()
     full_acc = accuracy(model, Xte, yte)
     print(f"\ntrained model: N={a.N}, H={a.H}, {a.layers} layers, test accuracy {full_acc:.3f}\n")
@@ -83,9 +85,14 @@ def main() -> None:
         for r in a.orders:
             reduced, report = reducer.reduce("bt", r)
             err = np.concatenate([np.ravel(layer["rel_kernel_error"]) for layer in report["layers"]])
-            check(f"bt_route {route} r={r} kernel errors finite and below 1.5", bool(np.isfinite(err).all() and err.max() < 1.5))
-            print(f"{route:10s} {r:3d} {np.median(err):11.2e} {np.quantile(err, 0.9):9.2e} {err.max():9.2e} "
-                  f"{accuracy(reduced, Xte, yte):17.3f}")
+            check(
+                f"bt_route {route} r={r} kernel errors finite and below 1.5",
+                bool(np.isfinite(err).all() and err.max() < 1.5),
+            )
+            print(
+                f"{route:10s} {r:3d} {np.median(err):11.2e} {np.quantile(err, 0.9):9.2e} {err.max():9.2e} "
+                f"{accuracy(reduced, Xte, yte):17.3f}"
+            )
     finish()
 
 

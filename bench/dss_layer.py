@@ -58,8 +58,10 @@ def main() -> None:
     print(f"DSS layer fwd+bwd, B={a.B} L={a.L} H={a.H} N={a.N}, {a.threads} threads, {a.repeats} repeats")
     print(f"  relative kernel difference fast vs naive: {err:.2e}")
     for name, ts in (("fast (factored Vandermonde)", times[False]), ("naive (full complex exp)", times[True])):
-        print(f"  {name:28s} min {min(ts)*1e3:8.1f} ms  median {statistics.median(ts)*1e3:8.1f} ms  "
-              f"-> {a.B / statistics.median(ts):7.1f} sequences/s")
+        print(
+            f"  {name:28s} min {min(ts) * 1e3:8.1f} ms  median {statistics.median(ts) * 1e3:8.1f} ms  "
+            f"-> {a.B / statistics.median(ts):7.1f} sequences/s"
+        )
     print(f"  speed-up (median naive / median fast): {slow / fast:.2f}x")
 
 

@@ -47,8 +47,11 @@ def accuracy_checks() -> None:
     ref = balance(ss["Lambda"], ss["B"], ss["C"], dt=ss["dt"]).hsv.sum()
     for dtype, tol in ((None, 1e-5), (torch.float64, 1e-10)):
         got = hsv_sum(layer, dtype=dtype).item()
-        check(f"hsv_sum_{'f64' if dtype else 'f32'}_vs_balance", abs(got - ref) <= tol * ref,
-              f"rel diff {abs(got - ref) / ref:.2e} (tol {tol:g})")
+        check(
+            f"hsv_sum_{'f64' if dtype else 'f32'}_vs_balance",
+            abs(got - ref) <= tol * ref,
+            f"rel diff {abs(got - ref) / ref:.2e} (tol {tol:g})",
+        )
 
 
 def step_fn(model: S4Model, x, y, weight: float, dtype):
@@ -94,8 +97,10 @@ def step_cost(H, N, n_layers, B, L, repeats, title, scale=1, target=None):
         tgt = "no target" if target is None else f"target step+hsv <= {target:g}x step"
         print(f"RATIO {title}:{name}/step: {med:.3f}x (min/min {mn:.3f}x)  {tgt}: {verdict}")
     for name in ("step+hsv_f32", "step+hsv_f64"):
-        print(f"RATIO {title}:{name}/step (measured together): {summary(ts[name])[1] / base[1]:.3f}x "
-              f"(min/min {summary(ts[name])[0] / base[0]:.3f}x)  info")
+        print(
+            f"RATIO {title}:{name}/step (measured together): {summary(ts[name])[1] / base[1]:.3f}x "
+            f"(min/min {summary(ts[name])[0] / base[0]:.3f}x)  info"
+        )
 
 
 def synthetic_hsvs(rng, sizes, H):
@@ -119,8 +124,10 @@ def budget_comparison(quick: bool) -> None:
             eg, el = discarded_energy(hsvs, g), discarded_energy(hsvs, last)
             total = sum((h**2).sum() for h in hsvs)
             check(f"budget_greedy_not_worse:{name}:{f}", eg <= el * (1 + 1e-12))
-            print(f"   {name} fraction {f}: greedy {g} drops {eg / total:.3e} of the energy; LAST {last} drops "
-                  f"{el / total:.3e}")
+            print(
+                f"   {name} fraction {f}: greedy {g} drops {eg / total:.3e} of the energy; LAST {last} drops "
+                f"{el / total:.3e}"
+            )
     # a model: 3 layers whose channels were pushed apart by a few steps of the Hankel penalty on the middle layer
     H, N = (8, 8) if quick else (32, 32)
     model = model_of(H, N, 3, seed=1)
@@ -137,8 +144,10 @@ def budget_comparison(quick: bool) -> None:
             orders = alloc(hsvs, f)
             _, rep = reduce_model(model, orders, "bt", "discrete", kernel_length=256 if quick else 1024)
             errs = [np.max(layer["rel_kernel_error"]) for layer in rep["layers"] if "rel_kernel_error" in layer]
-            line.append(f"{rule} {orders} drops {discarded_energy(hsvs, orders) / total:.3e}, worst rel kernel "
-                        f"error {max(errs) if errs else 0.0:.3e}")
+            line.append(
+                f"{rule} {orders} drops {discarded_energy(hsvs, orders) / total:.3e}, worst rel kernel "
+                f"error {max(errs) if errs else 0.0:.3e}"
+            )
         print(f"   model (3 layers, middle penalised) fraction {f}: " + "; ".join(line))
 
 

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import check, finish, fmt_s, header, interleaved, ratio, time_line
-from dssbt.model import ModelConfig, S4Model, count_parameters
+
 from dssbt.deploy import ckernel
 from dssbt.deploy.export import export_onnx
 from dssbt.deploy.predict import OnnxStream
 from dssbt.deploy.stream import FusedStream, real_step_params
+from dssbt.model import ModelConfig, S4Model, count_parameters
 from dssbt.reduction.apply import ModelReducer
 
 TOL = 1e-4
@@ -59,14 +59,18 @@ def build(a) -> dict[str, S4Model]:
     t = time.perf_counter()
     reducer = ModelReducer(full, kernel_length=256)
     reduced = {r: reducer.reduce("bt", r) for r in sorted(a.orders, reverse=True)}
-    print(f"   ModelReducer.reduce (discrete route, {len(a.orders)} orders, incl. the kernel-error report): "
-          f"{fmt_s(time.perf_counter() - t)}")
+    print(
+        f"   ModelReducer.reduce (discrete route, {len(a.orders)} orders, incl. the kernel-error report): "
+        f"{fmt_s(time.perf_counter() - t)}"
+    )
     for r in sorted(a.orders, reverse=True):
         model, report = reduced[r]
         models[f"r={r}"] = model.eval()
         errs = torch.tensor([e for lay in report["layers"] for e in lay["rel_kernel_error"][0]])
-        print(f"   r={r}: median relative kernel error of the reduced channels {errs.median():.2g} "
-              "(a fresh, untrained model: informative only)")
+        print(
+            f"   r={r}: median relative kernel error of the reduced channels {errs.median():.2g} "
+            "(a fresh, untrained model: informative only)"
+        )
     return models
 
 
@@ -86,8 +90,11 @@ def check_recurrent_equals_convolution(models: dict[str, S4Model], L: int) -> No
                 with torch.no_grad():
                     ref = m(x[:, : t + 1])
                 worst = max(worst, ((logits - ref).norm() / ref.norm()).item())
-    check("inference recurrent step equals convolution mode", worst <= TOL,
-          f"{len(models)} models, prefixes {L // 2} and {L}; worst relative difference {worst:.1e} (tol {TOL:g})")
+    check(
+        "inference recurrent step equals convolution mode",
+        worst <= TOL,
+        f"{len(models)} models, prefixes {L // 2} and {L}; worst relative difference {worst:.1e} (tol {TOL:g})",
+    )
     ok = all(layer.N == order(n) for n, m in models.items() for layer in m.dss_layers())
     check("inference reduced models have state size r", ok)
 
@@ -103,13 +110,17 @@ def memory_report(models: dict[str, S4Model], N: int) -> None:
         pool = st["sum"].numel() * st["sum"].element_size()  # running sum for mean pooling (size H, any order)
         params = sum(p.numel() * p.element_size() for ps in st["params"] for p in ps)
         full = full or (state, params, w, pool)
-        print(f"MEMORY inference {name}: weights {w / 1024:.0f} KiB ({counts['total']} params, SSM {counts['ssm']}); "
-              f"SSM state per sequence {state / 1024:.1f} KiB (+ {pool / 1024:.1f} KiB pooling sum); "
-              f"discretised step parameters {params / 1024:.0f} KiB per model")
+        print(
+            f"MEMORY inference {name}: weights {w / 1024:.0f} KiB ({counts['total']} params, SSM {counts['ssm']}); "
+            f"SSM state per sequence {state / 1024:.1f} KiB (+ {pool / 1024:.1f} KiB pooling sum); "
+            f"discretised step parameters {params / 1024:.0f} KiB per model"
+        )
         if name != f"N={N}":
-            print(f"RATIO inference memory N={N} / {name}: SSM state {full[0] / state:.2f}x, "
-                  f"weights + step parameters + one sequence's state {sum(full) / (state + params + w + pool):.2f}x"
-                  "  no target: info")
+            print(
+                f"RATIO inference memory N={N} / {name}: SSM state {full[0] / state:.2f}x, "
+                f"weights + step parameters + one sequence's state {sum(full) / (state + params + w + pool):.2f}x"
+                "  no target: info"
+            )
 
 
 def time_dss_step(models: dict[str, S4Model], batch: int, steps: int, repeats: int) -> dict[str, list[float]]:
@@ -152,6 +163,7 @@ def time_convolution(models: dict[str, S4Model], batch: int, L: int, repeats: in
         def run():
             with torch.no_grad():
                 m(x)
+
         return run
 
     return interleaved({name: fn(m) for name, m in models.items()}, repeats)
@@ -180,6 +192,7 @@ def profile(a, models: dict[str, S4Model]) -> None:
 
 # ----- fused step, ONNX, floors -------------------------------------------------------------------------------------
 
+
 def check_fused_and_onnx(models: dict[str, S4Model], streams: dict[str, tuple], L: int) -> None:
     torch.manual_seed(1)
     x = torch.randn(2, L)
@@ -196,8 +209,11 @@ def check_fused_and_onnx(models: dict[str, S4Model], streams: dict[str, tuple], 
                 for k, v in got.items():
                     worst[k] = max(worst[k], ((v - ref).norm() / ref.norm()).item())
     for k, w in worst.items():
-        check(f"inference {k} step equals convolution mode", w <= TOL,
-              f"{len(models)} models; worst relative difference {w:.1e} (tol {TOL:g})")
+        check(
+            f"inference {k} step equals convolution mode",
+            w <= TOL,
+            f"{len(models)} models; worst relative difference {w:.1e} (tol {TOL:g})",
+        )
 
 
 def time_fused_layer(models: dict[str, S4Model], backend: str, steps: int, repeats: int) -> dict[str, list[float]]:
@@ -233,8 +249,9 @@ def time_fused_layer(models: dict[str, S4Model], backend: str, steps: int, repea
     return {k: [t / steps for t in v] for k, v in interleaved(fns, repeats).items()}
 
 
-def time_token(models: dict[str, S4Model], streams: dict[str, tuple], steps: int, repeats: int
-               ) -> dict[str, dict[str, list[float]]]:
+def time_token(
+    models: dict[str, S4Model], streams: dict[str, tuple], steps: int, repeats: int
+) -> dict[str, dict[str, list[float]]]:
     """Whole-model per-token time at batch 1: fused torch, onnxruntime, S4Model.step, interleaved."""
     fns = {}
     x = torch.randn(1)
@@ -302,7 +319,7 @@ def measured_matmul_peak(n: int = 512, repeats: int = 5) -> float:
         t = time.perf_counter()
         torch.matmul(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def deploy_report(a, models: dict[str, S4Model]) -> None:
@@ -312,8 +329,10 @@ def deploy_report(a, models: dict[str, S4Model]) -> None:
     for name, m in models.items():
         export_onnx(m, tmp / f"{name}.onnx")
         streams[name] = (FusedStream(real_step_params(m)), OnnxStream(tmp / f"{name}.onnx", threads=1))
-    print(f"   fused step backend: {streams[full][0].backend}" + ("" if ckernel.available() else
-                                                                  f" (C step unavailable: {ckernel.error()})"))
+    print(
+        f"   fused step backend: {streams[full][0].backend}"
+        + ("" if ckernel.available() else f" (C step unavailable: {ckernel.error()})")
+    )
     check_fused_and_onnx(models, streams, 16 if a.quick else 64)
 
     # per layer, batch 1: unfused DSS.step vs the fused diagonal system (numpy and C), each timed side by side
@@ -327,10 +346,18 @@ def deploy_report(a, models: dict[str, S4Model]) -> None:
         for name in models:
             if name != full:
                 r = order(name)
-                ratio(f"inference fused ({b}) step speed-up {full} vs {name}, batch 1", fused[b][full],
-                      fused[b][name], 0.5 * a.N / r)
-                ratio(f"inference step speed-up {full} (DSS.step) vs {name} (fused, {b}), batch 1", unfused[full],
-                      fused[b][name], 0.5 * a.N / r)
+                ratio(
+                    f"inference fused ({b}) step speed-up {full} vs {name}, batch 1",
+                    fused[b][full],
+                    fused[b][name],
+                    0.5 * a.N / r,
+                )
+                ratio(
+                    f"inference step speed-up {full} (DSS.step) vs {name} (fused, {b}), batch 1",
+                    unfused[full],
+                    fused[b][name],
+                    0.5 * a.N / r,
+                )
         for name in models:
             ratio(f"inference fused ({b}) vs DSS.step, {name}, batch 1", unfused[name], fused[b][name])
 
@@ -345,16 +372,24 @@ def deploy_report(a, models: dict[str, S4Model]) -> None:
         for kind, label in (("fused", "fused torch"), ("onnx", "onnxruntime"), ("step", "S4Model.step")):
             time_line(f"inference per token, batch 1, {name}, {label}", t[name][kind])
         best = min(min(t[name]["fused"]), min(t[name]["onnx"]))
-        print(f"FLOOR inference per token, batch 1, {name}: {nbytes / 1024:.0f} KiB read at {bw / 1e9:.1f} GB/s "
-              f"(measured on {max(nbytes, 1 << 20) / 1024:.0f} KiB) -> {fmt_s(floor_mem)}; {flops / 1e6:.2f} MFLOP at "
-              f"matmul peak -> {fmt_s(floor_flop)}; best measured {fmt_s(best)} = "
-              f"{best / max(floor_mem, floor_flop):.1f}x the larger floor")
+        print(
+            f"FLOOR inference per token, batch 1, {name}: {nbytes / 1024:.0f} KiB read at {bw / 1e9:.1f} GB/s "
+            f"(measured on {max(nbytes, 1 << 20) / 1024:.0f} KiB) -> {fmt_s(floor_mem)}; {flops / 1e6:.2f} MFLOP at "
+            f"matmul peak -> {fmt_s(floor_flop)}; best measured {fmt_s(best)} = "
+            f"{best / max(floor_mem, floor_flop):.1f}x the larger floor"
+        )
     for name in models:
         if name != full:
-            ratio(f"inference whole-model per-token speed-up {full} vs {name}, fused torch, batch 1",
-                  t[full]["fused"], t[name]["fused"])
-            ratio(f"inference whole-model per-token speed-up {full} vs {name}, onnxruntime, batch 1",
-                  t[full]["onnx"], t[name]["onnx"])
+            ratio(
+                f"inference whole-model per-token speed-up {full} vs {name}, fused torch, batch 1",
+                t[full]["fused"],
+                t[name]["fused"],
+            )
+            ratio(
+                f"inference whole-model per-token speed-up {full} vs {name}, onnxruntime, batch 1",
+                t[full]["onnx"],
+                t[name]["onnx"],
+            )
     for name in models:
         ratio(f"inference whole-model fused torch vs S4Model.step, {name}, batch 1", t[name]["step"], t[name]["fused"])
         ratio(f"inference whole-model onnxruntime vs S4Model.step, {name}, batch 1", t[name]["step"], t[name]["onnx"])
@@ -369,24 +404,38 @@ def main() -> None:
     ap.add_argument("--orders", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes of the recurrent timings")
     ap.add_argument("--steps", type=int, default=200, help="steps per timed block")
-    ap.add_argument("--conv", nargs="+", default=["4096x4", "16384x1"],
-                    help="convolution-mode sizes as LENGTHxBATCH (16K input steps per forward by default)")
+    ap.add_argument(
+        "--conv",
+        nargs="+",
+        default=["4096x4", "16384x1"],
+        help="convolution-mode sizes as LENGTHxBATCH (16K input steps per forward by default)",
+    )
     ap.add_argument("--conv-repeats", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: an edge core; 0: torch's default)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--only-deploy", action="store_true", help="only the fused / ONNX / floors part")
-    ap.add_argument("--fresh", action="store_true",
-                    help="fresh order-r models instead of BT-reduced ones (same shapes and timings, no reduction)")
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="fresh order-r models instead of BT-reduced ones (same shapes and timings, no reduction)",
+    )
     a = ap.parse_args()
     if a.quick:
         a.layers, a.H, a.N, a.orders, a.batch, a.steps, a.repeats = 2, 16, 16, [2, 4], [1, 4], 20, 2
         a.conv, a.conv_repeats = ["256x2"], 2
     if a.threads:
         torch.set_num_threads(a.threads)
-    header("Compressed inference: full-N model vs BT-reduced order-r models (recurrent and convolution mode)",
-           layers=a.layers, H=a.H, N=a.N, orders=a.orders, threads=torch.get_num_threads(), repeats=a.repeats,
-           steps_per_block=a.steps)
+    header(
+        "Compressed inference: full-N model vs BT-reduced order-r models (recurrent and convolution mode)",
+        layers=a.layers,
+        H=a.H,
+        N=a.N,
+        orders=a.orders,
+        threads=torch.get_num_threads(),
+        repeats=a.repeats,
+        steps_per_block=a.steps,
+    )
     models = build(a)
     if a.profile:
         return profile(a, models)
@@ -408,8 +457,7 @@ def main() -> None:
     for b in a.batch:
         t = time_model_step(models, b, a.steps, a.repeats)
         for name, ts in t.items():
-            time_line(f"inference S4Model.step, batch {b}, {name}", ts,
-                      extra=f"  -> {b / min(ts):.0f} steps/s at min")
+            time_line(f"inference S4Model.step, batch {b}, {name}", ts, extra=f"  -> {b / min(ts):.0f} steps/s at min")
         for name in t:
             if name != full:
                 ratio(f"inference whole-model step speed-up {full} vs {name}, batch {b}", t[full], t[name])
@@ -417,8 +465,11 @@ def main() -> None:
         L, cb = (int(v) for v in size.split("x"))
         t = time_convolution(models, cb, L, a.conv_repeats)
         for name, ts in t.items():
-            time_line(f"inference convolution mode L={L} batch {cb}, {name}", ts,
-                      extra=f"  -> {cb / min(ts):.2f} sequences/s, {cb * L / min(ts):.0f} steps/s at min")
+            time_line(
+                f"inference convolution mode L={L} batch {cb}, {name}",
+                ts,
+                extra=f"  -> {cb / min(ts):.2f} sequences/s, {cb * L / min(ts):.0f} steps/s at min",
+            )
         for name in t:
             if name != full:
                 ratio(f"inference convolution-mode speed-up L={L} {full} vs {name}", t[full], t[name])

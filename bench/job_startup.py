@@ -64,8 +64,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     a = ap.parse_args()
     repeats, L = (2, 64) if a.quick else (a.repeats, 1024)
-    header("training job start-up: dssbt.eager's AdamW vs torch.optim.AdamW, fresh interpreter each", repeats=repeats,
-           L=L)
+    header(
+        "training job start-up: dssbt.eager's AdamW vs torch.optim.AdamW, fresh interpreter each", repeats=repeats, L=L
+    )
     times: dict[str, list[float]] = {"eager": [], "plain": []}
     dynamo: dict[str, set[bool]] = {"eager": set(), "plain": set()}
     for i in range(repeats):  # interleaved, the order alternating

@@ -48,9 +48,17 @@ JOB_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "10000000000"}  # 
 def pair(mode: str, steps: int, L: int) -> tuple[list[float], set[str]]:
     """Two processes started together; each one's median step (s) and what kernels they used."""
     env = {**os.environ, **JOB_ENV}
-    procs = [subprocess.Popen([sys.executable, "-c", PROBE, mode, str(seed), str(steps), str(L)], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for seed in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROBE, mode, str(seed), str(steps), str(L)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    ]
     medians, used = [], set()
     for p in procs:
         out, err = p.communicate()
@@ -75,8 +83,12 @@ def main() -> None:
         print(f"-- no C kernels on this machine ({fused.error()}): nothing to compare")
         finish()
         return
-    header("two training processes at once: fused C kernels vs torch ops (default image model)", rounds=rounds,
-           steps=steps, L=L)
+    header(
+        "two training processes at once: fused C kernels vs torch ops (default image model)",
+        rounds=rounds,
+        steps=steps,
+        L=L,
+    )
     times: dict[str, list[float]] = {"c": [], "torch": []}
     used: dict[str, set[str]] = {"c": set(), "torch": set()}
     for i in range(rounds):  # interleaved, the order alternating
@@ -88,8 +100,10 @@ def main() -> None:
     for mode, ts in times.items():
         time_line(f"kernels_pair step, two processes at once, {mode}", ts)
     ratio("kernels_pair step speed-up c vs torch, two processes at once", times["torch"], times["c"])
-    print(f"-- medians over {len(times['c'])} process-rounds each: c {statistics.median(times['c']) * 1e3:.1f} ms, "
-          f"torch {statistics.median(times['torch']) * 1e3:.1f} ms")
+    print(
+        f"-- medians over {len(times['c'])} process-rounds each: c {statistics.median(times['c']) * 1e3:.1f} ms, "
+        f"torch {statistics.median(times['torch']) * 1e3:.1f} ms"
+    )
     finish()
 
 

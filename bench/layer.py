@@ -26,9 +26,8 @@ import json
 from pathlib import Path
 
 import torch
+from common import check, finish, header, interleaved, maxrss_mib, ratio, reset_peak_rss, rss_mib, run_probe, time_line
 
-from common import (check, finish, header, interleaved, maxrss_mib, ratio, reset_peak_rss, rss_mib, run_probe,
-                    time_line)
 from dssbt.dss import DSS
 
 TARGET = 3.0  # the target speed-up over the textbook reference
@@ -146,8 +145,16 @@ def main() -> None:
     if a.profile:
         return profile(a)
     torch.set_num_threads(a.threads)
-    header("DSS layer forward+backward: dssbt.dss.DSS vs textbook (full complex exp over (H, N, L), FFT conv)",
-           B=a.B, L=a.L, H=a.H, N=a.N, threads=a.threads, repeats=a.repeats, dtype="float32")
+    header(
+        "DSS layer forward+backward: dssbt.dss.DSS vs textbook (full complex exp over (H, N, L), FFT conv)",
+        B=a.B,
+        L=a.L,
+        H=a.H,
+        N=a.N,
+        threads=a.threads,
+        repeats=a.repeats,
+        dtype="float32",
+    )
     for L in a.L:
         layer, u, g = setup(a.B, L, a.H, a.N)
         print(f"-- L={L}")
@@ -155,19 +162,29 @@ def main() -> None:
         for what, d in diffs.items():
             print(f"   rel. diff {what:20s} " + "  ".join(f"{k} {v:.1e}" for k, v in d.items()))
         d = diffs["ours vs textbook"]
-        check(f"layer L={L} outputs agree", d["y"] <= TOL,
-              f"relative difference of y, ours vs textbook {d['y']:.1e} (tolerance {TOL:g})")
+        check(
+            f"layer L={L} outputs agree",
+            d["y"] <= TOL,
+            f"relative difference of y, ours vs textbook {d['y']:.1e} (tolerance {TOL:g})",
+        )
         # Gradients: equal to TOL, or (where float32 round-off of the reference itself exceeds TOL, e.g. the log_dt
         # gradient, a sum with cancellation) as close to the float64 truth as the textbook is, within a factor 1.5.
-        bad = [k for k in d if k != "y" and d[k] > TOL
-               and diffs["ours vs float64"][k] > 1.5 * diffs["textbook vs float64"][k]]
+        bad = [
+            k
+            for k in d
+            if k != "y" and d[k] > TOL and diffs["ours vs float64"][k] > 1.5 * diffs["textbook vs float64"][k]
+        ]
         loose = [k for k in d if k != "y" and d[k] > TOL and k not in bad]
-        check(f"layer L={L} gradients agree", not bad,
-              f"max relative difference ours vs textbook {max(v for k, v in d.items() if k != 'y'):.1e}"
-              + (f"; above {TOL:g} but as close to float64 as the textbook (within 1.5x): {loose}" if loose else "")
-              + (f"; WRONG: {bad}" if bad else ""))
-        times = interleaved({v: (lambda v=v, lay=layer, u=u, g=g: train_step(lay, u, g, v)) for v in VARIANTS},
-                            a.repeats)
+        check(
+            f"layer L={L} gradients agree",
+            not bad,
+            f"max relative difference ours vs textbook {max(v for k, v in d.items() if k != 'y'):.1e}"
+            + (f"; above {TOL:g} but as close to float64 as the textbook (within 1.5x): {loose}" if loose else "")
+            + (f"; WRONG: {bad}" if bad else ""),
+        )
+        times = interleaved(
+            {v: (lambda v=v, lay=layer, u=u, g=g: train_step(lay, u, g, v)) for v in VARIANTS}, a.repeats
+        )
         for v, ts in times.items():
             time_line(f"layer L={L} {v}", ts, extra=f"  -> {a.B / min(ts):.1f} sequences/s at min")
         ratio(f"layer L={L} speed-up ours vs textbook", times["textbook"], times["ours"], TARGET)
@@ -177,15 +194,34 @@ def main() -> None:
             continue
         mem = {}
         for v in VARIANTS:
-            mem[v] = run_probe(Path(__file__), ["--probe", v, "--probe-L", str(L), "--B", str(a.B), "--H", str(a.H),
-                                "--N", str(a.N), "--threads", str(a.threads)])
+            mem[v] = run_probe(
+                Path(__file__),
+                [
+                    "--probe",
+                    v,
+                    "--probe-L",
+                    str(L),
+                    "--B",
+                    str(a.B),
+                    "--H",
+                    str(a.H),
+                    "--N",
+                    str(a.N),
+                    "--threads",
+                    str(a.threads),
+                ],
+            )
             m = mem[v]
             note = "" if m["reset"] else " (peak-RSS reset not permitted: includes import peaks)"
-            print(f"MEMORY layer L={L} {v}: peak RSS {m['peak_mib']:.0f} MiB; one step adds "
-                  f"{m['peak_mib'] - m['base_mib']:.1f} MiB to the {m['base_mib']:.0f} MiB after setup{note}")
+            print(
+                f"MEMORY layer L={L} {v}: peak RSS {m['peak_mib']:.0f} MiB; one step adds "
+                f"{m['peak_mib'] - m['base_mib']:.1f} MiB to the {m['base_mib']:.0f} MiB after setup{note}"
+            )
         inc = {v: mem[v]["peak_mib"] - mem[v]["base_mib"] for v in VARIANTS}
-        print(f"RATIO layer L={L} step memory textbook / ours: {inc['textbook'] / max(inc['ours'], 1e-9):.2f}x  "
-              "no target: info")
+        print(
+            f"RATIO layer L={L} step memory textbook / ours: {inc['textbook'] / max(inc['ours'], 1e-9):.2f}x  "
+            "no target: info"
+        )
     finish()
 
 

@@ -52,8 +52,18 @@ def plan(wf: Path, seeds: int | None, env: dict[str, str]) -> tuple[int, float, 
     if seeds is not None:
         (wf / "grid.yaml").write_text(GRID.format(seeds=list(range(seeds))))
         extra = ["grid.yaml"]
-    cmd = [sys.executable, "-S", "-m", "snakemake", "-n", "--quiet", "rules", "--configfile",
-           "workflow/presets/lra.yaml", *extra]
+    cmd = [
+        sys.executable,
+        "-S",
+        "-m",
+        "snakemake",
+        "-n",
+        "--quiet",
+        "rules",
+        "--configfile",
+        "workflow/presets/lra.yaml",
+        *extra,
+    ]
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.run(cmd, cwd=wf, capture_output=True, text=True, env=env)
@@ -66,7 +76,9 @@ def plan(wf: Path, seeds: int | None, env: dict[str, str]) -> tuple[int, float, 
     m = re.search(r"^total\s+(\d+)", p.stdout + p.stderr, re.M)
     jobs = int(m.group(1)) if m else -1
     # ru_maxrss of children is the largest child so far: a size smaller than an earlier one reports the earlier peak
-    print(f"   {jobs} jobs: wall {wall:.2f} s, CPU {cpu:.2f} s (on a loaded machine the CPU time is the figure to read)")
+    print(
+        f"   {jobs} jobs: wall {wall:.2f} s, CPU {cpu:.2f} s (on a loaded machine the CPU time is the figure to read)"
+    )
     return jobs, cpu, max(peak, before) / 1024
 
 
@@ -88,8 +100,10 @@ def main() -> None:
             shutil.copytree(ROOT / name, wf / name)
         env = without_slurm_plugin(Path(tmp))
         jobs, cpu, rss = min((plan(wf, None, env) for _ in range(max(a.repeats, 1))), key=lambda r: r[1])
-        print(f"TARGET plan LRA preset, {jobs} jobs, no SLURM plugin: CPU {cpu:.2f} s (target < 2 s: "
-              f"{'met' if cpu < 2 else 'MISSED'}), peak RSS {rss:.0f} MiB")
+        print(
+            f"TARGET plan LRA preset, {jobs} jobs, no SLURM plugin: CPU {cpu:.2f} s (target < 2 s: "
+            f"{'met' if cpu < 2 else 'MISSED'}), peak RSS {rss:.0f} MiB"
+        )
         rows = []
         for seeds in a.sizes:
             best = None
@@ -97,13 +111,20 @@ def main() -> None:
                 jobs, cpu, rss = plan(wf, seeds, env)
                 best = (jobs, cpu, rss) if best is None or cpu < best[1] else best
             rows.append(best)
-            print(f"TIME plan {best[0]} jobs ({seeds} seeds): CPU {best[1]:.2f} s, peak RSS {best[2]:.0f} MiB, "
-                  f"{1e3 * best[1] / max(best[0], 1):.2f} ms per job")
-    check("plan_scale job counts grow with the grid", all(b[0] > a_[0] > 0 for a_, b in zip(rows, rows[1:])),
-          str([r[0] for r in rows]))
+            print(
+                f"TIME plan {best[0]} jobs ({seeds} seeds): CPU {best[1]:.2f} s, peak RSS {best[2]:.0f} MiB, "
+                f"{1e3 * best[1] / max(best[0], 1):.2f} ms per job"
+            )
+    check(
+        "plan_scale job counts grow with the grid",
+        all(b[0] > a_[0] > 0 for a_, b in zip(rows, rows[1:])),
+        str([r[0] for r in rows]),
+    )
     for (j0, t0, _), (j1, t1, _) in zip(rows, rows[1:]):
-        print(f"RATIO plan growth exponent {j0} -> {j1} jobs: {math.log(t1 / t0) / math.log(j1 / j0):.2f}x "
-              "(1 = linear)  no target: info")
+        print(
+            f"RATIO plan growth exponent {j0} -> {j1} jobs: {math.log(t1 / t0) / math.log(j1 / j0):.2f}x "
+            "(1 = linear)  no target: info"
+        )
     finish()
 
 

@@ -54,11 +54,16 @@ OPTIONS = {  # workflow/presets/lra.yaml
     "pathfinder": {"pixels": "unit", "split": "reference", "seed": 42},
     "pathx": {"pixels": "unit", "split": "reference", "seed": 42},
 }
-TRAIN_EXAMPLES = {"listops": 96_000, "text": 25_000, "retrieval": 147_086, "image": 45_000, "pathfinder": 160_000,
-                  "pathx": 160_000}
+TRAIN_EXAMPLES = {
+    "listops": 96_000,
+    "text": 25_000,
+    "retrieval": 147_086,
+    "image": 45_000,
+    "pathfinder": 160_000,
+    "pathx": 160_000,
+}
 # values per train example in the model's form (int64 ids or float32 pixels) at full length
-TRAIN_VALUES = {"listops": 2048, "text": 4096, "retrieval": 2 * 4000, "image": 1024, "pathfinder": 1024,
-                "pathx": 16384}
+TRAIN_VALUES = {"listops": 2048, "text": 4096, "retrieval": 2 * 4000, "image": 1024, "pathfinder": 1024, "pathx": 16384}
 
 
 def scaled(sizes: dict[str, int], scale: float) -> dict[str, int]:
@@ -66,6 +71,7 @@ def scaled(sizes: dict[str, int], scale: float) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------------ generators
+
 
 def gen_listops(root: Path, sizes: dict[str, int], rng: np.random.Generator) -> None:
     d = root / "listops-1000"
@@ -94,7 +100,7 @@ def gen_text(root: Path, sizes: dict[str, int], rng: np.random.Generator) -> Non
             for i in range(n // 2):  # IMDb review lengths: median ~1000 characters, up to ~14,000
                 k = int(min(14_000, max(10, rng.lognormal(6.9, 0.75))))
                 s = int(rng.integers(0, len(pool) - k))
-                (d / f"{i}_{1 + c * 8}.txt").write_text(pool[s: s + k], encoding="utf-8")
+                (d / f"{i}_{1 + c * 8}.txt").write_text(pool[s : s + k], encoding="utf-8")
 
 
 def gen_retrieval(root: Path, sizes: dict[str, int], rng: np.random.Generator) -> None:
@@ -108,7 +114,7 @@ def gen_retrieval(root: Path, sizes: dict[str, int], rng: np.random.Generator) -
                 for _ in range(2):
                     k = int(rng.integers(2000, 8001))
                     s = int(rng.integers(0, len(pool) - k))
-                    docs.append(pool[s: s + k])
+                    docs.append(pool[s : s + k])
                 fh.write(f"{float(i % 2)}\taan/{i}a\taan/{i}b\t{docs[0]}\t{docs[1]}\n")
 
 
@@ -121,12 +127,15 @@ def gen_image(root: Path, sizes: dict[str, int], rng: np.random.Generator) -> No
     bounds = np.linspace(0, n_train, 6).astype(int)
     for i in range(5):
         n = int(bounds[i + 1] - bounds[i])
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, n).tolist()}
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()}
         (d / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch, protocol=4))
     n = sizes["test"]
-    (d / "test_batch").write_bytes(pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                                 b"labels": rng.integers(0, 10, n).tolist()}, protocol=4))
+    (d / "test_batch").write_bytes(
+        pickle.dumps(
+            {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()},
+            protocol=4,
+        )
+    )
 
 
 def gen_pathfinder(root: Path, sizes: dict[str, int], rng: np.random.Generator, res: int) -> None:
@@ -161,7 +170,8 @@ def generate(task: str, root: Path, sizes: dict[str, int], seed: int = 0) -> Non
         gen_pathfinder(root, sizes, rng, 32 if task == "pathfinder" else 128)
     else:
         {"listops": gen_listops, "text": gen_text, "retrieval": gen_retrieval, "image": gen_image}[task](
-            root, sizes, rng)
+            root, sizes, rng
+        )
 
 
 # ------------------------------------------------------------------------------------------------- measuring
@@ -188,8 +198,9 @@ print(json.dumps({"base_kib": base, "peak_kib": peak, "wall_s": wall, "sizes": m
 
 
 def measure(task: str, folder: Path, out: Path, opts: dict) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, task, str(folder), str(out), json.dumps(opts)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, task, str(folder), str(out), json.dumps(opts)], capture_output=True, text=True
+    )
     if p.returncode != 0:
         raise RuntimeError(f"prepare {task} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -200,7 +211,7 @@ def prepared_mib(out: Path) -> float:
     for s in ("train", "val", "test"):
         with np.load(out / f"{s}.npz") as z:
             total += z["inputs"].nbytes
-    return total / 2 ** 20
+    return total / 2**20
 
 
 # -------------------------------------------------------------------------------- one pass over lra_release.gz
@@ -217,8 +228,8 @@ def build_release(path: Path, target_mb: float, rng: np.random.Generator) -> dic
     import tarfile
 
     per_image = sum(PNG_BYTES.values()) * len(DIFFICULTIES)
-    n_img = max(20, int(target_mb * 0.8 * 2 ** 20 / per_image))  # 80 % images, the rest text
-    text = _text_pool(rng, int(target_mb * 0.2 * 2 ** 20)).replace("\t", " ").encode()
+    n_img = max(20, int(target_mb * 0.8 * 2**20 / per_image))  # 80 % images, the rest text
+    text = _text_pool(rng, int(target_mb * 0.2 * 2**20)).replace("\t", " ").encode()
     members = 0
 
     def add(tar, name, data):
@@ -231,9 +242,9 @@ def build_release(path: Path, target_mb: float, rng: np.random.Generator) -> dic
     with tarfile.open(path, "w:gz", compresslevel=6) as tar:
         third = len(text) // 6
         for i, s in enumerate(("train", "val", "test")):
-            add(tar, f"lra_release/listops-1000/basic_{s}.tsv", text[i * third: (i + 1) * third])
+            add(tar, f"lra_release/listops-1000/basic_{s}.tsv", text[i * third : (i + 1) * third])
         for i, s in enumerate(("train", "eval", "test")):
-            add(tar, f"lra_release/lra_release/tsv_data/new_aan_pairs.{s}.tsv", text[(3 + i) * third: (4 + i) * third])
+            add(tar, f"lra_release/lra_release/tsv_data/new_aan_pairs.{s}.tsv", text[(3 + i) * third : (4 + i) * third])
         for res, size in PNG_BYTES.items():
             for diff in DIFFICULTIES:
                 base = f"lra_release/pathfinder{res}/{diff}"
@@ -243,7 +254,7 @@ def build_release(path: Path, target_mb: float, rng: np.random.Generator) -> dic
                         add(tar, f"{base}/imgs/{k}/sample_{j}.png", rng.bytes(size))
                         lines.append(f"imgs/{k} sample_{j}.png {j} {j % 2} 2 14")
                     add(tar, f"{base}/metadata/{k}.npy", ("\n".join(lines) + "\n").encode())
-    return {"mib": path.stat().st_size / 2 ** 20, "members": members, "images_per_difficulty": n_img}
+    return {"mib": path.stat().st_size / 2**20, "members": members, "images_per_difficulty": n_img}
 
 
 def bench_extract(tmp: Path, target_mb: float) -> bool:
@@ -255,9 +266,12 @@ def bench_extract(tmp: Path, target_mb: float) -> bool:
     archive = tmp / "lra_release.gz"
     t = time.perf_counter()
     info = build_release(archive, target_mb, np.random.default_rng(1))
-    print(f"synthetic lra_release.gz: {info['mib']:.0f} MiB, {info['members']} members, "
-          f"{info['images_per_difficulty']} images per resolution and difficulty (built in "
-          f"{time.perf_counter() - t:.0f} s)", flush=True)
+    print(
+        f"synthetic lra_release.gz: {info['mib']:.0f} MiB, {info['members']} members, "
+        f"{info['images_per_difficulty']} images per resolution and difficulty (built in "
+        f"{time.perf_counter() - t:.0f} s)",
+        flush=True,
+    )
     t = time.perf_counter()
     for task in tasks:
         extract_task(archive, task, tmp / "per_task" / task, log=None)
@@ -265,10 +279,16 @@ def bench_extract(tmp: Path, target_mb: float) -> bool:
     t = time.perf_counter()
     extract_tasks(archive, {task: tmp / "one_pass" / task for task in tasks}, log=None)
     one_pass = time.perf_counter() - t
-    print(f"RATIO extract one pass vs one pass per task ({len(tasks)} tasks, {info['mib']:.0f} MiB archive): "
-          f"{per_task / one_pass:.2f}x ({per_task:.1f} s -> {one_pass:.1f} s)", flush=True)
-    same = all(sorted(p.relative_to(tmp / "per_task" / t) for p in (tmp / "per_task" / t).rglob("*")) ==
-               sorted(p.relative_to(tmp / "one_pass" / t) for p in (tmp / "one_pass" / t).rglob("*")) for t in tasks)
+    print(
+        f"RATIO extract one pass vs one pass per task ({len(tasks)} tasks, {info['mib']:.0f} MiB archive): "
+        f"{per_task / one_pass:.2f}x ({per_task:.1f} s -> {one_pass:.1f} s)",
+        flush=True,
+    )
+    same = all(
+        sorted(p.relative_to(tmp / "per_task" / t) for p in (tmp / "per_task" / t).rglob("*"))
+        == sorted(p.relative_to(tmp / "one_pass" / t) for p in (tmp / "one_pass" / t).rglob("*"))
+        for t in tasks
+    )
     return check("prepare_memory one pass extracts what the per-task passes extract", same, f"{len(tasks)} tasks")
 
 
@@ -283,8 +303,12 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--plain", action="store_true", help="the readers' default options, not the LRA preset's")
     ap.add_argument("--tmp", default=None, help="folder for the synthetic data (default: the system's temp)")
-    ap.add_argument("--archive-mb", type=float, default=None,
-                    help="size of the synthetic lra_release.gz for the extraction timing (default 300; --quick 4)")
+    ap.add_argument(
+        "--archive-mb",
+        type=float,
+        default=None,
+        help="size of the synthetic lra_release.gz for the extraction timing (default 300; --quick 4)",
+    )
     a = ap.parse_args()
     scale = 1 / 500 if a.quick else 1.0
     ok = True
@@ -301,13 +325,16 @@ def main() -> None:
             r = measure(task, tmp / "in", tmp / "out", opts)
             compact = prepared_mib(tmp / "out")
             n_train = int(round(TRAIN_EXAMPLES[task] * scale)) if a.quick else TRAIN_EXAMPLES[task]
-            wide = n_train * TRAIN_VALUES[task] * (8 if task in ("listops", "text", "retrieval") else 4) / 2 ** 20
+            wide = n_train * TRAIN_VALUES[task] * (8 if task in ("listops", "text", "retrieval") else 4) / 2**20
             peak, base = r["peak_kib"] / 1024, r["base_kib"] / 1024
             kind = "int64" if task in ("listops", "text", "retrieval") else "float32"
-            print(f"MEMORY prepare {task}: peak RSS {peak:.0f} MiB ({peak - base:.0f} MiB above the imports); "
-                  f"prepared arrays {compact:.0f} MiB; one {kind} copy of the train split would be {wide:.0f} MiB "
-                  f"(sizes {r['sizes']}, L={r['l_max']}; generated in {gen_s:.0f} s, prepared in "
-                  f"{r['wall_s']:.0f} s)", flush=True)
+            print(
+                f"MEMORY prepare {task}: peak RSS {peak:.0f} MiB ({peak - base:.0f} MiB above the imports); "
+                f"prepared arrays {compact:.0f} MiB; one {kind} copy of the train split would be {wide:.0f} MiB "
+                f"(sizes {r['sizes']}, L={r['l_max']}; generated in {gen_s:.0f} s, prepared in "
+                f"{r['wall_s']:.0f} s)",
+                flush=True,
+            )
             if task in ("pathfinder", "pathx"):
                 n = sizes["all"]
                 want = {"train": n - 2 * int(0.1 * n), "val": int(0.1 * n), "test": int(0.1 * n)}
@@ -319,8 +346,11 @@ def main() -> None:
                 want = dict(zip(("train", "val", "test"), sizes.values()))
             ok &= check(f"prepare_memory {task} sizes are the generated ones", r["sizes"] == want, f"{r['sizes']}")
             if not a.quick:
-                ok &= check(f"prepare_memory {task} stays below one {kind} copy of train", peak - base < wide,
-                            f"{peak - base:.0f} MiB above the imports vs {wide:.0f} MiB")
+                ok &= check(
+                    f"prepare_memory {task} stays below one {kind} copy of train",
+                    peak - base < wide,
+                    f"{peak - base:.0f} MiB above the imports vs {wide:.0f} MiB",
+                )
     with tempfile.TemporaryDirectory(dir=a.tmp, prefix="prepmem-extract-") as tmp:
         ok &= bench_extract(Path(tmp), a.archive_mb or (4.0 if a.quick else 300.0))
     sys.exit(0 if ok else 1)

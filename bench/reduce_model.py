@@ -13,12 +13,11 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
+from common import check, finish
 
 from dssbt.model import ModelConfig, S4Model
 from dssbt.reduction import balance, truncate
-from common import check, finish
 from dssbt.reduction.apply import ModelReducer
 
 
@@ -49,9 +48,12 @@ def main() -> None:
     Lambda, B, C = (torch.cat([s[k] for s in ss]).numpy() for k in ("Lambda", "B", "C"))  # (layers, H, N)
     dt = torch.cat([s["dt"][None] for s in ss]).numpy()  # (layers, H)
     n_ch = Lambda.shape[0] * Lambda.shape[1]
-    print(f"{a.layers} layers x H={a.H} = {n_ch} channels, N={a.N}, orders {a.orders}, {torch.get_num_threads()} threads")
+    print(
+        f"{a.layers} layers x H={a.H} = {n_ch} channels, N={a.N}, orders {a.orders}, {torch.get_num_threads()} threads"
+    )
     for route, d in (("continuous", None), ("discrete", dt)):
         core = timed(lambda: [truncate(f, r) for f in [balance(Lambda, B, C, dt=d)] for r in a.orders], a.repeats)
+
         def model_level():
             reducer = ModelReducer(model, route, kernel_length=a.L)  # factors each layer once for every order
             return [reducer.reduce("bt", r) for r in a.orders]

@@ -36,10 +36,10 @@ import statistics
 
 import numpy as np
 import torch
+from common import check, finish, header, interleaved, ratio, time_line
 from scipy.linalg import eigh, solve_continuous_lyapunov, svd
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from common import check, finish, header, interleaved, ratio, time_line
 from dssbt.model import ModelConfig, S4Model
 from dssbt.oracles import embed, real_mimo, transfer
 from dssbt.reduction import balance, truncate
@@ -60,12 +60,14 @@ def model_arrays(layers: int, H: int, N: int, seed: int = 0):
 
 # ----- ours --------------------------------------------------------------------------------------------------------
 
+
 def ours(Lambda, B, C, orders, dt=None):
     f = balance(Lambda, B, C, dt=dt)
     return f, {r: truncate(f, r) for r in orders}
 
 
 # ----- python-control + slycot, one channel at a time ----------------------------------------------------------------
+
 
 def library_loop(control, Lambda, B, C, orders):
     """Flattened channels (n, N) -> per channel {r: reduced StateSpace of order 2r}."""
@@ -77,6 +79,7 @@ def library_loop(control, Lambda, B, C, orders):
 
 
 # ----- scipy Lyapunov solvers + square-root BT, one channel at a time -------------------------------------------------
+
 
 def scipy_loop(Lambda, B, C, orders):
     """Flattened channels (n, N) -> per channel (hsv (N,), {r: (Ar (r, r), Br (r,), Cr (r,))}), complex N-mode form."""
@@ -106,6 +109,7 @@ def _sqrt_psd(M):
 
 # ----- agreement ------------------------------------------------------------------------------------------------------
 
+
 def sample_points(Lambda):
     """Points where the transfer functions are compared: near 0, a few on the imaginary axis near poles, off-axis."""
     im = np.sort(np.abs(Lambda.imag).ravel())
@@ -127,8 +131,11 @@ def compare(control, flat, f, res, lib, lib_subset, sci, sci_subset, orders):
     for k, ch in enumerate(lib_subset):
         h_lib = np.real(control.hsvd(real_mimo(Lambda[ch], B[ch], C[ch])))  # each HSV twice
         worst["lib hsv"] = max(worst["lib hsv"], hsv_error(h_lib[::2], hsv[ch]), hsv_error(h_lib[1::2], hsv[ch]))
-        worst["lib hsv rel"] = max(worst["lib hsv rel"], np.max(np.abs(h_lib[::2] - hsv[ch]) / hsv[ch]),
-                                   np.max(np.abs(h_lib[1::2] - hsv[ch]) / hsv[ch]))
+        worst["lib hsv rel"] = max(
+            worst["lib hsv rel"],
+            np.max(np.abs(h_lib[::2] - hsv[ch]) / hsv[ch]),
+            np.max(np.abs(h_lib[1::2] - hsv[ch]) / hsv[ch]),
+        )
         for r in orders:
             Lr, Br, Cr = (a[ch] for a in red[r])
             for s in pts:
@@ -144,18 +151,28 @@ def compare(control, flat, f, res, lib, lib_subset, sci, sci_subset, orders):
             G_ours = transfer(Lr, Br, Cr, pts)
             worst["sci tf"] = max(worst["sci tf"], np.abs(G_ours - G_sci).max() / np.abs(G_sci).max())
     n_lib, n_sci, n_pts = len(lib_subset), len(sci_subset), len(pts)
-    check("reduction HSVs equal python-control/slycot", worst["lib hsv"] <= 1,
-          f"{n_lib} channels; worst |diff| / (1e-8 |hsv| + 1e-10 hsv[0]) = {worst['lib hsv']:.2g} (<= 1 passes); "
-          f"worst plain relative difference {worst['lib hsv rel']:.1e}")
-    check("reduction HSVs equal scipy-Lyapunov BT", worst["sci hsv"] <= 1,
-          f"{n_sci} channels; worst |diff| / (1e-8 |hsv| + 1e-10 hsv[0]) = {worst['sci hsv']:.2g} (<= 1 passes); "
-          f"worst plain relative difference {worst['sci hsv rel']:.1e}")
-    check("reduction transfer functions equal python-control/slycot", worst["lib tf"] <= TF_RTOL,
-          f"{n_lib} channels x {len(orders)} orders x {n_pts} points; worst rel. diff {worst['lib tf']:.1e} "
-          "(tol 1e-6)")
-    check("reduction transfer functions equal scipy-Lyapunov BT", worst["sci tf"] <= TF_RTOL,
-          f"{n_sci} channels x {len(orders)} orders x {n_pts} points; worst rel. diff {worst['sci tf']:.1e} "
-          "(tol 1e-6)")
+    check(
+        "reduction HSVs equal python-control/slycot",
+        worst["lib hsv"] <= 1,
+        f"{n_lib} channels; worst |diff| / (1e-8 |hsv| + 1e-10 hsv[0]) = {worst['lib hsv']:.2g} (<= 1 passes); "
+        f"worst plain relative difference {worst['lib hsv rel']:.1e}",
+    )
+    check(
+        "reduction HSVs equal scipy-Lyapunov BT",
+        worst["sci hsv"] <= 1,
+        f"{n_sci} channels; worst |diff| / (1e-8 |hsv| + 1e-10 hsv[0]) = {worst['sci hsv']:.2g} (<= 1 passes); "
+        f"worst plain relative difference {worst['sci hsv rel']:.1e}",
+    )
+    check(
+        "reduction transfer functions equal python-control/slycot",
+        worst["lib tf"] <= TF_RTOL,
+        f"{n_lib} channels x {len(orders)} orders x {n_pts} points; worst rel. diff {worst['lib tf']:.1e} (tol 1e-6)",
+    )
+    check(
+        "reduction transfer functions equal scipy-Lyapunov BT",
+        worst["sci tf"] <= TF_RTOL,
+        f"{n_sci} channels x {len(orders)} orders x {n_pts} points; worst rel. diff {worst['sci tf']:.1e} (tol 1e-6)",
+    )
 
 
 def blas_threads() -> int:
@@ -164,9 +181,10 @@ def blas_threads() -> int:
 
 def profile(a, control, arrays, flat, subset) -> None:
     Lambda, B, C, dt = arrays
-    for name, fn in (("ours (default BLAS threads)", lambda: ours(Lambda, B, C, a.orders)),
-                     ("library loop, 1 BLAS thread", lambda: library_loop(control, *(x[subset] for x in flat),
-                                                                          a.orders))):
+    for name, fn in (
+        ("ours (default BLAS threads)", lambda: ours(Lambda, B, C, a.orders)),
+        ("library loop, 1 BLAS thread", lambda: library_loop(control, *(x[subset] for x in flat), a.orders)),
+    ):
         with threadpool_limits(1 if "loop" in name else None):
             pr = cProfile.Profile()
             pr.enable()
@@ -206,12 +224,23 @@ def main() -> None:
     if a.profile:
         return profile(a, control, arrays, flat, subset)
     nthreads = blas_threads()
-    header("Balanced truncation of a whole model: ours (batched) vs per-channel python-control/slycot and scipy loops",
-           layers=a.layers, H=a.H, N=a.N, channels=n_ch, orders=a.orders, route="continuous", repeats=a.repeats,
-           blas_threads_ours=nthreads, blas_threads_loops=1)
-    print(f"   library loop measured on {len(subset)} of {n_ch} channels, scipy loop on {len(sci_subset)}; "
-          f"their times are extrapolated per channel to all {n_ch} channels (x{n_ch / len(subset):.1f}, "
-          f"x{n_ch / len(sci_subset):.1f}). pymor BTReductor: not installed here, not measured.")
+    header(
+        "Balanced truncation of a whole model: ours (batched) vs per-channel python-control/slycot and scipy loops",
+        layers=a.layers,
+        H=a.H,
+        N=a.N,
+        channels=n_ch,
+        orders=a.orders,
+        route="continuous",
+        repeats=a.repeats,
+        blas_threads_ours=nthreads,
+        blas_threads_loops=1,
+    )
+    print(
+        f"   library loop measured on {len(subset)} of {n_ch} channels, scipy loop on {len(sci_subset)}; "
+        f"their times are extrapolated per channel to all {n_ch} channels (x{n_ch / len(subset):.1f}, "
+        f"x{n_ch / len(sci_subset):.1f}). pymor BTReductor: not installed here, not measured."
+    )
 
     # Agreement first (also warms every code path up).
     f, res = ours(Lambda, B, C, a.orders)
@@ -224,6 +253,7 @@ def main() -> None:
         def run():
             with threadpool_limits(1):
                 fn()
+
         return run
 
     variants = {

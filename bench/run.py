@@ -55,8 +55,10 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, Python "
+        f"{platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def run_one(name: str, quick: bool) -> tuple[int, float, list[str]]:
@@ -82,8 +84,10 @@ def main() -> None:
         ap.error(f"unknown benchmark(s) {unknown}; choose among {list(NAMES)}")
     missing = [m for m in ("control", "slycot") if importlib.util.find_spec(m) is None]
     if missing:
-        sys.exit(f"bench/run.py: the library oracles {missing} are not installed; install the benchmark extra: "
-                 "pip install -e '.[bench]'")
+        sys.exit(
+            f"bench/run.py: the library oracles {missing} are not installed; install the benchmark extra: "
+            "pip install -e '.[bench]'"
+        )
     print(f"machine: {machine()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results = {n: run_one(n, a.quick) for n in names}

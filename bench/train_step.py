@@ -41,20 +41,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import check, finish, header, interleaved, ratio, time_line
+from layer import textbook_forward
+
 from dssbt import fused
 from dssbt.dss import DSS, next_fast_len
 from dssbt.model import ModelConfig, S4Model, linear_from_channel_major, to_channel_major
-from layer import textbook_forward
 
 JOB_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "10000000000"}  # workflow/rules/common.smk TRAIN_ENV
 BASE = dict(d_model=32, d_state=32, n_layers=2, norm="layer", prenorm=True, output="glu", pool="mean")
 SHAPES = {  # config.yaml model + task_settings; retrieval: lra.yaml's dual head (batch norm, causal)
     "image": dict(B=50, L=1024, cfg=dict(encoder="linear", d_input=1, d_output=10)),
     "listops": dict(B=50, L=120, cfg=dict(encoder="embedding", d_input=20, d_output=10)),
-    "pathfinder": dict(B=50, L=1024, cfg=dict(encoder="linear", d_input=1, d_output=2, norm="batch",
-                                              bidirectional=True)),
+    "pathfinder": dict(
+        B=50, L=1024, cfg=dict(encoder="linear", d_input=1, d_output=2, norm="batch", bidirectional=True)
+    ),
     "retrieval": dict(B=16, L=1024, cfg=dict(encoder="embedding", d_input=100, d_output=2, dual=True, norm="batch")),
 }
 STEP_TARGET, FLOOR_TARGET, LAYER_TARGET = 2.0, 1.5, 3.0
@@ -62,6 +63,7 @@ TOL64 = 1e-10
 
 
 # ----- model steps -------------------------------------------------------------------------------------------------
+
 
 def batch(shape: dict, B: int, L: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs, lengths and labels of one training batch of a shape (token tasks: random lengths, 0-padded)."""
@@ -116,10 +118,15 @@ def floor_ops(cfg: ModelConfig, B: int, L: int) -> callable:
     H_out = 2 * H if cfg.output == "glu" else H
     per_layer = []
     for _ in range(cfg.n_layers):
-        per_layer.append(dict(
-            pad=[torch.randn(H, rows, n) for _ in range(2)],  # rfft inputs, already zero-padded
-            spec=[torch.randn(H, rows, n // 2 + 1, dtype=torch.complex64) for _ in range(2)],  # irfft inputs
-            W=torch.randn(H_out, H), z=torch.randn(H, rows * L), g=torch.randn(H_out, rows * L)))
+        per_layer.append(
+            dict(
+                pad=[torch.randn(H, rows, n) for _ in range(2)],  # rfft inputs, already zero-padded
+                spec=[torch.randn(H, rows, n // 2 + 1, dtype=torch.complex64) for _ in range(2)],  # irfft inputs
+                W=torch.randn(H_out, H),
+                z=torch.randn(H, rows * L),
+                g=torch.randn(H_out, rows * L),
+            )
+        )
 
     def run() -> None:
         for t in per_layer:
@@ -143,13 +150,18 @@ def bench_steps(a: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = S4Model(cfg).train()
         x, lengths, y = batch(shape, B, L)
-        print(f"-- {name}: B={B} L={L} H={cfg.d_model} N={cfg.d_state} layers={cfg.n_layers} norm={cfg.norm} "
-              f"bidirectional={cfg.bidirectional} encoder={cfg.encoder} dual={cfg.dual}, FFT size "
-              f"{next_fast_len(2 * L - 1)} (reference: {2 * L})")
+        print(
+            f"-- {name}: B={B} L={L} H={cfg.d_model} N={cfg.d_state} layers={cfg.n_layers} norm={cfg.norm} "
+            f"bidirectional={cfg.bidirectional} encoder={cfg.encoder} dual={cfg.dual}, FFT size "
+            f"{next_fast_len(2 * L - 1)} (reference: {2 * L})"
+        )
         with fused.kernels("torch"):
             d = agreement(model, x, lengths, y)
-        check(f"step {name} fast equals reference", d <= TOL64,
-              f"float64 max relative difference of logits and every parameter gradient {d:.1e} (tolerance {TOL64:g})")
+        check(
+            f"step {name} fast equals reference",
+            d <= TOL64,
+            f"float64 max relative difference of logits and every parameter gradient {d:.1e} (tolerance {TOL64:g})",
+        )
         variants = {
             "reference": lambda: step(model, x, lengths, y, True),
             "fast": lambda: step(model, x, lengths, y, False),
@@ -158,15 +170,21 @@ def bench_steps(a: argparse.Namespace) -> None:
         if fused.load() is not None:
             with fused.kernels("c"):
                 d = agreement(model, x, lengths, y)
-                check(f"step {name} fast with C kernels equals reference", d <= TOL64,
-                      f"float64 max relative difference {d:.1e} (tolerance {TOL64:g})")
+                check(
+                    f"step {name} fast with C kernels equals reference",
+                    d <= TOL64,
+                    f"float64 max relative difference {d:.1e} (tolerance {TOL64:g})",
+                )
                 # float32 logits of both against float64's (batch norm: train-mode statistics of this batch)
                 exact = copy.deepcopy(model).double()(x if x.dtype == torch.long else x.double(), lengths).detach()
                 ours = step(model, x, lengths, y, False).double()
             plain = step(model, x, lengths, y, False).double()
             e_ours, e_torch = (((v - exact).norm() / exact.norm()).item() for v in (ours, plain))
-            check(f"step {name} C kernels as accurate as torch ops in float32", e_ours <= 2 * e_torch + 1e-6,
-                  f"relative error of the logits against float64: C kernels {e_ours:.1e}, torch ops {e_torch:.1e}")
+            check(
+                f"step {name} C kernels as accurate as torch ops in float32",
+                e_ours <= 2 * e_torch + 1e-6,
+                f"relative error of the logits against float64: C kernels {e_ours:.1e}, torch ops {e_torch:.1e}",
+            )
 
             def c_kernels() -> torch.Tensor:
                 with fused.kernels("c"):
@@ -181,21 +199,29 @@ def bench_steps(a: argparse.Namespace) -> None:
         tgt_step = STEP_TARGET if name == "image" else None
         ratio(f"step {name} speed-up fast vs reference", times["reference"], times["fast"], tgt_step)
         if "fast-c-kernels" in times:
-            ratio(f"step {name} speed-up fast-c-kernels (optim.kernels: c) vs reference", times["reference"],
-                  times["fast-c-kernels"], tgt_step)
+            ratio(
+                f"step {name} speed-up fast-c-kernels (optim.kernels: c) vs reference",
+                times["reference"],
+                times["fast-c-kernels"],
+                tgt_step,
+            )
             ratio(f"step {name} speed-up fast-c-kernels vs fast", times["fast"], times["fast-c-kernels"], None)
         for v in ("fast", "fast-c-kernels"):
             if v not in times:
                 continue
             fr_med = statistics.median(times[v]) / statistics.median(times["floor"])
             fr_min = min(times[v]) / min(times["floor"])
-            verdict = ("met" if fr_med <= FLOOR_TARGET else f"MISSED by {fr_med / FLOOR_TARGET:.2f}x") \
-                if name == "image" else "info"
+            verdict = (
+                ("met" if fr_med <= FLOOR_TARGET else f"MISSED by {fr_med / FLOOR_TARGET:.2f}x")
+                if name == "image"
+                else "info"
+            )
             tgt = f"target <= {FLOOR_TARGET:g}x" if name == "image" else "no target"
             print(f"RATIO step {name} {v} / floor: {fr_med:.2f}x (min/min {fr_min:.2f}x)  {tgt}: {verdict}")
 
 
 # ----- the paper-size layer --------------------------------------------------------------------------------------
+
 
 def load_s4d() -> tuple[type | None, str]:
     """The S4D class from the file named by S4D_PATH, or (None, why not)."""
@@ -265,9 +291,11 @@ def bench_layer(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.layer_threads)
     B, H, N = (2, 16, 8) if a.quick else (32, 128, 64)
     S4D, why = load_s4d()
-    print(f"-- paper-size unit (DSS + GELU + GLU output map): B={B} H={H} N={N} complex modes, "
-          f"{a.layer_threads} threads; S4D: {why}")
-    for L in ([128, 256] if a.quick else a.layer_L):
+    print(
+        f"-- paper-size unit (DSS + GELU + GLU output map): B={B} H={H} N={N} complex modes, "
+        f"{a.layer_threads} threads; S4D: {why}"
+    )
+    for L in [128, 256] if a.quick else a.layer_L:
         torch.manual_seed(0)
         unit = Unit(H, N)
         u = torch.randn(B, H, L)
@@ -292,8 +320,11 @@ def bench_layer(a: argparse.Namespace) -> None:
         for v in outs:
             if v != "textbook":
                 d = ((outs[v].double() - outs["textbook"].double()).norm() / outs["textbook"].double().norm()).item()
-                check(f"unit L={L} {v} equals textbook", d <= 1e-4,
-                      f"relative difference of y {d:.1e} (float32, tolerance 1e-4)")
+                check(
+                    f"unit L={L} {v} equals textbook",
+                    d <= 1e-4,
+                    f"relative difference of y {d:.1e} (float32, tolerance 1e-4)",
+                )
         times = interleaved({v: (lambda v=v: run(v)) for v in variants}, a.layer_repeats)
         for v, ts in times.items():
             time_line(f"unit L={L} {v}", ts)
@@ -307,8 +338,13 @@ def bench_layer(a: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 repeats (keeps the script working in tests)")
-    ap.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES),
-                    help="model shapes to time (none: only the layer)")
+    ap.add_argument(
+        "--shapes",
+        nargs="*",
+        default=list(SHAPES),
+        choices=list(SHAPES),
+        help="model shapes to time (none: only the layer)",
+    )
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the steps (a training job's)")
     ap.add_argument("--no-layer", action="store_true", help="skip the paper-size layer comparison")
@@ -320,9 +356,13 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **JOB_ENV})
     if a.quick:
         a.repeats, a.layer_repeats, a.threads, a.layer_threads = 2, 2, 1, 1
-    header("training step: fast path vs reference path vs floor (FFTs + matmuls); paper-size layer vs textbook/S4D",
-           threads=a.threads, repeats=a.repeats, malloc=" ".join(f"{k}={v}" for k, v in JOB_ENV.items()),
-           dtype="float32")
+    header(
+        "training step: fast path vs reference path vs floor (FFTs + matmuls); paper-size layer vs textbook/S4D",
+        threads=a.threads,
+        repeats=a.repeats,
+        malloc=" ".join(f"{k}={v}" for k, v in JOB_ENV.items()),
+        dtype="float32",
+    )
     if a.shapes:
         bench_steps(a)
     if not a.no_layer:

@@ -110,14 +110,34 @@ def main() -> None:
         lra = copy_workflow(tmp / "lra")
         if a.profile:
             prof = tmp / "dryrun.prof"
-            subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", "-n", "--configfile",
-                            "workflow/presets/lra.yaml"], cwd=lra, env=ENV, capture_output=True, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cProfile",
+                    "-o",
+                    str(prof),
+                    "-m",
+                    "snakemake",
+                    "-n",
+                    "--configfile",
+                    "workflow/presets/lra.yaml",
+                ],
+                cwd=lra,
+                env=ENV,
+                capture_output=True,
+                check=True,
+            )
             import pstats
 
             pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(25)
             return
-        header("Workflow overhead: snakemake dry run of the LRA preset, no-op rerun after a tiny run",
-               repeats=a.repeats, cores=a.cores, python=Path(sys.executable).parent)
+        header(
+            "Workflow overhead: snakemake dry run of the LRA preset, no-op rerun after a tiny run",
+            repeats=a.repeats,
+            cores=a.cores,
+            python=Path(sys.executable).parent,
+        )
         st = None if a.quick else scontrol_time()
         fast = fast_scontrol_env(tmp)
         if a.quick:
@@ -150,11 +170,16 @@ def main() -> None:
             run_args = ("--cores", str(a.cores), "--configfile", "tiny.yaml")
             t = time.perf_counter()
             snakemake(tiny, *run_args)
-            print(f"TIME workflow tiny grid, complete run ({a.cores} cores): {fmt_s(time.perf_counter() - t)}  "
-                  "(information: real training jobs)")
+            print(
+                f"TIME workflow tiny grid, complete run ({a.cores} cores): {fmt_s(time.perf_counter() - t)}  "
+                "(information: real training jobs)"
+            )
             out = snakemake(tiny, *run_args)
-            check("workflow no-op rerun has nothing to do", "Nothing to be done" in out,
-                  "'Nothing to be done' in the output" if "Nothing to be done" in out else out[-500:])
+            check(
+                "workflow no-op rerun has nothing to do",
+                "Nothing to be done" in out,
+                "'Nothing to be done' in the output" if "Nothing to be done" in out else out[-500:],
+            )
             for suffix, env in envs.items():
                 variants["noop_rerun" + suffix] = lambda env=env: snakemake(tiny, *run_args, env=env)
         times = interleaved(variants, a.repeats, warmup=0)

@@ -22,8 +22,10 @@ def pytest_configure(config):
         from packaging.version import Version  # a dependency of pytest
 
         if Version(pytest.__version__) >= Version("9.2"):
-            raise pytest.UsageError(f"--dist loadgroup does not group tests under pytest {pytest.__version__}: "
-                                    "pip install -e '.[test]' (pytest<9.2), or run without -n")
+            raise pytest.UsageError(
+                f"--dist loadgroup does not group tests under pytest {pytest.__version__}: "
+                "pip install -e '.[test]' (pytest<9.2), or run without -n"
+            )
 
 
 def _need_c_kernels():

@@ -8,13 +8,26 @@ from scipy import stats
 
 from dssbt.aggregate import differences_table, paired_difference, runs_table, summary_table, write_tables
 
-STAGE = {"pretrain": ("pretrain", "skew_hippo"), "skew_hippo": ("baseline", "skew_hippo"),
-         "skew_hippo_equal": ("baseline", "skew_hippo_equal"), "bt_init": ("retrain", "bt"), "bt": ("reduce", "bt"),
-         "full_continued": ("continue", "full"), "transplant_init": ("retrain", "transplant"),
-         "transplant": ("reduce", "transplant")}
-RUN = {"pretrain": "pretrain", "skew_hippo": "skew_hippo_r{r}", "skew_hippo_equal": "skew_hippo_equal_r{r}",
-       "bt_init": "bt_init_r{r}", "bt": "bt_r{r}", "full_continued": "full_continued",
-       "transplant_init": "transplant_init_r{r}", "transplant": "transplant_r{r}"}
+STAGE = {
+    "pretrain": ("pretrain", "skew_hippo"),
+    "skew_hippo": ("baseline", "skew_hippo"),
+    "skew_hippo_equal": ("baseline", "skew_hippo_equal"),
+    "bt_init": ("retrain", "bt"),
+    "bt": ("reduce", "bt"),
+    "full_continued": ("continue", "full"),
+    "transplant_init": ("retrain", "transplant"),
+    "transplant": ("reduce", "transplant"),
+}
+RUN = {
+    "pretrain": "pretrain",
+    "skew_hippo": "skew_hippo_r{r}",
+    "skew_hippo_equal": "skew_hippo_equal_r{r}",
+    "bt_init": "bt_init_r{r}",
+    "bt": "bt_r{r}",
+    "full_continued": "full_continued",
+    "transplant_init": "transplant_init_r{r}",
+    "transplant": "transplant_r{r}",
+}
 
 
 def metrics(root, kind, task, seed, order, acc, N=8, params=(100, 40), epochs=3, wall=1.0, extra=None):
@@ -23,12 +36,25 @@ def metrics(root, kind, task, seed, order, acc, N=8, params=(100, 40), epochs=3,
     run = RUN[kind].format(r=order)
     path = root / task / f"seed{seed}" / run / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "task": task, "seed": seed, "order": order, "N": N, "stage": stage, "method": method, "run": run,
-        "accuracy": {"train": acc, "val": acc, "test": acc}, "loss": {"train": 1, "val": 1, "test": 1},
-        "params": {"total": params[0], "ssm": params[1]}, "epochs_run": epochs, "wall_time_s": wall,
-        **(extra or {}),
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "task": task,
+                "seed": seed,
+                "order": order,
+                "N": N,
+                "stage": stage,
+                "method": method,
+                "run": run,
+                "accuracy": {"train": acc, "val": acc, "test": acc},
+                "loss": {"train": 1, "val": 1, "test": 1},
+                "params": {"total": params[0], "ssm": params[1]},
+                "epochs_run": epochs,
+                "wall_time_s": wall,
+                **(extra or {}),
+            }
+        )
+    )
     return path
 
 
@@ -112,8 +138,13 @@ def test_retrained_inits_are_also_compared_with_the_retrained_controls(tmp_path)
 
 def test_summary_means_stds_budgets_and_paired_differences(files):
     s = summary_table(runs_table(files)).set_index(["order", "init"])
-    assert list(s.index) == [(8, "skew_hippo"), (2, "skew_hippo_equal"), (2, "skew_hippo"), (2, "bt_init"),
-                             (2, "bt_no_retrain")]
+    assert list(s.index) == [
+        (8, "skew_hippo"),
+        (2, "skew_hippo_equal"),
+        (2, "skew_hippo"),
+        (2, "bt_init"),
+        (2, "bt_no_retrain"),
+    ]
     assert s.loc[(8, "skew_hippo"), "acc_mean"] == pytest.approx(0.92) and s.loc[(8, "skew_hippo"), "reference"]
     assert s.loc[(2, "bt_init"), "acc_mean"] == pytest.approx(0.85)
     assert s.loc[(2, "bt_init"), "acc_std"] == pytest.approx(np.sqrt(2 * 0.05**2))  # sample std of 0.8, 0.9
@@ -148,13 +179,17 @@ def test_written_tables(files, tmp_path):
     assert len(runs) == 10 and set(runs["init"]) == {"skew_hippo", "skew_hippo_equal", "bt_init", "bt_no_retrain"}
     assert {"total_epochs", "total_wall_time_s"} <= set(runs.columns)
     md = out["md"].read_text().splitlines()
-    assert md[0].startswith("| task | order | init | test acc. % (mean ± std, n seeds) | epochs (total) | "
-                            "train time s (total) | params | SSM params | vs Skew-HiPPO, equal budget (pp, paired,"
-                            " 95 % CI) | vs Skew-HiPPO (pp, paired, 95 % CI) |")
+    assert md[0].startswith(
+        "| task | order | init | test acc. % (mean ± std, n seeds) | epochs (total) | "
+        "train time s (total) | params | SSM params | vs Skew-HiPPO, equal budget (pp, paired,"
+        " 95 % CI) | vs Skew-HiPPO (pp, paired, 95 % CI) |"
+    )
     assert md[2] == "| t | 8 (full N) | Skew-HiPPO | 92.00 ± 2.83 (n=2) | 3 | 10 | 200 | 80 |  |  |"
     half = 100 * stats.t.ppf(0.975, 1) * np.std([0.10, 0.15], ddof=1) / np.sqrt(2)
-    assert (f"| t | 2 | BT-init (retrained) | 85.00 ± 7.07 (n=2) | 6 | 12 | 100 | 40 | "
-            f"+12.50 [{12.5 - half:+.2f}, {12.5 + half:+.2f}] | **+20.00 [+20.00, +20.00]** |") in md
+    assert (
+        f"| t | 2 | BT-init (retrained) | 85.00 ± 7.07 (n=2) | 6 | 12 | 100 | 40 | "
+        f"+12.50 [{12.5 - half:+.2f}, {12.5 + half:+.2f}] | **+20.00 [+20.00, +20.00]** |"
+    ) in md
     tex = out["tex"].read_text()
     assert r"85.00 $\pm$ 7.07 (n=2)" in tex and r"\begin{tabular}" in tex and "test acc. \\% (mean" in tex
     assert r"\textbf{+20.00 [+20.00, +20.00]}" in tex and "**" not in tex
@@ -166,8 +201,11 @@ def test_written_tables(files, tmp_path):
 
 def test_one_seed_tables_say_no_interval_and_leave_out_a_baseline_not_run(tmp_path):
     """No plain Skew-HiPPO run (control skew_hippo not listed): no column of differences to it."""
-    f = [metrics(tmp_path, "pretrain", "t", 0, 8, 0.9), metrics(tmp_path, "skew_hippo_equal", "t", 0, 2, 0.6),
-         metrics(tmp_path, "bt_init", "t", 0, 2, 0.7)]
+    f = [
+        metrics(tmp_path, "pretrain", "t", 0, 8, 0.9),
+        metrics(tmp_path, "skew_hippo_equal", "t", 0, 2, 0.6),
+        metrics(tmp_path, "bt_init", "t", 0, 2, 0.7),
+    ]
     out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex")}
     write_tables(f, *out.values())
     md = out["md"].read_text()
@@ -187,8 +225,16 @@ def test_tolerance_orders_group_by_spec_across_seeds_with_their_mean_state_size(
         files.append(metrics(tmp_path, "pretrain", "t", seed, 8, 0.9))
         files.append(metrics(tmp_path, "skew_hippo", "t", seed, 2, 0.4))
         for kind, acc in (("skew_hippo", sh), ("bt_init", bt)):
-            p = metrics(tmp_path, kind, "t", seed, "tol0.05", acc, params=(90 + seed, 30 + seed),
-                        extra={"order": max(layers), "layer_orders": layers, "order_spec": "tol:0.05"})
+            p = metrics(
+                tmp_path,
+                kind,
+                "t",
+                seed,
+                "tol0.05",
+                acc,
+                params=(90 + seed, 30 + seed),
+                extra={"order": max(layers), "layer_orders": layers, "order_spec": "tol:0.05"},
+            )
             files.append(p)
     runs = runs_table(files)
     tol = runs[runs["order_spec"] == "tol:0.05"]
@@ -196,32 +242,52 @@ def test_tolerance_orders_group_by_spec_across_seeds_with_their_mean_state_size(
     assert set(tol["layer_orders"]) == {"5 2", "6 3"}
     s = summary_table(runs).set_index(["order_spec", "init"])
     # fixed orders first, then the tolerance row; the full model (order 8 = N) is the reference
-    assert list(s.index) == [("8", "skew_hippo"), ("2", "skew_hippo"), ("tol:0.05", "skew_hippo"),
-                             ("tol:0.05", "bt_init")]
+    assert list(s.index) == [
+        ("8", "skew_hippo"),
+        ("2", "skew_hippo"),
+        ("tol:0.05", "skew_hippo"),
+        ("tol:0.05", "bt_init"),
+    ]
     row = s.loc[("tol:0.05", "bt_init")]
     assert row["order"] == pytest.approx(4.0) and row["params_total"] == pytest.approx(90.5)
     assert row["diff_vs_skew_hippo"] == pytest.approx(0.8 - 0.55)  # against Skew-HiPPO at the same spec
     out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex")}
     write_tables(files, out["runs"], out["csv"], out["md"], out["tex"])
     # no equal-budget control in this grid: only the column against plain Skew-HiPPO
-    assert "| t | tol:0.05 (mean r 4.0) | BT-init (retrained) | 80.00 ± 14.14 (n=2) | 6 | 2 | 90.5 | 30.5 | +25.00 [" \
+    assert (
+        "| t | tol:0.05 (mean r 4.0) | BT-init (retrained) | 80.00 ± 14.14 (n=2) | 6 | 2 | 90.5 | 30.5 | +25.00 ["
         in out["md"].read_text()
+    )
 
 
 def test_methods_table_puts_every_init_of_an_order_side_by_side(files, tmp_path):
     from dssbt.aggregate import methods_table
 
     t = methods_table(summary_table(runs_table(files)))
-    assert list(t.columns) == ["task", "order", "params", "Skew-HiPPO, equal budget", "Skew-HiPPO",
-                               "BT-init (retrained)", "BT, no retraining"]
+    assert list(t.columns) == [
+        "task",
+        "order",
+        "params",
+        "Skew-HiPPO, equal budget",
+        "Skew-HiPPO",
+        "BT-init (retrained)",
+        "BT, no retraining",
+    ]
     assert t.to_dict("records")[1] == {
-        "task": "t", "order": "2", "params": "100", "Skew-HiPPO, equal budget": "72.50 ± 3.54 (n=2)",
-        "Skew-HiPPO": "65.00 ± 7.07 (n=2)", "BT-init (retrained)": "85.00 ± 7.07 (n=2)",
-        "BT, no retraining": "45.00 ± 7.07 (n=2)"}
+        "task": "t",
+        "order": "2",
+        "params": "100",
+        "Skew-HiPPO, equal budget": "72.50 ± 3.54 (n=2)",
+        "Skew-HiPPO": "65.00 ± 7.07 (n=2)",
+        "BT-init (retrained)": "85.00 ± 7.07 (n=2)",
+        "BT, no retraining": "45.00 ± 7.07 (n=2)",
+    }
     out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex", "methods")}
     write_tables(files, out["runs"], out["csv"], out["md"], out["tex"], out["methods"])
-    assert "| t | 2 | 100 | 72.50 ± 3.54 (n=2) | 65.00 ± 7.07 (n=2) | 85.00 ± 7.07 (n=2) | 45.00 ± 7.07 (n=2) |" \
+    assert (
+        "| t | 2 | 100 | 72.50 ± 3.54 (n=2) | 65.00 ± 7.07 (n=2) | 85.00 ± 7.07 (n=2) | 45.00 ± 7.07 (n=2) |"
         in out["methods"].read_text()
+    )
 
 
 def test_full_continued_counts_its_pretraining_and_is_compared_with_the_pretrained_model(tmp_path):

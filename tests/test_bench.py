@@ -19,20 +19,35 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 EXPECTED_CHECKS = {
-    "layer L=256 outputs agree", "layer L=256 gradients agree", "layer L=512 outputs agree",
+    "layer L=256 outputs agree",
+    "layer L=256 gradients agree",
+    "layer L=512 outputs agree",
     "layer L=512 gradients agree",
-    "step image fast equals reference", "step listops fast equals reference", "step pathfinder fast equals reference",
-    "step retrieval fast equals reference", "unit L=128 ours equals textbook", "unit L=256 ours equals textbook",
-    "reduction HSVs equal python-control/slycot", "reduction HSVs equal scipy-Lyapunov BT",
-    "reduction transfer functions equal python-control/slycot", "reduction transfer functions equal scipy-Lyapunov BT",
-    "inference recurrent step equals convolution mode", "inference reduced models have state size r",
-    "workflow LRA dry run plans the full grid", "workflow tiny dry run plans jobs",
-    "reduce_model continuous reduced models have the asked orders", "reduce_model discrete reduced models have the asked orders",
-    "bt_route discrete r=2 kernel errors finite and below 1.5", "bt_route continuous r=4 kernel errors finite and below 1.5",
+    "step image fast equals reference",
+    "step listops fast equals reference",
+    "step pathfinder fast equals reference",
+    "step retrieval fast equals reference",
+    "unit L=128 ours equals textbook",
+    "unit L=256 ours equals textbook",
+    "reduction HSVs equal python-control/slycot",
+    "reduction HSVs equal scipy-Lyapunov BT",
+    "reduction transfer functions equal python-control/slycot",
+    "reduction transfer functions equal scipy-Lyapunov BT",
+    "inference recurrent step equals convolution mode",
+    "inference reduced models have state size r",
+    "workflow LRA dry run plans the full grid",
+    "workflow tiny dry run plans jobs",
+    "reduce_model continuous reduced models have the asked orders",
+    "reduce_model discrete reduced models have the asked orders",
+    "bt_route discrete r=2 kernel errors finite and below 1.5",
+    "bt_route continuous r=4 kernel errors finite and below 1.5",
     "plan_scale job counts grow with the grid",
-    "job_startup eager never imports torch._dynamo", "job_startup plain torch.optim imports torch._dynamo",
-} | {f"prepare_memory {t} sizes are the generated ones" for t in
-     ("listops", "text", "retrieval", "image", "pathfinder", "pathx")}
+    "job_startup eager never imports torch._dynamo",
+    "job_startup plain torch.optim imports torch._dynamo",
+} | {
+    f"prepare_memory {t} sizes are the generated ones"
+    for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+}
 EXPECTED_FIGURES = [
     r"^RATIO layer L=\d+ speed-up ours vs textbook: [\d.]+x",
     r"^MEMORY layer L=\d+ ours: peak RSS \d+ MiB",
@@ -48,22 +63,28 @@ EXPECTED_FIGURES = [
     r"^MEMORY inference r=\d+: weights",
     r"^TARGET workflow LRA dry run.*: median [\d.]+ s",
     r"^SAVED job_startup per training job: median -?[\d.]+ s",
-] + [rf"^MEMORY prepare {t}: peak RSS \d+ MiB"
-      for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")]
+] + [
+    rf"^MEMORY prepare {t}: peak RSS \d+ MiB" for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+]
 # where the fused C kernels build (dssbt.fused; CI has a compiler): their checks and figures too
-EXPECTED_C_CHECKS = {"kernels_pair each variant ran the kernels it names",
-                     "step image fast with C kernels equals reference",
-                     "step image C kernels as accurate as torch ops in float32"}
-EXPECTED_C_FIGURES = [r"^RATIO step image speed-up fast-c-kernels \(optim.kernels: c\) vs reference: [\d.]+x",
-                      r"^RATIO kernels_pair step speed-up c vs torch, two processes at once: [\d.]+x"]
+EXPECTED_C_CHECKS = {
+    "kernels_pair each variant ran the kernels it names",
+    "step image fast with C kernels equals reference",
+    "step image C kernels as accurate as torch ops in float32",
+}
+EXPECTED_C_FIGURES = [
+    r"^RATIO step image speed-up fast-c-kernels \(optim.kernels: c\) vs reference: [\d.]+x",
+    r"^RATIO kernels_pair step speed-up c vs torch, two processes at once: [\d.]+x",
+]
 
 
 @pytest.mark.slow
 def test_quick_benchmarks_run_and_every_check_passes():
     pytest.importorskip("control", reason="the reduction benchmark compares with python-control (test extra)")
     pytest.importorskip("slycot", reason="python-control's balred needs slycot (test extra)")
-    p = subprocess.run([sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                       env=ENV, timeout=900)
+    p = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=900
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
     checks = dict(re.findall(r"^CHECK (.+?): (ok|FAIL)", p.stdout, re.M))
@@ -75,12 +96,25 @@ def test_quick_benchmarks_run_and_every_check_passes():
     assert all(v == "ok" for v in checks.values()), {k: v for k, v in checks.items() if v != "ok"}
     for pattern in EXPECTED_FIGURES + (EXPECTED_C_FIGURES if c else []):
         assert re.search(pattern, p.stdout, re.M), pattern
-    for name in ("layer", "train_step", "reduction", "inference", "workflow", "reduce_model", "bt_route", "plan_scale",
-                 "hsv_reg", "prepare_memory", "job_startup", "kernels_pair"):
+    for name in (
+        "layer",
+        "train_step",
+        "reduction",
+        "inference",
+        "workflow",
+        "reduce_model",
+        "bt_route",
+        "plan_scale",
+        "hsv_reg",
+        "prepare_memory",
+        "job_startup",
+        "kernels_pair",
+    ):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
 
 def test_run_rejects_an_unknown_benchmark_name():
-    p = subprocess.run([sys.executable, "bench/run.py", "--quick", "nosuch"], cwd=ROOT, capture_output=True,
-                       text=True, env=ENV)
+    p = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "nosuch"], cwd=ROOT, capture_output=True, text=True, env=ENV
+    )
     assert p.returncode != 0 and "unknown benchmark" in p.stderr

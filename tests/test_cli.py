@@ -3,9 +3,9 @@ import subprocess
 import sys
 
 import numpy as np
+from test_model import small_model
 
 from dssbt.checkpoint import load_model, save_model
-from test_model import small_model
 
 
 def run(*args):
@@ -33,7 +33,9 @@ def test_reduce_command_writes_model_and_report(tmp_path):
 def test_reduce_command_rejects_order_at_least_n_and_writes_nothing(tmp_path):
     save_model(tmp_path / "pre.pt", small_model(), {"l_max": 64})
     out, rep = tmp_path / "r.pt", tmp_path / "r.json"
-    p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--order", "12", "--out", str(out), "--report", str(rep))
+    p = run(
+        "reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--order", "12", "--out", str(out), "--report", str(rep)
+    )
     assert p.returncode == 2
     assert "1 <= r < N = 12, got r=12" in p.stderr
     assert not out.exists() and not rep.exists()
@@ -42,8 +44,17 @@ def test_reduce_command_rejects_order_at_least_n_and_writes_nothing(tmp_path):
 
 def test_reduce_command_needs_a_kernel_length(tmp_path):
     save_model(tmp_path / "pre.pt", small_model())
-    p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--order", "2", "--out", str(tmp_path / "o.pt"),
-            "--report", str(tmp_path / "o.json"))
+    p = run(
+        "reduce",
+        "--checkpoint",
+        str(tmp_path / "pre.pt"),
+        "--order",
+        "2",
+        "--out",
+        str(tmp_path / "o.pt"),
+        "--report",
+        str(tmp_path / "o.json"),
+    )
     assert p.returncode == 2 and "pass --kernel-length" in p.stderr
 
 
@@ -53,7 +64,10 @@ def test_a_job_limits_numpy_blas_to_its_threads(monkeypatch):
     from dssbt import cli
 
     seen = []
-    monkeypatch.setattr(cli, "cmd_orders", lambda args: seen.extend(p["num_threads"] for p in threadpool_info()
-                                                                     if p["user_api"] == "blas"))
+    monkeypatch.setattr(
+        cli,
+        "cmd_orders",
+        lambda args: seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"),
+    )
     assert cli.main(["orders", "--checkpoint", "x", "--spec", "tol:0.1", "--out", "y", "--threads", "1"]) == 0
     assert seen and set(seen) == {1}

@@ -11,17 +11,27 @@ from dssbt.compress import markdown, points, table
 
 def metrics(path, acc, orders, d_model=4, epochs=2):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"accuracy": {"test": acc}, "layer_orders": orders, "epochs_run": epochs,
-                                "model_config": {"d_model": d_model, "bidirectional": False}}))
+    path.write_text(
+        json.dumps(
+            {
+                "accuracy": {"test": acc},
+                "layer_orders": orders,
+                "epochs_run": epochs,
+                "model_config": {"d_model": d_model, "bidirectional": False},
+            }
+        )
+    )
     return str(path)
 
 
 @pytest.fixture
 def rows(tmp_path):
     acc = {  # (variant, kind, seed) -> test accuracy
-        ("plain", "pretrained"): [0.80, 0.82, 0.78], ("plain", "reduced"): [0.30, 0.40, 0.35],
+        ("plain", "pretrained"): [0.80, 0.82, 0.78],
+        ("plain", "reduced"): [0.30, 0.40, 0.35],
         ("plain", "retrained"): [0.70, 0.74, 0.69],
-        ("hsvreg0.001", "pretrained"): [0.79, 0.80, 0.77], ("hsvreg0.001", "reduced"): [0.60, 0.66, 0.58],
+        ("hsvreg0.001", "pretrained"): [0.79, 0.80, 0.77],
+        ("hsvreg0.001", "reduced"): [0.60, 0.66, 0.58],
         ("hsvreg0.001", "retrained"): [0.76, 0.79, 0.74],
         ("shrink0.25", "retrained"): [0.72, 0.73, 0.70],
     }
@@ -30,8 +40,16 @@ def rows(tmp_path):
         for seed, a in enumerate(values):
             keep = 1.0 if kind == "pretrained" else 0.25
             orders = [8, 8] if kind == "pretrained" else [3, 1]
-            out.append(dict(task="listops", seed=seed, variant=variant, keep=keep, kind=kind,
-                            metrics=metrics(tmp_path / f"{variant}_{kind}_{seed}.json", a, orders)))
+            out.append(
+                dict(
+                    task="listops",
+                    seed=seed,
+                    variant=variant,
+                    keep=keep,
+                    kind=kind,
+                    metrics=metrics(tmp_path / f"{variant}_{kind}_{seed}.json", a, orders),
+                )
+            )
     return out
 
 
@@ -46,7 +64,8 @@ def test_table_rows_are_the_seed_statistics_and_paired_t_intervals(rows):
     d = x - y  # by hand: mean +- t_{0.975, 2} * sd / sqrt(3)
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
     assert (hsv.vs_plain_diff, hsv.vs_plain_ci_low, hsv.vs_plain_ci_high) == pytest.approx(
-        (d.mean(), d.mean() - half, d.mean() + half))
+        (d.mean(), d.mean() - half, d.mean() + half)
+    )
     shrink = tab[tab.variant == "shrink0.25"].iloc[0]
     assert shrink.pretrained_n == 0 and shrink.reduced_n == 0 and shrink.retrained_n == 3
     plain = tab[tab.variant == "plain"].iloc[0]

@@ -47,8 +47,14 @@ def test_transplant_keeps_every_other_weight_and_takes_lambda_b_c_of_a_fresh_bas
     if isinstance(orders, list):
         layer_orders = tmp_path / "orders.json"
         layer_orders.write_text('{"order_spec": "tol:0.1", "layer_orders": [3, 8]}')
-    reduce_job(ckpt, tmp_path / "red.pt", tmp_path / "rep.json", method="transplant",
-               order=None if layer_orders else orders, layer_orders=layer_orders)
+    reduce_job(
+        ckpt,
+        tmp_path / "red.pt",
+        tmp_path / "rep.json",
+        method="transplant",
+        order=None if layer_orders else orders,
+        layer_orders=layer_orders,
+    )
     red, meta = load_model(tmp_path / "red.pt")  # the retraining's model at epoch 0
     assert meta["reduction"]["method"] == "transplant"
     # the reference: the baseline of seed 5 at these orders at epoch 0, built as train.train builds it
@@ -72,6 +78,7 @@ def test_transplant_keeps_every_other_weight_and_takes_lambda_b_c_of_a_fresh_bas
 def matched_modes(red_layer, full_layer) -> np.ndarray:
     """For every mode of every reduced channel, the index of the pretrained mode with bit-identical stored values
     (Lambda_log_neg_re, Lambda_im, B, C); AssertionError where none matches. Returns (n_dir, H, r)."""
+
     def values(layer):
         p = {k: getattr(layer, k).detach() for k in SSM}
         return torch.cat([p["Lambda_log_neg_re"][..., None], p["Lambda_im"][..., None], p["B"], p["C"]], -1)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dssbt.data.cli import add_subcommands
-from dssbt.data.prepared import SPLITS, load_meta, load_split
 from test_data_image import check_image_prepared, check_image_reference_prepared, write_cifar
 from test_data_listops import check_listops_eos_prepared, check_listops_prepared, write_listops
 from test_data_pathfinder import check_pathfinder_prepared, check_pathfinder_reference_prepared, write_pathfinder
 from test_data_retrieval import check_retrieval_eos_prepared, check_retrieval_prepared, write_aan
 from test_data_text import check_text_eos_prepared, check_text_prepared, write_imdb
+
+from dssbt.data.cli import add_subcommands
+from dssbt.data.prepared import SPLITS, load_meta, load_split
 
 # Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once.
 pytestmark = pytest.mark.xdist_group("test_data_cli")
@@ -47,8 +47,19 @@ def check_contract(folder: Path, task: str, source: str):
         stored = load_split(folder, name)
         assert stored.inputs.dtype == np.uint8, (name, stored.inputs.dtype)
         assert (stored.table is None) == (meta["encoder"] == "embedding")
-    for key in ("task", "source", "encoder", "d_input", "d_output", "l_max", "dual", "vocab", "sizes",
-                "majority_baseline", "preprocessing"):
+    for key in (
+        "task",
+        "source",
+        "encoder",
+        "d_input",
+        "d_output",
+        "l_max",
+        "dual",
+        "vocab",
+        "sizes",
+        "majority_baseline",
+        "preprocessing",
+    ):
         assert key in meta, key
     assert meta["task"] == task and meta["source"] == source
     for name, s in splits.items():
@@ -73,13 +84,29 @@ def check_contract(folder: Path, task: str, source: str):
 
 # -------------------------------------------------------------------------------------------- embedded, offline
 
+
 def test_embedded_tasks_generate_and_prepare_offline(tmp_path):
-    run("generate", "listops", "--out", tmp_path / "g/listops", "--n-train", 60, "--n-val", 10, "--n-test", 20,
-        "--max-length", 120)
+    run(
+        "generate",
+        "listops",
+        "--out",
+        tmp_path / "g/listops",
+        "--n-train",
+        60,
+        "--n-val",
+        10,
+        "--n-test",
+        20,
+        "--max-length",
+        120,
+    )
     run("generate", "pathfinder", "--out", tmp_path / "g/pathfinder", "--n-samples", 40, "--distractors", 2)
     run("generate", "image", "--out", tmp_path / "g/image", "--n-train", 80, "--n-val", 20, "--n-test", 20)
-    expected = {"listops": {"train": 60, "val": 10, "test": 20}, "pathfinder": {"train": 32, "val": 4, "test": 4},
-                "image": {"train": 80, "val": 20, "test": 20}}
+    expected = {
+        "listops": {"train": 60, "val": 10, "test": 20},
+        "pathfinder": {"train": 32, "val": 4, "test": 4},
+        "image": {"train": 80, "val": 20, "test": 20},
+    }
     for task, sizes in expected.items():
         run("prepare", task, "--source", "embedded", "--input", tmp_path / "g" / task, "--out", tmp_path / "p" / task)
         splits, meta = check_contract(tmp_path / "p" / task, task, "embedded")
@@ -107,6 +134,7 @@ def test_embedded_defaults_have_their_sizes(tmp_path):
 
 # ------------------------------------------------------------------------------ source lra: fixture archives
 
+
 def tar_folder(src: Path, archive: Path, mode: str) -> Path:
     with tarfile.open(archive, mode) as tar:
         for p in sorted(src.iterdir()):
@@ -124,10 +152,12 @@ def archives(tmp_path_factory):
     write_pathfinder(release)
     write_pathfinder(release, resolution=128)
     imdb, cifar = write_imdb(base / "imdb"), write_cifar(base / "cifar")
-    return {"lra": tar_folder(release, base / "lra_release.gz", "w"),
-            "imdb": tar_folder(imdb, base / "aclImdb_v1.tar.gz", "w:gz"),
-            "cifar10": tar_folder(cifar, base / "cifar-10-python.tar.gz", "w:gz"),
-            "folders": {"lra": release, "imdb": imdb, "cifar10": cifar}}
+    return {
+        "lra": tar_folder(release, base / "lra_release.gz", "w"),
+        "imdb": tar_folder(imdb, base / "aclImdb_v1.tar.gz", "w:gz"),
+        "cifar10": tar_folder(cifar, base / "cifar-10-python.tar.gz", "w:gz"),
+        "folders": {"lra": release, "imdb": imdb, "cifar10": cifar},
+    }
 
 
 CASES = [  # task, archive, extra options, hand-made check
@@ -144,8 +174,12 @@ CASES += [
     ("listops", "lra", ["--eos", "True"], lambda s, m: check_listops_eos_prepared(s, m)),
     ("retrieval", "lra", ["--eos", "true"], lambda s, m: check_retrieval_eos_prepared(s, m)),
     ("pathfinder", "lra", REFERENCE + ["--pixels", "unit"], lambda s, m: check_pathfinder_reference_prepared(s, m)),
-    ("pathx", "lra", REFERENCE + ["--pixels", "unit"],
-     lambda s, m: check_pathfinder_reference_prepared(s, m, resolution=128)),
+    (
+        "pathx",
+        "lra",
+        REFERENCE + ["--pixels", "unit"],
+        lambda s, m: check_pathfinder_reference_prepared(s, m, resolution=128),
+    ),
     ("text", "imdb", ["--min-count", 2, "--eos", "True"], lambda s, m: check_text_eos_prepared(s, m)),
     ("image", "cifar10", ["--val-size", 10, "--normalise", "reference"] + REFERENCE, "image-reference"),
 ]
@@ -155,8 +189,19 @@ IDS = [c[0] + ("-reference" if i >= 6 else "") for i, c in enumerate(CASES)]
 @pytest.mark.parametrize("task, archive, options, check", CASES, ids=IDS)
 def test_prepare_from_official_archives(tmp_path, archives, task, archive, options, check):
     out = tmp_path / "prepared" / task
-    run("prepare", task, "--source", "lra", "--input", archives[archive], "--out", out,
-        "--extract-dir", tmp_path / "extracted" / task, *options)
+    run(
+        "prepare",
+        task,
+        "--source",
+        "lra",
+        "--input",
+        archives[archive],
+        "--out",
+        out,
+        "--extract-dir",
+        tmp_path / "extracted" / task,
+        *options,
+    )
     splits, meta = check_contract(out, task, "lra")
     if check == "image-reference":
         check_image_reference_prepared(splits, meta, archives["folders"]["cifar10"])
@@ -164,8 +209,17 @@ def test_prepare_from_official_archives(tmp_path, archives, task, archive, optio
         check(splits, meta)
     assert (tmp_path / "extracted" / task / ".complete").exists()
     # the same command on the already extracted folder gives the same arrays
-    run("prepare", task, "--source", "lra", "--input", archives["folders"][archive], "--out", tmp_path / "again",
-        *options)
+    run(
+        "prepare",
+        task,
+        "--source",
+        "lra",
+        "--input",
+        archives["folders"][archive],
+        "--out",
+        tmp_path / "again",
+        *options,
+    )
     again, meta2 = load_all(tmp_path / "again")
     for s in SPLITS:
         for f in ("inputs", "lengths", "labels"):
@@ -175,12 +229,32 @@ def test_prepare_from_official_archives(tmp_path, archives, task, archive, optio
 
 def test_extract_command_then_prepare_from_its_folders(tmp_path, archives):
     """`dssbt extract` (the workflow's extract_lra job): one pass, one folder per task, which prepare reads."""
-    run("extract", "--input", archives["lra"], "--tasks", "listops", "retrieval", "pathfinder", "pathx",
-        "--out", tmp_path / "x")
+    run(
+        "extract",
+        "--input",
+        archives["lra"],
+        "--tasks",
+        "listops",
+        "retrieval",
+        "pathfinder",
+        "pathx",
+        "--out",
+        tmp_path / "x",
+    )
     for task in ("listops", "retrieval", "pathfinder", "pathx"):
         assert (tmp_path / "x" / task / ".complete").exists()
-    run("prepare", "listops", "--source", "lra", "--input", tmp_path / "x" / "listops", "--out", tmp_path / "p",
-        "--eos", "true")
+    run(
+        "prepare",
+        "listops",
+        "--source",
+        "lra",
+        "--input",
+        tmp_path / "x" / "listops",
+        "--out",
+        tmp_path / "p",
+        "--eos",
+        "true",
+    )
     check_listops_eos_prepared(*load_all(tmp_path / "p"))
     with pytest.raises(SystemExit):
         parser().parse_args(["prepare", "listops", "--source", "lra", "--input", "x", "--out", "y", "--eos", "maybe"])
@@ -206,17 +280,29 @@ def test_read_only_archive_folder_extracts_beside_the_output(tmp_path, archives,
 
 # ---------------------------------------------------------------------------------------------------- errors
 
+
 def test_bad_input_is_a_value_error_with_a_clear_message(tmp_path, archives):
     with pytest.raises(ValueError, match="generate the embedded data first"):
         run("prepare", "listops", "--source", "embedded", "--input", tmp_path / "nothing", "--out", tmp_path / "p")
     with pytest.raises(ValueError, match="input not found"):
         run("prepare", "listops", "--source", "lra", "--input", tmp_path / "missing.gz", "--out", tmp_path / "p")
     with pytest.raises(ValueError, match="holds nothing the listops task needs"):
-        run("prepare", "listops", "--source", "lra", "--input", archives["imdb"], "--out", tmp_path / "p",
-            "--extract-dir", tmp_path / "x")
+        run(
+            "prepare",
+            "listops",
+            "--source",
+            "lra",
+            "--input",
+            archives["imdb"],
+            "--out",
+            tmp_path / "p",
+            "--extract-dir",
+            tmp_path / "x",
+        )
     with pytest.raises(ValueError, match="no generator.json"):
-        run("prepare", "listops", "--source", "embedded", "--input", archives["folders"]["lra"], "--out",
-            tmp_path / "p")
+        run(
+            "prepare", "listops", "--source", "embedded", "--input", archives["folders"]["lra"], "--out", tmp_path / "p"
+        )
     with pytest.raises(ValueError, match="multiples of 10"):
         run("generate", "image", "--out", tmp_path / "g", "--n-test", 15)
     assert not (tmp_path / "p").exists() and not (tmp_path / "g").exists()
@@ -232,13 +318,16 @@ def test_a_failed_prepare_keeps_the_previous_complete_output(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "p").iterdir()} == before  # untouched, no temporaries
 
 
-@pytest.mark.parametrize("argv", [
-    ["prepare", "text", "--source", "embedded", "--input", "x", "--out", "y"],  # no embedded Text
-    ["prepare", "listops", "--input", "x", "--out", "y"],  # --source is required
-    ["generate", "retrieval", "--out", "y"],
-    ["generate", "listops", "--out", "y", "--n-train", "0"],
-    ["download", "mnist"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prepare", "text", "--source", "embedded", "--input", "x", "--out", "y"],  # no embedded Text
+        ["prepare", "listops", "--input", "x", "--out", "y"],  # --source is required
+        ["generate", "retrieval", "--out", "y"],
+        ["generate", "listops", "--out", "y", "--n-train", "0"],
+        ["download", "mnist"],
+    ],
+)
 def test_argument_errors(argv, capsys):
     with pytest.raises(SystemExit) as e:
         parser().parse_args(argv)
@@ -250,8 +339,15 @@ def test_download_command_with_a_mirror(tmp_path):
     src.parent.mkdir()
     src.write_bytes(b"not the real archive")
     with pytest.raises(ValueError, match=r"size 20 bytes, expected 170,498,071"):
-        run("download", "cifar10", "--out", tmp_path / "raw" / "cifar-10-python.tar.gz", "--url", src.as_uri(),
-            "--quiet")
+        run(
+            "download",
+            "cifar10",
+            "--out",
+            tmp_path / "raw" / "cifar-10-python.tar.gz",
+            "--url",
+            src.as_uri(),
+            "--quiet",
+        )
     assert not (tmp_path / "raw" / "cifar-10-python.tar.gz").exists()
     run("download", "lra", "--out", tmp_path / "raw" / "lra_release.gz", "--url", src.as_uri(), "--quiet")
     assert (tmp_path / "raw" / "lra_release.gz").read_bytes() == b"not the real archive"

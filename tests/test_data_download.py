@@ -118,11 +118,14 @@ def test_complete_part_file_is_verified_not_refetched(tmp_path):
     assert dest.read_bytes() == PAYLOAD and srv.requests == [("/a", f"bytes={len(PAYLOAD)}-")]  # answered 416
 
 
-@pytest.mark.parametrize("check, message", [
-    ({"md5": "0" * 32}, f"MD5 {MD5}, expected 00000000"),
-    ({"sha256": "f" * 64}, f"SHA-256 {SHA}, expected ffffffff"),
-    ({"size": len(PAYLOAD) - 1}, f"size {len(PAYLOAD):,} bytes, expected {len(PAYLOAD) - 1:,}"),
-])
+@pytest.mark.parametrize(
+    "check, message",
+    [
+        ({"md5": "0" * 32}, f"MD5 {MD5}, expected 00000000"),
+        ({"sha256": "f" * 64}, f"SHA-256 {SHA}, expected ffffffff"),
+        ({"size": len(PAYLOAD) - 1}, f"size {len(PAYLOAD):,} bytes, expected {len(PAYLOAD) - 1:,}"),
+    ],
+)
 def test_checksum_mismatch_is_a_clear_error_and_leaves_no_file(tmp_path, check, message):
     dest = tmp_path / "a.bin"
     with Server({"/a": PAYLOAD}) as srv:
@@ -180,6 +183,7 @@ def test_file_url_mirror(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- extraction
 
+
 def make_tar(path: Path, files: dict[str, bytes], mode: str = "w") -> Path:
     with tarfile.open(path, mode) as tar:
         for name, data in files.items():
@@ -209,12 +213,14 @@ def tree(folder: Path) -> list[str]:
 def test_extracts_only_what_the_task_needs(tmp_path):
     archive = make_tar(tmp_path / "lra_release.gz", RELEASE)  # a plain tar despite the name, like the release
     extract_task(archive, "listops", tmp_path / "x" / "listops", log=None)
-    assert tree(tmp_path / "x" / "listops") == [f"lra_release/listops-1000/basic_{s}.tsv" for s in
-                                                ("test", "train", "val")]
+    assert tree(tmp_path / "x" / "listops") == [
+        f"lra_release/listops-1000/basic_{s}.tsv" for s in ("test", "train", "val")
+    ]
     extract_task(archive, "pathfinder", tmp_path / "x" / "pathfinder", log=None)
     assert tree(tmp_path / "x" / "pathfinder") == [
         "lra_release/pathfinder32/curv_contour_length_14/imgs/0/sample_0.png",
-        "lra_release/pathfinder32/curv_contour_length_14/metadata/0.npy"]
+        "lra_release/pathfinder32/curv_contour_length_14/metadata/0.npy",
+    ]
     extract_task(archive, "retrieval", tmp_path / "x" / "retrieval", log=None)
     assert tree(tmp_path / "x" / "retrieval") == ["lra_release/lra_release/tsv_data/new_aan_pairs.train.tsv"]
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["listops", "pathfinder", "retrieval"]
@@ -230,8 +236,10 @@ def test_one_pass_extracts_every_requested_task(tmp_path, monkeypatch):
     assert len(opened) == 1  # the archive is read once for all four tasks
     assert tree(dests["listops"]) == [f"lra_release/listops-1000/basic_{s}.tsv" for s in ("test", "train", "val")]
     assert tree(dests["retrieval"]) == ["lra_release/lra_release/tsv_data/new_aan_pairs.train.tsv"]
-    assert tree(dests["pathfinder"]) == ["lra_release/pathfinder32/curv_contour_length_14/imgs/0/sample_0.png",
-                                         "lra_release/pathfinder32/curv_contour_length_14/metadata/0.npy"]
+    assert tree(dests["pathfinder"]) == [
+        "lra_release/pathfinder32/curv_contour_length_14/imgs/0/sample_0.png",
+        "lra_release/pathfinder32/curv_contour_length_14/metadata/0.npy",
+    ]
     assert tree(dests["pathx"]) == ["lra_release/pathfinder128/curv_contour_length_14/imgs/0/sample_0.png"]
     assert all((d / ".complete").exists() for d in dests.values())
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(tasks)  # no temporaries left

@@ -37,9 +37,13 @@ def write_cifar(folder: Path, protocol: int = 2) -> Path:
     data = np.stack([constant_rgb(20 * c + 10) for c in labels])
     order = np.random.default_rng(0).permutation(20)
     for i in range(5):
-        part = order[4 * i: 4 * i + 4]
-        batch = {b"batch_label": b"training batch", b"labels": [labels[j] for j in part], b"data": data[part],
-                 b"filenames": [b"x.png"] * 4}
+        part = order[4 * i : 4 * i + 4]
+        batch = {
+            b"batch_label": b"training batch",
+            b"labels": [labels[j] for j in part],
+            b"data": data[part],
+            b"filenames": [b"x.png"] * 4,
+        }
         (base / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch, protocol=protocol))
     test = np.stack([gradient_rgb()] + [constant_rgb(20 * c + 20) for c in range(1, 10)])
     (base / "test_batch").write_bytes(pickle.dumps({b"labels": list(range(10)), b"data": test}, protocol=protocol))
@@ -63,8 +67,9 @@ def check_image_prepared(splits, meta):
     np.testing.assert_array_equal(t.labels, np.arange(10))
     np.testing.assert_array_equal(t.lengths, np.full(10, 1024))
     r, c = np.mgrid[:32, :32]
-    np.testing.assert_allclose(t.inputs[0].reshape(32, 32), (((r + 3 * c) % 256) - 100) / math.sqrt(3300),
-                               rtol=1e-5, atol=1e-6)  # row-major order
+    np.testing.assert_allclose(
+        t.inputs[0].reshape(32, 32), (((r + 3 * c) % 256) - 100) / math.sqrt(3300), rtol=1e-5, atol=1e-6
+    )  # row-major order
     for k in range(1, 10):
         np.testing.assert_allclose(t.inputs[k], (20 * k + 20 - 100) / math.sqrt(3300), rtol=1e-6, atol=1e-6)
 
@@ -100,12 +105,14 @@ def check_image_reference_prepared(splits, meta, root: Path):
         assert splits[name].labels.tolist() == [labels[i] for i in subset.indices]
         x = splits[name].decoded().inputs
         for row, i in zip(x, subset.indices):
-            assert np.array_equal(row.view(np.uint32), torchvision_gray_normalise(np.full(1024, values[i])).view(
-                np.uint32))
+            assert np.array_equal(
+                row.view(np.uint32), torchvision_gray_normalise(np.full(1024, values[i])).view(np.uint32)
+            )
     r, c = np.mgrid[:32, :32]
     test = splits["test"].decoded()
-    assert np.array_equal(test.inputs[0].view(np.uint32),
-                          torchvision_gray_normalise(((r + 3 * c) % 256).reshape(-1)).view(np.uint32))
+    assert np.array_equal(
+        test.inputs[0].view(np.uint32), torchvision_gray_normalise(((r + 3 * c) % 256).reshape(-1)).view(np.uint32)
+    )
     assert test.labels.tolist() == list(range(10))
 
 
@@ -142,16 +149,19 @@ def _rewrite(base: Path, name: str, obj) -> None:
     (base / name).write_bytes(pickle.dumps(obj, protocol=2))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("truncated", "data_batch_3: not a CIFAR-10 python batch"),
-    ("not a dict", "data_batch_3: expected a dict"),
-    ("shape", r"data_batch_3: b'data' must be uint8 \(n, 3072\)"),
-    ("dtype", r"data_batch_3: b'data' must be uint8"),
-    ("count", "data_batch_3: 4 images but 3 labels"),
-    ("label", "data_batch_3: label 10 of image 1 outside 0..9"),
-    ("labels type", "data_batch_3: b'labels' must be a list of integers"),
-    ("code", "data_batch_3: not a CIFAR-10 python batch .*refusing to load posix.system"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("truncated", "data_batch_3: not a CIFAR-10 python batch"),
+        ("not a dict", "data_batch_3: expected a dict"),
+        ("shape", r"data_batch_3: b'data' must be uint8 \(n, 3072\)"),
+        ("dtype", r"data_batch_3: b'data' must be uint8"),
+        ("count", "data_batch_3: 4 images but 3 labels"),
+        ("label", "data_batch_3: label 10 of image 1 outside 0..9"),
+        ("labels type", "data_batch_3: b'labels' must be a list of integers"),
+        ("code", "data_batch_3: not a CIFAR-10 python batch .*refusing to load posix.system"),
+    ],
+)
 def test_malformed_batch_is_named_and_nothing_written(tmp_path, case, message):
     root = write_cifar(tmp_path / "in")
     base = root / "cifar-10-batches-py"
@@ -172,9 +182,11 @@ def test_malformed_batch_is_named_and_nothing_written(tmp_path, case, message):
     elif case == "labels type":
         _rewrite(base, "data_batch_3", {**good, b"labels": ["a", "b", "c", "d"]})
     elif case == "code":
+
         class Evil:
             def __reduce__(self):
                 return (os.system, ("echo should-not-run",))
+
         _rewrite(base, "data_batch_3", {b"data": Evil(), b"labels": []})
     out = tmp_path / "out"
     with pytest.raises(DataError, match=message):
@@ -191,11 +203,19 @@ def test_missing_batch_is_named(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- embedded MNIST
 
+
 def test_mnist_generator_layout_balance_and_pixels(tmp_path):
     info = generate_image(tmp_path / "g", n_train=80, n_val=20, n_test=30, seed=2)
     base = tmp_path / "g" / "cifar-10-batches-py"
-    assert sorted(p.name for p in base.iterdir()) == ["batches.meta", "data_batch_1", "data_batch_2",
-                                                      "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    assert sorted(p.name for p in base.iterdir()) == [
+        "batches.meta",
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ]
     assert info["val_size"] == 20
     batches = [pickle.loads((base / f"data_batch_{i}").read_bytes(), encoding="bytes") for i in range(1, 6)]
     test = pickle.loads((base / "test_batch").read_bytes(), encoding="bytes")

@@ -58,8 +58,7 @@ def check_listops_eos_prepared(splits, meta):
     assert meta["vocab"] == VOCAB_EOS and meta["d_input"] == 13  # the model's vocabulary counts <eos>
     assert meta["l_max"] == 9 and meta["preprocessing"]["bos_eos"] == "eos"
     # [MAX 2 9 X <eos> | [MIN 4 [SM 3 5 X 1 X <eos>
-    np.testing.assert_array_equal(splits["train"].inputs, [[10, 5, 9, 3, 2, 0, 0, 0, 0],
-                                                           [11, 7, 12, 6, 8, 3, 4, 3, 2]])
+    np.testing.assert_array_equal(splits["train"].inputs, [[10, 5, 9, 3, 2, 0, 0, 0, 0], [11, 7, 12, 6, 8, 3, 4, 3, 2]])
     np.testing.assert_array_equal(splits["train"].lengths, [5, 9])  # <eos> counted
     np.testing.assert_array_equal(splits["val"].inputs, [[1, 1, 1, 3, 2, 0, 0, 0, 0]])
     np.testing.assert_array_equal(splits["val"].lengths, [5])
@@ -106,14 +105,17 @@ def test_cut_at_l_max(tmp_path):
     np.testing.assert_array_equal(splits["train"].lengths, [3, 3])
 
 
-@pytest.mark.parametrize("bad, line, message", [
-    ("Src\tTarget\n( [MAX 2 ] )\t2\n", 1, "header"),
-    (HEADER + "( ( [MAX 2 ) ] )\t2\n( ( [MAX 2 ) ] )\t2\textra\n", 3, "expected 2 tab-separated columns"),
-    (HEADER + "( ( [MAX 2 ) ] )\n", 2, "got 1"),
-    (HEADER + "( ( [MAX 2 ) ] )\t2\n( ( [MAX 2 ) ] )\ttwo\n", 3, "'two' is not an integer"),
-    (HEADER + "( ( [MAX 2 ) ] )\t2.0\n", 2, "is not an integer"),
-    (HEADER + "( ( [MAX 2 ) ] )\t10\n", 2, "outside 0..9"),
-])
+@pytest.mark.parametrize(
+    "bad, line, message",
+    [
+        ("Src\tTarget\n( [MAX 2 ] )\t2\n", 1, "header"),
+        (HEADER + "( ( [MAX 2 ) ] )\t2\n( ( [MAX 2 ) ] )\t2\textra\n", 3, "expected 2 tab-separated columns"),
+        (HEADER + "( ( [MAX 2 ) ] )\n", 2, "got 1"),
+        (HEADER + "( ( [MAX 2 ) ] )\t2\n( ( [MAX 2 ) ] )\ttwo\n", 3, "'two' is not an integer"),
+        (HEADER + "( ( [MAX 2 ) ] )\t2.0\n", 2, "is not an integer"),
+        (HEADER + "( ( [MAX 2 ) ] )\t10\n", 2, "outside 0..9"),
+    ],
+)
 def test_malformed_file_names_file_and_line_and_writes_nothing(tmp_path, bad, line, message):
     root = write_listops(tmp_path / "in", train=bad)
     out = tmp_path / "prepared"
@@ -139,6 +141,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- the generator
+
 
 def independent_value(source: str) -> tuple[int, int]:
     """Evaluate an expression in the official text form with a stack (own code, not the generator's);
@@ -222,6 +225,11 @@ def test_generator_rejects_impossible_settings(tmp_path):
     with pytest.raises(ValueError, match="min_length"):
         generate_listops(tmp_path / "g", config=ListOpsConfig(min_length=100, max_length=50))
     with pytest.raises(ValueError, match="could not fill"):  # depth 1, 2 args: always 4 tokens, never 5
-        generate_listops(tmp_path / "g", n_train=10, n_val=1, n_test=1,
-                         config=ListOpsConfig(max_depth=1, max_args=2, min_length=5, max_length=5))
+        generate_listops(
+            tmp_path / "g",
+            n_train=10,
+            n_val=1,
+            n_test=1,
+            config=ListOpsConfig(max_depth=1, max_args=2, min_length=5, max_length=5),
+        )
     assert not (tmp_path / "g").exists()

@@ -64,8 +64,9 @@ def write_pathx(folder, n, res=128, seed=0):
 
 def test_pathx_prepares_without_a_float32_split(tmp_path):
     root = write_pathx(tmp_path, 200)
-    (splits, meta), peak = traced_peak(prepare_pathfinder, root, resolution=128, task="pathx", seed=42,
-                                       split="reference", pixels="unit")
+    (splits, meta), peak = traced_peak(
+        prepare_pathfinder, root, resolution=128, task="pathx", seed=42, split="reference", pixels="unit"
+    )
     assert splits["train"].inputs.shape == (160, 128 * 128) and splits["train"].inputs.dtype == np.uint8
     compact = sum(s.inputs.nbytes for s in splits.values())
     float32_train = splits["train"].inputs.size * 4

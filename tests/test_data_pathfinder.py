@@ -68,8 +68,11 @@ def test_reader_by_hand(tmp_path):
     again, _ = prepare_pathfinder(tmp_path, seed=0)
     other, _ = prepare_pathfinder(tmp_path, seed=1)
     np.testing.assert_array_equal(splits["val"].decoded().inputs, again["val"].decoded().inputs)
-    assert any(not np.array_equal(splits[s].labels, other[s].labels) or
-               not np.array_equal(splits[s].decoded().inputs, other[s].decoded().inputs) for s in ("val", "test"))
+    assert any(
+        not np.array_equal(splits[s].labels, other[s].labels)
+        or not np.array_equal(splits[s].decoded().inputs, other[s].decoded().inputs)
+        for s in ("val", "test")
+    )
     assert all(splits[s].inputs.dtype == np.uint8 and splits[s].table is not None for s in splits)  # compact
 
 
@@ -86,8 +89,9 @@ def check_pathfinder_reference_prepared(splits, meta, n: int = 20, resolution: i
     """The S4 reference's reading of write_pathfinder: samples in metadata order (image i is sample i), split by
     random_split(dataset, [train, val, test]) with a generator seeded 42, each split in the permutation's order."""
     L = resolution * resolution
-    parts = torch.utils.data.random_split(range(n), [n - 2 * (n // 10), n // 10, n // 10],
-                                          generator=torch.Generator().manual_seed(42))
+    parts = torch.utils.data.random_split(
+        range(n), [n - 2 * (n // 10), n // 10, n // 10], generator=torch.Generator().manual_seed(42)
+    )
     assert meta["l_max"] == L
     for name, subset in zip(("train", "val", "test"), parts):
         assert splits[name].labels.tolist() == [i % 2 for i in subset.indices]
@@ -131,13 +135,16 @@ def _meta_file(root: Path, k: int = 2) -> Path:
     return root / "lra_release/pathfinder32/curv_contour_length_14/metadata" / f"{k}.npy"
 
 
-@pytest.mark.parametrize("case, line, message", [
-    ("missing image", 3, r"names image imgs/2/sample_99\.png, which does not exist"),
-    ("short line", 2, "expected at least 4 fields"),
-    ("bad label", 4, "label '2' is not 0 or 1"),
-    ("unreadable png", 1, r"image .*sample_0\.png is unreadable"),
-    ("wrong size", 1, r"sample_0\.png is 16x16, expected 32x32"),
-])
+@pytest.mark.parametrize(
+    "case, line, message",
+    [
+        ("missing image", 3, r"names image imgs/2/sample_99\.png, which does not exist"),
+        ("short line", 2, "expected at least 4 fields"),
+        ("bad label", 4, "label '2' is not 0 or 1"),
+        ("unreadable png", 1, r"image .*sample_0\.png is unreadable"),
+        ("wrong size", 1, r"sample_0\.png is 16x16, expected 32x32"),
+    ],
+)
 def test_malformed_input_names_metadata_file_and_line(tmp_path, case, line, message):
     root = write_pathfinder(tmp_path / "in")
     mfile = _meta_file(root)
@@ -170,6 +177,7 @@ def test_missing_metadata_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ the generator
+
 
 def test_generator_layout_balance_and_reader(tmp_path):
     info = generate_pathfinder(tmp_path / "g", n_samples=40, seed=1, per_folder=16)

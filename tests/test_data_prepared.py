@@ -85,6 +85,7 @@ def test_training_batches_are_those_of_the_uncompressed_split(tmp_path, kind):
     split = Split(x, rng.integers(5, 26, 11), rng.integers(0, 4, 11))
     stored = roundtrip(tmp_path, split)
     index = torch.randperm(11, generator=torch.Generator().manual_seed(0))
-    for (a, la, ya), (b, lb, yb) in zip(batches(split, index, 4, torch.device("cpu")),
-                                        batches(stored, index, 4, torch.device("cpu"))):
+    for (a, la, ya), (b, lb, yb) in zip(
+        batches(split, index, 4, torch.device("cpu")), batches(stored, index, 4, torch.device("cpu"))
+    ):
         assert a.dtype == b.dtype and torch.equal(a, b) and torch.equal(la, lb) and torch.equal(ya, yb)

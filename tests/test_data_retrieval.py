@@ -83,14 +83,17 @@ def test_quotes_are_text_not_csv_quoting(tmp_path):
     np.testing.assert_array_equal(splits["train"].inputs, [[[2, 3], [4, 2]]])
 
 
-@pytest.mark.parametrize("row, message", [
-    ("1.0\tx\ty\tab", "expected 5 tab-separated columns .* got 4"),
-    ("1.0\tx\ty\tab\tba\textra", "got 6"),
-    ("one\tx\ty\tab\tba", "label 'one' is not a number"),
-    ("0.5\tx\ty\tab\tba", "label '0.5' is not 0 or 1"),
-    ("2.0\tx\ty\tab\tba", "label '2.0' is not 0 or 1"),
-    ("nan\tx\ty\tab\tba", "label 'nan' is not 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("1.0\tx\ty\tab", "expected 5 tab-separated columns .* got 4"),
+        ("1.0\tx\ty\tab\tba\textra", "got 6"),
+        ("one\tx\ty\tab\tba", "label 'one' is not a number"),
+        ("0.5\tx\ty\tab\tba", "label '0.5' is not 0 or 1"),
+        ("2.0\tx\ty\tab\tba", "label '2.0' is not 0 or 1"),
+        ("nan\tx\ty\tab\tba", "label 'nan' is not 0 or 1"),
+    ],
+)
 def test_malformed_row_names_file_and_line_and_writes_nothing(tmp_path, row, message):
     root = write_aan(tmp_path / "in", eval=EVAL + row + "\n")
     out = tmp_path / "out"

@@ -104,7 +104,10 @@ def test_seeded_validation_split_of_train(tmp_path):
     np.testing.assert_array_equal(np.sort(a["val"].labels), [0, 1])  # one per class
     np.testing.assert_array_equal(a["val"].inputs, b["val"].inputs)  # same seed, same split
     vocab = meta["vocab"]
-    decode = lambda split: {"".join(vocab[i] for i in row[:n]) for row, n in zip(split.inputs, split.lengths)}
+
+    def decode(split):
+        return {"".join(vocab[i] for i in row[:n]) for row, n in zip(split.inputs, split.lengths)}
+
     assert decode(a["train"]) | decode(a["val"]) == {f"{c}{i}" for c in ("neg", "pos") for i in range(4)}
     assert not decode(a["train"]) & decode(a["val"])
 

@@ -26,8 +26,9 @@ KINDS = {
     # image-like: pixels, batch norm, mean pooling
     "linear_batch_mean": dict(d_input=1, encoder="linear", norm="batch", pool="mean", output="glu"),
     # postnorm, last pooling, linear output map
-    "linear_layer_last_postnorm": dict(d_input=1, encoder="linear", norm="layer", pool="last", output="linear",
-                                       prenorm=False),
+    "linear_layer_last_postnorm": dict(
+        d_input=1, encoder="linear", norm="layer", pool="last", output="linear", prenorm=False
+    ),
     "embedding_batch_last": dict(d_input=len(VOCAB), encoder="embedding", norm="batch", pool="last", output="glu"),
 }
 
@@ -139,13 +140,17 @@ def test_fused_step_float32_is_close_to_convolution_mode(backend):
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("cfg_change, message", [
-    (dict(bidirectional=True), r"bidirectional.*needs the inputs after t \(the future"),
-    (dict(dual=True), r"dual .*two whole documents"),
-])
+@pytest.mark.parametrize(
+    "cfg_change, message",
+    [
+        (dict(bidirectional=True), r"bidirectional.*needs the inputs after t \(the future"),
+        (dict(dual=True), r"dual .*two whole documents"),
+    ],
+)
 def test_bidirectional_and_dual_models_are_refused_saying_why(cfg_change, message, tmp_path):
-    model = S4Model(ModelConfig(d_input=5, d_output=2, encoder="embedding", d_model=8, d_state=4, n_layers=1,
-                                **cfg_change))
+    model = S4Model(
+        ModelConfig(d_input=5, d_output=2, encoder="embedding", d_model=8, d_state=4, n_layers=1, **cfg_change)
+    )
     with pytest.raises(ValueError, match=message):
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
@@ -155,6 +160,7 @@ def test_bidirectional_and_dual_models_are_refused_saying_why(cfg_change, messag
 
 # ----- predict on saved test inputs -------------------------------------------------------------------------------
 
+
 def prepared_listops(folder, n=6, L=25):
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, L + 1, n)
@@ -162,8 +168,15 @@ def prepared_listops(folder, n=6, L=25):
     for i, ln in enumerate(lengths):
         ids[i, :ln] = rng.integers(2, len(VOCAB), ln)
     split = Split(inputs=ids, lengths=lengths.astype(np.int64), labels=rng.integers(0, 5, n))
-    meta = {"task": "listops", "encoder": "embedding", "d_input": len(VOCAB), "d_output": 5, "l_max": L,
-            "dual": False, "vocab": VOCAB}
+    meta = {
+        "task": "listops",
+        "encoder": "embedding",
+        "d_input": len(VOCAB),
+        "d_output": 5,
+        "l_max": L,
+        "dual": False,
+        "vocab": VOCAB,
+    }
     save_prepared(folder, {"train": split, "val": split, "test": split}, meta)
     return split
 
@@ -174,8 +187,16 @@ def prepared_image(folder, n=4, side=8):
     mean, std = 0.4, 0.3
     x = ((gray.astype(np.float64) / 255.0 - mean) / std).astype(np.float32)
     split = Split(inputs=x, lengths=np.full(n, side * side), labels=rng.integers(0, 5, n))
-    meta = {"task": "image", "encoder": "linear", "d_input": 1, "d_output": 5, "l_max": side * side, "dual": False,
-            "vocab": None, "normalisation": {"mean": mean, "std": std, "scale": 255.0}}
+    meta = {
+        "task": "image",
+        "encoder": "linear",
+        "d_input": 1,
+        "d_output": 5,
+        "l_max": side * side,
+        "dual": False,
+        "vocab": None,
+        "normalisation": {"mean": mean, "std": std, "scale": 255.0},
+    }
     save_prepared(folder, {"train": split, "val": split, "test": split}, meta)
     return split, gray
 
@@ -193,8 +214,10 @@ def test_predict_listops_expression_prints_the_class_of_the_models_forward(tmp_p
     split = prepared_listops(tmp_path / "data")
     model = random_model("embedding_layer_mean")
     save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25})
-    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
-                 str(tmp_path / "data")]) == 0
+    assert (
+        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        == 0
+    )
     for i in range(len(split)):
         ln = int(split.lengths[i])
         expr = " ".join(VOCAB[t] for t in split.inputs[i, :ln]).replace("X", "]")  # the raw LRA form
@@ -218,12 +241,15 @@ def test_predict_image_file_prints_the_class_of_the_models_forward(tmp_path, cap
     split, gray = prepared_image(tmp_path / "data")
     model = random_model("linear_batch_mean")
     save_model(tmp_path / "m.pt", model, {"task": "image", "l_max": 64})
-    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
-                 str(tmp_path / "data")]) == 0
+    assert (
+        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        == 0
+    )
     for i in range(len(split)):
         Image.fromarray(gray[i].reshape(8, 8)).save(tmp_path / "x.png")
-        np.testing.assert_array_equal(encode_input(load_description(tmp_path / "m.onnx"), str(tmp_path / "x.png"))[:, 0],
-                                      split.inputs[i])
+        np.testing.assert_array_equal(
+            encode_input(load_description(tmp_path / "m.onnx"), str(tmp_path / "x.png"))[:, 0], split.inputs[i]
+        )
         capsys.readouterr()
         assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png")]) == 0
         with torch.no_grad():
@@ -238,14 +264,22 @@ def test_export_json_describes_inputs_states_and_pooling(tmp_path):
     prepared_listops(tmp_path / "data")
     model = reduce_model(random_model("embedding_layer_mean"), [5, 2], kernel_length=32)[0]
     save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25})
-    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
-                 str(tmp_path / "data")]) == 0
+    assert (
+        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        == 0
+    )
     info = json.loads((tmp_path / "m.json").read_text())
     assert info["task"] == "listops" and info["pool"] == "mean" and info["input"]["kind"] == "token_ids"
     assert info["input"]["vocab"] == VOCAB and info["classes"] == ["0", "1", "2", "3", "4"]
     shapes = {s["name"]: s["shape"] for s in info["state"]}
-    assert shapes == {"state0_re": ["batch", 12, 5], "state0_im": ["batch", 12, 5], "state1_re": ["batch", 12, 2],
-                      "state1_im": ["batch", 12, 2], "pool_sum": ["batch", 12], "pool_count": ["batch", 1]}
+    assert shapes == {
+        "state0_re": ["batch", 12, 5],
+        "state0_im": ["batch", 12, 5],
+        "state1_re": ["batch", 12, 2],
+        "state1_im": ["batch", 12, 2],
+        "pool_sum": ["batch", 12],
+        "pool_count": ["batch", 1],
+    }
     assert info["state_bytes_per_sequence"] == 4 * (2 * 12 * 7 + 12 + 1)
 
 
@@ -255,18 +289,43 @@ def test_deploy_measure_writes_a_row(tmp_path):
     save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25, "seed": 0, "init": "skew_hippo"})
     (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": {"test": 0.25}, "init": "skew_hippo"}))
     assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
-    assert main(["deploy-measure", "--model", str(tmp_path / "m.pt"), "--onnx", str(tmp_path / "m.onnx"),
-                 "--data", str(tmp_path / "data"), "--metrics", str(tmp_path / "metrics.json"), "--run", "pretrain",
-                 "--steps", "20", "--repeats", "2", "--out", str(tmp_path / "row.json")]) == 0
+    assert (
+        main(
+            [
+                "deploy-measure",
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--onnx",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "data"),
+                "--metrics",
+                str(tmp_path / "metrics.json"),
+                "--run",
+                "pretrain",
+                "--steps",
+                "20",
+                "--repeats",
+                "2",
+                "--out",
+                str(tmp_path / "row.json"),
+            ]
+        )
+        == 0
+    )
     row = json.loads((tmp_path / "row.json").read_text())
     assert row["accuracy_test"] == 0.25 and row["subset"] == 6 and row["onnx_torch_agreement"] == 1.0
     assert row["onnx_accuracy_subset"] == row["torch_accuracy_subset"]
     assert all(v > 0 for v in row["latency_us"].values()) and set(row["latency_us"]) == {
-        "onnxruntime", "torch_fused", "torch_step"}
+        "onnxruntime",
+        "torch_fused",
+        "torch_step",
+    }
     assert row["onnx_bytes"] == (tmp_path / "m.onnx").stat().st_size and row["run"] == "pretrain"
 
 
 # ----- the deploy stage of the workflow ----------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_deploy_stage_on_the_tiny_grid_has_one_row_per_exported_model(tmp_path):
@@ -289,8 +348,9 @@ def test_deploy_stage_on_the_tiny_grid_has_one_row_per_exported_model(tmp_path):
 
     snakemake(wf, "deploy", "--cores", "2", "--configfile", "tiny.yaml", "deploy.yaml")
     rows = list(csv.DictReader((wf / "results/tables/deploy.csv").open()))
-    exported = sorted(p.parent.relative_to(wf / "results/deploy").as_posix()
-                      for p in (wf / "results/deploy").rglob("model.onnx"))
+    exported = sorted(
+        p.parent.relative_to(wf / "results/deploy").as_posix() for p in (wf / "results/deploy").rglob("model.onnx")
+    )
     assert len(rows) == len(exported) == 6
     assert sorted(f"{r['task']}/seed{r['seed']}/{r['run']}" for r in rows) == exported
     for r in rows:
@@ -347,13 +407,23 @@ def test_predict_text_reads_characters_and_cuts_at_the_tasks_cut(tmp_path, capsy
     cut = 30
     ids = np.array([[chars.index(c) if c in chars else 1 for c in text[:cut]]], np.int64)
     split = Split(inputs=ids, lengths=np.array([cut]), labels=np.array([1]))
-    meta = {"task": "text", "encoder": "embedding", "d_input": len(chars), "d_output": 5, "l_max": cut, "dual": False,
-            "vocab": chars, "preprocessing": {"cut": cut}}
+    meta = {
+        "task": "text",
+        "encoder": "embedding",
+        "d_input": len(chars),
+        "d_output": 5,
+        "l_max": cut,
+        "dual": False,
+        "vocab": chars,
+        "preprocessing": {"cut": cut},
+    }
     save_prepared(tmp_path / "data", {"train": split, "val": split, "test": split}, meta)
     model = random_model("embedding_layer_mean")
     save_model(tmp_path / "m.pt", model, {"task": "text", "l_max": cut})
-    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data",
-                 str(tmp_path / "data")]) == 0
+    assert (
+        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        == 0
+    )
     (tmp_path / "review.txt").write_text(text)
     encoded = encode_input(load_description(tmp_path / "m.onnx"), str(tmp_path / "review.txt"))
     np.testing.assert_array_equal(encoded, ids[0])

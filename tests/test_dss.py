@@ -36,8 +36,12 @@ def test_fast_kernel_float32_within_1e_4_of_float64_reference():
 
 def test_kernel_functions_agree_on_arbitrary_batch_dims():
     g = torch.Generator().manual_seed(0)
-    dtL = torch.complex(-torch.rand(3, 2, 6, generator=g, dtype=torch.float64), torch.randn(3, 2, 6, generator=g, dtype=torch.float64))
-    W = torch.complex(torch.randn(3, 2, 6, generator=g, dtype=torch.float64), torch.randn(3, 2, 6, generator=g, dtype=torch.float64))
+    dtL = torch.complex(
+        -torch.rand(3, 2, 6, generator=g, dtype=torch.float64), torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
+    )
+    W = torch.complex(
+        torch.randn(3, 2, 6, generator=g, dtype=torch.float64), torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
+    )
     torch.testing.assert_close(vandermonde_kernel(dtL, W, 50), naive_kernel(dtL, W, 50))
 
 
@@ -85,13 +89,14 @@ def test_step_refuses_bidirectional_layer():
 def test_float32_layer_gradients_match_naive_kernel_path():
     torch.manual_seed(0)
     layer = DSS(4, 16)
-    u = torch.randn(2, 4, 128)
     grads = []
     for naive in (False, True):
         layer.zero_grad()
         k = layer.kernel(128, naive=naive)
         (k * torch.linspace(-1, 1, 128)).sum().backward()
-        grads.append([p.grad.clone() for p in (layer.Lambda_log_neg_re, layer.Lambda_im, layer.B, layer.C, layer.log_dt)])
+        grads.append(
+            [p.grad.clone() for p in (layer.Lambda_log_neg_re, layer.Lambda_im, layer.B, layer.C, layer.log_dt)]
+        )
     for g_fast, g_naive in zip(*grads):
         torch.testing.assert_close(g_fast, g_naive, rtol=1e-3, atol=1e-4 * g_naive.abs().max().item())
 

@@ -6,15 +6,16 @@ import sys
 import textwrap
 
 import torch
+from test_train import HP, make_task
 
 from dssbt.eager import AdamW
 
-from test_train import HP, make_task
-
 
 def _groups(model):
-    return [{"params": [model[0].weight], "lr": 0.01, "weight_decay": 0.0},
-            {"params": [model[0].bias, model[1].weight], "lr": 0.03, "weight_decay": 0.1}]
+    return [
+        {"params": [model[0].weight], "lr": 0.01, "weight_decay": 0.0},
+        {"params": [model[0].bias, model[1].weight], "lr": 0.03, "weight_decay": 0.1},
+    ]
 
 
 def test_eager_adamw_takes_the_same_steps_as_torch_adamw_and_swaps_state_dicts_with_it():
@@ -56,8 +57,19 @@ def test_a_training_process_never_imports_torch_dynamo(tmp_path):
     task = make_task(tmp_path / "task")
     hp = json.loads(json.dumps(HP))
     hp["optim"].update(epochs=2, schedule="plateau")
-    args = ["train", "--data", str(task), "--hparams", json.dumps(hp), "--init", "skew_hippo", "--seed", "0",
-            "--out-dir", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(hp),
+        "--init",
+        "skew_hippo",
+        "--seed",
+        "0",
+        "--out-dir",
+        str(tmp_path / "run"),
+    ]
     script = textwrap.dedent(f"""
         import sys
         from dssbt.cli import main
@@ -72,10 +84,18 @@ def test_a_training_process_never_imports_torch_dynamo(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "dynamo imported: False" in r.stdout, r.stdout
     # the same process without dssbt.eager's measures does import it (so the check above can fail)
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import sys, torch
         p = torch.nn.Parameter(torch.ones(2))
         torch.optim.AdamW([p]).step()
         print("dynamo imported:", "torch._dynamo" in sys.modules)
-    """)], capture_output=True, text=True)
+    """),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert "dynamo imported: True" in r.stdout, r.stdout + r.stderr

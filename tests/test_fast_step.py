@@ -23,8 +23,9 @@ SHAPES = {
     "pathfinder": dict(encoder="linear", d_input=1, d_output=2, norm="batch", bidirectional=True),
     "retrieval": dict(encoder="embedding", d_input=30, d_output=2, norm="batch", dual=True),
     # other block variants the config allows
-    "postnorm-last-linear": dict(encoder="linear", d_input=3, d_output=4, norm="layer", prenorm=False, pool="last",
-                                 output="linear"),
+    "postnorm-last-linear": dict(
+        encoder="linear", d_input=3, d_output=4, norm="layer", prenorm=False, pool="last", output="linear"
+    ),
     "retrieval-layernorm": dict(encoder="embedding", d_input=30, d_output=2, norm="layer", dual=True),
 }
 
@@ -64,8 +65,9 @@ def max_rel(a: list, b: list) -> float:
 
 def reference_two_b(model, x, lengths):
     """Reference path on the dual model's documents as one 2B batch (what the fast path computes), then the head."""
-    a, b = model.features(torch.cat([x[:, 0], x[:, 1]]), torch.cat([lengths[:, 0], lengths[:, 1]]),
-                          reference=True).split(x.shape[0])
+    a, b = model.features(
+        torch.cat([x[:, 0], x[:, 1]]), torch.cat([lengths[:, 0], lengths[:, 1]]), reference=True
+    ).split(x.shape[0])
     return model.decoder(torch.cat([a, b, a * b, a - b], dim=-1))
 
 
@@ -163,7 +165,8 @@ def test_layer_fast_forward_equals_reference_and_recurrence(L, bidirectional):
     g = torch.randn(3, 4, L, dtype=torch.float64)
     fast = [layer(u)] + list(torch.autograd.grad((layer(u) * g).sum(), [u, *layer.parameters()]))
     ref = [layer.forward_reference(u)] + list(
-        torch.autograd.grad((layer.forward_reference(u) * g).sum(), [u, *layer.parameters()]))
+        torch.autograd.grad((layer.forward_reference(u) * g).sum(), [u, *layer.parameters()])
+    )
     assert max_rel([t.detach() for t in fast], [t.detach() for t in ref]) < TOL
     with torch.no_grad():
         torch.testing.assert_close(fast[0].detach(), layer.forward_recurrent(u), rtol=1e-9, atol=1e-9)
@@ -172,10 +175,12 @@ def test_layer_fast_forward_equals_reference_and_recurrence(L, bidirectional):
 def test_real_arithmetic_kernel_equals_the_complex_and_naive_kernels():
     g = torch.Generator().manual_seed(0)
     shape = (2, 3, 7)
-    dtL = torch.complex(-torch.rand(shape, generator=g, dtype=torch.float64),
-                        30 * torch.randn(shape, generator=g, dtype=torch.float64))
-    W = torch.complex(torch.randn(shape, generator=g, dtype=torch.float64),
-                      torch.randn(shape, generator=g, dtype=torch.float64))
+    dtL = torch.complex(
+        -torch.rand(shape, generator=g, dtype=torch.float64), 30 * torch.randn(shape, generator=g, dtype=torch.float64)
+    )
+    W = torch.complex(
+        torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    )
     for L in (1, 5, 64, 300):
         real = dss.vandermonde_kernel_real(dtL, W, L)
         ref = naive_kernel(dtL, W, L)

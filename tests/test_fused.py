@@ -185,8 +185,12 @@ def test_batch_norm_channel_major_equals_torch_batch_norm_then_transpose(size, c
     ours_bn.eval()
     ref_bn.eval()
     with torch.no_grad():
-        torch.testing.assert_close(fused.batch_norm_channel_major(x, ours_bn),
-                                   fused.batch_norm_channel_major_reference(x, ref_bn), rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(
+            fused.batch_norm_channel_major(x, ours_bn),
+            fused.batch_norm_channel_major_reference(x, ref_bn),
+            rtol=1e-12,
+            atol=1e-13,
+        )
     assert not fused.batch_norm_applies(ours_bn)  # eval mode with gradients: torch's batch norm
 
 

@@ -12,9 +12,9 @@ import torch
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
 from dssbt.model import ModelConfig, S4Model
+from dssbt.oracles import random_stable, trained_like_channel
 from dssbt.reduction import balance
 from dssbt.reduction.hankel import cauchy_factor, hankel_penalty, hankel_singular_values_torch, hsv_sum, layer_params
-from dssbt.oracles import random_stable, trained_like_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,8 +113,15 @@ def test_hsvs_match_high_precision_to_round_off(route, channel):
 
 def _layer(N=6, H=3, seed=0, bidirectional=False):
     torch.manual_seed(seed)
-    layer = S4Model(ModelConfig(d_input=1, d_output=2, d_model=H, d_state=N, n_layers=1, init="random",
-                                bidirectional=bidirectional)).double().dss_layers()[0]
+    layer = (
+        S4Model(
+            ModelConfig(
+                d_input=1, d_output=2, d_model=H, d_state=N, n_layers=1, init="random", bidirectional=bidirectional
+            )
+        )
+        .double()
+        .dss_layers()[0]
+    )
     with torch.no_grad():
         layer.log_dt.copy_(torch.log(torch.linspace(0.05, 0.5, H, dtype=torch.float64)))
     return layer
@@ -244,8 +251,9 @@ def test_bad_inputs_are_rejected():
 
 
 def test_benchmark_quick_mode_runs_and_its_checks_pass():
-    p = subprocess.run([sys.executable, "bench/hsv_reg.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run(
+        [sys.executable, "bench/hsv_reg.py", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "CHECK" in p.stdout and "FAIL" not in p.stdout
 

@@ -15,10 +15,15 @@ H, M = 4, 10
 
 # ----- S4D's kernel, written out independently of dssbt (models/s4/s4d.py and SSMKernelDiag, disc zoh) -------------
 
+
 def s4d_transform(x, name):
     """state-spaces/s4 param_transform."""
-    return {"none": lambda v: v, "exp": np.exp, "relu": lambda v: np.maximum(v, 0) + 1e-4,
-            "softplus": lambda v: np.log1p(np.exp(v))}[name](x)
+    return {
+        "none": lambda v: v,
+        "exp": np.exp,
+        "relu": lambda v: np.maximum(v, 0) + 1e-4,
+        "softplus": lambda v: np.log1p(np.exp(v)),
+    }[name](x)
 
 
 def s4d_minimal_kernel(sd, p, L):
@@ -34,8 +39,9 @@ def s4d_minimal_kernel(sd, p, L):
 def s4d_ssm_kernel(sd, p, L, real_t="exp", imag_t="none", dt_t="exp"):
     """SSMKernelDiag.forward, disc zoh, channels 1: A = -T(A_real) - i T(A_imag), C <- B C, 2 Re(Vandermonde)."""
     dt = s4d_transform(sd[p + "kernel.inv_dt"].double().numpy(), dt_t)  # (H, 1)
-    A = -s4d_transform(sd[p + "kernel.A_real"].double().numpy(), real_t) \
-        - 1j * s4d_transform(sd[p + "kernel.A_imag"].double().numpy(), imag_t)
+    A = -s4d_transform(sd[p + "kernel.A_real"].double().numpy(), real_t) - 1j * s4d_transform(
+        sd[p + "kernel.A_imag"].double().numpy(), imag_t
+    )
     B = torch.view_as_complex(sd[p + "kernel.B"].double().contiguous()).numpy()[0]
     C = torch.view_as_complex(sd[p + "kernel.C"].double().contiguous()).numpy()[0]
     dtA = dt * A
@@ -49,8 +55,8 @@ def minimal_state_dict(seed=0, M=M, prefix="layer."):
     return {
         prefix + "kernel.log_dt": torch.rand(H, generator=g, dtype=d) * (np.log(0.5) - np.log(0.05)) + np.log(0.05),
         prefix + "kernel.log_A_real": np.log(0.5) + 0.3 * torch.randn(H, M, generator=g, dtype=d),
-        prefix + "kernel.A_imag": np.pi * torch.arange(M, dtype=d).repeat(H, 1) + 0.1 * torch.randn(H, M, generator=g,
-                                                                                                   dtype=d),
+        prefix + "kernel.A_imag": np.pi * torch.arange(M, dtype=d).repeat(H, 1)
+        + 0.1 * torch.randn(H, M, generator=g, dtype=d),
         prefix + "kernel.C": torch.randn(H, M, 2, generator=g, dtype=d),
         prefix + "D": torch.randn(H, generator=g, dtype=d),
         prefix + "output_linear.0.weight": torch.randn(2 * H, H, 1, generator=g, dtype=d),
@@ -65,9 +71,12 @@ def ssm_state_dict(seed=1, real_t="exp", imag_t="none", dt_t="exp"):
     im = np.pi * np.arange(1, M + 1) + 0.1 * torch.rand(H, M, generator=g, dtype=d).numpy()
     dt = np.exp(torch.rand(H, 1, generator=g, dtype=d).numpy() * (np.log(0.5) - np.log(0.05)) + np.log(0.05))
     return {
-        "kernel.inv_dt": torch.tensor(inv[dt_t](dt)), "kernel.A_real": torch.tensor(inv[real_t](re)),
-        "kernel.A_imag": torch.tensor(inv[imag_t](im)), "kernel.B": torch.randn(1, H, M, 2, generator=g, dtype=d),
-        "kernel.C": torch.randn(1, H, M, 2, generator=g, dtype=d), "D": torch.randn(1, H, generator=g, dtype=d),
+        "kernel.inv_dt": torch.tensor(inv[dt_t](dt)),
+        "kernel.A_real": torch.tensor(inv[real_t](re)),
+        "kernel.A_imag": torch.tensor(inv[imag_t](im)),
+        "kernel.B": torch.randn(1, H, M, 2, generator=g, dtype=d),
+        "kernel.C": torch.randn(1, H, M, 2, generator=g, dtype=d),
+        "D": torch.randn(1, H, generator=g, dtype=d),
     }
 
 
@@ -146,7 +155,9 @@ def test_reduced_s4d_state_dict_loads_and_its_kernel_error_is_within_the_bt_boun
     sd_conv = {k: v for k, v in new.items()}
     sd_conv["layer.output_linear.0.bias"] = torch.zeros(2 * H, dtype=torch.float64)
     mod.load_state_dict(sd_conv, strict=True)  # same keys, N/2 = r
-    assert torch.equal(new["layer.D"], sd["layer.D"]) and torch.equal(new["layer.kernel.log_dt"], sd["layer.kernel.log_dt"])
+    assert torch.equal(new["layer.D"], sd["layer.D"]) and torch.equal(
+        new["layer.kernel.log_dt"], sd["layer.kernel.log_dt"]
+    )
     _, W, a = s4d_minimal_kernel(sd, "layer.", 1)
     _, Wr, ar = s4d_minimal_kernel(new, "layer.", 1)
     z = np.exp(1j * np.linspace(-np.pi, np.pi, 4001))
@@ -161,8 +172,11 @@ def test_reduced_s4d_state_dict_loads_and_its_kernel_error_is_within_the_bt_boun
 
 
 def test_reduce_s4d_cli_lists_kernels_and_keeps_the_wrapping(tmp_path, capsys):
-    sd = {**minimal_state_dict(prefix="model.layers.0.layer."), **minimal_state_dict(seed=3, prefix="model.layers.1.layer."),
-          "model.encoder.weight": torch.randn(H, 3, dtype=torch.float64)}
+    sd = {
+        **minimal_state_dict(prefix="model.layers.0.layer."),
+        **minimal_state_dict(seed=3, prefix="model.layers.1.layer."),
+        "model.encoder.weight": torch.randn(H, 3, dtype=torch.float64),
+    }
     torch.save({"state_dict": sd, "epoch": 7}, tmp_path / "s4d.pt")
     assert main(["reduce-s4d", str(tmp_path / "s4d.pt"), "--order", "3", "--out", str(tmp_path / "out.pt")]) == 0
     out = capsys.readouterr().out
@@ -173,14 +187,17 @@ def test_reduce_s4d_cli_lists_kernels_and_keeps_the_wrapping(tmp_path, capsys):
     assert torch.equal(payload["state_dict"]["model.encoder.weight"], sd["model.encoder.weight"])
 
 
-@pytest.mark.parametrize("edit, opts, message", [
-    (None, S4DOptions(disc="bilinear"), r"disc='bilinear' is not supported"),
-    (None, S4DOptions(real_transform="sigmoid"), r"real_transform='sigmoid' is not supported"),
-    ("channels", S4DOptions(), r"2 output channels; only channels=1"),
-    ("dt_untied", S4DOptions(), r"dt_tie=False"),
-    ("is_real", S4DOptions(), r"real-valued SSM kernel"),
-    ("shared_A", S4DOptions(), r"n_ssm < H"),
-])
+@pytest.mark.parametrize(
+    "edit, opts, message",
+    [
+        (None, S4DOptions(disc="bilinear"), r"disc='bilinear' is not supported"),
+        (None, S4DOptions(real_transform="sigmoid"), r"real_transform='sigmoid' is not supported"),
+        ("channels", S4DOptions(), r"2 output channels; only channels=1"),
+        ("dt_untied", S4DOptions(), r"dt_tie=False"),
+        ("is_real", S4DOptions(), r"real-valued SSM kernel"),
+        ("shared_A", S4DOptions(), r"n_ssm < H"),
+    ],
+)
 def test_unsupported_s4d_options_are_rejected_naming_them(edit, opts, message):
     sd = ssm_state_dict()
     if edit == "channels":

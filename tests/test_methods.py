@@ -7,9 +7,9 @@ import pytest
 from scipy.integrate import quad
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
+from dssbt.oracles import random_stable, simulate_dense, trained_like_channel, transfer
 from dssbt.reduction import balance, reduce
 from dssbt.reduction.h2 import h2_error, h2_norm
-from dssbt.oracles import random_stable, simulate_dense, trained_like_channel, transfer
 
 
 def dtransfer(Lambda, B, C, s):
@@ -43,15 +43,27 @@ def test_h2_norm_closed_form_matches_lyapunov_and_quadrature():
     for i in range(3):
         P = solve_continuous_lyapunov(np.diag(Lambda[i]), -np.outer(B[i], B[i].conj()))
         dense = np.sqrt((C[i] @ P @ C[i].conj()).real)
-        integral = quad(lambda w: abs(transfer(Lambda[i], B[i], C[i], np.array([1j * w]))[0]) ** 2,
-                        -np.inf, np.inf, limit=500)[0] / (2 * np.pi)
+        integral = quad(
+            lambda w: abs(transfer(Lambda[i], B[i], C[i], np.array([1j * w]))[0]) ** 2, -np.inf, np.inf, limit=500
+        )[0] / (2 * np.pi)
         assert got[i] == pytest.approx(dense, rel=1e-10)
         assert got[i] == pytest.approx(np.sqrt(integral), rel=1e-6)
     r = reduce(Lambda, B, C, 3)
     err = h2_error(Lambda, B, C, r.Lambda, r.B, r.C)
-    integral = quad(lambda w: abs((transfer(Lambda[0], B[0], C[0], np.array([1j * w]))
-                                   - transfer(r.Lambda[0], r.B[0], r.C[0], np.array([1j * w])))[0]) ** 2,
-                    -np.inf, np.inf, limit=500)[0] / (2 * np.pi)
+    integral = quad(
+        lambda w: (
+            abs(
+                (
+                    transfer(Lambda[0], B[0], C[0], np.array([1j * w]))
+                    - transfer(r.Lambda[0], r.B[0], r.C[0], np.array([1j * w]))
+                )[0]
+            )
+            ** 2
+        ),
+        -np.inf,
+        np.inf,
+        limit=500,
+    )[0] / (2 * np.pi)
     assert err[0] == pytest.approx(np.sqrt(integral), rel=1e-6)
 
 
@@ -126,6 +138,7 @@ def test_h2_falls_back_to_bt_with_a_warning_when_not_converged():
 
 # ----- discrete route: balanced singular perturbation ---------------------------------------------------------------
 
+
 def test_discrete_bsp_balances_the_kernel_realization_g2():
     """hsv of discrete bsp = HSVs of (Lambda_bar, B_bar, C Lambda_bar), from dense Stein equations."""
     rng = np.random.default_rng(20)
@@ -175,8 +188,9 @@ def test_discrete_bsp_kernel_error_is_within_the_spa_bound(r):
     Lbr, Bbr = discretise(res.Lambda, res.B, dt)
     dK = dense_kernel(Lb, Bb, C, L) - dense_kernel(Lbr, Bbr, res.C, L, res.D)  # (S, L)
     # what the first L lags leave out, per channel: sum_n |C_n B_bar_n| |Lambda_bar_n|^L / (1 - |Lambda_bar_n|)
-    tail = sum((np.abs(c * b) * np.abs(lb) ** L / (1 - np.abs(lb))).sum(-1)
-               for lb, b, c in ((Lb, Bb, C), (Lbr, Bbr, res.C)))
+    tail = sum(
+        (np.abs(c * b) * np.abs(lb) ** L / (1 - np.abs(lb))).sum(-1) for lb, b, c in ((Lb, Bb, C), (Lbr, Bbr, res.C))
+    )
     assert np.all(tail < 1e-9 * res.bound)
     err = np.abs(np.fft.fft(dK, n=2 * L)).max(-1)  # sup over 2L equispaced points of the unit circle
     assert np.all(err <= res.bound * (1 + 1e-9) + tail), err / res.bound
@@ -235,6 +249,7 @@ def test_discrete_bsp_of_a_trained_like_channel_with_fast_decaying_hsvs():
 
 # ----- discrete route: H2 (IRKA) ---------------------------------------------------------------------------------
 
+
 def test_discrete_h2_norm_matches_stein_and_the_kernel_energy():
     rng = np.random.default_rng(60)
     Lambda, B, C = random_stable(rng, (3,), 6)
@@ -280,8 +295,10 @@ def test_discrete_irka_satisfies_the_interpolation_conditions_and_beats_bt_in_mo
         ratios[r] = round(float(np.median(e_h2 / e_bt)), 3)
         assert fractions[r] >= 0.8
     with capsys.disabled():
-        print(f"\nIRKA discrete-H2 error <= BT's on random stable ZOH systems (N=12, 300 each): {fractions}; "
-              f"median ratio IRKA/BT: {ratios}")
+        print(
+            f"\nIRKA discrete-H2 error <= BT's on random stable ZOH systems (N=12, 300 each): {fractions}; "
+            f"median ratio IRKA/BT: {ratios}"
+        )
 
 
 def test_discrete_h2_falls_back_to_bt_with_a_warning_when_not_converged():
@@ -318,10 +335,10 @@ def test_discrete_h2_norm_keeps_its_accuracy_for_poles_next_to_the_unit_circle()
     Lambda = -1e-9 * np.array([1, 2, 3, 4]) + 1j * Lambda.imag  # 1 - |Lambda_bar| ~ 1e-11 at dt = 0.01
     dt = 0.01
     lb = [mp.exp(dt * mp.mpc(complex(x))) for x in Lambda]
-    w = [mp.mpc(complex(c)) * (z - 1) / mp.mpc(complex(x)) * mp.mpc(complex(b))
-         for c, b, x, z in zip(C, B, Lambda, lb)]  # C_n B_bar_n
-    exact = mp.sqrt(mp.re(sum(w[i] * mp.conj(w[j]) / (1 - lb[i] * mp.conj(lb[j]))
-                              for i in range(4) for j in range(4))))
+    w = [
+        mp.mpc(complex(c)) * (z - 1) / mp.mpc(complex(x)) * mp.mpc(complex(b)) for c, b, x, z in zip(C, B, Lambda, lb)
+    ]  # C_n B_bar_n
+    exact = mp.sqrt(mp.re(sum(w[i] * mp.conj(w[j]) / (1 - lb[i] * mp.conj(lb[j])) for i in range(4) for j in range(4))))
     assert h2_norm(Lambda, B, C, dt=np.array(dt)) == pytest.approx(float(exact), rel=1e-9)
 
 
@@ -362,15 +379,35 @@ def test_irka_iteration_cap_reaches_the_reduction_through_the_cli(tmp_path):
     import subprocess
     import sys
 
-    from dssbt.checkpoint import save_model
     from test_model import small_model
+
+    from dssbt.checkpoint import save_model
 
     save_model(tmp_path / "pre.pt", small_model(), {"l_max": 32})
     converged = {}
     for name, hp in (("capped", '{"reduction": {"h2": {"max_iter": 1}}}'), ("default", "{}")):
-        p = subprocess.run([sys.executable, "-m", "dssbt", "reduce", "--checkpoint", str(tmp_path / "pre.pt"),
-                            "--order", "3", "--method", "h2", "--hparams", hp, "--out", str(tmp_path / f"{name}.pt"),
-                            "--report", str(tmp_path / f"{name}.json")], capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dssbt",
+                "reduce",
+                "--checkpoint",
+                str(tmp_path / "pre.pt"),
+                "--order",
+                "3",
+                "--method",
+                "h2",
+                "--hparams",
+                hp,
+                "--out",
+                str(tmp_path / f"{name}.pt"),
+                "--report",
+                str(tmp_path / f"{name}.json"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert p.returncode == 0, p.stderr
         report = json.loads((tmp_path / f"{name}.json").read_text())
         converged[name] = np.concatenate([np.ravel(layer["converged"]) for layer in report["layers"]])

@@ -4,9 +4,9 @@ import torch
 
 from dssbt.checkpoint import load_model, save_model
 from dssbt.model import ModelConfig, S4Model, count_parameters
+from dssbt.oracles import run_recording_dss_io, simulate_dense
 from dssbt.reduction import reduce
 from dssbt.reduction.apply import reduce_model
-from dssbt.oracles import run_recording_dss_io, simulate_dense
 
 SSM = ("Lambda_log_neg_re", "Lambda_im", "B", "C")
 
@@ -81,7 +81,9 @@ def test_reduced_model_runs_each_reduced_channel_system(bidirectional, route):
             for h in range(u.shape[1]):
                 y[b, h] = simulate_dense(res.Lambda[0, h], res.B[0, h], res.C[0, h], ss["D"][h], ss["dt"][h], u[b, h])
                 if bidirectional:
-                    y[b, h] += simulate_dense(res.Lambda[1, h], res.B[1, h], res.C[1, h], 0.0, ss["dt"][h], u[b, h, ::-1])[::-1]
+                    y[b, h] += simulate_dense(
+                        res.Lambda[1, h], res.B[1, h], res.C[1, h], 0.0, ss["dt"][h], u[b, h, ::-1]
+                    )[::-1]
         np.testing.assert_allclose(outputs[k].numpy(), y, rtol=1e-4, atol=1e-4 * np.abs(y).max())
         assert np.asarray(report["layers"][k]["hsv"]).shape == (2 if bidirectional else 1, 6, 12)
     # The whole model also agrees with its own recurrent mode.
@@ -138,7 +140,9 @@ def test_unstable_or_nan_lambda_in_a_file_is_rejected_naming_layer_and_channel(t
     with torch.no_grad():
         model.blocks[1].dss.Lambda_log_neg_re[0, 4, 7] = -float("inf")  # Re Lambda = -exp(-inf) = 0: unstable
     save_model(tmp_path / "bad.pt", model)
-    with pytest.raises(ValueError, match=r"bad.pt: layer 1: Lambda has Re >= 0 \(unstable\) at direction 0, channel 4, mode 7"):
+    with pytest.raises(
+        ValueError, match=r"bad.pt: layer 1: Lambda has Re >= 0 \(unstable\) at direction 0, channel 4, mode 7"
+    ):
         load_model(tmp_path / "bad.pt")
     with torch.no_grad():
         model.blocks[1].dss.Lambda_log_neg_re[0, 4, 7] = 0.0

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dssbt.reduction.methods import modal_singular_perturbation, modal_truncation
 from dssbt.oracles import random_stable, transfer
+from dssbt.reduction.methods import modal_singular_perturbation, modal_truncation
 
 
 def dominant(Lambda, B, C, r, dt):

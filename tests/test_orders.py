@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from scipy.linalg import solve_discrete_lyapunov
+from test_model import small_model
 
 from dssbt.checkpoint import load_model, save_model
 from dssbt.model import ModelConfig, S4Model, count_parameters
-from dssbt.reduction import reduce
-from dssbt.orders import parse_order
-from dssbt.reduction.apply import ModelReducer, reduce_model
 from dssbt.oracles import run_recording_dss_io, simulate_dense
-from test_model import small_model
+from dssbt.orders import parse_order
+from dssbt.reduction import reduce
+from dssbt.reduction.apply import ModelReducer, reduce_model
 
 
 def dense_hsv_discrete(Lambda, B, C, dt):
@@ -47,8 +47,9 @@ def test_chosen_orders_match_a_brute_force_search_over_scipy_hsvs(tol):
     chosen = choose_layer_orders(model, tol, route="discrete")
     for i, layer in enumerate(model.dss_layers()):
         ss = {k: v.numpy() for k, v in layer.ss_params().items()}
-        hsv = np.stack([dense_hsv_discrete(ss["Lambda"][0, h], ss["B"][0, h], ss["C"][0, h], ss["dt"][h])
-                        for h in range(6)])  # (H, N)
+        hsv = np.stack(
+            [dense_hsv_discrete(ss["Lambda"][0, h], ss["B"][0, h], ss["C"][0, h], ss["dt"][h]) for h in range(6)]
+        )  # (H, N)
         energy = hsv**2
         total = energy.sum()
         want = next(r for r in range(1, 13) if energy[:, r:].sum() <= tol * total + 1e-9 * total)
@@ -84,8 +85,15 @@ def test_per_layer_reduction_runs_each_layer_at_its_own_order():
         ss = {a: v.numpy() for a, v in full.ss_params().items()}
         res = reduce(ss["Lambda"], ss["B"], ss["C"], orders[k], dt=np.broadcast_to(ss["dt"], (1, 6)))
         u = inputs[k].double().numpy()
-        y = np.array([[simulate_dense(res.Lambda[0, h], res.B[0, h], res.C[0, h], ss["D"][h], ss["dt"][h], u[b, h])
-                       for h in range(6)] for b in range(2)])
+        y = np.array(
+            [
+                [
+                    simulate_dense(res.Lambda[0, h], res.B[0, h], res.C[0, h], ss["D"][h], ss["dt"][h], u[b, h])
+                    for h in range(6)
+                ]
+                for b in range(2)
+            ]
+        )
         np.testing.assert_allclose(outputs[k].numpy(), y, rtol=1e-4, atol=1e-4 * np.abs(y).max())
     # non-SSM weights copied
     sd = model.state_dict()
@@ -128,19 +136,50 @@ def test_orders_then_reduce_commands(tmp_path):
     assert p.returncode == 0, p.stderr
     chosen = json.loads((tmp_path / "o.json").read_text())
     assert chosen["layer_orders"] == choose_layer_orders(shaped_model(), 0.05)["layer_orders"]
-    p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--layer-orders", str(tmp_path / "o.json"),
-            "--method", "modal", "--out", str(tmp_path / "r.pt"), "--report", str(tmp_path / "r.json"))
+    p = run(
+        "reduce",
+        "--checkpoint",
+        str(tmp_path / "pre.pt"),
+        "--layer-orders",
+        str(tmp_path / "o.json"),
+        "--method",
+        "modal",
+        "--out",
+        str(tmp_path / "r.pt"),
+        "--report",
+        str(tmp_path / "r.json"),
+    )
     assert p.returncode == 0, p.stderr
     reduced, meta = load_model(tmp_path / "r.pt")
     assert reduced.cfg.orders_by_layer() == chosen["layer_orders"]
     assert meta["reduction"]["order_spec"] == "tol:0.05" and meta["reduction"]["method"] == "modal"
     # --order and --layer-orders are exclusive; a broken orders file is named
-    p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--order", "3", "--layer-orders",
-            str(tmp_path / "o.json"), "--out", str(tmp_path / "x.pt"), "--report", str(tmp_path / "x.json"))
+    p = run(
+        "reduce",
+        "--checkpoint",
+        str(tmp_path / "pre.pt"),
+        "--order",
+        "3",
+        "--layer-orders",
+        str(tmp_path / "o.json"),
+        "--out",
+        str(tmp_path / "x.pt"),
+        "--report",
+        str(tmp_path / "x.json"),
+    )
     assert p.returncode == 2 and "exactly one of --order r and --layer-orders FILE" in p.stderr
     (tmp_path / "bad.json").write_text(json.dumps({"tol": 0.05, "layer_orders": [3, "2"]}))
-    p = run("reduce", "--checkpoint", str(tmp_path / "pre.pt"), "--layer-orders", str(tmp_path / "bad.json"),
-            "--out", str(tmp_path / "x.pt"), "--report", str(tmp_path / "x.json"))
+    p = run(
+        "reduce",
+        "--checkpoint",
+        str(tmp_path / "pre.pt"),
+        "--layer-orders",
+        str(tmp_path / "bad.json"),
+        "--out",
+        str(tmp_path / "x.pt"),
+        "--report",
+        str(tmp_path / "x.json"),
+    )
     assert p.returncode == 2 and "bad.json: key layer_orders must be a non-empty list" in p.stderr
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()
 
@@ -151,12 +190,17 @@ def test_a_per_layer_model_evaluated_on_its_own_names_its_layer_sizes(tmp_path):
     from dssbt.runs import describe_run
 
     model = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=12, n_layers=2).with_layer_orders([5, 2]))
-    m = base_metrics({"task": "t"}, model, parse_hparams("{}"), describe_run("evaluate", "skew_hippo", None), 0,
-                     "cpu", 12)
+    m = base_metrics(
+        {"task": "t"}, model, parse_hparams("{}"), describe_run("evaluate", "skew_hippo", None), 0, "cpu", 12
+    )
     assert m["order_spec"] == "layers:5,2" and m["layer_orders"] == [5, 2] and m["order"] == 5
     uniform = S4Model(ModelConfig(d_input=3, d_output=5, d_model=6, d_state=4, n_layers=2))
-    assert base_metrics({"task": "t"}, uniform, parse_hparams("{}"), describe_run("evaluate", "skew_hippo", None), 0,
-                        "cpu", 12)["order_spec"] == "4"
+    assert (
+        base_metrics(
+            {"task": "t"}, uniform, parse_hparams("{}"), describe_run("evaluate", "skew_hippo", None), 0, "cpu", 12
+        )["order_spec"]
+        == "4"
+    )
 
 
 def test_irka_fallback_warnings_name_the_layer_and_order():
@@ -179,11 +223,15 @@ def test_budget_orders_keep_the_budget_with_least_discarded_energy_and_match_a_b
         energy = []
         for layer in model.dss_layers():
             ss = {k: v.numpy() for k, v in layer.ss_params().items()}
-            hsv = np.stack([dense_hsv_discrete(ss["Lambda"][0, h], ss["B"][0, h], ss["C"][0, h], ss["dt"][h])
-                            for h in range(6)])
-            energy.append((hsv ** 2).sum(0))  # (N,)
-        cost = {o: sum(e[r:].sum() for e, r in zip(energy, o))
-                for o in itertools.product(range(1, 13), repeat=2) if sum(o) == R}
+            hsv = np.stack(
+                [dense_hsv_discrete(ss["Lambda"][0, h], ss["B"][0, h], ss["C"][0, h], ss["dt"][h]) for h in range(6)]
+            )
+            energy.append((hsv**2).sum(0))  # (N,)
+        cost = {
+            o: sum(e[r:].sum() for e, r in zip(energy, o))
+            for o in itertools.product(range(1, 13), repeat=2)
+            if sum(o) == R
+        }
         best = min(cost.values())
         assert cost[tuple(chosen["layer_orders"])] <= best * (1 + 1e-6) + 1e-15, (chosen, best)
     # the reduced model has the parameter count of a fresh model with the same per-layer orders

@@ -1,11 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from test_aggregate import metrics
 
 from dssbt.aggregate import runs_table
 from dssbt.plots import learning_curve_data, learning_curves
-
-from test_aggregate import metrics
 
 
 def history(metrics_path, val):
@@ -20,10 +19,16 @@ def runs(tmp_path):
     f = []
     for seed in (0, 1):
         s = 0.01 * seed  # seed 1 is 1 point above seed 0 everywhere
-        f.append(history(metrics(tmp_path, "pretrain", "t", seed, 8, 0.9, epochs=3), [0.1 + s, 0.5 + s, 0.7 + s, 0.9 + s]))
+        f.append(
+            history(metrics(tmp_path, "pretrain", "t", seed, 8, 0.9, epochs=3), [0.1 + s, 0.5 + s, 0.7 + s, 0.9 + s])
+        )
         f.append(history(metrics(tmp_path, "skew_hippo", "t", seed, 2, 0.6, epochs=2), [0.1 + s, 0.4 + s, 0.6 + s]))
-        f.append(history(metrics(tmp_path, "skew_hippo_equal", "t", seed, 2, 0.7, epochs=5),
-                         [0.1 + s, 0.3 + s, 0.5 + s, 0.6 + s, 0.65 + s, 0.7 + s]))
+        f.append(
+            history(
+                metrics(tmp_path, "skew_hippo_equal", "t", seed, 2, 0.7, epochs=5),
+                [0.1 + s, 0.3 + s, 0.5 + s, 0.6 + s, 0.65 + s, 0.7 + s],
+            )
+        )
         f.append(history(metrics(tmp_path, "bt_init", "t", seed, 2, 0.8, epochs=2), [0.6 + s, 0.75 + s, 0.8 + s]))
         f.append(metrics(tmp_path, "bt", "t", seed, 2, 0.6, epochs=0))  # not trained: no curve
     return runs_table(f)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
-from dssbt.reduction import balance, balanced_truncation, gramians_continuous, gramians_discrete, reduce, truncate, zoh
 from dssbt.oracles import embed, random_stable, real_mimo, trained_like_channel, transfer
+from dssbt.reduction import balance, balanced_truncation, gramians_continuous, gramians_discrete, reduce, truncate, zoh
 
 control = pytest.importorskip("control", reason="python-control (test extra) is the BT oracle")
 
@@ -25,6 +25,7 @@ def transfer_discrete(Lambda_bar, B_bar, C, z):
 
 
 # ----- Gramians ---------------------------------------------------------------------------------------------------
+
 
 def test_continuous_gramians_match_scipy_and_solve_lyapunov():
     rng = np.random.default_rng(0)
@@ -70,6 +71,7 @@ def test_zoh_matches_matrix_exponential_of_the_augmented_system():
 
 
 # ----- balanced truncation ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("route", ["continuous", "discrete"])
 def test_bt_hsvs_sorted_positive_reduced_stable_and_hinf_error_below_bound(route):
@@ -146,6 +148,7 @@ def test_hsvs_match_a_50_digit_computation(seed):
 
 # ----- robustness: rank deficiency, repeated poles, poles near the imaginary axis ---------------------------------
 
+
 def assert_valid_reduction(Lambda, B, C, r, dt=None, floor=1e-8):
     """Finite, stable, and the sampled H-inf error within the bound plus a round-off floor ``floor * ||G||_inf``.
 
@@ -212,6 +215,7 @@ def test_poles_close_to_the_imaginary_axis():
 
 
 # ----- bad input --------------------------------------------------------------------------------------------------
+
 
 def test_bad_input_is_a_clear_error():
     rng = np.random.default_rng(9)

@@ -22,8 +22,10 @@ def trained(steps=3, seed=0, opt_kind="adamw"):
     ssm = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[1] in SSM and ".dss." in n]
     rest = [p for n, p in model.named_parameters() if not (n.rsplit(".", 1)[1] in SSM and ".dss." in n)]
     if opt_kind == "adamw":
-        opt = torch.optim.AdamW([{"params": ssm, "lr": 1e-3, "weight_decay": 0.0},
-                                 {"params": rest, "lr": 4e-3, "weight_decay": 0.05}], betas=(0.9, 0.98))
+        opt = torch.optim.AdamW(
+            [{"params": ssm, "lr": 1e-3, "weight_decay": 0.0}, {"params": rest, "lr": 4e-3, "weight_decay": 0.05}],
+            betas=(0.9, 0.98),
+        )
     else:
         opt = torch.optim.SGD([{"params": ssm, "lr": 1e-3}, {"params": rest, "lr": 1e-2}], momentum=0.9)
     x, y = torch.randn(6, 32), torch.randint(0, 3, (6,))
@@ -52,8 +54,9 @@ def test_shrunk_model_is_the_bt_reduced_model_and_adam_state_carries_over():
     u = torch.randn(5, 40)
     with torch.no_grad():
         assert torch.equal(new(u), ref(u))
-    assert report["new_basis_params"] == [f"blocks.0.dss.{p}" for p in sorted(("B", "C", "Lambda_im",
-                                                                                "Lambda_log_neg_re"))]
+    assert report["new_basis_params"] == [
+        f"blocks.0.dss.{p}" for p in sorted(("B", "C", "Lambda_im", "Lambda_log_neg_re"))
+    ]
     assert new.dss_layers()[0].N == 3 and new.dss_layers()[1].N == 8
 
     # same optimizer kind and groups, every group setting kept
@@ -85,8 +88,11 @@ def test_shrunk_model_is_the_bt_reduced_model_and_adam_state_carries_over():
         p.grad = grads[n].clone() if n not in report["new_basis_params"] else torch.zeros_like(p)
     old_opt.step()
     old_after = dict(old_model.named_parameters())
-    group_of = {new_names[id(p)]: {k: v for k, v in g.items() if k != "params"}
-                for g in new_opt.param_groups for p in g["params"]}
+    group_of = {
+        new_names[id(p)]: {k: v for k, v in g.items() if k != "params"}
+        for g in new_opt.param_groups
+        for p in g["params"]
+    }
     for n, q in new.named_parameters():
         if n in report["new_basis_params"]:
             fresh = torch.nn.Parameter(basis_before[n].clone())
@@ -168,6 +174,9 @@ def test_bad_arguments_are_rejected():
 
 def test_integer_order_above_a_reduced_layer_fails_naming_the_layer_orders():
     model = S4Model(ModelConfig(d_input=1, d_output=2, d_model=4, d_state=8, n_layers=2, layer_orders=(8, 3)))
-    with pytest.raises(ValueError, match=r"1 <= r < N = 3 \(the smallest layer .*layer orders are \[8, 3\].*"
-                                         r"optim.reduce_during.*got r=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 <= r < N = 3 \(the smallest layer .*layer orders are \[8, 3\].*"
+        r"optim.reduce_during.*got r=4",
+    ):
         reduce_model(model, 4, "bt", "discrete")

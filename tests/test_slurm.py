@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_workflow import ENV, ROOT, SNAKEMAKE, TINY, copy_workflow, job_counts, run_tiny_locally
 
 # One xdist group: the tests share the cluster (brought up once per worker that runs them) and its runs.
@@ -33,8 +32,17 @@ ACCOUNT = "dssbt"
 OOM_MEM_MB = 150
 # Every job of the tiny config (tests/workflow/tiny.yaml), without the local target rule 'all'.
 # tests/workflow/tiny.yaml: 2 tasks x 1 seed x 1 order, with the equal-budget control
-TINY_JOBS = {"generate": 2, "prepare": 2, "pretrain": 2, "train_baseline": 2, "train_equal_budget": 2, "reduce": 2,
-             "retrain": 2, "aggregate": 1, "plot": 1}
+TINY_JOBS = {
+    "generate": 2,
+    "prepare": 2,
+    "pretrain": 2,
+    "train_baseline": 2,
+    "train_equal_budget": 2,
+    "reduce": 2,
+    "retrain": 2,
+    "aggregate": 1,
+    "plot": 1,
+}
 
 
 def snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 480) -> subprocess.CompletedProcess:
@@ -61,6 +69,7 @@ def slurm_cluster():
     if os.geteuid() != 0:
         pytest.skip(f"SLURM cannot start here: tests/slurm/cluster.sh needs root (uid {os.geteuid()})")
     was_up = cluster("status").returncode == 0
+
     # A SIGTERM (a CI time limit, say) unwinds like Ctrl-C, so that the teardown below still stops the daemons.
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -89,10 +98,17 @@ def profile_args(*extra: str) -> list[str]:
     resources = dict(profile["default-resources"])
     assert resources["slurm_partition"] == resources["slurm_account"] == "CHANGE_ME", "the profile is a template"
     resources.update(slurm_partition=PARTITION, slurm_account=ACCOUNT)
-    return ["--profile", "profiles/slurm", "--default-resources", *(f"{k}={v}" for k, v in resources.items()),
-            # The plugin's first status check comes after this many seconds; later ones 10 s further apart each
-            # time nothing finished. 3 s catches the 10-15 s jobs of the tiny grid at the second check.
-            "--slurm-init-seconds-before-status-checks", "3", *extra]
+    return [
+        "--profile",
+        "profiles/slurm",
+        "--default-resources",
+        *(f"{k}={v}" for k, v in resources.items()),
+        # The plugin's first status check comes after this many seconds; later ones 10 s further apart each
+        # time nothing finished. 3 s catches the 10-15 s jobs of the tiny grid at the second check.
+        "--slurm-init-seconds-before-status-checks",
+        "3",
+        *extra,
+    ]
 
 
 def run_id(output: str) -> str:
@@ -105,17 +121,39 @@ def run_id(output: str) -> str:
 def sacct_jobs(run: str) -> list[dict[str, str]]:
     """The jobs that SLURM accounting recorded for one Snakemake run, in submission order: id, rule, wildcards,
     state, time limit."""
-    p = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "now-1days", "--name", run,
-                        "-o", "JobIDRaw,JobName%100,Comment%300,State,Timelimit"],
-                       capture_output=True, text=True, env=ENV, check=True)
+    p = subprocess.run(
+        [
+            "sacct",
+            "-X",
+            "-n",
+            "-P",
+            "-S",
+            "now-1days",
+            "--name",
+            run,
+            "-o",
+            "JobIDRaw,JobName%100,Comment%300,State,Timelimit",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    )
     jobs = []
     for line in p.stdout.splitlines():
         jobid, name, comment, state, timelimit = line.split("|")
         # The plugin's job comment: rule_<rule> or rule_<rule>_wildcards_<values>
         m = re.fullmatch(r"rule_(\w+?)(?:_wildcards_(.*))?", comment)
         assert m, comment
-        jobs.append({"id": jobid, "rule": m.group(1), "wildcards": m.group(2) or "", "state": state.split()[0],
-                     "timelimit": timelimit})
+        jobs.append(
+            {
+                "id": jobid,
+                "rule": m.group(1),
+                "wildcards": m.group(2) or "",
+                "state": state.split()[0],
+                "timelimit": timelimit,
+            }
+        )
     return jobs
 
 
@@ -133,8 +171,10 @@ def fault_runs(slurm_cluster, tmp_path_factory):
     requeue delay), which then overlaps the other scenario and the tiny grid's runs instead of following them.
     Their tests wait for them and re-raise what failed."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {"timeout": pool.submit(timeout_scenario, tmp_path_factory.mktemp("timeout")),
-               "requeue": pool.submit(requeue_scenario, tmp_path_factory.mktemp("requeue"))}
+        yield {
+            "timeout": pool.submit(timeout_scenario, tmp_path_factory.mktemp("timeout")),
+            "requeue": pool.submit(requeue_scenario, tmp_path_factory.mktemp("requeue")),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -144,14 +184,26 @@ def slurm_runs(slurm_cluster, tmp_path_factory):
     wf = copy_workflow(tmp_path_factory.mktemp("slurm_wf"))
     shutil.copy(TINY, wf / "tiny.yaml")
     # The target first: the options after it take several values each.
-    oom = snakemake(wf, "pretrain_all", *profile_args("--configfile", "tiny.yaml",
-                                                      "--set-resources", f"pretrain:mem_mb={OOM_MEM_MB}"), check=False)
+    oom = snakemake(
+        wf,
+        "pretrain_all",
+        *profile_args("--configfile", "tiny.yaml", "--set-resources", f"pretrain:mem_mb={OOM_MEM_MB}"),
+        check=False,
+    )
     oom_out = oom.stdout + oom.stderr
     rerun_plan = job_counts(wf, *profile_args("--configfile", "tiny.yaml"))
     full = snakemake(wf, *profile_args("--configfile", "tiny.yaml"), check=False)
     full_out = full.stdout + full.stderr
-    return {"wf": wf, "oom": oom, "oom_out": oom_out, "oom_jobs": sacct_jobs(run_id(oom_out)),
-            "rerun_plan": rerun_plan, "full": full, "full_out": full_out, "full_jobs": sacct_jobs(run_id(full_out))}
+    return {
+        "wf": wf,
+        "oom": oom,
+        "oom_out": oom_out,
+        "oom_jobs": sacct_jobs(run_id(oom_out)),
+        "rerun_plan": rerun_plan,
+        "full": full,
+        "full_out": full_out,
+        "full_jobs": sacct_jobs(run_id(full_out)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +216,12 @@ def test_tiny_grid_completes_with_every_job_through_slurm(slurm_runs):
     full = slurm_runs["full"]
     assert full.returncode == 0, slurm_runs["full_out"][-4000:]
     wf = slurm_runs["wf"]
-    for name in ("tables/accuracy.csv", "plots/accuracy_vs_order.png", "plots/hsv_decay.png",
-                 "plots/pretrained_vs_bt.png"):
+    for name in (
+        "tables/accuracy.csv",
+        "plots/accuracy_vs_order.png",
+        "plots/hsv_decay.png",
+        "plots/pretrained_vs_bt.png",
+    ):
         assert (wf / "results" / name).stat().st_size > 0, name
     # Every job of the grid finished as a SLURM job, recorded by accounting under one of the two runs' names.
     completed = [j for j in slurm_runs["oom_jobs"] + slurm_runs["full_jobs"] if j["state"] == "COMPLETED"]
@@ -187,8 +243,9 @@ def test_slurm_results_equal_local_results(slurm_runs, local_run):
     # measured wall times they report)
     times = ("wall_time_s", "total_wall_time_s")
     for table in ("accuracy.csv", "runs.csv"):
-        assert (read_rows(slurm_wf / "results/tables" / table, drop=times)
-                == read_rows(local_run / "results/tables" / table, drop=times)), table
+        assert read_rows(slurm_wf / "results/tables" / table, drop=times) == read_rows(
+            local_run / "results/tables" / table, drop=times
+        ), table
 
 
 def test_job_over_its_memory_is_killed_and_the_rerun_resumes(slurm_runs):
@@ -196,8 +253,10 @@ def test_job_over_its_memory_is_killed_and_the_rerun_resumes(slurm_runs):
     assert oom.returncode != 0, out[-4000:]
     # SLURM killed pretrain; generate and prepare had completed.
     states = {(j["rule"], j["state"]) for j in slurm_runs["oom_jobs"]}
-    assert rule_counts([j for j in slurm_runs["oom_jobs"] if j["state"] == "COMPLETED"]) == {"generate": 2,
-                                                                                           "prepare": 2}
+    assert rule_counts([j for j in slurm_runs["oom_jobs"] if j["state"] == "COMPLETED"]) == {
+        "generate": 2,
+        "prepare": 2,
+    }
     failed = [j for j in slurm_runs["oom_jobs"] if j["rule"] == "pretrain"]
     assert failed and all(j["state"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED") for j in failed), states
     # Snakemake names the failed rule and the SLURM log, which says why.
@@ -247,8 +306,11 @@ task_settings: {listops: {optim: {epochs: 90}}}
 resources: {pretrain: {runtime: 1}}
 """
 # A shorter job (about 20 s of CPU) for the requeue test.
-REQUEUE_CONFIG = TIMEOUT_CONFIG.replace("n_train: 5000", "n_train: 600").replace("epochs: 90", "epochs: 60").replace(
-    "resources: {pretrain: {runtime: 1}}", "")
+REQUEUE_CONFIG = (
+    TIMEOUT_CONFIG.replace("n_train: 5000", "n_train: 600")
+    .replace("epochs: 90", "epochs: 60")
+    .replace("resources: {pretrain: {runtime: 1}}", "")
+)
 assert REQUEUE_CONFIG.count("epochs: 60") == 2 and "runtime" not in REQUEUE_CONFIG
 RUN = "results/runs/listops/seed0/pretrain"
 
@@ -265,8 +327,14 @@ def prepared_workflow(dest: Path, config: str) -> Path:
 def start_local_reference(wf: Path, dest: Path) -> subprocess.Popen:
     """The same pretraining run locally, without interruption, in a copy of ``wf`` (started, not waited for)."""
     ref = shutil.copytree(wf, dest)
-    return subprocess.Popen([*SNAKEMAKE, "pretrain_all", "--cores", "1", "--configfile", "faults.yaml"], cwd=ref,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*SNAKEMAKE, "pretrain_all", "--cores", "1", "--configfile", "faults.yaml"],
+        cwd=ref,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def same_training_result(slurm_wf: Path, local: subprocess.Popen, local_wf: Path) -> None:
@@ -277,8 +345,9 @@ def same_training_result(slurm_wf: Path, local: subprocess.Popen, local_wf: Path
         return {k: v for k, v in json.loads((wf / RUN / "metrics.json").read_text()).items() if k != "wall_time_s"}
 
     assert metrics(slurm_wf) == metrics(local_wf)
-    assert (read_rows(slurm_wf / RUN / "history.csv", drop=("seconds",))
-            == read_rows(local_wf / RUN / "history.csv", drop=("seconds",)))
+    assert read_rows(slurm_wf / RUN / "history.csv", drop=("seconds",)) == read_rows(
+        local_wf / RUN / "history.csv", drop=("seconds",)
+    )
     assert not (slurm_wf / RUN / "train_state.pt").exists()
 
 
@@ -292,7 +361,7 @@ def timeout_scenario(tmp_path: Path) -> None:
     states = [j["state"] for j in jobs]
     # SLURM killed the first attempt at its 1-minute limit; each retry asked for twice the time of the one before
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED" and set(states[:-1]) == {"TIMEOUT"}, jobs
-    assert [j["timelimit"] for j in jobs] == ["00:01:00", "00:02:00", "00:04:00", "00:08:00"][:len(jobs)], jobs
+    assert [j["timelimit"] for j in jobs] == ["00:01:00", "00:02:00", "00:04:00", "00:08:00"][: len(jobs)], jobs
     # the SLURM log of the killed attempt says why, and the last attempt continued from a saved epoch
     killed = list((wf / ".snakemake/slurm_logs/rule_pretrain").glob(f"*/{jobs[0]['id']}.log"))
     assert len(killed) == 1, out[-3000:]
@@ -308,8 +377,14 @@ def requeue_scenario(tmp_path: Path) -> None:
 
     wf = prepared_workflow(tmp_path / "slurm", REQUEUE_CONFIG)
     local = start_local_reference(wf, tmp_path / "local")
-    run = subprocess.Popen([*SNAKEMAKE, "pretrain_all", *profile_args("--configfile", "faults.yaml")], cwd=wf, env=ENV,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [*SNAKEMAKE, "pretrain_all", *profile_args("--configfile", "faults.yaml")],
+        cwd=wf,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         state = wf / RUN / "train_state.pt"
         deadline = time.time() + 600  # its job may wait for a CPU behind the other scenario's and the grid's
@@ -320,8 +395,11 @@ def requeue_scenario(tmp_path: Path) -> None:
         # this workflow's job only, by its working directory: the timeout scenario, running at the same time, has a
         # pretraining of the same rule and wildcards
         queue = subprocess.run(["squeue", "-h", "-o", "%i|%Z|%k"], capture_output=True, text=True, env=ENV, check=True)
-        ids = [line.split("|")[0] for line in queue.stdout.splitlines()
-               if line.split("|")[1:] == [str(wf), "rule_pretrain_wildcards_listops_0"]]
+        ids = [
+            line.split("|")[0]
+            for line in queue.stdout.splitlines()
+            if line.split("|")[1:] == [str(wf), "rule_pretrain_wildcards_listops_0"]
+        ]
         assert len(ids) == 1, queue.stdout
         subprocess.run(["scontrol", "requeue", ids[0]], check=True, env=ENV, capture_output=True, text=True)
         # SLURM ends the running job (SIGTERM, SIGKILL after KillWait = 5 s, cluster.sh) and starts it again no
@@ -334,8 +412,13 @@ def requeue_scenario(tmp_path: Path) -> None:
             run.kill()
     assert run.returncode == 0, out[-4000:]
     # One SLURM job: requeued once (sacct -D lists each run of it), then completed
-    runs = subprocess.run(["sacct", "-X", "-D", "-n", "-P", "-j", ids[0], "-o", "State"], capture_output=True,
-                          text=True, env=ENV, check=True).stdout.split()
+    runs = subprocess.run(
+        ["sacct", "-X", "-D", "-n", "-P", "-j", ids[0], "-o", "State"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    ).stdout.split()
     assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
     assert [j["state"] for j in sacct_jobs(run_id(out)) if j["rule"] == "pretrain"] == ["COMPLETED"]
     log = (wf / "logs/pretrain/listops/seed0.log").read_text()

@@ -32,8 +32,16 @@ def make_task(folder: Path, n=(200, 60, 60), L=32, seed=0) -> Path:
     for name, size in zip(("train", "val", "test"), n):
         x = rng.normal(size=(size, L)).astype(np.float32) + rng.choice([-0.3, 0.3], size=(size, 1)).astype(np.float32)
         splits[name] = Split(x, np.full(size, L), (x.mean(1) > 0).astype(np.int64))
-    meta = {"task": "tiny", "source": "test", "encoder": "linear", "d_input": 1, "d_output": 2, "l_max": L,
-            "dual": False, "vocab": None}
+    meta = {
+        "task": "tiny",
+        "source": "test",
+        "encoder": "linear",
+        "d_input": 1,
+        "d_output": 2,
+        "l_max": L,
+        "dual": False,
+        "vocab": None,
+    }
     save_prepared(folder, splits, meta)
     return folder
 
@@ -90,8 +98,11 @@ def test_killed_job_resumes_to_the_same_result(task, tmp_path):
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "dssbt", *args, "--out-dir", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dssbt", *args, "--out-dir", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (out / "train_state.pt").exists():  # wait for the first completed epoch
         assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
@@ -115,9 +126,23 @@ def test_bt_initialised_model_starts_at_the_reduced_accuracy(task, tmp_path):
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 3
     train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
-    r = run_cli("reduce", "--checkpoint", str(tmp_path / "pre" / "model.pt"), "--order", "3", "--data", str(task),
-                "--hparams", json.dumps(hp), "--out", str(tmp_path / "r3.pt"), "--report", str(tmp_path / "r3.json"),
-                "--metrics", str(tmp_path / "r3_metrics.json"))
+    r = run_cli(
+        "reduce",
+        "--checkpoint",
+        str(tmp_path / "pre" / "model.pt"),
+        "--order",
+        "3",
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(hp),
+        "--out",
+        str(tmp_path / "r3.pt"),
+        "--report",
+        str(tmp_path / "r3.json"),
+        "--metrics",
+        str(tmp_path / "r3_metrics.json"),
+    )
     assert r.returncode == 0, r.stderr
     reduced = json.loads((tmp_path / "r3_metrics.json").read_text())
     assert reduced["init"] == "bt_no_retrain" and reduced["order"] == 3 and reduced["N"] == 8
@@ -156,11 +181,28 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
     other = json.loads(json.dumps(hp))
     other["model"]["d_model"] = 6
     with pytest.raises(ValueError, match=r"model.pt: architecture differs .*'d_model': \(8, 6\)"):
-        train(task, other, "from_reduced", 0, tmp_path / "x", order=7, reduced=tmp_path / "pre" / "model.pt",
-              log=lambda s: None)
+        train(
+            task,
+            other,
+            "from_reduced",
+            0,
+            tmp_path / "x",
+            order=7,
+            reduced=tmp_path / "pre" / "model.pt",
+            log=lambda s: None,
+        )
     assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
-    p = run_cli("train", "--data", str(task), "--init", "skew_hippo", "--hparams", '{"optim": {"epochs": 0}}',
-                "--out-dir", str(tmp_path / "cli"))
+    p = run_cli(
+        "train",
+        "--data",
+        str(task),
+        "--init",
+        "skew_hippo",
+        "--hparams",
+        '{"optim": {"epochs": 0}}',
+        "--out-dir",
+        str(tmp_path / "cli"),
+    )
     assert p.returncode == 2 and "optim.epochs must be >= 1, got 0" in p.stderr
 
 
@@ -168,8 +210,17 @@ def test_evaluate_command_matches_training_metrics(task, tmp_path):
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 2
     m = train(task, hp, "skew_hippo", 0, tmp_path / "t", log=lambda s: None)
-    p = run_cli("evaluate", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--data", str(task),
-                "--hparams", json.dumps(hp), "--out", str(tmp_path / "e.json"))
+    p = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "t" / "model.pt"),
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(hp),
+        "--out",
+        str(tmp_path / "e.json"),
+    )
     assert p.returncode == 0, p.stderr
     e = json.loads((tmp_path / "e.json").read_text())
     for key in ("accuracy", "loss"):  # val is taken from the best epoch's own evaluation: re-measuring agrees
@@ -215,8 +266,19 @@ def test_equal_budget_run_is_named_by_its_method_and_trains_the_total_epochs(tas
     assert (equal["stage"], equal["method"], equal["run"]) == ("baseline", "skew_hippo_equal", "skew_hippo_equal_r4")
     assert (plain["stage"], plain["method"], plain["run"]) == ("baseline", "skew_hippo", "skew_hippo_r4")
     assert equal["epochs_run"] == 2 and equal["accuracy"] == plain["accuracy"]
-    p = run_cli("train", "--data", str(task), "--init", "skew_hippo", "--method", "skew_hippo_equal",
-                "--out-dir", str(tmp_path / "c"), "--hparams", json.dumps(hp))
+    p = run_cli(
+        "train",
+        "--data",
+        str(task),
+        "--init",
+        "skew_hippo",
+        "--method",
+        "skew_hippo_equal",
+        "--out-dir",
+        str(tmp_path / "c"),
+        "--hparams",
+        json.dumps(hp),
+    )
     assert p.returncode == 2 and "only a baseline of order r" in p.stderr, p.stderr  # the full-N pretraining
     assert not (tmp_path / "c" / "metrics.json").exists()
 
@@ -226,8 +288,9 @@ def test_full_continued_trains_the_pretrained_model_further(task, tmp_path):
     stage continue, method full, run full_continued; it takes no order."""
     hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2}}
     pre = train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
-    cont = train(task, hp, "from_pretrained", 0, tmp_path / "cont", reduced=tmp_path / "pre" / "model.pt",
-                 log=lambda s: None)
+    cont = train(
+        task, hp, "from_pretrained", 0, tmp_path / "cont", reduced=tmp_path / "pre" / "model.pt", log=lambda s: None
+    )
     assert (cont["stage"], cont["method"], cont["run"]) == ("continue", "full", "full_continued")
     assert cont["initial"]["accuracy"]["val"] == pre["accuracy"]["val"]
     assert cont["initial"]["accuracy"]["test"] == pre["accuracy"]["test"]
@@ -255,6 +318,7 @@ def test_a_snapshot_is_the_pretraining_stopped_after_its_epoch(task, tmp_path):
 
 # ----- faults: divergence ------------------------------------------------------------------------------------------
 
+
 def diverging(on_divergence: str | None = None, **optim) -> dict:
     """HP with learning rates so large that the loss of the tiny task becomes NaN within the first epoch."""
     hp = json.loads(json.dumps(HP))
@@ -266,13 +330,26 @@ def diverging(on_divergence: str | None = None, **optim) -> dict:
 
 def test_diverging_run_fails_naming_the_job_and_writes_no_output(task, tmp_path):
     out = tmp_path / "out"
-    p = run_cli("train", "--data", str(task), "--hparams", json.dumps(diverging()), "--init", "skew_hippo",
-                "--seed", "2", "--out-dir", str(out))
+    p = run_cli(
+        "train",
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(diverging()),
+        "--init",
+        "skew_hippo",
+        "--seed",
+        "2",
+        "--out-dir",
+        str(out),
+    )
     assert p.returncode == 2, p.stderr[-2000:]
-    assert re.search(r"dssbt train: error: training diverged: (training loss|gradient norm) is (nan|inf|-inf) "
-                     r"\(task tiny, seed 2, init skew_hippo, order N=8 \(full\)\) at epoch 1/3, step \d+/10; "
-                     r"optim\.lr=1e\+06, optim\.ssm_lr=1e\+06 \(scheduled at that step: lr [0-9.e+]+, ssm_lr", p.stderr), \
-        p.stderr[-2000:]
+    assert re.search(
+        r"dssbt train: error: training diverged: (training loss|gradient norm) is (nan|inf|-inf) "
+        r"\(task tiny, seed 2, init skew_hippo, order N=8 \(full\)\) at epoch 1/3, step \d+/10; "
+        r"optim\.lr=1e\+06, optim\.ssm_lr=1e\+06 \(scheduled at that step: lr [0-9.e+]+, ssm_lr",
+        p.stderr,
+    ), p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     for name in ("metrics.json", "model.pt", "history.csv"):
         assert not (out / name).exists(), name
@@ -316,15 +393,27 @@ def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task
 
     hp = json.loads(json.dumps(HP))
     hp["optim"].update(schedule="plateau", warmup_epochs=0.0, epochs=5, lr=0.02)
-    ref = train(task, hp | {"optim": hp["optim"] | {"epochs": 2}}, "skew_hippo", 0, tmp_path / "ref", log=lambda s: None)
+    ref = train(
+        task, hp | {"optim": hp["optim"] | {"epochs": 2}}, "skew_hippo", 0, tmp_path / "ref", log=lambda s: None
+    )
     monkeypatch.setattr(dssbt.train.F, "cross_entropy", InjectNaN(at=2 * 10 + 4, grad=grad))
     lines = []
-    m = train(task, hp | {"optim": hp["optim"] | {"on_divergence": "keep_best"}}, "skew_hippo", 0, tmp_path / "kb",
-              log=lines.append)
+    m = train(
+        task,
+        hp | {"optim": hp["optim"] | {"on_divergence": "keep_best"}},
+        "skew_hippo",
+        0,
+        tmp_path / "kb",
+        log=lines.append,
+    )
     monkeypatch.undo()
     what = "gradient norm" if grad else "training loss"
-    assert m["diverged"] is True and m["diverged_at"] == {"epoch": 3, "step": 4, "what": what,
-                                                         "value": m["diverged_at"]["value"]}
+    assert m["diverged"] is True and m["diverged_at"] == {
+        "epoch": 3,
+        "step": 4,
+        "what": what,
+        "value": m["diverged_at"]["value"],
+    }
     assert m["diverged_at"]["value"] in (("inf", "nan") if grad else ("nan",))  # inf x 0 in backward: nan
     assert any(s.startswith(f"warning: training diverged: {what}") and "keep_best" in s for s in lines), lines
     assert ref["diverged"] is False and "diverged_at" not in ref
@@ -334,8 +423,17 @@ def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task
     assert history(tmp_path / "kb" / "history.csv") == history(tmp_path / "ref" / "history.csv")
     assert not (tmp_path / "kb" / "train_state.pt").exists()
     # the model file is the best checkpoint: evaluated on its own it gives the metrics' accuracy
-    p = run_cli("evaluate", "--checkpoint", str(tmp_path / "kb" / "model.pt"), "--data", str(task),
-                "--hparams", json.dumps(hp), "--out", str(tmp_path / "e.json"))
+    p = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "kb" / "model.pt"),
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(hp),
+        "--out",
+        str(tmp_path / "e.json"),
+    )
     assert p.returncode == 0, p.stderr
     e = json.loads((tmp_path / "e.json").read_text())
     for key in ("accuracy", "loss"):  # val is taken from the best epoch's own evaluation: re-measuring agrees
@@ -357,8 +455,14 @@ def test_keep_best_real_divergence_is_marked_in_the_tables(task, tmp_path):
     small = train(task, HP, "skew_hippo", 2, tmp_path / "r3", order=3, log=lambda s: None)
     assert small["diverged"] is False
     t = {k: tmp_path / f"t.{k}" for k in ("runs", "csv", "md", "tex", "methods")}
-    write_tables([tmp_path / "kb" / "metrics.json", tmp_path / "r3" / "metrics.json"], t["runs"], t["csv"], t["md"],
-                 t["tex"], t["methods"])
+    write_tables(
+        [tmp_path / "kb" / "metrics.json", tmp_path / "r3" / "metrics.json"],
+        t["runs"],
+        t["csv"],
+        t["md"],
+        t["tex"],
+        t["methods"],
+    )
     with open(t["runs"]) as fh:
         rows = {r["order_spec"]: r for r in csv.DictReader(fh)}
     assert rows["8"]["diverged"] == "True" and rows["3"]["diverged"] == "False"
@@ -380,6 +484,7 @@ def test_on_divergence_is_left_out_of_the_recorded_hyper_parameters_at_its_defau
 
 
 # ----- faults: broken or hostile state files, a full disk ---------------------------------------------------------
+
 
 class Interrupt(Exception):
     pass
@@ -452,8 +557,9 @@ def test_state_file_that_would_run_code_is_refused(task, tmp_path, clean_run):
     lines = []
     m = train(task, HP, "skew_hippo", 1, tmp_path / "run", log=lines.append)
     assert not marker.exists()
-    assert any(s.startswith(f"warning: ignoring {state}: not a readable resume state (UnpicklingError")
-               for s in lines), lines
+    assert any(
+        s.startswith(f"warning: ignoring {state}: not a readable resume state (UnpicklingError") for s in lines
+    ), lines
     assert not any(s.startswith("resuming from") for s in lines)
     assert (strip_time(m), history(tmp_path / "run" / "history.csv")) == clean_run
 
@@ -484,15 +590,18 @@ class FullDiskAfter:
 
 def check_full_disk_failure(error: BaseException, state: Path, lines: list[str]) -> None:
     assert isinstance(error, OSError) and error.errno == errno.ENOSPC
-    assert str(error).startswith(f"[Errno 28] could not write the resume state {state} after epoch 2 (No space "
-                                 "left on device); the previous state file is unchanged"), str(error)
+    assert str(error).startswith(
+        f"[Errno 28] could not write the resume state {state} after epoch 2 (No space "
+        "left on device); the previous state file is unchanged"
+    ), str(error)
     assert not list(state.parent.glob(".*.tmp"))  # the half-written temporary is gone
     for name in ("metrics.json", "model.pt", "history.csv"):
         assert not (state.parent / name).exists(), name
 
 
-def test_full_disk_at_a_state_write_names_the_file_keeps_the_previous_state_and_resumes(task, tmp_path, monkeypatch,
-                                                                                        clean_run):
+def test_full_disk_at_a_state_write_names_the_file_keeps_the_previous_state_and_resumes(
+    task, tmp_path, monkeypatch, clean_run
+):
     import torch
 
     import dssbt.resume
@@ -531,32 +640,69 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
     import torch
 
     out = small_tmpfs / "run"
-    p = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
-                "--out-dir", str(out))
+    p = run_cli(
+        "train",
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(HP),
+        "--init",
+        "skew_hippo",
+        "--seed",
+        "1",
+        "--out-dir",
+        str(out),
+    )
     assert p.returncode == 1, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     err = p.stderr.strip().splitlines()[-1]
     state = out / "train_state.pt"
-    assert err.startswith(f"dssbt train: error: [Errno 28] could not write the resume state {state} after epoch 2 "
-                          "(No space left on device); the previous state file is unchanged"), err
+    assert err.startswith(
+        f"dssbt train: error: [Errno 28] could not write the resume state {state} after epoch 2 "
+        "(No space left on device); the previous state file is unchanged"
+    ), err
     assert torch.load(state, weights_only=True)["epoch"] == 1
     assert not list(out.glob(".*.tmp")) and not (out / "metrics.json").exists()
     subprocess.run(["mount", "-o", "remount,size=4m", str(small_tmpfs)], check=True)  # space freed
-    again = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
-                    "--out-dir", str(out))
+    again = run_cli(
+        "train",
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(HP),
+        "--init",
+        "skew_hippo",
+        "--seed",
+        "1",
+        "--out-dir",
+        str(out),
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from {state} after epoch 1" in again.stdout
     # the reference through the CLI too: one torch thread (the in-process runs use pytest's, and the last digits
     # of a loss depend on the thread count)
-    ref = run_cli("train", "--data", str(task), "--hparams", json.dumps(HP), "--init", "skew_hippo", "--seed", "1",
-                  "--out-dir", str(tmp_path / "ref"))
+    ref = run_cli(
+        "train",
+        "--data",
+        str(task),
+        "--hparams",
+        json.dumps(HP),
+        "--init",
+        "skew_hippo",
+        "--seed",
+        "1",
+        "--out-dir",
+        str(tmp_path / "ref"),
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
-    assert strip_time(json.loads((out / "metrics.json").read_text())) == \
-        strip_time(json.loads((tmp_path / "ref" / "metrics.json").read_text()))
+    assert strip_time(json.loads((out / "metrics.json").read_text())) == strip_time(
+        json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    )
     assert history(out / "history.csv") == history(tmp_path / "ref" / "history.csv")
 
 
 # ----- in-training reduction (optim.reduce_during) ----------------------------------------------------------------
+
 
 def reduce_during_hp(epochs: int = 4, **rd) -> dict:
     hp = json.loads(json.dumps(HP))
@@ -567,14 +713,15 @@ def reduce_during_hp(epochs: int = 4, **rd) -> dict:
 
 
 def test_reduction_during_training_is_bt_of_the_live_model_with_the_optimizer_cut_to_the_kept_states(
-        task, tmp_path, monkeypatch):
+    task, tmp_path, monkeypatch
+):
     import copy
 
     import torch
 
     import dssbt.train as tr
-    from dssbt.reduction.apply import ModelReducer, reduce_model
     from dssbt.orders import parse_order
+    from dssbt.reduction.apply import ModelReducer, reduce_model
 
     seen = []
     real = tr.shrink_model
@@ -613,15 +760,23 @@ def test_reduction_during_training_is_bt_of_the_live_model_with_the_optimizer_cu
     assert m["layer_orders"] == seen[-1][-1] and m["best_epoch"] > 2
     rows = history(tmp_path / "history.csv")
     H = HP["model"]["d_model"]
-    assert [int(r["states"]) for r in rows] == [8 * H, 8 * H, seen[0][-1][0] * H, seen[1][-1][0] * H,
-                                               seen[1][-1][0] * H]
+    assert [int(r["states"]) for r in rows] == [
+        8 * H,
+        8 * H,
+        seen[0][-1][0] * H,
+        seen[1][-1][0] * H,
+        seen[1][-1][0] * H,
+    ]
 
 
 def test_budget_reduction_during_training_ends_at_the_budget(task, tmp_path):
     m = train(task, reduce_during_hp(at_epochs=[1, 2], budget=0.25), "skew_hippo", 0, tmp_path, log=lambda s: None)
     assert [r["layer_orders"] for r in m["reductions"]] == [[4], [2]]  # 8 * 0.25^(1/2), then 8 * 0.25
-    assert m["order"] == 2 and m["params"]["ssm"] < train(task, HP, "skew_hippo", 0, tmp_path / "full",
-                                                          log=lambda s: None)["params"]["ssm"]
+    assert (
+        m["order"] == 2
+        and m["params"]["ssm"]
+        < train(task, HP, "skew_hippo", 0, tmp_path / "full", log=lambda s: None)["params"]["ssm"]
+    )
 
 
 def test_run_reduced_during_training_resumes_after_a_kill_to_the_same_result(task, tmp_path):
@@ -642,13 +797,16 @@ def test_run_reduced_during_training_resumes_after_a_kill_to_the_same_result(tas
     assert history(out / "history.csv") == history(tmp_path / "clean" / "history.csv")
 
 
-@pytest.mark.parametrize("rd, message", [
-    ({"at_epochs": [4], "tol": 0.1}, "must increase strictly within [1, optim.epochs=4)"),
-    ({"at_epochs": [1]}, "needs exactly one of tol"),
-    ({"at_epochs": [1], "tol": 0.1, "budget": 0.5}, "needs exactly one of tol"),
-    ({"at_epochs": [1], "tol": 1.5}, "optim.reduce_during.tol must be in (0, 1), got 1.5"),
-    ({"at_epochs": [1], "tol": 0.1, "every": 2}, "unknown key optim.reduce_during.every"),
-])
+@pytest.mark.parametrize(
+    "rd, message",
+    [
+        ({"at_epochs": [4], "tol": 0.1}, "must increase strictly within [1, optim.epochs=4)"),
+        ({"at_epochs": [1]}, "needs exactly one of tol"),
+        ({"at_epochs": [1], "tol": 0.1, "budget": 0.5}, "needs exactly one of tol"),
+        ({"at_epochs": [1], "tol": 1.5}, "optim.reduce_during.tol must be in (0, 1), got 1.5"),
+        ({"at_epochs": [1], "tol": 0.1, "every": 2}, "unknown key optim.reduce_during.every"),
+    ],
+)
 def test_bad_reduce_during_fails_naming_the_key(rd, message):
     with pytest.raises(ValueError) as e:
         parse_hparams({"optim": {"epochs": 4, "reduce_during": rd}})

@@ -69,19 +69,35 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
     sections = set(schema["properties"]["resources"]["propertyNames"]["enum"])
-    rules = rule_names() - {"all", "data_all", "pretrain_all", "baseline_all", "reduce_all", "retrain_all", "tables",
-                            "deploy", "compress"}
+    rules = rule_names() - {
+        "all",
+        "data_all",
+        "pretrain_all",
+        "baseline_all",
+        "reduce_all",
+        "retrain_all",
+        "tables",
+        "deploy",
+        "compress",
+    }
     assert sections == rules | {"default", "train"}, sections ^ (rules | {"default", "train"})
     wf = copy_workflow(tmp_path)
     mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
-    edit = {"resources": {"default": {"mem_mb": 1, "runtime": 10}, "train": {"mem_mb": 2, "runtime": 30},
-                          **{rule: {"mem_mb": m} for rule, m in mem.items()}},
-            "orders": [2, "tol:0.1"], "data": {"listops": {"source": "lra"}},
-            "deploy": {"enabled": True},
-            "controls": ["skew_hippo", "skew_hippo_equal", "full_continued", "transplant"],
-            "correlation": {"epochs": [1], "order": 2}, "optim": {"epochs": 2},
-            "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1]},
-            "task_settings": {"listops": {"optim": {"epochs": 2}}}}
+    edit = {
+        "resources": {
+            "default": {"mem_mb": 1, "runtime": 10},
+            "train": {"mem_mb": 2, "runtime": 30},
+            **{rule: {"mem_mb": m} for rule, m in mem.items()},
+        },
+        "orders": [2, "tol:0.1"],
+        "data": {"listops": {"source": "lra"}},
+        "deploy": {"enabled": True},
+        "controls": ["skew_hippo", "skew_hippo_equal", "full_continued", "transplant"],
+        "correlation": {"epochs": [1], "order": 2},
+        "optim": {"epochs": 2},
+        "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1]},
+        "task_settings": {"listops": {"optim": {"epochs": 2}}},
+    }
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
     out = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml").stdout
     seen = {}
@@ -105,7 +121,8 @@ def test_schema_lists_exactly_the_registered_methods_and_controls():
     assert schema["properties"]["controls"]["items"]["enum"] == list(TRAINING_CONTROLS) + list(CONTROL_METHODS)
     assert set(REDUCTIONS) | set(CONTROL_METHODS) == set(METHODS) and CONTROL_METHODS
     assert set(schema["properties"]["reduction"]["properties"]) == {"route"} | {
-        name for name, m in METHODS.items() if m.options}
+        name for name, m in METHODS.items() if m.options
+    }
 
 
 def test_plain_install_leaves_the_slurm_plugin_out_and_a_dry_run_never_imports_it(tmp_path):
@@ -122,8 +139,13 @@ def test_plain_install_leaves_the_slurm_plugin_out_and_a_dry_run_never_imports_i
     wf = copy_workflow(tmp_path / "wf")
 
     def dry_run(env):
-        p = subprocess.run([sys.executable, *env.pop("flags"), "-X", "importtime", "-m", "snakemake", "-n"],
-                           cwd=wf, capture_output=True, text=True, env=env)
+        p = subprocess.run(
+            [sys.executable, *env.pop("flags"), "-X", "importtime", "-m", "snakemake", "-n"],
+            cwd=wf,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         return re.search(r"\| +snakemake_executor_plugin_slurm\b", p.stderr) is not None
 
@@ -134,8 +156,9 @@ def test_plain_install_leaves_the_slurm_plugin_out_and_a_dry_run_never_imports_i
 
 
 def test_snakefmt_check_passes():
-    p = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=ROOT,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=ROOT, capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -143,8 +166,16 @@ def test_default_config_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
     # 2 tasks x 3 seeds x 1 order (+ 1 pretraining per task and seed); the controls at every order: equal budget
     # (its own rule) and transplant (reduce + retrain, beside bt); the paper's plain baseline only where listed
-    assert job_counts(wf) == {"generate": 2, "prepare": 2, "pretrain": 6, "train_equal_budget": 6, "reduce": 12,
-                              "retrain": 12, "aggregate": 1, "plot": 1}
+    assert job_counts(wf) == {
+        "generate": 2,
+        "prepare": 2,
+        "pretrain": 6,
+        "train_equal_budget": 6,
+        "reduce": 12,
+        "retrain": 12,
+        "aggregate": 1,
+        "plot": 1,
+    }
     (wf / "paper.yaml").write_text("controls: [skew_hippo, skew_hippo_equal, transplant]\n")
     assert job_counts(wf, "--configfile", "config.yaml", "paper.yaml") == job_counts(wf) | {"train_baseline": 6}
 
@@ -171,8 +202,9 @@ def test_correlation_study_runs_end_to_end(tmp_path):
 
     wf = copy_workflow(tmp_path)
     shutil.copy(TINY, wf / "tiny.yaml")
-    (wf / "corr.yaml").write_text("tasks: [image]\ncontrols: []\noptim: {epochs: 2}\n"
-                                  "correlation: {epochs: [1], order: 2}\n")
+    (wf / "corr.yaml").write_text(
+        "tasks: [image]\ncontrols: []\noptim: {epochs: 2}\ncorrelation: {epochs: [1], order: 2}\n"
+    )
     snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml", "corr.yaml", "--", "results/tables/correlation.csv")
     run = wf / "results/runs/image/seed0"
     snap = json.loads((run / "pretrain_e1/metrics.json").read_text())
@@ -191,8 +223,17 @@ def test_lra_preset_dry_run_needs_no_data(tmp_path):
     # 6 tasks x 3 seeds x 4 orders; the three archives are download jobs, not preconditions; one extract job
     # unpacks the four tasks of lra_release.gz in a single pass
     assert job_counts(wf, "--configfile", "workflow/presets/lra.yaml") == {
-        "download": 3, "extract_lra": 1, "prepare": 6, "pretrain": 18, "train_baseline": 72, "train_equal_budget": 72,
-        "reduce": 144, "retrain": 144, "aggregate": 1, "plot": 1}
+        "download": 3,
+        "extract_lra": 1,
+        "prepare": 6,
+        "pretrain": 18,
+        "train_baseline": 72,
+        "train_equal_budget": 72,
+        "reduce": 144,
+        "retrain": 144,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_study_preset_dry_run_job_counts(tmp_path):
@@ -200,17 +241,37 @@ def test_study_preset_dry_run_job_counts(tmp_path):
     # 3 tasks x 5 seeds x 2 orders x (bt + transplant + random modes) + equal budget + one continued model per
     # pretraining; the correlation study: 2 snapshots per pretraining, each reduced and retrained
     assert job_counts(wf, "--configfile", "workflow/presets/study.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 15, "snapshot": 30, "train_baseline": 30, "train_equal_budget": 30,
-        "continue_full": 15, "reduce": 90, "reduce_snapshot": 30, "retrain": 90, "retrain_snapshot": 30,
-        "aggregate": 1, "correlation": 1, "plot": 1}
+        "generate": 3,
+        "prepare": 3,
+        "pretrain": 15,
+        "snapshot": 30,
+        "train_baseline": 30,
+        "train_equal_budget": 30,
+        "continue_full": 15,
+        "reduce": 90,
+        "reduce_snapshot": 30,
+        "retrain": 90,
+        "retrain_snapshot": 30,
+        "aggregate": 1,
+        "correlation": 1,
+        "plot": 1,
+    }
 
 
 def test_methods_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
     # 3 tasks x 2 seeds x (3 orders + 1 tolerance row) x 4 methods, no controls (the preset's own lists)
     assert job_counts(wf, "--configfile", "workflow/presets/methods.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 6, "train_baseline": 24, "reduce": 96, "retrain": 96,
-        "choose_orders": 6, "aggregate": 1, "plot": 1}
+        "generate": 3,
+        "prepare": 3,
+        "pretrain": 6,
+        "train_baseline": 24,
+        "reduce": 96,
+        "retrain": 96,
+        "choose_orders": 6,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -232,8 +293,10 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
         ("optim: {on_divergence: skip}", r"'skip' is not one of \['fail', 'keep_best'\]"),
-        ("compressibility: {keep: [0.5], reduce_during_epochs: [2]}",
-         r"variant shrink0.5 of task listops: .*at_epochs=\[2\] must increase strictly within \[1, optim.epochs=2\)"),
+        (
+            "compressibility: {keep: [0.5], reduce_during_epochs: [2]}",
+            r"variant shrink0.5 of task listops: .*at_epochs=\[2\] must increase strictly within \[1, optim.epochs=2\)",
+        ),
         ("compressibility: {keep: [1.5]}", r"1.5 is greater than or equal to the maximum of 1"),
     ],
 )
@@ -265,14 +328,28 @@ def edited(wf: Path, text: str) -> dict[str, int]:
 
 
 def test_tiny_run_produces_tables_and_plots(tiny_run):
-    for name in ("tables/accuracy.csv", "tables/accuracy.md", "tables/accuracy.tex", "tables/runs.csv",
-                 "tables/methods.md", "tables/differences.csv",
-                 "plots/accuracy_vs_order.png", "plots/accuracy_vs_order.pdf", "plots/hsv_decay.png",
-                 "plots/pretrained_vs_bt.png", "plots/learning_curves.png", "plots/learning_curves.pdf"):
+    for name in (
+        "tables/accuracy.csv",
+        "tables/accuracy.md",
+        "tables/accuracy.tex",
+        "tables/runs.csv",
+        "tables/methods.md",
+        "tables/differences.csv",
+        "plots/accuracy_vs_order.png",
+        "plots/accuracy_vs_order.pdf",
+        "plots/hsv_decay.png",
+        "plots/pretrained_vs_bt.png",
+        "plots/learning_curves.png",
+        "plots/learning_curves.pdf",
+    ):
         assert (tiny_run / "results" / name).stat().st_size > 0, name
     md = (tiny_run / "results/tables/accuracy.md").read_text()
-    for row in ("| image | 4 (full N) | Skew-HiPPO |", "| image | 2 | BT-init (retrained) |",
-                "| listops | 2 | BT, no retraining |", "| image | 2 | Skew-HiPPO, equal budget |"):
+    for row in (
+        "| image | 4 (full N) | Skew-HiPPO |",
+        "| image | 2 | BT-init (retrained) |",
+        "| listops | 2 | BT, no retraining |",
+        "| image | 2 | Skew-HiPPO, equal budget |",
+    ):
         assert row in md, md
     import json
 
@@ -303,18 +380,34 @@ def test_retrain_edit_schedules_retrain_and_downstream_only(tiny_run):
     # the retraining's learning rate reaches the retraining only; its epochs also the equal-budget control's total
     assert edited(tiny_run, "retrain: {optim: {lr: 0.02}}\n") == {"retrain": 2, "aggregate": 1, "plot": 1}
     assert edited(tiny_run, "retrain: {optim: {epochs: 2}}\n") == {
-        "retrain": 2, "train_equal_budget": 2, "aggregate": 1, "plot": 1}
+        "retrain": 2,
+        "train_equal_budget": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_one_task_edit_schedules_that_tasks_jobs_only(tiny_run):
     assert edited(tiny_run, "task_settings: {image: {optim: {lr: 0.02}}}\n") == {
-        "pretrain": 1, "train_baseline": 1, "train_equal_budget": 1, "reduce": 1, "retrain": 1, "aggregate": 1,
-        "plot": 1}
+        "pretrain": 1,
+        "train_baseline": 1,
+        "train_equal_budget": 1,
+        "reduce": 1,
+        "retrain": 1,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_new_order_schedules_its_jobs_and_aggregation_only(tiny_run):
     assert edited(tiny_run, "orders: [2, 3]\n") == {
-        "train_baseline": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "train_baseline": 2,
+        "train_equal_budget": 2,
+        "reduce": 2,
+        "retrain": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_dropping_a_control_schedules_the_tables_and_plots_only(tiny_run):
@@ -323,12 +416,19 @@ def test_dropping_a_control_schedules_the_tables_and_plots_only(tiny_run):
 
 def test_adding_reduce_controls_schedules_only_their_jobs(tiny_run):
     assert edited(tiny_run, "controls: [skew_hippo_equal, transplant, random_modes]\n") == {
-        "reduce": 4, "retrain": 4, "aggregate": 1, "plot": 1}
+        "reduce": 4,
+        "retrain": 4,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_adding_the_full_continued_control_schedules_one_job_per_task_and_seed(tiny_run):
     assert edited(tiny_run, "controls: [skew_hippo_equal, full_continued]\n") == {
-        "continue_full": 2, "aggregate": 1, "plot": 1}
+        "continue_full": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_adding_the_equal_budget_control_schedules_only_its_jobs(tmp_path):
@@ -345,7 +445,12 @@ def test_adding_the_equal_budget_control_schedules_only_its_jobs(tmp_path):
 
 def test_hsv_reg_in_pretraining_reruns_pretraining_and_downstream_only(tiny_run):
     assert edited(tiny_run, "pretrain: {optim: {hsv_reg: 0.01}}\n") == {
-        "pretrain": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "pretrain": 2,
+        "reduce": 2,
+        "retrain": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_plot_edit_schedules_plots_only(tiny_run):
@@ -354,7 +459,11 @@ def test_plot_edit_schedules_plots_only(tiny_run):
 
 def test_reduction_route_edit_schedules_reduce_and_downstream(tiny_run):
     assert edited(tiny_run, "reduction: {route: continuous}\n") == {
-        "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "reduce": 2,
+        "retrain": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_new_method_schedules_only_that_methods_jobs(tiny_run):
@@ -369,8 +478,14 @@ def test_report_bundles_tables_and_figures(tiny_run):
 
 def test_tolerance_order_schedules_its_own_jobs(tiny_run):
     assert edited(tiny_run, "orders: [2, 'tol:0.1']\n") == {
-        "choose_orders": 2, "train_baseline": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1,
-        "plot": 1}
+        "choose_orders": 2,
+        "train_baseline": 2,
+        "train_equal_budget": 2,
+        "reduce": 2,
+        "retrain": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_tolerance_order_runs_end_to_end(tiny_run):
@@ -381,9 +496,19 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "tol.yaml")
     run = tiny_run / "results/runs/image/seed0"
     chosen = json.loads((run / "orders_tol0.1.json").read_text())
-    assert chosen["order_spec"] == "tol:0.1" and chosen["tol"] == 0.1 and len(chosen["layer_orders"]) == 1 and 1 <= chosen["layer_orders"][0] <= 4
-    for kind in ("skew_hippo_rtol0.1", "skew_hippo_equal_rtol0.1", "bt_rtol0.1", "bt_init_rtol0.1",
-                 "modal_init_rtol0.1"):
+    assert (
+        chosen["order_spec"] == "tol:0.1"
+        and chosen["tol"] == 0.1
+        and len(chosen["layer_orders"]) == 1
+        and 1 <= chosen["layer_orders"][0] <= 4
+    )
+    for kind in (
+        "skew_hippo_rtol0.1",
+        "skew_hippo_equal_rtol0.1",
+        "bt_rtol0.1",
+        "bt_init_rtol0.1",
+        "modal_init_rtol0.1",
+    ):
         m = json.loads((run / kind / "metrics.json").read_text())
         assert m["layer_orders"] == chosen["layer_orders"] and m["order_spec"] == "tol:0.1", kind
         assert m["run"] == kind, kind  # metrics name their own run folder
@@ -427,7 +552,11 @@ def test_h2_options_rerun_only_the_h2_jobs(tiny_run):
     snakemake(tiny_run, "--cores", "2", "--configfile", "tiny.yaml", "h2.yaml")
     (tiny_run / "h2_opts.yaml").write_text("reduction: {h2: {max_iter: 5}}\n")
     assert job_counts(tiny_run, "--configfile", "tiny.yaml", "h2.yaml", "h2_opts.yaml") == {
-        "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "reduce": 2,
+        "retrain": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_local_run_with_more_cores_than_cpus_says_so(tiny_run):
@@ -462,15 +591,25 @@ def test_reduce_during_in_pretraining_reruns_pretraining_and_what_reads_it_only(
     # the tiny grid pretrains 1 epoch, and a reduction needs an epoch after it: 2 pretraining epochs, which the
     # equal-budget control counts (its epochs are pretraining + retraining); the baselines stay as they are
     assert edited(tiny_run, "pretrain: {optim: {epochs: 2, reduce_during: {at_epochs: [1], tol: 0.001}}}\n") == {
-        "pretrain": 2, "train_equal_budget": 2, "reduce": 2, "retrain": 2, "aggregate": 1, "plot": 1}
+        "pretrain": 2,
+        "train_equal_budget": 2,
+        "reduce": 2,
+        "retrain": 2,
+        "aggregate": 1,
+        "plot": 1,
+    }
 
 
 def test_reduce_during_outside_the_pretraining_fails_at_parse_time(tmp_path):
     wf = copy_workflow(tmp_path)
     (wf / "edit.yaml").write_text("retrain: {optim: {reduce_during: {at_epochs: [1], tol: 0.1}}}\n")
     p = snakemake(wf, "-n", "--configfile", str(TINY), "edit.yaml", check=False)
-    assert p.returncode != 0 and "retrain.optim.reduce_during: in-training reduction applies to the pretraining " \
-        "only; set it under pretrain.optim" in p.stdout + p.stderr
+    assert (
+        p.returncode != 0
+        and "retrain.optim.reduce_during: in-training reduction applies to the pretraining "
+        "only; set it under pretrain.optim"
+        in p.stdout + p.stderr
+    )
 
 
 def test_compressible_preset_dry_run_job_counts(tmp_path):
@@ -478,19 +617,29 @@ def test_compressible_preset_dry_run_job_counts(tmp_path):
     # 3 tasks x 3 seeds: 2 hsv_reg pretrainings + 3 in-training reduction runs; 3 variants (plain = the main grid's
     # pretraining) x 3 kept fractions, each with its orders, reduction and retraining
     assert job_counts(wf, "compress", "--configfile", "workflow/presets/compressible.yaml") == {
-        "generate": 3, "prepare": 3, "pretrain": 9, "compress_pretrain": 45, "compress_orders": 81,
-        "compress_reduce": 81, "compress_retrain": 81, "compress_table": 1, "compress": 1}
+        "generate": 3,
+        "prepare": 3,
+        "pretrain": 9,
+        "compress_pretrain": 45,
+        "compress_orders": 81,
+        "compress_reduce": 81,
+        "compress_retrain": 81,
+        "compress_table": 1,
+        "compress": 1,
+    }
 
 
 def test_compress_run_on_the_tiny_grid_tabulates_every_variant(tiny_run):
     (tiny_run / "compress.yaml").write_text(
-        "compressibility: {keep: [0.5], hsv_reg: [0.01], reduce_during_epochs: [1]}\n")
+        "compressibility: {keep: [0.5], hsv_reg: [0.01], reduce_during_epochs: [1]}\n"
+    )
     snakemake(tiny_run, "compress", "--cores", "2", "--configfile", "tiny.yaml", "compress.yaml")
     import pandas as pd
 
     tab = pd.read_csv(tiny_run / "results/tables/compress.csv")
     assert sorted(zip(tab.task, tab.variant)) == sorted(
-        (t, v) for t in ("image", "listops") for v in ("plain", "hsvreg0.01", "shrink0.5"))
+        (t, v) for t in ("image", "listops") for v in ("plain", "hsvreg0.01", "shrink0.5")
+    )
     for task in ("image", "listops"):  # the table's numbers are the metrics files' (one seed)
         folder = tiny_run / f"results/compress/{task}/seed0"
         ret = json.loads((folder / "hsvreg0.01/bt_init_rbudget0.5/metrics.json").read_text())
@@ -498,8 +647,9 @@ def test_compress_run_on_the_tiny_grid_tabulates_every_variant(tiny_run):
         assert row.retrained_mean == pytest.approx(100 * ret["accuracy"]["test"])
         shrunk = json.loads((folder / "shrink0.5/pretrain/metrics.json").read_text())
         assert shrunk["layer_orders"] == [2] and shrunk["epochs_run"] == 2  # N = 4 -> 2, pretraining + retraining
-        assert json.loads((folder / "hsvreg0.01/pretrain/metrics.json").read_text())["hparams"]["optim"][
-            "hsv_reg"] == 0.01
+        assert (
+            json.loads((folder / "hsvreg0.01/pretrain/metrics.json").read_text())["hparams"]["optim"]["hsv_reg"] == 0.01
+        )
     assert (tiny_run / "results/plots/compress_hsv_decay.png").stat().st_size > 0
 
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -47,12 +47,17 @@ VERSUS = tuple(BASELINE_LABELS)
 VERSUS_SHORT = {"skew_hippo_equal": "equal", "skew_hippo": "skew_hippo"}
 CONTINUED_LABELS = {"full_continued": "Full N, continued"}
 INIT_ORDER = [*BASELINE_LABELS, *CONTINUED_LABELS] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
-LABELS = BASELINE_LABELS | CONTINUED_LABELS | {
-    f"{m}_{k}": (f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining") if not METHODS[m].control
-    else (f"{name} (retrained)" if k == "init" else f"{name}, no retraining")
-    for m, name in METHOD_NAMES.items()
-    for k in ("init", "no_retrain")
-}
+LABELS = (
+    BASELINE_LABELS
+    | CONTINUED_LABELS
+    | {
+        f"{m}_{k}": (f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining")
+        if not METHODS[m].control
+        else (f"{name} (retrained)" if k == "init" else f"{name}, no retraining")
+        for m, name in METHOD_NAMES.items()
+        for k in ("init", "no_retrain")
+    }
+)
 CONFIDENCE = 0.95
 
 
@@ -91,8 +96,9 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
             pre_path = pretrained_metrics_path(path)
             if pre_path not in pretrained:
                 if not pre_path.exists():
-                    raise ValueError(f"{path}: a {init} run counts the epochs of its pretrained model, but "
-                                     f"{pre_path} is missing")
+                    raise ValueError(
+                        f"{path}: a {init} run counts the epochs of its pretrained model, but {pre_path} is missing"
+                    )
                 pretrained[pre_path] = json.loads(pre_path.read_text())
             pre = pretrained[pre_path]
             total_epochs = epochs + pre.get("epochs_run", 0)
@@ -174,9 +180,17 @@ def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
                     continue
                 both = acc[[init, versus]].dropna()
                 d = paired_difference(both[init].to_numpy(), both[versus].to_numpy())
-                rows.append({"task": task, "order_spec": spec, "order": g["order"].mean(), "init": init,
-                             "versus": versus, **d,
-                             "significant": bool(d["ci_low"] > 0 or d["ci_high"] < 0)})
+                rows.append(
+                    {
+                        "task": task,
+                        "order_spec": spec,
+                        "order": g["order"].mean(),
+                        "init": init,
+                        "versus": versus,
+                        **d,
+                        "significant": bool(d["ci_low"] > 0 or d["ci_high"] < 0),
+                    }
+                )
     cols = ["task", "order_spec", "order", "init", "versus", "diff", "ci_low", "ci_high", "n_pairs", "significant"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -224,8 +238,10 @@ def _count(x: float) -> str:
 
 
 DIVERGED_MARK = "†"
-DIVERGED_NOTE = (f"{DIVERGED_MARK} training diverged in at least one seed of this cell; that seed reports its best "
-                 "checkpoint before the divergence (optim.on_divergence: keep_best; runs.csv, column diverged).")
+DIVERGED_NOTE = (
+    f"{DIVERGED_MARK} training diverged in at least one seed of this cell; that seed reports its best "
+    "checkpoint before the divergence (optim.on_divergence: keep_best; runs.csv, column diverged)."
+)
 
 
 def _pm(mean: float, std: float, n: int, n_diverged: int = 0) -> str:
@@ -250,8 +266,9 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
         "task": summary["task"],
         "order": [_order_label(*a) for a in zip(summary["order_spec"], summary["order"], summary["reference"])],
         "init": [LABELS.get(i, i) for i in summary["init"]],
-        "test acc. % (mean ± std, n seeds)": [_pm(*a) for a in zip(summary["acc_mean"], summary["acc_std"],
-                                                                    summary["n_seeds"], summary["n_diverged"])],
+        "test acc. % (mean ± std, n seeds)": [
+            _pm(*a) for a in zip(summary["acc_mean"], summary["acc_std"], summary["n_seeds"], summary["n_diverged"])
+        ],
         "epochs (total)": [_count(x) for x in summary["total_epochs"]],
         "train time s (total)": ["" if np.isnan(x) else f"{x:.0f}" for x in summary["total_wall_time_s"]],
         "params": [_count(x) for x in summary["params_total"]],
@@ -259,8 +276,9 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
     }
     for versus in [v for v in VERSUS if summary[f"diff_vs_{v}"].notna().any()]:  # the baselines the grid ran
         cols[f"vs {BASELINE_LABELS[versus]} (pp, paired, {level} % CI)"] = [
-            _diff_cell(*a) for a in zip(*(summary[f"{c}_vs_{versus}"] for c in ("diff", "ci_low", "ci_high",
-                                                                                 "n_pairs")))]
+            _diff_cell(*a)
+            for a in zip(*(summary[f"{c}_vs_{versus}"] for c in ("diff", "ci_low", "ci_high", "n_pairs")))
+        ]
     return pd.DataFrame(cols)
 
 
@@ -293,8 +311,11 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (task, spec), g in summary.groupby(["task", "order_spec"], sort=False):
         first = g.iloc[0]
-        row = {"task": task, "order": _order_label(spec, first["order"], first["reference"]),
-               "params": _count(g["params_total"].mean())}
+        row = {
+            "task": task,
+            "order": _order_label(spec, first["order"], first["reference"]),
+            "params": _count(g["params_total"].mean()),
+        }
         for init, m, sd, n, d in zip(g["init"], g["acc_mean"], g["acc_std"], g["n_seeds"], g["n_diverged"]):
             row[LABELS.get(init, init)] = _pm(m, sd, n, d)
         rows.append(row)
@@ -309,8 +330,15 @@ def _markdown(df: pd.DataFrame, note: str | None = None) -> str:
     return "\n".join(md + (["", note] if note else [])) + "\n"
 
 
-def write_tables(metrics_files: Iterable[str | os.PathLike], runs_csv, csv_path, md_path, tex_path,
-                 methods_md=None, differences_csv=None) -> pd.DataFrame:
+def write_tables(
+    metrics_files: Iterable[str | os.PathLike],
+    runs_csv,
+    csv_path,
+    md_path,
+    tex_path,
+    methods_md=None,
+    differences_csv=None,
+) -> pd.DataFrame:
     """Write the long-form runs CSV and the summary as CSV, Markdown and LaTeX (each atomically); ``methods_md``:
     also the side-by-side table of ``methods_table`` as Markdown; ``differences_csv``: the paired differences in
     long form (``differences_table``: columns diff, ci_low, ci_high, n_pairs, ...)."""

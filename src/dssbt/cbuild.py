@@ -20,8 +20,9 @@ from pathlib import Path
 
 def _cpu() -> str:
     try:
-        return "".join(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()[:30]
-                       if ln.startswith(("model name", "flags")))
+        return "".join(
+            ln for ln in Path("/proc/cpuinfo").read_text().splitlines()[:30] if ln.startswith(("model name", "flags"))
+        )
     except OSError:
         return platform.processor()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -19,8 +19,19 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     skip_dynamo_import()  # this process never compiles: 1.5-2 s less per training job (dssbt.eager)
 
-    train_job(a.data, a.out_dir, a.init, a.seed, a.hparams, a.order, a.layer_orders, a.reduced, a.device,
-              method=a.method, stop_after=a.stop_after)
+    train_job(
+        a.data,
+        a.out_dir,
+        a.init,
+        a.seed,
+        a.hparams,
+        a.order,
+        a.layer_orders,
+        a.reduced,
+        a.device,
+        method=a.method,
+        stop_after=a.stop_after,
+    )
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -34,18 +45,34 @@ def cmd_orders(a: argparse.Namespace) -> None:
     from .stages import orders_job
 
     c = orders_job(a.checkpoint, a.spec, a.out, a.route)
-    print(f"{a.checkpoint}: {c['order_spec']} ({a.route}) -> layer orders {c['layer_orders']} of {c['N']}; "
-          f"discarded HSV energy {[f'{x:.2e}' for x in c['discarded_energy']]}")
+    print(
+        f"{a.checkpoint}: {c['order_spec']} ({a.route}) -> layer orders {c['layer_orders']} of {c['N']}; "
+        f"discarded HSV energy {[f'{x:.2e}' for x in c['discarded_energy']]}"
+    )
 
 
 def cmd_reduce(a: argparse.Namespace) -> None:
     from .stages import reduce_job
 
-    r = reduce_job(a.checkpoint, a.out, a.report, a.method, a.route, a.order, a.layer_orders, a.data, a.metrics,
-                   a.hparams, a.kernel_length, a.device)
+    r = reduce_job(
+        a.checkpoint,
+        a.out,
+        a.report,
+        a.method,
+        a.route,
+        a.order,
+        a.layer_orders,
+        a.data,
+        a.metrics,
+        a.hparams,
+        a.kernel_length,
+        a.device,
+    )
     acc = "" if r["test_accuracy"] is None else f"; test accuracy without retraining {r['test_accuracy']:.4f}"
-    print(f"reduced {a.checkpoint} N={r['N']} -> r={r['order_spec']} (layers {r['layer_orders']}, {a.method}, "
-          f"{a.route}); worst relative kernel error {r['worst_rel_kernel_error']:.3e}{acc}")
+    print(
+        f"reduced {a.checkpoint} N={r['N']} -> r={r['order_spec']} (layers {r['layer_orders']}, {a.method}, "
+        f"{a.route}); worst relative kernel error {r['worst_rel_kernel_error']:.3e}{acc}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,18 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a prepared task (resumes an interrupted run)")
     p.add_argument("--data", required=True, help="prepared task folder (meta.json + {train,val,test}.npz)")
     p.add_argument("--hparams", default="{}", help="hyper-parameter JSON (see dssbt.hparams)")
-    p.add_argument("--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced | from_pretrained")
+    p.add_argument(
+        "--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced | from_pretrained"
+    )
     p.add_argument("--order", type=int, default=None, help="state size r < N of a reduced-order model")
-    p.add_argument("--reduced", default=None, help="model file to start from: written by dssbt reduce (--init from_reduced) or the "
-                        "pretrained full-N model (--init from_pretrained: train it further)")
-    p.add_argument("--layer-orders", default=None,
-                   help="file written by dssbt orders: one state size per layer (instead of --order)")
-    p.add_argument("--method", default=None,
-                   help="method name of a baseline run of order r in its metrics and tables (default: the init); "
-                        "skew_hippo_equal = the Skew-HiPPO model trained for the pretraining + retraining epochs")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="a snapshot of the full-N pretraining: the same run stopped after this epoch (its best "
-                        "model up to then); the schedule still spans optim.epochs")
+    p.add_argument(
+        "--reduced",
+        default=None,
+        help="model file to start from: written by dssbt reduce (--init from_reduced) or the "
+        "pretrained full-N model (--init from_pretrained: train it further)",
+    )
+    p.add_argument(
+        "--layer-orders",
+        default=None,
+        help="file written by dssbt orders: one state size per layer (instead of --order)",
+    )
+    p.add_argument(
+        "--method",
+        default=None,
+        help="method name of a baseline run of order r in its metrics and tables (default: the init); "
+        "skew_hippo_equal = the Skew-HiPPO model trained for the pretraining + retraining epochs",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="a snapshot of the full-N pretraining: the same run stopped after this epoch (its best "
+        "model up to then); the schedule still spans optim.epochs",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.json, history.csv")
     common(p)
@@ -89,26 +132,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
     p.add_argument("--order", type=int, default=None, help="reduced order r, 1 <= r < N (or --layer-orders)")
     p.add_argument("--layer-orders", default=None, help="file written by dssbt orders: one order per layer")
-    p.add_argument("--method", default="bt", choices=list(METHODS),
-                   help="; ".join(f"{m.name}: {m.label}" for m in METHODS.values()) + " (default bt)")
-    p.add_argument("--route", default="discrete", choices=list(ROUTES),
-                   help="Gramians of the continuous system or of its ZOH discretisation (default: discrete)")
-    p.add_argument("--kernel-length", type=int, default=None,
-                   help="kernel length for the measured error (default: l_max stored in the checkpoint)")
+    p.add_argument(
+        "--method",
+        default="bt",
+        choices=list(METHODS),
+        help="; ".join(f"{m.name}: {m.label}" for m in METHODS.values()) + " (default bt)",
+    )
+    p.add_argument(
+        "--route",
+        default="discrete",
+        choices=list(ROUTES),
+        help="Gramians of the continuous system or of its ZOH discretisation (default: discrete)",
+    )
+    p.add_argument(
+        "--kernel-length",
+        type=int,
+        default=None,
+        help="kernel length for the measured error (default: l_max stored in the checkpoint)",
+    )
     p.add_argument("--out", required=True, help="reduced model file to write")
     p.add_argument("--report", required=True, help="reduction report (JSON) to write")
     p.add_argument("--data", default=None, help="prepared task: also measure accuracy without retraining")
     p.add_argument("--metrics", default=None, help="metrics JSON of the reduced model without retraining")
-    p.add_argument("--hparams", default="{}",
-                   help="optim.eval_batch_size, optim.amp and optim.kernels (the accuracy), reduction.<method> (e.g. h2: tol, max_iter)")
+    p.add_argument(
+        "--hparams",
+        default="{}",
+        help="optim.eval_batch_size, optim.amp and optim.kernels (the accuracy), reduction.<method> (e.g. h2: tol, max_iter)",
+    )
     common(p)
     p.set_defaults(func=cmd_reduce)
 
-    p = sub.add_parser("orders", help="choose one reduced order per layer (e.g. by a tolerance on the discarded HSV energy)")
+    p = sub.add_parser(
+        "orders", help="choose one reduced order per layer (e.g. by a tolerance on the discarded HSV energy)"
+    )
     p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
-    p.add_argument("--spec", required=True,
-                   help="a per-layer order: tol:<x> (or tol<x>) keeps the smallest r_i whose discarded HSV energy "
-                        "(sum of squares) is <= x of layer i's total")
+    p.add_argument(
+        "--spec",
+        required=True,
+        help="a per-layer order: tol:<x> (or tol<x>) keeps the smallest r_i whose discarded HSV energy "
+        "(sum of squares) is <= x of layer i's total",
+    )
     p.add_argument("--route", default="discrete", choices=list(ROUTES))
     p.add_argument("--out", required=True, help="JSON with layer_orders to write")
     common(p)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ PLAIN = "plain"
 def variant_label(variant: str) -> str:
     """How a variant reads in the table: ``plain``, ``hsv_reg 0.001``, ``in-training reduction``."""
     if variant.startswith("hsvreg"):
-        return f"hsv_reg {variant[len('hsvreg'):]}"
+        return f"hsv_reg {variant[len('hsvreg') :]}"
     if variant.startswith("shrink"):
         return "in-training reduction"
     return variant
@@ -54,9 +55,18 @@ def points(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         m = _read(r["metrics"])
         cfg = m["model_config"]
         states = n_states(m["layer_orders"], cfg["d_model"], cfg.get("bidirectional", False))
-        out.append({"task": r["task"], "seed": int(r["seed"]), "variant": r["variant"], "keep": float(r["keep"]),
-                    "kind": r["kind"], "accuracy": 100.0 * m["accuracy"]["test"], "states": states,
-                    "epochs": m.get("epochs_run")})
+        out.append(
+            {
+                "task": r["task"],
+                "seed": int(r["seed"]),
+                "variant": r["variant"],
+                "keep": float(r["keep"]),
+                "kind": r["kind"],
+                "accuracy": 100.0 * m["accuracy"]["test"],
+                "states": states,
+                "epochs": m.get("epochs_run"),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -67,23 +77,41 @@ def table(pts: pd.DataFrame) -> pd.DataFrame:
     rows = []
     reduced_pts = pts[pts.kind != "pretrained"]
     for (task, variant, keep), g in reduced_pts.groupby(["task", "variant", "keep"], sort=False):
-        row: dict[str, Any] = {"task": task, "variant": variant, "label": variant_label(variant), "keep": keep,
-                               "removed_pct": round(100 * (1 - keep)), "states": int(g["states"].max())}
+        row: dict[str, Any] = {
+            "task": task,
+            "variant": variant,
+            "label": variant_label(variant),
+            "keep": keep,
+            "removed_pct": round(100 * (1 - keep)),
+            "states": int(g["states"].max()),
+        }
         full = pts[(pts.task == task) & (pts.variant == variant) & (pts.kind == "pretrained")]
-        for kind, a in (("pretrained", full["accuracy"]), ("reduced", g[g.kind == "reduced"]["accuracy"]),
-                        ("retrained", g[g.kind == "retrained"]["accuracy"])):
+        for kind, a in (
+            ("pretrained", full["accuracy"]),
+            ("reduced", g[g.kind == "reduced"]["accuracy"]),
+            ("retrained", g[g.kind == "retrained"]["accuracy"]),
+        ):
             row[f"{kind}_mean"], row[f"{kind}_std"], row[f"{kind}_n"] = (
-                a.mean(), a.std(ddof=1) if len(a) > 1 else np.nan, len(a))
+                a.mean(),
+                a.std(ddof=1) if len(a) > 1 else np.nan,
+                len(a),
+            )
         base = pts[(pts.task == task) & (pts.variant == PLAIN) & (pts.keep == keep) & (pts.kind == "retrained")]
         pair = g[g.kind == "retrained"].merge(base, on="seed", suffixes=("", "_plain"))
-        d = (paired_difference(pair["accuracy"].to_numpy(), pair["accuracy_plain"].to_numpy())
-             if variant != PLAIN else {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_pairs": 0})
+        d = (
+            paired_difference(pair["accuracy"].to_numpy(), pair["accuracy_plain"].to_numpy())
+            if variant != PLAIN
+            else {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_pairs": 0}
+        )
         row |= {f"vs_plain_{k}": v for k, v in d.items()}
         rows.append(row)
     df = pd.DataFrame(rows)
     order = {v: i for i, v in enumerate(dict.fromkeys(pts["variant"]))}
-    return df.sort_values(["task", "keep", "variant"], ascending=[True, False, True],
-                          key=lambda s: s.map(order) if s.name == "variant" else s).reset_index(drop=True)
+    return df.sort_values(
+        ["task", "keep", "variant"],
+        ascending=[True, False, True],
+        key=lambda s: s.map(order) if s.name == "variant" else s,
+    ).reset_index(drop=True)
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -95,9 +123,11 @@ def _cell(mean: float, std: float, n: int) -> str:
 def markdown(tab: pd.DataFrame) -> str:
     """The table as Markdown: test accuracy %, mean ± std over seeds; a difference in bold where its interval
     excludes 0."""
-    lines = ["| task | states removed | kept states | variant | full N | without retraining | after retraining |"
-             " after retraining − plain |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| task | states removed | kept states | variant | full N | without retraining | after retraining |"
+        " after retraining − plain |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in tab.itertuples():
         if r.vs_plain_n_pairs == 0:
             diff = ""
@@ -107,16 +137,20 @@ def markdown(tab: pd.DataFrame) -> str:
             diff = f"{r.vs_plain_diff:+.1f} [{r.vs_plain_ci_low:+.1f}, {r.vs_plain_ci_high:+.1f}]"
             if r.vs_plain_ci_low > 0 or r.vs_plain_ci_high < 0:
                 diff = f"**{diff}**"
-        lines.append(f"| {r.task} | {r.removed_pct} % | {r.states} | {r.label}"
-                     f" | {_cell(r.pretrained_mean, r.pretrained_std, r.pretrained_n)}"
-                     f" | {_cell(r.reduced_mean, r.reduced_std, r.reduced_n)}"
-                     f" | {_cell(r.retrained_mean, r.retrained_std, r.retrained_n)} | {diff} |")
+        lines.append(
+            f"| {r.task} | {r.removed_pct} % | {r.states} | {r.label}"
+            f" | {_cell(r.pretrained_mean, r.pretrained_std, r.pretrained_n)}"
+            f" | {_cell(r.reduced_mean, r.reduced_std, r.reduced_n)}"
+            f" | {_cell(r.retrained_mean, r.retrained_std, r.retrained_n)} | {diff} |"
+        )
     n = int(tab["retrained_n"].max()) if len(tab) else 0
     lines.append("")
-    lines.append(f"Test accuracy %, mean ± std over seeds (n = {n}); kept states: complex modes over every channel "
-                 "and layer (the largest over seeds); after retraining − plain: the difference to the plain "
-                 "pretraining at the same fraction, paired by seed, with its 95 % Student-t interval (bold: it "
-                 "excludes 0). Every row has the same total training epochs (pretraining + retraining).")
+    lines.append(
+        f"Test accuracy %, mean ± std over seeds (n = {n}); kept states: complex modes over every channel "
+        "and layer (the largest over seeds); after retraining − plain: the difference to the plain "
+        "pretraining at the same fraction, paired by seed, with its 95 % Student-t interval (bold: it "
+        "excludes 0). Every row has the same total training epochs (pretraining + retraining)."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,12 +36,22 @@ def points_table(pairs: Iterable[tuple[str | os.PathLike, str | os.PathLike]]) -
     for pre_path, ret_path in pairs:
         pre, ret = (json.loads(Path(p).read_text()) for p in (pre_path, ret_path))
         if (pre["task"], pre["seed"]) != (ret["task"], ret["seed"]):
-            raise ValueError(f"{ret_path}: task/seed {ret['task']}/{ret['seed']} is not that of {pre_path} "
-                             f"({pre['task']}/{pre['seed']})")
-        rows.append({"task": pre["task"], "seed": pre["seed"], "pretrain_epochs": pre.get("epochs_run"),
-                     "order": ret["order"], "pretrained_accuracy": pre["accuracy"]["test"],
-                     "bt_init_accuracy": ret["accuracy"]["test"], "pretrained_file": str(pre_path),
-                     "bt_init_file": str(ret_path)})
+            raise ValueError(
+                f"{ret_path}: task/seed {ret['task']}/{ret['seed']} is not that of {pre_path} "
+                f"({pre['task']}/{pre['seed']})"
+            )
+        rows.append(
+            {
+                "task": pre["task"],
+                "seed": pre["seed"],
+                "pretrain_epochs": pre.get("epochs_run"),
+                "order": ret["order"],
+                "pretrained_accuracy": pre["accuracy"]["test"],
+                "bt_init_accuracy": ret["accuracy"]["test"],
+                "pretrained_file": str(pre_path),
+                "bt_init_file": str(ret_path),
+            }
+        )
     if not rows:
         raise ValueError("correlation: no (pretrained, BT-init) pairs given")
     return pd.DataFrame(rows).sort_values(["task", "seed", "pretrain_epochs"], ignore_index=True)
@@ -73,8 +84,16 @@ def correlation(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int
             continue
         with warnings.catch_warnings():  # degenerate resamples are handled below
             warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-            res = stats.bootstrap((x, y), fn, paired=True, vectorized=False, n_resamples=n_resamples,
-                                  confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
+            res = stats.bootstrap(
+                (x, y),
+                fn,
+                paired=True,
+                vectorized=False,
+                n_resamples=n_resamples,
+                confidence_level=CONFIDENCE,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
         dist = res.bootstrap_distribution
         degenerate = float(np.mean(~np.isfinite(dist)))
         low, high = res.confidence_interval
@@ -88,9 +107,13 @@ def correlation(x: np.ndarray, y: np.ndarray, n_resamples: int = 2000, seed: int
 
 def correlation_table(points: pd.DataFrame, n_resamples: int = 2000) -> pd.DataFrame:
     """Per task (never pooled over tasks): ``correlation`` of pretrained vs BT-init accuracy over its points."""
-    rows = [{"task": task, **correlation(g["pretrained_accuracy"].to_numpy(), g["bt_init_accuracy"].to_numpy(),
-                                         n_resamples)}
-            for task, g in points.groupby("task", sort=True)]
+    rows = [
+        {
+            "task": task,
+            **correlation(g["pretrained_accuracy"].to_numpy(), g["bt_init_accuracy"].to_numpy(), n_resamples),
+        }
+        for task, g in points.groupby("task", sort=True)
+    ]
     return pd.DataFrame(rows)
 
 

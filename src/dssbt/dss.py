@@ -80,7 +80,7 @@ def vandermonde_kernel_real(dtL: Tensor, W: Tensor, L: int) -> Tensor:
 def naive_kernel(dtL: Tensor, W: Tensor, L: int) -> Tensor:
     """Reference kernel with one complex exp per (channel, mode, step). Same contract as ``vandermonde_kernel``."""
     real = torch.float64 if dtL.dtype == torch.complex128 else torch.float32
-    l = torch.arange(L, device=dtL.device, dtype=real)
+    l = torch.arange(L, device=dtL.device, dtype=real)  # noqa: E741 (the paper's time index)
     return torch.einsum("...n,...nl->...l", W, torch.exp(dtL.unsqueeze(-1) * l)).real  # (..., L)
 
 
@@ -426,4 +426,3 @@ def _index_name(mask: Tensor) -> str:
     if len(idx) == 3:
         return f"direction {idx[0]}, channel {idx[1]}, mode {idx[2]}"
     return f"channel {idx[0]}"
-

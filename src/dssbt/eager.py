@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import importlib
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 # code objects of torch's two lazy-import wrappers (torch/_compile.py, torch/optim/optimizer.py)
-_WRAPPERS = ("_disable_dynamo.<locals>.inner",
-             "_disable_dynamo_if_unsupported.<locals>.wrapper.<locals>.maybe_fallback")
+_WRAPPERS = (
+    "_disable_dynamo.<locals>.inner",
+    "_disable_dynamo_if_unsupported.<locals>.wrapper.<locals>.maybe_fallback",
+)
 
 
 def skip_dynamo_import() -> list[str]:

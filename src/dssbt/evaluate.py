@@ -35,7 +35,9 @@ def autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
-def evaluate(model: S4Model, split: Split, batch_size: int, device: torch.device, amp: bool = False) -> dict[str, float]:
+def evaluate(
+    model: S4Model, split: Split, batch_size: int, device: torch.device, amp: bool = False
+) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` on a split (eval mode)."""
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -56,7 +58,13 @@ def summary_metrics(
 
 
 def base_metrics(
-    meta: dict[str, Any], model: S4Model, hp: Hparams, run: dict[str, Any], seed: int | None, device, N: int,
+    meta: dict[str, Any],
+    model: S4Model,
+    hp: Hparams,
+    run: dict[str, Any],
+    seed: int | None,
+    device,
+    N: int,
     order_spec: str | None = None,
 ) -> dict[str, Any]:
     """The fields every metrics.json carries (train, reduce and evaluate write the same shape).

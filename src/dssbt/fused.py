@@ -414,8 +414,10 @@ def kernels(mode: str) -> Iterator[None]:
     if mode not in MODES:
         raise ValueError(f"optim.kernels: {mode!r} is not one of {list(MODES)}")
     if mode == "c" and load() is None:
-        raise RuntimeError(f"optim.kernels: c, but the fused C kernels cannot be built: {error()}. "
-                           "Install a C compiler (or set $CC), or set optim.kernels: auto or torch")
+        raise RuntimeError(
+            f"optim.kernels: c, but the fused C kernels cannot be built: {error()}. "
+            "Install a C compiler (or set $CC), or set optim.kernels: auto or torch"
+        )
     before, _mode = _mode, mode
     try:
         yield
@@ -468,8 +470,21 @@ def _norm_backward(name: str, ctx, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dw = torch.empty(H, dtype=torch.float64)
     db = torch.empty(H, dtype=torch.float64)
     _same_dtype(x, g)
-    _check(_kernel(name, x)(Bsz * L, H, g.data_ptr(), x.data_ptr(), w.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                            dx.data_ptr(), dw.data_ptr(), db.data_ptr()), f"{name} (backward)")
+    _check(
+        _kernel(name, x)(
+            Bsz * L,
+            H,
+            g.data_ptr(),
+            x.data_ptr(),
+            w.data_ptr(),
+            mean.data_ptr(),
+            rstd.data_ptr(),
+            dx.data_ptr(),
+            dw.data_ptr(),
+            db.data_ptr(),
+        ),
+        f"{name} (backward)",
+    )
     return dx, dw.to(x.dtype), db.to(x.dtype)
 
 
@@ -483,8 +498,12 @@ class _LayerNormChannelMajor(torch.autograd.Function):
         mean, rstd = x.new_empty(M), x.new_empty(M)
         w, b = weight.detach().contiguous(), bias.detach().contiguous()
         _same_dtype(x, w, b)
-        _check(_kernel("ln_cm_fwd", x)(M, H, x.data_ptr(), w.data_ptr(), b.data_ptr(), eps, z.data_ptr(),
-                                       mean.data_ptr(), rstd.data_ptr()), "layer norm")
+        _check(
+            _kernel("ln_cm_fwd", x)(
+                M, H, x.data_ptr(), w.data_ptr(), b.data_ptr(), eps, z.data_ptr(), mean.data_ptr(), rstd.data_ptr()
+            ),
+            "layer norm",
+        )
         ctx.save_for_backward(x, w, mean, rstd)
         return z  # (H, B, L)
 
@@ -515,8 +534,12 @@ class _BatchNormChannelMajor(torch.autograd.Function):
         z = x.new_empty(H, Bsz, L)
         w, b = weight.detach().contiguous(), bias.detach().contiguous()
         _same_dtype(x, w, b, mean, rstd)
-        _check(_kernel("bn_cm_fwd", x)(Bsz * L, H, x.data_ptr(), w.data_ptr(), b.data_ptr(), mean.data_ptr(),
-                                       rstd.data_ptr(), z.data_ptr()), "batch norm")
+        _check(
+            _kernel("bn_cm_fwd", x)(
+                Bsz * L, H, x.data_ptr(), w.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr(), z.data_ptr()
+            ),
+            "batch norm",
+        )
         ctx.save_for_backward(x, w, mean, rstd)
         return z  # (H, B, L)
 
@@ -528,8 +551,12 @@ class _BatchNormChannelMajor(torch.autograd.Function):
 def batch_norm_applies(norm: torch.nn.BatchNorm1d) -> bool:
     """What ``batch_norm_channel_major`` covers: affine, running statistics tracked with a momentum, and in
     eval mode only without gradients (its backward is the training-mode one)."""
-    return (norm.affine and norm.track_running_stats and norm.momentum is not None
-            and (norm.training or not torch.is_grad_enabled()))
+    return (
+        norm.affine
+        and norm.track_running_stats
+        and norm.momentum is not None
+        and (norm.training or not torch.is_grad_enabled())
+    )
 
 
 def batch_norm_channel_major(x: Tensor, norm: torch.nn.BatchNorm1d) -> Tensor:
@@ -537,8 +564,9 @@ def batch_norm_channel_major(x: Tensor, norm: torch.nn.BatchNorm1d) -> Tensor:
     channel-major: contiguous (H, B, L). In training mode the running statistics are updated as torch's batch norm
     does (momentum, unbiased variance). Needs ``applies(x)`` and ``batch_norm_applies(norm)``."""
     if not batch_norm_applies(norm):
-        raise ValueError("fused batch norm: affine, tracked running statistics with a momentum, and no gradients "
-                         "in eval mode")
+        raise ValueError(
+            "fused batch norm: affine, tracked running statistics with a momentum, and no gradients in eval mode"
+        )
     x = x.contiguous()
     Bsz, L, H = x.shape
     M = Bsz * L
@@ -574,8 +602,22 @@ class _LayerNormMeanPool(torch.autograd.Function):
         mean, rstd = x.new_empty(Bsz * L), x.new_empty(Bsz * L)
         w, b = weight.detach().contiguous(), bias.detach().contiguous()
         _same_dtype(x, w, b)
-        _check(_kernel("ln_pool_fwd", x)(Bsz, L, H, x.data_ptr(), n.data_ptr(), w.data_ptr(), b.data_ptr(), eps,
-                                         pooled.data_ptr(), mean.data_ptr(), rstd.data_ptr()), "layer norm + pool")
+        _check(
+            _kernel("ln_pool_fwd", x)(
+                Bsz,
+                L,
+                H,
+                x.data_ptr(),
+                n.data_ptr(),
+                w.data_ptr(),
+                b.data_ptr(),
+                eps,
+                pooled.data_ptr(),
+                mean.data_ptr(),
+                rstd.data_ptr(),
+            ),
+            "layer norm + pool",
+        )
         ctx.save_for_backward(x, n, w, mean, rstd)
         return pooled  # (B, H)
 
@@ -588,9 +630,23 @@ class _LayerNormMeanPool(torch.autograd.Function):
         dw = torch.empty(H, dtype=torch.float64)
         db = torch.empty(H, dtype=torch.float64)
         _same_dtype(x, g)
-        _check(_kernel("ln_pool_bwd", x)(Bsz, L, H, g.data_ptr(), x.data_ptr(), n.data_ptr(), w.data_ptr(),
-                                         mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(), dw.data_ptr(),
-                                         db.data_ptr()), "layer norm + pool backward")
+        _check(
+            _kernel("ln_pool_bwd", x)(
+                Bsz,
+                L,
+                H,
+                g.data_ptr(),
+                x.data_ptr(),
+                n.data_ptr(),
+                w.data_ptr(),
+                mean.data_ptr(),
+                rstd.data_ptr(),
+                dx.data_ptr(),
+                dw.data_ptr(),
+                db.data_ptr(),
+            ),
+            "layer norm + pool backward",
+        )
         return dx, None, dw.to(x.dtype), db.to(x.dtype), None
 
 
@@ -616,13 +672,23 @@ class _GLUResidual(torch.autograd.Function):
         y, x = y.contiguous(), x.contiguous()
         _, Bsz, L, H = y.shape
         if y.shape != (2, *x.shape) or bias.shape != (2 * H,):
-            raise ValueError(f"fused GLU: y (2, B, L, H), bias (2H,), x (B, L, H); got {tuple(y.shape)}, "
-                             f"{tuple(bias.shape)}, {tuple(x.shape)}")
+            raise ValueError(
+                f"fused GLU: y (2, B, L, H), bias (2H,), x (B, L, H); got {tuple(y.shape)}, "
+                f"{tuple(bias.shape)}, {tuple(x.shape)}"
+            )
         out = torch.empty_like(x)
         b = bias.detach().contiguous()
         _same_dtype(y, b, x)
-        _kernel("glu_fwd", x)(Bsz * L, H, y[0].data_ptr(), y[1].data_ptr(), b[:H].data_ptr(), b[H:].data_ptr(),
-                              x.data_ptr(), out.data_ptr())
+        _kernel("glu_fwd", x)(
+            Bsz * L,
+            H,
+            y[0].data_ptr(),
+            y[1].data_ptr(),
+            b[:H].data_ptr(),
+            b[H:].data_ptr(),
+            x.data_ptr(),
+            out.data_ptr(),
+        )
         ctx.save_for_backward(y, b)
         return out  # (B, L, H)
 
@@ -634,9 +700,19 @@ class _GLUResidual(torch.autograd.Function):
         dy = torch.empty_like(y)
         dbias = torch.empty(2 * H, dtype=torch.float64)
         _same_dtype(y, g)
-        _kernel("glu_bwd", y)(Bsz * L, H, g.data_ptr(), y[0].data_ptr(), y[1].data_ptr(), b[:H].data_ptr(),
-                              b[H:].data_ptr(), dy[0].data_ptr(), dy[1].data_ptr(), dbias[:H].data_ptr(),
-                              dbias[H:].data_ptr())
+        _kernel("glu_bwd", y)(
+            Bsz * L,
+            H,
+            g.data_ptr(),
+            y[0].data_ptr(),
+            y[1].data_ptr(),
+            b[:H].data_ptr(),
+            b[H:].data_ptr(),
+            dy[0].data_ptr(),
+            dy[1].data_ptr(),
+            dbias[:H].data_ptr(),
+            dbias[H:].data_ptr(),
+        )
         return dy, dbias.to(y.dtype), g
 
 

@@ -7,7 +7,7 @@ conjugate, and conjugate pairs would be redundant.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -88,8 +88,9 @@ class Hparams:
 
     def to_dict(self) -> dict[str, Any]:
         default = asdict(OptimHparams())
-        optim = {k: v for k, v in asdict(self.optim).items()
-                 if not (k in OPTIM_KEYS_OMITTED_AT_DEFAULT and v == default[k])}
+        optim = {
+            k: v for k, v in asdict(self.optim).items() if not (k in OPTIM_KEYS_OMITTED_AT_DEFAULT and v == default[k])
+        }
         d = {"model": dict(sorted(self.model.items())), "optim": optim}
         return d | ({"reduction": self.reduction} if self.reduction else {})
 
@@ -113,15 +114,19 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
         raise ValueError(f"hyper-parameters: expected a JSON object, got {type(source).__name__}")
     unknown = sorted(set(source) - {"model", "optim", "reduction"})
     if unknown:
-        raise ValueError(f"hyper-parameters: unknown section(s) {unknown}; sections are ['model', 'optim', 'reduction']")
+        raise ValueError(
+            f"hyper-parameters: unknown section(s) {unknown}; sections are ['model', 'optim', 'reduction']"
+        )
     model = dict(source.get("model", {}))
     for k, v in model.items():
         if k not in MODEL_KEYS:
             raise ValueError(f"hyper-parameters: unknown key model.{k}; known: {sorted(MODEL_KEYS)}")
         _check_type("model", k, v, MODEL_KEYS[k])
     optim_in = dict(source.get("optim", {}))
-    types = {f.name: {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[str(f.type)]
-             for f in fields(OptimHparams)}
+    types = {
+        f.name: {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[str(f.type)]
+        for f in fields(OptimHparams)
+    }
     for k, v in optim_in.items():
         if k not in types:
             raise ValueError(f"hyper-parameters: unknown key optim.{k}; known: {sorted(types)}")
@@ -130,8 +135,9 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     if optim.schedule not in ("cosine", "plateau"):
         raise ValueError(f"hyper-parameters: optim.schedule={optim.schedule!r} is not one of ['cosine', 'plateau']")
     if optim.on_divergence not in ON_DIVERGENCE:
-        raise ValueError(f"hyper-parameters: optim.on_divergence={optim.on_divergence!r} is not one of "
-                         f"{list(ON_DIVERGENCE)}")
+        raise ValueError(
+            f"hyper-parameters: optim.on_divergence={optim.on_divergence!r} is not one of {list(ON_DIVERGENCE)}"
+        )
     if optim.kernels not in KERNELS:
         raise ValueError(f"hyper-parameters: optim.kernels={optim.kernels!r} is not one of {list(KERNELS)}")
     for k in ("epochs", "batch_size", "eval_batch_size"):
@@ -152,8 +158,9 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
             raise ValueError(f"hyper-parameters: reduction.{method} must be an object, got {options!r}")
         for k, v in options.items():
             if k not in REDUCTION_KEYS[method]:
-                raise ValueError(f"hyper-parameters: unknown key reduction.{method}.{k}; "
-                                 f"known: {sorted(REDUCTION_KEYS[method])}")
+                raise ValueError(
+                    f"hyper-parameters: unknown key reduction.{method}.{k}; known: {sorted(REDUCTION_KEYS[method])}"
+                )
             _check_type(f"reduction.{method}", k, v, REDUCTION_KEYS[method][k])
             if not v > 0:
                 raise ValueError(f"hyper-parameters: reduction.{method}.{k} must be > 0, got {v}")
@@ -171,22 +178,28 @@ def _check_reduce_during(rd: dict[str, Any], epochs: int) -> dict[str, Any]:
     if not at or not all(isinstance(e, int) and not isinstance(e, bool) for e in at):
         raise ValueError(f"hyper-parameters: {where}.at_epochs must be a non-empty list of epochs, got {at!r}")
     if list(at) != sorted(set(at)) or not 1 <= at[0] or at[-1] >= epochs:
-        raise ValueError(f"hyper-parameters: {where}.at_epochs={list(at)} must increase strictly within "
-                         f"[1, optim.epochs={epochs}) (training continues after the last reduction)")
+        raise ValueError(
+            f"hyper-parameters: {where}.at_epochs={list(at)} must increase strictly within "
+            f"[1, optim.epochs={epochs}) (training continues after the last reduction)"
+        )
     if ("tol" in rd) == ("budget" in rd):
-        raise ValueError(f"hyper-parameters: {where} needs exactly one of tol (the HSV energy each layer may drop "
-                         "at a reduction) and budget (the fraction of the model's states kept)")
+        raise ValueError(
+            f"hyper-parameters: {where} needs exactly one of tol (the HSV energy each layer may drop "
+            "at a reduction) and budget (the fraction of the model's states kept)"
+        )
     for k in ("tol", "budget"):
         if k in rd and not 0 < rd[k] < 1:
             raise ValueError(f"hyper-parameters: {where}.{k} must be in (0, 1), got {rd[k]}")
     if rd.get("moments", "reset") not in REDUCE_DURING_MOMENTS:
-        raise ValueError(f"hyper-parameters: {where}.moments={rd['moments']!r} is not one of "
-                         f"{list(REDUCE_DURING_MOMENTS)}")
+        raise ValueError(
+            f"hyper-parameters: {where}.moments={rd['moments']!r} is not one of {list(REDUCE_DURING_MOMENTS)}"
+        )
     return dict(sorted(rd.items()))
 
 
-def equal_budget_hparams(train: str | dict[str, Any], retrain: str | dict[str, Any],
-                         pretrain: str | dict[str, Any] | None = None) -> str:
+def equal_budget_hparams(
+    train: str | dict[str, Any], retrain: str | dict[str, Any], pretrain: str | dict[str, Any] | None = None
+) -> str:
     """Hyper-parameter JSON of the equal-budget Skew-HiPPO control: those of the baseline (``train``) with
     ``optim.epochs`` = the pretraining epochs (``pretrain``'s, default ``train``'s) + the retraining epochs
     (``retrain``), so the order-r model sees as many epochs as a BT-init model has in total. Everything else (and so

@@ -127,8 +127,9 @@ def s4d_to_dss(sd: dict[str, Any], prefix: str, layout: str, opts: S4DOptions = 
         B = np.ones(A.shape, complex)
     elif layout == "ssm":
         opts.check()
-        A = -_forward(_key(sd, prefix + "kernel.A_real"), opts.real_transform) \
-            - 1j * _forward(_key(sd, prefix + "kernel.A_imag"), opts.imag_transform)
+        A = -_forward(_key(sd, prefix + "kernel.A_real"), opts.real_transform) - 1j * _forward(
+            _key(sd, prefix + "kernel.A_imag"), opts.imag_transform
+        )
         dt = _forward(_key(sd, prefix + "kernel.inv_dt"), opts.dt_transform)
         if dt.ndim == 2 and dt.shape[1] != 1:
             raise ValueError(f"{where}: inv_dt has shape {dt.shape}: one dt per mode (dt_tie=False) is not supported")
@@ -146,8 +147,10 @@ def s4d_to_dss(sd: dict[str, Any], prefix: str, layout: str, opts: S4DOptions = 
         raise ValueError(f"unknown S4D layout {layout!r}")
     H, M = A.shape
     if A.shape[0] != dt.shape[0] or B.shape != A.shape:
-        raise ValueError(f"{where}: A has {A.shape[0]} rows but dt has {dt.shape[0]} (n_ssm < H, A shared by several "
-                         f"channels, is not supported) or B has shape {B.shape}")
+        raise ValueError(
+            f"{where}: A has {A.shape[0]} rows but dt has {dt.shape[0]} (n_ssm < H, A shared by several "
+            f"channels, is not supported) or B has shape {B.shape}"
+        )
     if C.shape != (H, M, 2):
         raise ValueError(f"{where}: C has shape {C.shape}, expected ({H}, {M}, 2) (real view of complex)")
     D = _key(sd, prefix + "D")
@@ -160,8 +163,13 @@ def s4d_to_dss(sd: dict[str, Any], prefix: str, layout: str, opts: S4DOptions = 
     return {"Lambda": A, "B": 2.0 * B, "C": C[..., 0] + 1j * C[..., 1], "D": D, "dt": dt}
 
 
-def dss_to_s4d(ss: dict[str, np.ndarray], prefix: str, layout: str, opts: S4DOptions = S4DOptions(),
-               dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def dss_to_s4d(
+    ss: dict[str, np.ndarray],
+    prefix: str,
+    layout: str,
+    opts: S4DOptions = S4DOptions(),
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
     """The S4D entries (keys with ``prefix``) of dssbt parameters ``ss`` (Lambda, B, C (H, M); D, dt (H,)).
 
     minimal: B is absorbed into C (``C B / 2``, B = 1 in S4D); ssm: ``B / 2`` and C as they are. Modes with
@@ -187,7 +195,9 @@ def dss_to_s4d(ss: dict[str, np.ndarray], prefix: str, layout: str, opts: S4DOpt
     where = f"{prefix}kernel"
     out[prefix + "kernel.A_real"] = t(_inverse(-Lam.real, opts.real_transform, where + ".A_real"))
     out[prefix + "kernel.A_imag"] = t(_inverse(-Lam.imag, opts.imag_transform, where + ".A_imag"))
-    out[prefix + "kernel.inv_dt"] = t(_inverse(np.asarray(ss["dt"], float), opts.dt_transform, where + ".inv_dt")[:, None])
+    out[prefix + "kernel.inv_dt"] = t(
+        _inverse(np.asarray(ss["dt"], float), opts.dt_transform, where + ".inv_dt")[:, None]
+    )
     out[prefix + "kernel.B"] = t(pairs(B / 2.0)[None])
     out[prefix + "kernel.C"] = t(pairs(C)[None])
     out[prefix + "D"] = t(np.asarray(ss["D"])[None])
@@ -199,8 +209,9 @@ def s4d_kernel(ss: dict[str, np.ndarray], L: int) -> np.ndarray:
     from .dss import ss_kernel
 
     arg = {k: torch.as_tensor(np.asarray(ss[k])) for k in ("Lambda", "B", "C", "dt")}
-    return ss_kernel(arg["Lambda"], arg["B"].to(torch.complex128), arg["C"].to(torch.complex128),
-                     arg["dt"].double(), L, naive=True).numpy()
+    return ss_kernel(
+        arg["Lambda"], arg["B"].to(torch.complex128), arg["C"].to(torch.complex128), arg["dt"].double(), L, naive=True
+    ).numpy()
 
 
 def _unwrap(payload: Any, path: str) -> tuple[dict[str, Any], str | None]:
@@ -214,8 +225,9 @@ def _unwrap(payload: Any, path: str) -> tuple[dict[str, Any], str | None]:
     raise ValueError(f"{path}: not a state dict (nor a dict with 'state_dict' / 'model' holding one)")
 
 
-def reduce_s4d_state_dict(sd: dict[str, Any], r: int, opts: S4DOptions = S4DOptions(), route: str = "discrete",
-                          where: str = "state dict") -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+def reduce_s4d_state_dict(
+    sd: dict[str, Any], r: int, opts: S4DOptions = S4DOptions(), route: str = "discrete", where: str = "state dict"
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every S4D kernel of ``sd`` reduced to r modes by balanced truncation (``dssbt.reduction.reduce``, method
     "bt"; ``route`` discrete: Gramians of the ZOH system, or continuous). Other entries are copied.
 
@@ -241,13 +253,21 @@ def reduce_s4d_state_dict(sd: dict[str, Any], r: int, opts: S4DOptions = S4DOpti
         red = {"Lambda": res.Lambda, "B": res.B, "C": res.C, "D": ss["D"], "dt": ss["dt"]}
         dtype = sd[prefix + "D"].dtype if torch.is_tensor(sd[prefix + "D"]) else torch.float32
         out.update(dss_to_s4d(red, prefix, layout, opts, dtype))
-        report[prefix] = {"layout": layout, "H": H, "modes": M, "r": r, "hsv": res.hsv, "bound": res.bound,
-                          "worst_bound": float(np.max(res.bound))}
+        report[prefix] = {
+            "layout": layout,
+            "H": H,
+            "modes": M,
+            "r": r,
+            "hsv": res.hsv,
+            "bound": res.bound,
+            "worst_bound": float(np.max(res.bound)),
+        }
     return out, report
 
 
-def reduce_s4d_file(path: str | os.PathLike, out: str | os.PathLike, r: int, opts: S4DOptions = S4DOptions(),
-                    route: str = "discrete") -> dict[str, dict[str, Any]]:
+def reduce_s4d_file(
+    path: str | os.PathLike, out: str | os.PathLike, r: int, opts: S4DOptions = S4DOptions(), route: str = "discrete"
+) -> dict[str, dict[str, Any]]:
     """``reduce_s4d_state_dict`` of a torch file, written atomically to ``out`` in the same wrapping (a bare state
     dict, or the same dict with its 'state_dict' / 'model' entry replaced). Returns the report per prefix."""
     try:
@@ -262,5 +282,12 @@ def reduce_s4d_file(path: str | os.PathLike, out: str | os.PathLike, r: int, opt
     return report
 
 
-__all__ = ["S4DOptions", "dss_to_s4d", "find_s4d_kernels", "reduce_s4d_file", "reduce_s4d_state_dict", "s4d_to_dss",
-           "s4d_kernel"]
+__all__ = [
+    "S4DOptions",
+    "dss_to_s4d",
+    "find_s4d_kernels",
+    "reduce_s4d_file",
+    "reduce_s4d_state_dict",
+    "s4d_to_dss",
+    "s4d_kernel",
+]

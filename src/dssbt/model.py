@@ -100,7 +100,7 @@ class ModelConfig:
             raise ValueError(f"model config: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Build from a dict; unknown keys are an error naming them."""
         if "layer_states" in d:  # the name of layer_orders in model files written before 0.2
             d = {("layer_orders" if k == "layer_states" else k): v for k, v in d.items()}
@@ -118,7 +118,7 @@ class ModelConfig:
         d["layer_orders"] = list(self.layer_orders)
         return d
 
-    def with_layer_orders(self, orders: list[int]) -> "ModelConfig":
+    def with_layer_orders(self, orders: list[int]) -> ModelConfig:
         """The same architecture with ``orders[i]`` modes in layer i (d_state = the largest; uniform orders are
         stored as d_state alone, so an order-r reduction and a fresh order-r model have equal configs)."""
         orders = [int(n) for n in orders]
@@ -134,7 +134,7 @@ class ModelConfig:
         orders = self.orders_by_layer() if layer_orders is None else layer_orders
         return n_states(orders, self.d_model, self.bidirectional)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -359,8 +359,13 @@ class S4Model(nn.Module):
         h = self.encoder(x)  # (B, L, H)
         for block in self.blocks:
             h = block.forward_recurrent(h) if recurrent else block.forward_reference(h) if reference else block(h)
-        if (not reference and not recurrent and self.cfg.pool == "mean" and isinstance(self.final_norm, nn.LayerNorm)
-                and fused.applies(h)):
+        if (
+            not reference
+            and not recurrent
+            and self.cfg.pool == "mean"
+            and isinstance(self.final_norm, nn.LayerNorm)
+            and fused.applies(h)
+        ):
             return fused.layer_norm_mean_pool(h, lengths, self.final_norm)  # (B, H): final norm + pooling, fused
         h = self.final_norm(h)
         if self.cfg.pool == "last":

@@ -76,8 +76,7 @@ def parse_order(value: Any) -> OrderSpec:
     if isinstance(value, str) and ":" in value:
         kind, _, x = value.partition(":")
         return _per_layer(kind, x, value)
-    raise ValueError(f"order {value!r}: expected an integer r or one of "
-                     f"{[k + ':<x>' for k in PER_LAYER_KINDS]}")
+    raise ValueError(f"order {value!r}: expected an integer r or one of {[k + ':<x>' for k in PER_LAYER_KINDS]}")
 
 
 def from_wildcard(text: str) -> OrderSpec:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import matplotlib
 
@@ -84,18 +85,44 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
                 g = d[d["method_name"] == name]
                 dodge = 2 ** (0.09 * (j - (len(hue_order) - 1) / 2))
                 m = g.groupby("order")["test_accuracy"].agg(["mean", "std"]).reset_index()
-                ax.errorbar(m["order"] * dodge, m["mean"], yerr=m["std"].fillna(0), marker="o", ms=4, lw=1.2,
-                            capsize=2, color=colours[name], label=name if col == 0 else None, zorder=4)
-                ax.scatter(g["order"] * dodge * g["seed"].map(spread), g["test_accuracy"], s=9, alpha=0.45,
-                           color=colours[name], lw=0, zorder=3)
-            t = runs[keep & by_tol & (runs["task"] == task)].groupby(["order_spec", "method_name"], as_index=False)[
-                ["order", "test_accuracy"]].mean()
+                ax.errorbar(
+                    m["order"] * dodge,
+                    m["mean"],
+                    yerr=m["std"].fillna(0),
+                    marker="o",
+                    ms=4,
+                    lw=1.2,
+                    capsize=2,
+                    color=colours[name],
+                    label=name if col == 0 else None,
+                    zorder=4,
+                )
+                ax.scatter(
+                    g["order"] * dodge * g["seed"].map(spread),
+                    g["test_accuracy"],
+                    s=9,
+                    alpha=0.45,
+                    color=colours[name],
+                    lw=0,
+                    zorder=3,
+                )
+            t = (
+                runs[keep & by_tol & (runs["task"] == task)]
+                .groupby(["order_spec", "method_name"], as_index=False)[["order", "test_accuracy"]]
+                .mean()
+            )
             for spec, name, x, y in t[["order_spec", "method_name", "order", "test_accuracy"]].itertuples(index=False):
                 ax.scatter([x], [y], marker="*", s=90, color=colours.get(name, "0.3"), edgecolor="k", lw=0.4, zorder=5)
             for spec, g in t.groupby("order_spec"):  # one label per tolerance, above its highest star
                 top = g["test_accuracy"].idxmax()
-                ax.annotate(spec, (g.loc[top, "order"], g.loc[top, "test_accuracy"]), textcoords="offset points",
-                            xytext=(0, 6), ha="center", fontsize="x-small")
+                ax.annotate(
+                    spec,
+                    (g.loc[top, "order"], g.loc[top, "test_accuracy"]),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize="x-small",
+                )
             ref = runs[(runs["task"] == task) & runs["reference"]]
             full = ref[ref["init"] == "skew_hippo"]["test_accuracy"]
             if len(full):
@@ -168,8 +195,14 @@ def hsv_decay(report_files: Iterable[str | os.PathLike], paths: Iterable, settin
             norm = normalised_hsv(layer)
             if norm is not None:
                 per_task.setdefault(task, {}).setdefault(layer["layer"], []).append(norm)
-    hsv_panels({task: {f"layer {layer}": arrays for layer, arrays in sorted(layers.items())}
-                for task, layers in per_task.items()}, paths, settings)
+    hsv_panels(
+        {
+            task: {f"layer {layer}": arrays for layer, arrays in sorted(layers.items())}
+            for task, layers in per_task.items()
+        },
+        paths,
+        settings,
+    )
 
 
 def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
@@ -188,16 +221,19 @@ def pretrained_vs_bt(runs: pd.DataFrame, paths: Iterable, settings: dict[str, An
     x, y = bt["pretrained_accuracy"].to_numpy(), bt["test_accuracy"].to_numpy()
     if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
         rho, p = pearsonr(x, y)
-        text = (f"Pearson ρ pooled over tasks = {rho:.3f} (p = {p:.2g}, n = {len(x)}):\nmostly between-task "
-                f"differences; within-task: correlation study")
+        text = (
+            f"Pearson ρ pooled over tasks = {rho:.3f} (p = {p:.2g}, n = {len(x)}):\nmostly between-task "
+            f"differences; within-task: correlation study"
+        )
     else:
         text = f"Pearson ρ undefined (n = {len(x)})"
     ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize="small")
     lo = min(x.min(initial=1.0), y.min(initial=1.0))
     ax.plot([lo, 1], [lo, 1], ls=":", c="0.5", lw=1)
     ax.set_xlabel("pretrained (full N) test accuracy")
-    ax.set_ylabel("BT-init (retrained) test accuracy" if style == "order" else
-                  "reduction-initialised (retrained) test accuracy")
+    ax.set_ylabel(
+        "BT-init (retrained) test accuracy" if style == "order" else "reduction-initialised (retrained) test accuracy"
+    )
     ax.legend(fontsize="x-small", loc="lower right")
     _save(fig, paths, settings.get("dpi", 150))
 
@@ -208,20 +244,34 @@ def learning_curve_data(runs: pd.DataFrame) -> pd.DataFrame:
     ``*_init``, the pretraining) at integer orders. ``epochs`` = the run's epoch + the epochs it started from
     (``total_epochs - epochs_run``: the pretraining's for a run from the pretrained model, else 0). Columns: task,
     order, reference, init, name (legend), epochs, val_accuracy, n_seeds."""
-    trained = runs[runs["init"].map(lambda i: i in BASELINE_LABELS or i in CONTINUED_LABELS or i.endswith("_init")) &
-                   runs["order_spec"].astype(str).str.isdigit()]
+    trained = runs[
+        runs["init"].map(lambda i: i in BASELINE_LABELS or i in CONTINUED_LABELS or i.endswith("_init"))
+        & runs["order_spec"].astype(str).str.isdigit()
+    ]
     curves = []
     for row in trained.itertuples(index=False):
         h = pd.read_csv(Path(row.file).parent / "history.csv")
         offset = row.total_epochs - row.epochs_run
-        curves.append(pd.DataFrame({"task": row.task, "seed": row.seed, "order": row.order,
-                                    "reference": row.reference, "init": row.init, "name": series_name(row.init),
-                                    "epochs": h["epoch"] + offset, "val_accuracy": h["val_accuracy"]}))
+        curves.append(
+            pd.DataFrame(
+                {
+                    "task": row.task,
+                    "seed": row.seed,
+                    "order": row.order,
+                    "reference": row.reference,
+                    "init": row.init,
+                    "name": series_name(row.init),
+                    "epochs": h["epoch"] + offset,
+                    "val_accuracy": h["val_accuracy"],
+                }
+            )
+        )
     if not curves:
         raise ValueError("learning curves: no trained runs with a fixed order in the runs table")
     c = pd.concat(curves, ignore_index=True)
     return c.groupby(["task", "order", "reference", "init", "name", "epochs"], as_index=False).agg(
-        val_accuracy=("val_accuracy", "mean"), n_seeds=("seed", "nunique"))
+        val_accuracy=("val_accuracy", "mean"), n_seeds=("seed", "nunique")
+    )
 
 
 def learning_curves(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any]) -> None:
@@ -237,8 +287,9 @@ def learning_curves(runs: pd.DataFrame, paths: Iterable, settings: dict[str, Any
     orders = sorted(c.loc[~c["reference"], "order"].unique())
     names = [n for n in [*BASELINE_LABELS.values(), *METHOD_NAMES.values()] if n in set(c["name"])]
     colours = palette(names)
-    fig, axes = plt.subplots(max(1, len(orders)), len(tasks), figsize=(4.2 * len(tasks), 3.0 * max(1, len(orders))),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        max(1, len(orders)), len(tasks), figsize=(4.2 * len(tasks), 3.0 * max(1, len(orders))), squeeze=False
+    )
     for col, task in enumerate(tasks):
         pre = c[(c["task"] == task) & c["reference"] & (c["init"] == "skew_hippo")]
         cont = c[(c["task"] == task) & c["reference"] & (c["init"] == "full_continued")]
@@ -279,17 +330,31 @@ def correlation_plot(points: pd.DataFrame, table: pd.DataFrame, paths: Iterable,
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         d = points[points["task"] == task]
-        sns.scatterplot(data=d, x="pretrained_accuracy", y="bt_init_accuracy", hue="seed", style="pretrain_epochs",
-                        palette="deep", ax=ax)
+        sns.scatterplot(
+            data=d,
+            x="pretrained_accuracy",
+            y="bt_init_accuracy",
+            hue="seed",
+            style="pretrain_epochs",
+            palette="deep",
+            ax=ax,
+        )
         x, y = d["pretrained_accuracy"].to_numpy(), d["bt_init_accuracy"].to_numpy()
         if len(x) >= 2 and np.ptp(x) > 0:
             fit = linregress(x, y)
             xs = np.linspace(x.min(), x.max(), 2)
             ax.plot(xs, fit.intercept + fit.slope * xs, c="0.3", lw=1, label="least squares")
         c = coeffs.loc[task]
-        ax.text(0.02, 0.98, f"Pearson r = {_coefficient(c['pearson'], c['pearson_low'], c['pearson_high'])}\n"
-                f"Spearman ρ = {_coefficient(c['spearman'], c['spearman_low'], c['spearman_high'])}\n"
-                f"n = {int(c['n'])} points of this task", transform=ax.transAxes, va="top", fontsize="x-small")
+        ax.text(
+            0.02,
+            0.98,
+            f"Pearson r = {_coefficient(c['pearson'], c['pearson_low'], c['pearson_high'])}\n"
+            f"Spearman ρ = {_coefficient(c['spearman'], c['spearman_low'], c['spearman_high'])}\n"
+            f"n = {int(c['n'])} points of this task",
+            transform=ax.transAxes,
+            va="top",
+            fontsize="x-small",
+        )
         ax.set_title(task)
         ax.set_xlabel("pretrained (full N) test accuracy")
         ax.set_ylabel("reduced + retrained test accuracy")

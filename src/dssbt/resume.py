@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -57,11 +58,14 @@ class ResumeState:
                     os.fsync(fh.fileno())  # on disk before the rename: a crash never leaves a renamed empty file
         except OSError as e:
             kept = "the previous state file is unchanged" if Path(path).exists() else "no state file was kept"
-            raise OSError(e.errno, f"could not write the resume state {path} after epoch {self.epoch} "
-                                   f"({e.strerror or e}); {kept}: free space and rerun to continue from it") from e
+            raise OSError(
+                e.errno,
+                f"could not write the resume state {path} after epoch {self.epoch} "
+                f"({e.strerror or e}); {kept}: free space and rerun to continue from it",
+            ) from e
 
     @classmethod
-    def load(cls, path: str | os.PathLike, job: str, log: Callable[[str], None] = print) -> "ResumeState | None":
+    def load(cls, path: str | os.PathLike, job: str, log: Callable[[str], None] = print) -> ResumeState | None:
         """The state saved at ``path`` if it exists, is readable and belongs to ``job``; else None (and why, logged)."""
         path = Path(path)
         if not path.exists():
@@ -69,8 +73,10 @@ class ResumeState:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, foreign, or holding objects that are not plain data
-            log(f"warning: ignoring {path}: not a readable resume state ({type(e).__name__}: {str(e)[:200]}); "
-                "training starts over")
+            log(
+                f"warning: ignoring {path}: not a readable resume state ({type(e).__name__}: {str(e)[:200]}); "
+                "training starts over"
+            )
             return None
         if not isinstance(d, dict) or d.pop("format", None) != FORMAT:
             log(f"warning: ignoring {path}: not a dssbt resume state; training starts over")

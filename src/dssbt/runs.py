@@ -60,7 +60,9 @@ def describe_run(stage: str, method: str, order: str | None) -> dict[str, Any]:
     """The naming fields of a metrics file: stage, method, run (folder name, None for evaluate) and init."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    init = {"reduce": f"{method}_no_retrain", "retrain": "from_reduced", "continue": "from_pretrained"}.get(stage, method)
+    init = {"reduce": f"{method}_no_retrain", "retrain": "from_reduced", "continue": "from_pretrained"}.get(
+        stage, method
+    )
     run = None if stage == "evaluate" else run_name(stage, method, order or "")
     return {"stage": stage, "method": method, "run": run, "init": init}
 

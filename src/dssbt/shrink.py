@@ -78,14 +78,17 @@ def shrink_model(
     with torch.random.fork_rng(devices=[]):
         reduced, report = reduce_model(_on_cpu(model), list(layer_orders), "bt", route, kernel_length)
     sizes = model.cfg.orders_by_layer()
-    new_basis = {f"blocks.{i}.dss.{p}" for i, (r, n) in enumerate(zip(layer_orders, sizes)) if r < n
-                 for p in BASIS_PARAMS}
+    new_basis = {
+        f"blocks.{i}.dss.{p}" for i, (r, n) in enumerate(zip(layer_orders, sizes)) if r < n for p in BASIS_PARAMS
+    }
     reduced = reduced.to(device=device, dtype=dtype)
     if dtype != torch.float32:  # reduce_model builds float32 models: take the unchanged weights exactly
         reduced.load_state_dict({k: v for k, v in model.state_dict().items() if k not in new_basis}, strict=False)
     new_params = dict(reduced.named_parameters())
-    groups = [{**{k: v for k, v in g.items() if k != "params"},
-               "params": [new_params[names[id(p)]] for p in g["params"]]} for g in optimizer.param_groups]
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [new_params[names[id(p)]] for p in g["params"]]}
+        for g in optimizer.param_groups
+    ]
     new_opt = type(optimizer)(groups)
     new_opt.defaults = dict(optimizer.defaults)
 
@@ -123,8 +126,10 @@ def move_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> None:
     """Point an existing LR scheduler at the optimizer ``shrink_model`` returned (its schedule, step count and base
     lrs continue unchanged; the new param groups already carry the current lrs)."""
     if len(scheduler.optimizer.param_groups) != len(optimizer.param_groups):
-        raise ValueError(f"the scheduler drives {len(scheduler.optimizer.param_groups)} param groups, the new "
-                         f"optimizer has {len(optimizer.param_groups)}")
+        raise ValueError(
+            f"the scheduler drives {len(scheduler.optimizer.param_groups)} param groups, the new "
+            f"optimizer has {len(optimizer.param_groups)}"
+        )
     scheduler.optimizer = optimizer
 
 

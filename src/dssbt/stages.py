@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import fused
 from .checkpoint import load_model, save_model
@@ -33,18 +34,40 @@ def _orders(order: int | None, layer_orders: PathLike | None) -> tuple[int | lis
     return order, None if order is None else parse_order(order)
 
 
-def train_job(data: PathLike, out_dir: PathLike, init: str, seed: int = 0, hparams: str = "{}",
-              order: int | None = None, layer_orders: PathLike | None = None, reduced: PathLike | None = None,
-              device: str = "cpu", log: Callable[[str], None] = print,
-              method: str | None = None, stop_after: int | None = None) -> dict[str, Path]:
+def train_job(
+    data: PathLike,
+    out_dir: PathLike,
+    init: str,
+    seed: int = 0,
+    hparams: str = "{}",
+    order: int | None = None,
+    layer_orders: PathLike | None = None,
+    reduced: PathLike | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+    method: str | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Path]:
     """Train one model (pretraining, baseline or retraining: ``train.train``); returns {model, metrics, history}.
     ``method`` names a baseline run other than its init (``skew_hippo_equal``: the equal-budget control);
     ``stop_after`` makes a snapshot of the pretraining (``train.train``)."""
     from .train import train
 
     orders, spec = _orders(order, layer_orders)
-    train(data, hparams, init, seed, out_dir, order=orders, order_spec=None if spec is None else spec.label,
-          reduced=reduced, device=device, log=log, method=method, stop_after=stop_after)
+    train(
+        data,
+        hparams,
+        init,
+        seed,
+        out_dir,
+        order=orders,
+        order_spec=None if spec is None else spec.label,
+        reduced=reduced,
+        device=device,
+        log=log,
+        method=method,
+        stop_after=stop_after,
+    )
     out = Path(out_dir)
     return {"model": out / "model.pt", "metrics": out / "metrics.json", "history": out / "history.csv"}
 
@@ -63,10 +86,20 @@ def orders_job(checkpoint: PathLike, spec: str, out: PathLike, route: str = "dis
     return chosen
 
 
-def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: str = "bt", route: str = "discrete",
-               order: int | None = None, layer_orders: PathLike | None = None, data: PathLike | None = None,
-               metrics: PathLike | None = None, hparams: str = "{}", kernel_length: int | None = None,
-               device: str = "cpu") -> dict[str, Any]:
+def reduce_job(
+    checkpoint: PathLike,
+    out: PathLike,
+    report: PathLike,
+    method: str = "bt",
+    route: str = "discrete",
+    order: int | None = None,
+    layer_orders: PathLike | None = None,
+    data: PathLike | None = None,
+    metrics: PathLike | None = None,
+    hparams: str = "{}",
+    kernel_length: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Reduce a pretrained model; writes the reduced model, its report and (with ``data``) its metrics without
     retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
     from .train import load_task
@@ -83,8 +116,9 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
     L = kernel_length or meta.get("l_max")
     if not L:
         raise ValueError(f"{checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
-    reduced, rep = ModelReducer(model, route, int(L)).reduce(method, orders, hp.reduction.get(method, {}),
-                                                             seed=meta.get("seed"))  # a control's seed
+    reduced, rep = ModelReducer(model, route, int(L)).reduce(
+        method, orders, hp.reduction.get(method, {}), seed=meta.get("seed")
+    )  # a control's seed
     rep.update(order_spec=spec.label, checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     if layer_orders is not None:
         rep.update(layer_orders_file=str(layer_orders), **{spec.kind: spec.value})
@@ -93,27 +127,46 @@ def reduce_job(checkpoint: PathLike, out: PathLike, report: PathLike, method: st
         dev = resolve_device(device)
         run = describe_run("reduce", method, spec.wildcard)
         with fused.kernels(hp.optim.kernels):
-            measured = base_metrics(task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state,
-                                    spec.label) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test"))
-        measured |= {"reduced_from": str(checkpoint), "epochs_run": 0, "route": route,
-                     "wall_time_s": time.perf_counter() - t0}  # reduction and evaluation
+            measured = base_metrics(
+                task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state, spec.label
+            ) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test"))
+        measured |= {
+            "reduced_from": str(checkpoint),
+            "epochs_run": 0,
+            "route": route,
+            "wall_time_s": time.perf_counter() - t0,
+        }  # reduction and evaluation
         reduced.cpu()
-    reduction = {"method": method, "route": route, "r": order, "layer_orders": reduced.cfg.orders_by_layer(),
-                 "order_spec": spec.label}
+    reduction = {
+        "method": method,
+        "route": route,
+        "r": order,
+        "layer_orders": reduced.cfg.orders_by_layer(),
+        "order_spec": spec.label,
+    }
     save_model(out, reduced, {**meta, "reduced_from": str(checkpoint), "reduction": reduction})
     write_json(report, rep)
     if measured is not None:
         write_json(metrics, measured)
-    worst = max((max(max(ch) for ch in layer["rel_kernel_error"]) for layer in rep["layers"]
-                 if "rel_kernel_error" in layer), default=0.0)
-    return {"model": Path(out), "report": Path(report), "metrics": None if metrics is None else Path(metrics),
-            "N": model.cfg.d_state, "layer_orders": reduced.cfg.orders_by_layer(), "order_spec": spec.label,
-            "worst_rel_kernel_error": worst,
-            "test_accuracy": None if measured is None else measured["accuracy"]["test"]}
+    worst = max(
+        (max(max(ch) for ch in layer["rel_kernel_error"]) for layer in rep["layers"] if "rel_kernel_error" in layer),
+        default=0.0,
+    )
+    return {
+        "model": Path(out),
+        "report": Path(report),
+        "metrics": None if metrics is None else Path(metrics),
+        "N": model.cfg.d_state,
+        "layer_orders": reduced.cfg.orders_by_layer(),
+        "order_spec": spec.label,
+        "worst_rel_kernel_error": worst,
+        "test_accuracy": None if measured is None else measured["accuracy"]["test"],
+    }
 
 
-def evaluate_job(checkpoint: PathLike, data: PathLike, out: PathLike, hparams: str = "{}",
-                 device: str = "cpu") -> dict[str, Any]:
+def evaluate_job(
+    checkpoint: PathLike, data: PathLike, out: PathLike, hparams: str = "{}", device: str = "cpu"
+) -> dict[str, Any]:
     """Accuracy and loss of a model file on every split of a prepared task, written as a metrics file."""
     from .train import load_task
 
@@ -124,7 +177,10 @@ def evaluate_job(checkpoint: PathLike, data: PathLike, out: PathLike, hparams: s
     model.to(dev)
     run = describe_run("evaluate", meta_ckpt.get("reduction", {}).get("method") or meta_ckpt.get("init"), None)
     with fused.kernels(hp.optim.kernels):
-        metrics = base_metrics(meta, model, hp, run, meta_ckpt.get("seed"), dev, model.cfg.d_state) | summary_metrics(
-            model, data_splits, hp, dev) | {"checkpoint": str(checkpoint), "epochs_run": 0}
+        metrics = (
+            base_metrics(meta, model, hp, run, meta_ckpt.get("seed"), dev, model.cfg.d_state)
+            | summary_metrics(model, data_splits, hp, dev)
+            | {"checkpoint": str(checkpoint), "epochs_run": 0}
+        )
     write_json(out, metrics)
     return metrics

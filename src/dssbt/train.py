@@ -26,8 +26,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,7 @@ def load_task(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Spli
 
 # ----- model -------------------------------------------------------------------------------------------------------
 
+
 def full_state_size(hp: Hparams) -> int:
     """N of a job: model.d_state, or ModelConfig's default."""
     return hp.model.get("d_state", DEFAULT_D_STATE)
@@ -79,7 +81,9 @@ def model_config(meta: dict[str, Any], hp: Hparams, init: str, order: int | list
         raise ValueError("init from_pretrained continues the full-N model: no --order or --layer-orders")
     task = {k: meta[k] for k in ("d_input", "d_output", "encoder", "dual")}
     uniform = order if isinstance(order, int) else N
-    cfg = ModelConfig.from_dict({**hp.model, **task, "d_state": uniform, "init": init if init in INITS else "skew_hippo"})
+    cfg = ModelConfig.from_dict(
+        {**hp.model, **task, "d_state": uniform, "init": init if init in INITS else "skew_hippo"}
+    )
     if isinstance(order, list):
         if len(order) != cfg.n_layers or not all(1 <= r <= N for r in order):
             raise ValueError(f"layer orders {list(order)} must be n_layers={cfg.n_layers} sizes in [1, N={N}]")
@@ -95,7 +99,10 @@ def optimizer(model: S4Model, hp: Hparams) -> torch.optim.AdamW:
         (ssm if ".dss." in name and name.rsplit(".", 1)[1] in SSM_PARAMS else rest).append(p)
     o = hp.optim
     return AdamW(
-        [{"params": ssm, "lr": o.ssm_lr, "weight_decay": 0.0}, {"params": rest, "lr": o.lr, "weight_decay": o.weight_decay}]
+        [
+            {"params": ssm, "lr": o.ssm_lr, "weight_decay": 0.0},
+            {"params": rest, "lr": o.lr, "weight_decay": o.weight_decay},
+        ]
     )
 
 
@@ -116,6 +123,7 @@ def scheduler(opt: torch.optim.Optimizer, hp: Hparams, steps_per_epoch: int):
 
 
 # ----- training ----------------------------------------------------------------------------------------------------
+
 
 class Diverged(Exception):
     """A non-finite value met at training step ``step`` (1-based, within epoch ``epoch``) before the optimiser
@@ -154,29 +162,51 @@ def train(
     """
     hp = parse_hparams(hparams)
     with fused.kernels(hp.optim.kernels):
-        return _train(data_dir, hp, init, seed, out_dir, order=order, order_spec=order_spec, reduced=reduced,
-                      device=device, log=log, method=method, stop_after=stop_after)
+        return _train(
+            data_dir,
+            hp,
+            init,
+            seed,
+            out_dir,
+            order=order,
+            order_spec=order_spec,
+            reduced=reduced,
+            device=device,
+            log=log,
+            method=method,
+            stop_after=stop_after,
+        )
 
 
-def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, reduced, device, log, method,
-           stop_after) -> dict[str, Any]:
+def _train(
+    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, reduced, device, log, method, stop_after
+) -> dict[str, Any]:
     """``train`` with parsed hyper-parameters, under its kernels."""
     if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
-        raise ValueError(f"--method {method!r}: only a baseline of order r (not from_reduced, not the full-N "
-                         f"pretraining) takes a method name, one of {list(BASELINE_METHODS)}")
+        raise ValueError(
+            f"--method {method!r}: only a baseline of order r (not from_reduced, not the full-N "
+            f"pretraining) takes a method name, one of {list(BASELINE_METHODS)}"
+        )
     meta, data = load_task(data_dir)
     cfg = model_config(meta, hp, init, order)
     dev = resolve_device(device)
-    if stop_after is not None and (order is not None or init != "skew_hippo" or method is not None
-                                   or not 1 <= stop_after < hp.optim.epochs):
-        raise ValueError(f"--stop-after {stop_after}: a snapshot of the full-N Skew-HiPPO pretraining (no order, "
-                         f"init or method) after an epoch in [1, optim.epochs={hp.optim.epochs})")
+    if stop_after is not None and (
+        order is not None or init != "skew_hippo" or method is not None or not 1 <= stop_after < hp.optim.epochs
+    ):
+        raise ValueError(
+            f"--stop-after {stop_after}: a snapshot of the full-N Skew-HiPPO pretraining (no order, "
+            f"init or method) after an epoch in [1, optim.epochs={hp.optim.epochs})"
+        )
     if hp.optim.reduce_during and (order is not None or init != "skew_hippo" or method is not None):
-        raise ValueError("optim.reduce_during: in-training reduction applies to the full-N Skew-HiPPO pretraining "
-                         "(config: pretrain.optim.reduce_during), not to a baseline of order r or a retraining")
+        raise ValueError(
+            "optim.reduce_during: in-training reduction applies to the full-N Skew-HiPPO pretraining "
+            "(config: pretrain.optim.reduce_during), not to a baseline of order r or a retraining"
+        )
     if init.startswith("from_") and reduced is None:
-        raise ValueError(f"init {init} needs --reduced (the model file to start from: written by dssbt reduce for "
-                         "from_reduced, the pretrained model for from_pretrained)")
+        raise ValueError(
+            f"init {init} needs --reduced (the model file to start from: written by dssbt reduce for "
+            "from_reduced, the pretrained model for from_pretrained)"
+        )
     torch.manual_seed(seed)
     model = S4Model(cfg)
     method = method or init
@@ -185,7 +215,8 @@ def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, red
         model.load_state_dict(start.state_dict())
         method = (start_meta.get("reduction", {}).get("method") or "bt") if init == "from_reduced" else "full"
     stage = {"from_reduced": "retrain", "from_pretrained": "continue"}.get(
-        init, "pretrain" if order is None else "baseline")
+        init, "pretrain" if order is None else "baseline"
+    )
     folder = None if order is None else _order_folder(order, order_spec)
     if stop_after is not None:
         stage, folder = "snapshot", str(stop_after)
@@ -200,10 +231,16 @@ def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, red
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "train_state.pt"
     job = json.dumps(
-        {"data": str(Path(data_dir).resolve()), "hparams": hp.to_dict(), "init": init, "seed": seed,
-         "order": order if isinstance(order, int) else None, "layer_orders": order if isinstance(order, list) else None,
-         "reduced": None if reduced is None else hashlib.sha256(Path(reduced).read_bytes()).hexdigest(),
-         "stop_after": stop_after},
+        {
+            "data": str(Path(data_dir).resolve()),
+            "hparams": hp.to_dict(),
+            "init": init,
+            "seed": seed,
+            "order": order if isinstance(order, int) else None,
+            "layer_orders": order if isinstance(order, list) else None,
+            "reduced": None if reduced is None else hashlib.sha256(Path(reduced).read_bytes()).hexdigest(),
+            "stop_after": stop_after,
+        },
         sort_keys=True,
     )
     st = ResumeState.load(state_path, job, log)
@@ -239,8 +276,10 @@ def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, red
         except Diverged as d:
             msg = _divergence_message(d, meta, hp, init, seed, order, order_spec, steps_per_epoch)
             if hp.optim.on_divergence == "fail":
-                raise ValueError(f"{msg}; nothing written. Lower optim.lr / optim.ssm_lr, set optim.grad_clip, "
-                                 "or set optim.on_divergence: keep_best to keep the best checkpoint before it") from None
+                raise ValueError(
+                    f"{msg}; nothing written. Lower optim.lr / optim.ssm_lr, set optim.grad_clip, "
+                    "or set optim.on_divergence: keep_best to keep the best checkpoint before it"
+                ) from None
             log(f"warning: {msg}; finishing with the best checkpoint before it (optim.on_divergence: keep_best)")
             st.epoch -= 1  # the diverged epoch did not complete
             diverged = {"epoch": d.epoch, "step": d.step, "what": d.what, "value": str(d.value)}
@@ -253,9 +292,11 @@ def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, red
             st.best, st.bad_epochs = {"val_accuracy": v["accuracy"], "epoch": st.epoch, "state": _cpu_state(model)}, 0
         else:
             st.bad_epochs += 1
-        log(f"epoch {st.epoch}/{hp.optim.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} | "
+        log(
+            f"epoch {st.epoch}/{hp.optim.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} | "
             f"val loss {v['loss']:.4f} acc {v['accuracy']:.4f} | best val {st.best['val_accuracy']:.4f} "
-            f"(epoch {st.best['epoch']}) | {time.perf_counter() - t0:.0f} s")
+            f"(epoch {st.best['epoch']}) | {time.perf_counter() - t0:.0f} s"
+        )
         if st.epoch in hp.optim.reduce_during.get("at_epochs", ()) and st.epoch < last:
             model, opt = _reduce_during(model, opt, sched, hp, st, meta, log)
         st.model, st.optimizer, st.scheduler = model.state_dict(), opt.state_dict(), sched.state_dict()
@@ -273,14 +314,22 @@ def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, red
     final = {key: {"val": best_row[f"val_{key}"], "test": test[key]["test"]} for key in ("accuracy", "loss")}
     for key, col in (("accuracy", "train_accuracy"), ("loss", "train_loss")):
         final[key]["train"] = None if math.isnan(best_row[col]) else best_row[col]  # None: best is epoch 0
-    metrics = base_metrics(meta, model, hp, run, seed, dev, full_state_size(hp), order_spec) | final | {
-        "initial": {"accuracy": {"val": history[0]["val_accuracy"], "test": history[0]["test_accuracy"]}},
-        "best_epoch": best["epoch"],
-        "epochs_run": st.epoch,
-        "wall_time_s": time.perf_counter() - t0,
-        "diverged": diverged is not None,
-    } | ({"diverged_at": diverged} if diverged else {}) | ({"reductions": st.reductions} if st.reductions else {})
-    save_model(out / "model.pt", model.cpu(), {"l_max": meta["l_max"], "task": meta.get("task"), "init": init, "seed": seed})
+    metrics = (
+        base_metrics(meta, model, hp, run, seed, dev, full_state_size(hp), order_spec)
+        | final
+        | {
+            "initial": {"accuracy": {"val": history[0]["val_accuracy"], "test": history[0]["test_accuracy"]}},
+            "best_epoch": best["epoch"],
+            "epochs_run": st.epoch,
+            "wall_time_s": time.perf_counter() - t0,
+            "diverged": diverged is not None,
+        }
+        | ({"diverged_at": diverged} if diverged else {})
+        | ({"reductions": st.reductions} if st.reductions else {})
+    )
+    save_model(
+        out / "model.pt", model.cpu(), {"l_max": meta["l_max"], "task": meta.get("task"), "init": init, "seed": seed}
+    )
     _write_history(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
     state_path.unlink(missing_ok=True)
@@ -288,15 +337,30 @@ def _train(data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, red
     return metrics
 
 
-def _train_epoch(model: S4Model, split: Split, hp: Hparams, opt, sched, shuffle: torch.Generator,
-                 dev: torch.device, epoch: int, steps: int) -> dict[str, float]:
+def _train_epoch(
+    model: S4Model,
+    split: Split,
+    hp: Hparams,
+    opt,
+    sched,
+    shuffle: torch.Generator,
+    dev: torch.device,
+    epoch: int,
+    steps: int,
+) -> dict[str, float]:
     """One pass over the training split in the order drawn from ``shuffle``; returns its mean loss and accuracy."""
     model.train()
     perm = torch.randperm(len(split), generator=shuffle)
     loss_sum, correct, seen = 0.0, 0, 0
     tty = sys.stderr.isatty()
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{hp.optim.epochs}", file=sys.stderr, ascii=True,
-               mininterval=1.0 if tty else 30.0, ncols=100)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch}/{hp.optim.epochs}",
+        file=sys.stderr,
+        ascii=True,
+        mininterval=1.0 if tty else 30.0,
+        ncols=100,
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     for step, (x, lengths, y) in enumerate(batches(split, perm, hp.optim.batch_size, dev), start=1):
         with autocast(dev, hp.optim.amp):
@@ -342,8 +406,16 @@ def _lrs(opt: torch.optim.Optimizer) -> tuple[float, float]:
     return opt.param_groups[1]["lr"], opt.param_groups[0]["lr"]
 
 
-def _divergence_message(d: Diverged, meta: dict[str, Any], hp: Hparams, init: str, seed: int,
-                        order: int | list[int] | None, order_spec: str | None, steps: int) -> str:
+def _divergence_message(
+    d: Diverged,
+    meta: dict[str, Any],
+    hp: Hparams,
+    init: str,
+    seed: int,
+    order: int | list[int] | None,
+    order_spec: str | None,
+    steps: int,
+) -> str:
     """What diverged, in which job and where, and the learning rates (configured, and scheduled at that step)."""
     if order is None:
         what_order = f"N={full_state_size(hp)} (full)"
@@ -352,10 +424,12 @@ def _divergence_message(d: Diverged, meta: dict[str, Any], hp: Hparams, init: st
     else:
         what_order = f"{order_spec or 'per layer'} (layers {list(order)})"
     o = hp.optim
-    return (f"training diverged: {d.what} is {d.value} (task {meta.get('task')}, seed {seed}, init {init}, "
-            f"order {what_order}) at epoch {d.epoch}/{o.epochs}, step {d.step}/{steps}; "
-            f"optim.lr={o.lr:g}, optim.ssm_lr={o.ssm_lr:g} (scheduled at that step: lr {d.lr:.3g}, "
-            f"ssm_lr {d.ssm_lr:.3g})")
+    return (
+        f"training diverged: {d.what} is {d.value} (task {meta.get('task')}, seed {seed}, init {init}, "
+        f"order {what_order}) at epoch {d.epoch}/{o.epochs}, step {d.step}/{steps}; "
+        f"optim.lr={o.lr:g}, optim.ssm_lr={o.ssm_lr:g} (scheduled at that step: lr {d.lr:.3g}, "
+        f"ssm_lr {d.ssm_lr:.3g})"
+    )
 
 
 def _order_folder(order: int | list[int], order_spec: str | None) -> str:
@@ -367,8 +441,9 @@ def _order_folder(order: int | list[int], order_spec: str | None) -> str:
     return parse_order(order_spec).wildcard if order_spec else "layers"
 
 
-def _reduce_during(model: S4Model, opt, sched, hp: Hparams, st: ResumeState, meta: dict[str, Any],
-                   log: Callable[[str], None]) -> tuple[S4Model, torch.optim.Optimizer]:
+def _reduce_during(
+    model: S4Model, opt, sched, hp: Hparams, st: ResumeState, meta: dict[str, Any], log: Callable[[str], None]
+) -> tuple[S4Model, torch.optim.Optimizer]:
     """One scheduled in-training reduction after epoch ``st.epoch`` (``optim.reduce_during``; ``dssbt.shrink``).
 
     Balanced truncation of every layer (discrete route) to orders chosen on the current model, the optimizer and
@@ -383,15 +458,19 @@ def _reduce_during(model: S4Model, opt, sched, hp: Hparams, st: ResumeState, met
         k, K = rd["at_epochs"].index(st.epoch) + 1, len(rd["at_epochs"])
         fraction = rd["budget"] ** (k / K) * _full_states(hp, model) / _states(model, hp)
         orders = orders_by_budget(model, min(1.0, fraction))
-    model, opt, _ = shrink_model(model, opt, orders, ssm_moments=rd.get("moments", "reset"),
-                                 kernel_length=int(meta.get("l_max") or 1024))
+    model, opt, _ = shrink_model(
+        model, opt, orders, ssm_moments=rd.get("moments", "reset"), kernel_length=int(meta.get("l_max") or 1024)
+    )
     move_scheduler(sched, opt)
     st.layer_orders = list(orders)
-    st.reductions.append({"epoch": st.epoch, "layer_orders_before": before, "layer_orders": list(orders),
-                          "states": _states(model, hp)})
+    st.reductions.append(
+        {"epoch": st.epoch, "layer_orders_before": before, "layer_orders": list(orders), "states": _states(model, hp)}
+    )
     st.best, st.bad_epochs = {"val_accuracy": -1.0, "epoch": st.epoch, "state": _cpu_state(model)}, 0
-    log(f"epoch {st.epoch}: reduced during training, layer orders {before} -> {list(orders)} "
-        f"({_states(model, hp)} states)")
+    log(
+        f"epoch {st.epoch}: reduced during training, layer orders {before} -> {list(orders)} "
+        f"({_states(model, hp)} states)"
+    )
     return model, opt
 
 
@@ -410,8 +489,9 @@ def _cpu_state(model: S4Model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _row(epoch: int, tr: dict, v: dict, t: dict | None, opt: torch.optim.Optimizer, seconds: float,
-         states: int | None = None) -> dict[str, float]:
+def _row(
+    epoch: int, tr: dict, v: dict, t: dict | None, opt: torch.optim.Optimizer, seconds: float, states: int | None = None
+) -> dict[str, float]:
     return {
         "epoch": epoch,
         "train_loss": tr["loss"],

@@ -57,8 +57,9 @@ def _struct(real: type) -> type:
 
 
 LAYER = {np.float32: _struct(ctypes.c_float), np.float64: _struct(ctypes.c_double)}
-LIBRARY = Library("dss_step", SOURCE, FLAGS,
-                  {name: ([ctypes.c_void_p] * 3, None) for name in ("dss_step_f32", "dss_step_f64")})
+LIBRARY = Library(
+    "dss_step", SOURCE, FLAGS, {name: ([ctypes.c_void_p] * 3, None) for name in ("dss_step_f32", "dss_step_f64")}
+)
 
 
 def load() -> ctypes.CDLL | None:
@@ -78,22 +79,42 @@ class CLayer:
     """One layer's diagonal systems for ``batch`` sequences: parameters (kept alive here, mode-major), state
     (xr, xi: (B, N, H)) and the packed struct. ``step(u_ptr, y_ptr)``: u, y real contiguous (B, H) of the layer's dtype, given by address."""
 
-    def __init__(self, Lambda_bar: np.ndarray, B_bar: np.ndarray, C: np.ndarray, D: np.ndarray, batch: int,
-                 real: type = np.float32) -> None:
+    def __init__(
+        self,
+        Lambda_bar: np.ndarray,
+        B_bar: np.ndarray,
+        C: np.ndarray,
+        D: np.ndarray,
+        batch: int,
+        real: type = np.float32,
+    ) -> None:
         lib = load()
         if lib is None:
             raise ValueError(f"the C step is unavailable: {error()}")
         H, N = Lambda_bar.shape
         arr = lambda a: np.ascontiguousarray(a, dtype=real)  # noqa: E731
         T = lambda a: arr(np.asarray(a).T)  # noqa: E731  (H, N) -> mode-major (N, H)
-        self.params = {"ar": T(Lambda_bar.real), "ai": T(Lambda_bar.imag), "br": T(B_bar.real),
-                       "bi": T(B_bar.imag), "cr": T(C.real), "ci": T(C.imag), "D": arr(D)}
+        self.params = {
+            "ar": T(Lambda_bar.real),
+            "ai": T(Lambda_bar.imag),
+            "br": T(B_bar.real),
+            "bi": T(B_bar.imag),
+            "cr": T(C.real),
+            "ci": T(C.imag),
+            "D": arr(D),
+        }
         self.xr = np.zeros((batch, N, H), real)
         self.xi = np.zeros((batch, N, H), real)
         ptr_t = ctypes.POINTER(ctypes.c_float if real == np.float32 else ctypes.c_double)
         ptr = lambda a: a.ctypes.data_as(ptr_t)  # noqa: E731
-        self.struct = LAYER[real](batch, H, N, *(ptr(self.params[k]) for k in ("ar", "ai", "br", "bi", "cr", "ci", "D")),
-                                  ptr(self.xr), ptr(self.xi))
+        self.struct = LAYER[real](
+            batch,
+            H,
+            N,
+            *(ptr(self.params[k]) for k in ("ar", "ai", "br", "bi", "cr", "ci", "D")),
+            ptr(self.xr),
+            ptr(self.xi),
+        )
         self.addr = ctypes.addressof(self.struct)
         self.fn = lib.dss_step_f32 if real == np.float32 else lib.dss_step_f64
 

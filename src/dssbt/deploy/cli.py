@@ -15,9 +15,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     model, meta = load_model(args.model)
     task_meta = load_meta(args.data) if args.data else None
     info = export_onnx(model, args.out, meta, task_meta)
-    print(f"{args.model}: wrote {args.out} ({info['onnx_bytes'] / 1024:.1f} KiB, layer states "
-          f"{info['layer_orders']}, {info['state_bytes_per_sequence']} state bytes per sequence) and "
-          f"{sidecar_path(args.out)}")
+    print(
+        f"{args.model}: wrote {args.out} ({info['onnx_bytes'] / 1024:.1f} KiB, layer states "
+        f"{info['layer_orders']}, {info['state_bytes_per_sequence']} state bytes per sequence) and "
+        f"{sidecar_path(args.out)}"
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -37,46 +39,67 @@ def cmd_measure(args: argparse.Namespace) -> None:
     model, meta = load_model(args.model)
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     row = measure(model, args.onnx, load_split(args.data, "test"), metrics, args.subset, args.steps, args.repeats)
-    row.update(model=str(args.model), onnx=str(args.onnx), task=meta.get("task"), seed=meta.get("seed"),
-               init=(metrics or {}).get("init", meta.get("init")), method=(metrics or {}).get("method"),
-               order=model.cfg.d_state, order_spec=(metrics or {}).get("order_spec"), run=args.run)
+    row.update(
+        model=str(args.model),
+        onnx=str(args.onnx),
+        task=meta.get("task"),
+        seed=meta.get("seed"),
+        init=(metrics or {}).get("init", meta.get("init")),
+        method=(metrics or {}).get("method"),
+        order=model.cfg.d_state,
+        order_spec=(metrics or {}).get("order_spec"),
+        run=args.run,
+    )
     write_json(args.out, row)
     lat = row["latency_us"]
-    print(f"{args.model}: per token {lat['onnxruntime']:.0f} us (onnxruntime), {lat['torch_fused']:.0f} us (torch "
-          f"fused), {lat['torch_step']:.0f} us (S4Model.step); ONNX accuracy on {row['subset']} test examples "
-          f"{row['onnx_accuracy_subset']:.3f} (torch {row['torch_accuracy_subset']:.3f}); wrote {args.out}")
+    print(
+        f"{args.model}: per token {lat['onnxruntime']:.0f} us (onnxruntime), {lat['torch_fused']:.0f} us (torch "
+        f"fused), {lat['torch_step']:.0f} us (S4Model.step); ONNX accuracy on {row['subset']} test examples "
+        f"{row['onnx_accuracy_subset']:.3f} (torch {row['torch_accuracy_subset']:.3f}); wrote {args.out}"
+    )
 
 
 def cmd_reduce_s4d(args: argparse.Namespace) -> None:
     from ..interop import S4DOptions, reduce_s4d_file
 
-    opts = S4DOptions(disc=args.disc, real_transform=args.real_transform, imag_transform=args.imag_transform,
-                      dt_transform=args.dt_transform)
+    opts = S4DOptions(
+        disc=args.disc,
+        real_transform=args.real_transform,
+        imag_transform=args.imag_transform,
+        dt_transform=args.dt_transform,
+    )
     found = reduce_s4d_file(args.input, args.out, args.order, opts, route=args.route)
     for prefix, info in found.items():
-        print(f"{prefix or '(root)'}: {info['layout']} S4D kernel, H={info['H']}, N/2={info['modes']} -> {args.order} "
-              f"modes; worst bound {info['worst_bound']:.3e}")
+        print(
+            f"{prefix or '(root)'}: {info['layout']} S4D kernel, H={info['H']}, N/2={info['modes']} -> {args.order} "
+            f"modes; worst bound {info['worst_bound']:.3e}"
+        )
     print(f"reduced {len(found)} S4D kernel(s) of {args.input} to d_state = {2 * args.order}; wrote {args.out}")
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``export``, ``predict``, ``deploy-measure`` and ``reduce-s4d`` on the ``dssbt`` subparsers."""
+
     def threads(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=int, default=1, help="threads (default 1: one edge core)")
 
     p = sub.add_parser("export", help="the recurrent step of a unidirectional model as an ONNX graph (+ JSON)")
     p.add_argument("model", help="model file written by dssbt (full or reduced)")
     p.add_argument("--out", required=True, help="ONNX file to write; its description goes to the .json beside it")
-    p.add_argument("--data", default=None,
-                   help="prepared task folder: record its vocabulary / pixel normalisation (needed by predict)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="prepared task folder: record its vocabulary / pixel normalisation (needed by predict)",
+    )
     threads(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="stream one input through an exported graph, print class probabilities")
     p.add_argument("model", help="ONNX file written by dssbt export (with its .json beside it)")
     p.add_argument("input", help="ListOps expression or text (or a file holding it); an image file for pixel tasks")
-    p.add_argument("--every", type=int, default=0, help="print the running prediction every K tokens (0: only at "
-                                                        "the end)")
+    p.add_argument(
+        "--every", type=int, default=0, help="print the running prediction every K tokens (0: only at the end)"
+    )
     threads(p)
     p.set_defaults(func=cmd_predict)
 

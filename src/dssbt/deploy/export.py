@@ -105,8 +105,7 @@ def build_graph(p: StepParams, name: str = "dssbt_step"):
         h = g.op("Gather", g.const("encoder.weight", p.enc_weight), "x", axis=0)  # (B, H)
     else:
         x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", p.d_input])
-        h = g.op("Gemm", "x", g.const("encoder.weight", p.enc_weight), g.const("encoder.bias", p.enc_bias),
-                 transB=1)
+        h = g.op("Gemm", "x", g.const("encoder.weight", p.enc_weight), g.const("encoder.bias", p.enc_bias), transB=1)
     inputs, outputs = [x_in], []
     axis_last = g.const("const.axis_last", np.array([-1]), np.int64)
     for i, lay in enumerate(p.layers):
@@ -117,19 +116,25 @@ def build_graph(p: StepParams, name: str = "dssbt_step"):
             outputs.append(helper.make_tensor_value_info(nm + "_out", TensorProto.FLOAT, ["batch", H, lay.N]))
         z = _norm(g, h, lay.norm, f"{pre}.norm") if p.prenorm else h
         u = g.op("Unsqueeze", z, axis_last)  # (B, H, 1)
-        ar, ai = g.const(f"{pre}.Lambda_bar_re", lay.Lambda_bar.real), g.const(f"{pre}.Lambda_bar_im", lay.Lambda_bar.imag)
+        ar, ai = (
+            g.const(f"{pre}.Lambda_bar_re", lay.Lambda_bar.real),
+            g.const(f"{pre}.Lambda_bar_im", lay.Lambda_bar.imag),
+        )
         br, bi = g.const(f"{pre}.B_bar_re", lay.B_bar.real), g.const(f"{pre}.B_bar_im", lay.B_bar.imag)
         cr, ci = g.const(f"{pre}.C_re", lay.C.real), g.const(f"{pre}.C_im", lay.C.imag)
         xr, xi = names
-        new_re = g.op("Add", g.op("Sub", g.op("Mul", xr, ar), g.op("Mul", xi, ai)), g.op("Mul", u, br),
-                      out=names[0] + "_out")
-        new_im = g.op("Add", g.op("Add", g.op("Mul", xr, ai), g.op("Mul", xi, ar)), g.op("Mul", u, bi),
-                      out=names[1] + "_out")
+        new_re = g.op(
+            "Add", g.op("Sub", g.op("Mul", xr, ar), g.op("Mul", xi, ai)), g.op("Mul", u, br), out=names[0] + "_out"
+        )
+        new_im = g.op(
+            "Add", g.op("Add", g.op("Mul", xr, ai), g.op("Mul", xi, ar)), g.op("Mul", u, bi), out=names[1] + "_out"
+        )
         y = g.op("ReduceSum", g.op("Sub", g.op("Mul", new_re, cr), g.op("Mul", new_im, ci)), axis_last, keepdims=0)
         y = g.op("Add", y, g.op("Mul", z, g.const(f"{pre}.D", lay.D)))  # (B, H)
         y = _activation(g, y, p.activation)
-        y = g.op("Gemm", y, g.const(f"{pre}.out.weight", lay.out_weight), g.const(f"{pre}.out.bias", lay.out_bias),
-                 transB=1)
+        y = g.op(
+            "Gemm", y, g.const(f"{pre}.out.weight", lay.out_weight), g.const(f"{pre}.out.bias", lay.out_bias), transB=1
+        )
         if lay.glu:  # a * sigmoid(b), halves along the last axis
             a, b = g.op("Split", y, g.const(f"{pre}.split", np.array([H, H]), np.int64), axis=-1, n_out=2)
             y = g.op("Mul", a, g.op("Sigmoid", b))
@@ -145,8 +150,9 @@ def build_graph(p: StepParams, name: str = "dssbt_step"):
         s = g.op("Add", "pool_sum", h, out="pool_sum_out")
         c = g.op("Add", "pool_count", g.scalar(1.0), out="pool_count_out")
         h = g.op("Div", s, c)
-    logits = g.op("Gemm", h, g.const("decoder.weight", p.dec_weight), g.const("decoder.bias", p.dec_bias),
-                  transB=1, out="logits")
+    logits = g.op(
+        "Gemm", h, g.const("decoder.weight", p.dec_weight), g.const("decoder.bias", p.dec_bias), transB=1, out="logits"
+    )
     outputs.insert(0, helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", p.d_output]))
     graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dssbt")
@@ -167,14 +173,24 @@ def describe(model: S4Model, p: StepParams, ckpt_meta: dict[str, Any], task_meta
     cfg = model.cfg
     task = (task_meta or {}).get("task") or ckpt_meta.get("task")
     if task_meta is not None and ckpt_meta.get("task") not in (None, task_meta.get("task")):
-        raise ValueError(f"the model was trained on task {ckpt_meta.get('task')!r} but --data is task "
-                         f"{task_meta.get('task')!r}")
+        raise ValueError(
+            f"the model was trained on task {ckpt_meta.get('task')!r} but --data is task {task_meta.get('task')!r}"
+        )
     if task_meta is not None and (task_meta.get("d_input"), task_meta.get("d_output")) != (cfg.d_input, cfg.d_output):
-        raise ValueError(f"--data has d_input={task_meta.get('d_input')}, d_output={task_meta.get('d_output')}; the "
-                         f"model has {cfg.d_input}, {cfg.d_output}")
+        raise ValueError(
+            f"--data has d_input={task_meta.get('d_input')}, d_output={task_meta.get('d_output')}; the "
+            f"model has {cfg.d_input}, {cfg.d_output}"
+        )
     if cfg.encoder == "embedding":
-        enc = {"kind": "token_ids", "name": "x", "dtype": "int64", "shape": ["batch"], "vocab_size": cfg.d_input,
-               "pad_id": 0, "unk_id": 1}
+        enc = {
+            "kind": "token_ids",
+            "name": "x",
+            "dtype": "int64",
+            "shape": ["batch"],
+            "vocab_size": cfg.d_input,
+            "pad_id": 0,
+            "unk_id": 1,
+        }
         if task_meta is not None:
             enc["vocab"] = task_meta.get("vocab")
             enc["tokenizer"] = {"listops": "listops", "text": "characters"}.get(task, "whitespace")
@@ -190,27 +206,49 @@ def describe(model: S4Model, p: StepParams, ckpt_meta: dict[str, Any], task_meta
     states = []
     for i, lay in enumerate(p.layers):
         for part in ("re", "im"):
-            states.append({"name": f"state{i}_{part}", "output": f"state{i}_{part}_out", "dtype": "float32",
-                           "shape": ["batch", p.H, lay.N], "init": 0.0})
+            states.append(
+                {
+                    "name": f"state{i}_{part}",
+                    "output": f"state{i}_{part}_out",
+                    "dtype": "float32",
+                    "shape": ["batch", p.H, lay.N],
+                    "init": 0.0,
+                }
+            )
     if p.pool == "mean":
-        states += [{"name": "pool_sum", "output": "pool_sum_out", "dtype": "float32", "shape": ["batch", p.H],
-                    "init": 0.0},
-                   {"name": "pool_count", "output": "pool_count_out", "dtype": "float32", "shape": ["batch", 1],
-                    "init": 0.0}]
+        states += [
+            {"name": "pool_sum", "output": "pool_sum_out", "dtype": "float32", "shape": ["batch", p.H], "init": 0.0},
+            {"name": "pool_count", "output": "pool_count_out", "dtype": "float32", "shape": ["batch", 1], "init": 0.0},
+        ]
     state_floats = sum(int(np.prod([d for d in s["shape"] if d != "batch"])) for s in states)
     return {
-        "format": FORMAT, "opset": OPSET, "task": task, "input": enc, "output": {"name": "logits",
-                                                                                 "shape": ["batch", p.d_output]},
-        "classes": _classes(task_meta, p.d_output), "pool": p.pool, "activation": p.activation,
-        "state": states, "state_bytes_per_sequence": 4 * state_floats, "layer_orders": p.orders_by_layer(),
-        "d_model": p.H, "n_layers": len(p.layers), "l_max": ckpt_meta.get("l_max"),
+        "format": FORMAT,
+        "opset": OPSET,
+        "task": task,
+        "input": enc,
+        "output": {"name": "logits", "shape": ["batch", p.d_output]},
+        "classes": _classes(task_meta, p.d_output),
+        "pool": p.pool,
+        "activation": p.activation,
+        "state": states,
+        "state_bytes_per_sequence": 4 * state_floats,
+        "layer_orders": p.orders_by_layer(),
+        "d_model": p.H,
+        "n_layers": len(p.layers),
+        "l_max": ckpt_meta.get("l_max"),
         "model_config": cfg.to_dict(),
-        "source": {k: ckpt_meta.get(k) for k in ("task", "init", "seed", "reduced_from", "reduction") if k in ckpt_meta},
+        "source": {
+            k: ckpt_meta.get(k) for k in ("task", "init", "seed", "reduced_from", "reduction") if k in ckpt_meta
+        },
     }
 
 
-def export_onnx(model: S4Model, out: str | os.PathLike, ckpt_meta: dict[str, Any] | None = None,
-                task_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_onnx(
+    model: S4Model,
+    out: str | os.PathLike,
+    ckpt_meta: dict[str, Any] | None = None,
+    task_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``out`` (the ONNX step graph) and ``sidecar_path(out)`` (its JSON description), each atomically.
 
     ``ckpt_meta``: the checkpoint's metadata (task, l_max, ...); ``task_meta``: the prepared task's meta.json, whose

@@ -6,8 +6,9 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ def per_token_seconds(step: Callable[[int], Any], reset: Callable[[], None], ste
     return out
 
 
-def latencies(model: S4Model, onnx_path: str | os.PathLike, x: np.ndarray, steps: int, repeats: int
-              ) -> dict[str, list[float]]:
+def latencies(
+    model: S4Model, onnx_path: str | os.PathLike, x: np.ndarray, steps: int, repeats: int
+) -> dict[str, list[float]]:
     """Per-token seconds at batch 1 of onnxruntime (1 thread), the fused torch step and ``S4Model.step``, timed
     interleaved (one block of each per repeat) on the sequence ``x`` (L,) or (L, d_input), cycled to ``steps``."""
     L = len(x)
@@ -52,8 +54,15 @@ def latencies(model: S4Model, onnx_path: str | os.PathLike, x: np.ndarray, steps
     return times
 
 
-def measure(model: S4Model, onnx_path: str | os.PathLike, test, metrics: dict[str, Any] | None, subset: int,
-            steps: int, repeats: int) -> dict[str, Any]:
+def measure(
+    model: S4Model,
+    onnx_path: str | os.PathLike,
+    test,
+    metrics: dict[str, Any] | None,
+    subset: int,
+    steps: int,
+    repeats: int,
+) -> dict[str, Any]:
     """The deploy-table row of one model: latencies (median, microseconds), ONNX size, state bytes per sequence,
     test accuracy (from the run's metrics) and the ONNX model's accuracy on the first ``subset`` test examples,
     beside the torch model's on the same examples (a check that the export predicts what the model predicts)."""

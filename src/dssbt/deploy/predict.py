@@ -89,8 +89,9 @@ def encode_input(info: dict[str, Any], source: str) -> np.ndarray:
     if enc["kind"] == "token_ids":
         vocab = enc.get("vocab")
         if not vocab:
-            raise ValueError("this graph was exported without the task's vocabulary; export again with --data "
-                             "data/prepared/<task>")
+            raise ValueError(
+                "this graph was exported without the task's vocabulary; export again with --data data/prepared/<task>"
+            )
         text = Path(source).read_text() if os.path.isfile(source) else source
         if enc.get("tokenizer") == "listops":
             from ..data.listops import tokenize
@@ -109,8 +110,10 @@ def encode_input(info: dict[str, Any], source: str) -> np.ndarray:
     norm = enc.get("normalisation")
     side = enc.get("image_side")
     if not norm or not side:
-        raise ValueError("this graph was exported without the task's pixel normalisation; export again with --data "
-                         "data/prepared/<task>")
+        raise ValueError(
+            "this graph was exported without the task's pixel normalisation; export again with --data "
+            "data/prepared/<task>"
+        )
     if not os.path.isfile(source):
         raise ValueError(f"{source}: no such image file (task {task} reads an image)")
     from PIL import Image, UnidentifiedImageError

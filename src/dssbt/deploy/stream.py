@@ -110,11 +110,15 @@ def check_streamable(model: S4Model) -> None:
     """ValueError unless ``model`` can run one token at a time (unidirectional, one sequence)."""
     cfg = model.cfg
     if cfg.bidirectional:
-        raise ValueError("a bidirectional model cannot run step by step: its reverse direction at time t needs the "
-                         "inputs after t (the future of the sequence); export works for unidirectional models only")
+        raise ValueError(
+            "a bidirectional model cannot run step by step: its reverse direction at time t needs the "
+            "inputs after t (the future of the sequence); export works for unidirectional models only"
+        )
     if cfg.dual:
-        raise ValueError("a dual (two-tower Retrieval) model cannot run step by step: its head combines the pooled "
-                         "features of two whole documents; export works for single-sequence models only")
+        raise ValueError(
+            "a dual (two-tower Retrieval) model cannot run step by step: its head combines the pooled "
+            "features of two whole documents; export works for single-sequence models only"
+        )
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -154,22 +158,39 @@ def real_step_params(model: S4Model) -> StepParams:
             dtL = ss["Lambda"][0] * ss["dt"].unsqueeze(-1)  # (H, N)
             Lambda_bar = torch.exp(dtL)
             B_bar = torch.expm1(dtL) / ss["Lambda"][0] * ss["B"][0]
-            layers.append(LayerParams(
-                Lambda_bar=Lambda_bar.numpy().copy(), B_bar=B_bar.numpy().copy(), C=ss["C"][0].numpy().copy(),
-                D=ss["D"].numpy().copy(), norm=_norm_params(block.norm), out_weight=_np(block.out.weight),
-                out_bias=_np(block.out.bias), glu=block.glu))
+            layers.append(
+                LayerParams(
+                    Lambda_bar=Lambda_bar.numpy().copy(),
+                    B_bar=B_bar.numpy().copy(),
+                    C=ss["C"][0].numpy().copy(),
+                    D=ss["D"].numpy().copy(),
+                    norm=_norm_params(block.norm),
+                    out_weight=_np(block.out.weight),
+                    out_bias=_np(block.out.bias),
+                    glu=block.glu,
+                )
+            )
         if cfg.encoder == "embedding":
             enc_w, enc_b = _np(model.encoder.weight), None
         else:
             enc_w, enc_b = _np(model.encoder.weight), _np(model.encoder.bias)
     return StepParams(
-        encoder=cfg.encoder, enc_weight=enc_w, enc_bias=enc_b, layers=layers, prenorm=cfg.prenorm,
-        final_norm=_norm_params(model.final_norm) if cfg.prenorm else None, pool=cfg.pool,
-        dec_weight=_np(model.decoder.weight), dec_bias=_np(model.decoder.bias), activation=activation_name(cfg),
-        d_input=cfg.d_input)
+        encoder=cfg.encoder,
+        enc_weight=enc_w,
+        enc_bias=enc_b,
+        layers=layers,
+        prenorm=cfg.prenorm,
+        final_norm=_norm_params(model.final_norm) if cfg.prenorm else None,
+        pool=cfg.pool,
+        dec_weight=_np(model.decoder.weight),
+        dec_bias=_np(model.decoder.bias),
+        activation=activation_name(cfg),
+        d_input=cfg.d_input,
+    )
 
 
 # ----- fused streamer ----------------------------------------------------------------------------------------------
+
 
 class FusedStream:
     """Token-by-token inference with precomputed parameters. ``dtype``: torch.float32 (default) or torch.float64.
@@ -197,13 +218,21 @@ class FusedStream:
         self.layers = []
         for lay in params.layers:
             C_pairs = np.stack([lay.C.real, -lay.C.imag], axis=-1).reshape(lay.C.shape[0], -1)  # (H, 2N)
-            self.layers.append({
-                "Lambda_bar": lay.Lambda_bar.astype(self.np_cplx),
-                # B_bar as interleaved (re, im) pairs: real B_bar * real u, then added to the state seen as pairs
-                "B_pairs": np.stack([lay.B_bar.real, lay.B_bar.imag], -1).reshape(lay.C.shape[0], -1)
-                .astype(self.np_real),
-                "C_pairs": C_pairs.astype(self.np_real), "D": lay.D.astype(self.np_real),
-                "norm": self._norm(lay.norm), "W": t(lay.out_weight), "b": t(lay.out_bias), "glu": lay.glu})
+            self.layers.append(
+                {
+                    "Lambda_bar": lay.Lambda_bar.astype(self.np_cplx),
+                    # B_bar as interleaved (re, im) pairs: real B_bar * real u, then added to the state seen as pairs
+                    "B_pairs": np.stack([lay.B_bar.real, lay.B_bar.imag], -1)
+                    .reshape(lay.C.shape[0], -1)
+                    .astype(self.np_real),
+                    "C_pairs": C_pairs.astype(self.np_real),
+                    "D": lay.D.astype(self.np_real),
+                    "norm": self._norm(lay.norm),
+                    "W": t(lay.out_weight),
+                    "b": t(lay.out_bias),
+                    "glu": lay.glu,
+                }
+            )
         self.final_norm = None if params.final_norm is None else self._norm(params.final_norm)
         self.dec_w, self.dec_b = t(params.dec_weight), t(params.dec_bias)
         self.gelu_approx = "tanh" if params.activation == "gelu_tanh" else "none"

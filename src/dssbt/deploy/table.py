@@ -10,8 +10,14 @@ import pandas as pd
 
 from ..io import atomic_path
 
-INIT_NAMES = {"pretrain": "full N (pretrained)", "skew_hippo": "Skew-HiPPO", "bt_init": "BT-init",
-              "bsp_init": "BSP-init", "modal_init": "Modal-init", "h2_init": "H2-init"}
+INIT_NAMES = {
+    "pretrain": "full N (pretrained)",
+    "skew_hippo": "Skew-HiPPO",
+    "bt_init": "BT-init",
+    "bsp_init": "BSP-init",
+    "modal_init": "Modal-init",
+    "h2_init": "H2-init",
+}
 
 
 def init_of(run: str) -> str:
@@ -26,16 +32,25 @@ def read_rows(paths: list[str | os.PathLike]) -> pd.DataFrame:
         r = json.loads(Path(p).read_text())
         run = r.get("run") or Path(p).parent.name
         init = init_of(run)
-        rows.append({
-            "task": r["task"], "seed": r["seed"], "run": run, "init": INIT_NAMES.get(init, init),
-            "order": r.get("order_spec") or str(r["order"]), "layer_orders": "/".join(map(str, r["layer_orders"])),
-            "onnx_kib": r["onnx_bytes"] / 1024, "state_bytes": r["state_bytes"],
-            "latency_onnxruntime_us": r["latency_us"]["onnxruntime"],
-            "latency_torch_fused_us": r["latency_us"]["torch_fused"],
-            "latency_torch_step_us": r["latency_us"]["torch_step"],
-            "accuracy_test": r["accuracy_test"], "onnx_accuracy_subset": r["onnx_accuracy_subset"],
-            "onnx_torch_agreement": r["onnx_torch_agreement"], "subset": r["subset"],
-        })
+        rows.append(
+            {
+                "task": r["task"],
+                "seed": r["seed"],
+                "run": run,
+                "init": INIT_NAMES.get(init, init),
+                "order": r.get("order_spec") or str(r["order"]),
+                "layer_orders": "/".join(map(str, r["layer_orders"])),
+                "onnx_kib": r["onnx_bytes"] / 1024,
+                "state_bytes": r["state_bytes"],
+                "latency_onnxruntime_us": r["latency_us"]["onnxruntime"],
+                "latency_torch_fused_us": r["latency_us"]["torch_fused"],
+                "latency_torch_step_us": r["latency_us"]["torch_step"],
+                "accuracy_test": r["accuracy_test"],
+                "onnx_accuracy_subset": r["onnx_accuracy_subset"],
+                "onnx_torch_agreement": r["onnx_torch_agreement"],
+                "subset": r["subset"],
+            }
+        )
     return pd.DataFrame(rows).sort_values(["task", "seed", "latency_onnxruntime_us"]).reset_index(drop=True)
 
 
@@ -48,8 +63,13 @@ def pareto(points: pd.DataFrame, x: str, y: str) -> pd.Series:
     return pd.Series(keep, index=points.index)
 
 
-def write_deploy_table(rows: list[str | os.PathLike], csv: str | os.PathLike, md: str | os.PathLike,
-                       plot: str | os.PathLike, dpi: int = 150) -> pd.DataFrame:
+def write_deploy_table(
+    rows: list[str | os.PathLike],
+    csv: str | os.PathLike,
+    md: str | os.PathLike,
+    plot: str | os.PathLike,
+    dpi: int = 150,
+) -> pd.DataFrame:
     """Write the CSV (every model), the markdown table and the plot (one point per task x init x order, the mean
     over seeds, Pareto front per task marked). Returns the table."""
     import matplotlib
@@ -60,24 +80,40 @@ def write_deploy_table(rows: list[str | os.PathLike], csv: str | os.PathLike, md
     df = read_rows(rows)
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
-    cols = {"task": "task", "seed": "seed", "init": "init", "order": "order", "layer_orders": "states per layer",
-            "latency_onnxruntime_us": "µs/token (onnxruntime)", "latency_torch_fused_us": "µs/token (torch fused)",
-            "latency_torch_step_us": "µs/token (S4Model.step)", "onnx_kib": "ONNX KiB",
-            "state_bytes": "state bytes/sequence", "accuracy_test": "test accuracy",
-            "onnx_accuracy_subset": "ONNX accuracy (subset)", "subset": "subset"}
+    cols = {
+        "task": "task",
+        "seed": "seed",
+        "init": "init",
+        "order": "order",
+        "layer_orders": "states per layer",
+        "latency_onnxruntime_us": "µs/token (onnxruntime)",
+        "latency_torch_fused_us": "µs/token (torch fused)",
+        "latency_torch_step_us": "µs/token (S4Model.step)",
+        "onnx_kib": "ONNX KiB",
+        "state_bytes": "state bytes/sequence",
+        "accuracy_test": "test accuracy",
+        "onnx_accuracy_subset": "ONNX accuracy (subset)",
+        "subset": "subset",
+    }
     lines = ["| " + " | ".join(cols.values()) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         cells = []
         for k in cols:
             v = r[k]
-            cells.append(f"{v:.4f}" if k.startswith(("accuracy", "onnx_acc")) and v is not None and v == v
-                         else f"{v:.1f}" if isinstance(v, float) else str(v))
+            cells.append(
+                f"{v:.4f}"
+                if k.startswith(("accuracy", "onnx_acc")) and v is not None and v == v
+                else f"{v:.1f}"
+                if isinstance(v, float)
+                else str(v)
+            )
         lines.append("| " + " | ".join(cells) + " |")
     with atomic_path(md) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
-    mean = (df.groupby(["task", "init", "order"], as_index=False)
-            .agg(latency=("latency_onnxruntime_us", "median"), accuracy=("accuracy_test", "mean")))
+    mean = df.groupby(["task", "init", "order"], as_index=False).agg(
+        latency=("latency_onnxruntime_us", "median"), accuracy=("accuracy_test", "mean")
+    )
     tasks = sorted(mean["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -85,8 +121,9 @@ def write_deploy_table(rows: list[str | os.PathLike], csv: str | os.PathLike, md
         for init, g in sub.groupby("init"):
             ax.scatter(g["latency"], g["accuracy"], label=init, s=30)
             for _, p in g.iterrows():
-                ax.annotate(p["order"], (p["latency"], p["accuracy"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+                ax.annotate(
+                    p["order"], (p["latency"], p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
         front = sub[pareto(sub, "latency", "accuracy")].sort_values("latency")
         ax.step(front["latency"], front["accuracy"], where="post", color="k", lw=1, alpha=0.6, label="Pareto front")
         ax.scatter(front["latency"], front["accuracy"], facecolors="none", edgecolors="k", s=90)

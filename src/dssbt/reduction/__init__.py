@@ -32,8 +32,10 @@ def reduce(
     """
     m = get_method(method)
     if m.control:  # transplant, random_modes act on a model's stored parameters: ModelReducer.reduce
-        raise ValueError(f"{method!r} is a control, not a reduction of channel arrays; reduce a model with "
-                         f"dssbt.reduction.apply.ModelReducer(model).reduce({method!r}, r, seed=seed)")
+        raise ValueError(
+            f"{method!r} is a control, not a reduction of channel arrays; reduce a model with "
+            f"dssbt.reduction.apply.ModelReducer(model).reduce({method!r}, r, seed=seed)"
+        )
     m.check_options(options)
     Lambda, B, C = (np.asarray(a, dtype=np.complex128) for a in (Lambda, B, C))
     if dt is not None:

@@ -84,8 +84,14 @@ class ModelReducer:
         else:
             raise ValueError(f"order {spec.label}: no per-layer orders to choose for this kind")
         fractions = [float(discarded_energy_share(hsv)[r]) for hsv, r in zip(hsvs, orders)]
-        return {"order_spec": spec.label, "route": self.route, "layer_orders": orders,
-                "discarded_energy": fractions, "N": self.sizes, **extra}
+        return {
+            "order_spec": spec.label,
+            "route": self.route,
+            "layer_orders": orders,
+            "discarded_energy": fractions,
+            "N": self.sizes,
+            **extra,
+        }
 
     def reduce(
         self, method: str, orders: int | list[int], options: dict[str, Any] | None = None, seed: int | None = None
@@ -109,16 +115,25 @@ class ModelReducer:
         m.check_options(options)
         layer_orders = self._check_orders(orders)
         model = self.model
-        ssm_names = {f"blocks.{i}.dss.{p}" for i in range(len(self.sizes))
-                     for p in ("Lambda_log_neg_re", "Lambda_im", "B", "C")}
+        ssm_names = {
+            f"blocks.{i}.dss.{p}" for i in range(len(self.sizes)) for p in ("Lambda_log_neg_re", "Lambda_im", "B", "C")
+        }
         reduced = S4Model(model.cfg.with_layer_orders(layer_orders))
         reduced.train(model.training)
         missing, unexpected = reduced.load_state_dict(
-            {k: v for k, v in model.state_dict().items() if k not in ssm_names}, strict=False)
+            {k: v for k, v in model.state_dict().items() if k not in ssm_names}, strict=False
+        )
         assert set(missing) == ssm_names and not unexpected, (missing, unexpected)
-        report = {"method": method, "route": self.route, "N": model.cfg.d_state,
-                  "r": orders if isinstance(orders, int) else None, "layer_orders": layer_orders,
-                  "kernel_length": self.kernel_length, "options": options, "layers": []}
+        report = {
+            "method": method,
+            "route": self.route,
+            "N": model.cfg.d_state,
+            "r": orders if isinstance(orders, int) else None,
+            "layer_orders": layer_orders,
+            "kernel_length": self.kernel_length,
+            "options": options,
+            "layers": [],
+        }
         if m.control:
             return self._control(m, reduced, layer_orders, seed, report)
         for i, (full, red, r) in enumerate(zip(model.dss_layers(), reduced.dss_layers(), layer_orders)):
@@ -137,26 +152,35 @@ class ModelReducer:
             for w in caught:  # IRKA fallbacks: name the layer and the order
                 warnings.warn(f"layer {i}, r={r}: {w.message}", w.category, stacklevel=2)
             # a reduced feedthrough (bsp) adds to D; a bidirectional layer has one D for both directions
-            red.load_ss_params(res.Lambda, res.B, res.C, D=D + (0.0 if res.D is None else res.D.real.sum(0)),
-                               where=f"reduced layer {i}")
-            report["layers"].append({
-                "layer": i,
-                "r": r,
-                "hsv": res.hsv.tolist(),
-                "bound": res.bound.tolist(),
-                "rank": res.rank.tolist(),
-                "n_clamped": res.n_clamped.tolist(),
-                "rel_kernel_error": relative_kernel_error(full, red, self.kernel_length).tolist(),
-                **({} if res.converged is None else {"converged": res.converged.tolist()}),
-            })
+            red.load_ss_params(
+                res.Lambda,
+                res.B,
+                res.C,
+                D=D + (0.0 if res.D is None else res.D.real.sum(0)),
+                where=f"reduced layer {i}",
+            )
+            report["layers"].append(
+                {
+                    "layer": i,
+                    "r": r,
+                    "hsv": res.hsv.tolist(),
+                    "bound": res.bound.tolist(),
+                    "rank": res.rank.tolist(),
+                    "n_clamped": res.n_clamped.tolist(),
+                    "rel_kernel_error": relative_kernel_error(full, red, self.kernel_length).tolist(),
+                    **({} if res.converged is None else {"converged": res.converged.tolist()}),
+                }
+            )
         return reduced, report
 
-    def _control(self, m: Method, reduced: S4Model, layer_orders: list[int], seed: int | None,
-                 report: dict[str, Any]) -> tuple[S4Model, dict[str, Any]]:
+    def _control(
+        self, m: Method, reduced: S4Model, layer_orders: list[int], seed: int | None, report: dict[str, Any]
+    ) -> tuple[S4Model, dict[str, Any]]:
         """Every layer's Lambda, B, C from the control ``m`` (see ``reduce``); D, dt and the rest are copied."""
         if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"control {m.name!r} needs the run's seed (an integer, from the checkpoint metadata), "
-                             f"got {seed!r}")
+            raise ValueError(
+                f"control {m.name!r} needs the run's seed (an integer, from the checkpoint metadata), got {seed!r}"
+            )
         fresh = fresh_skew_hippo(reduced.cfg, int(seed)) if m.uses_fresh_model else None
         report["seed"] = int(seed)
         for i, (full, red, r) in enumerate(zip(self.model.dss_layers(), reduced.dss_layers(), layer_orders)):
@@ -167,14 +191,20 @@ class ModelReducer:
                 for k in CONTROL_PARAMS:
                     target = getattr(red, k)
                     if tuple(res.params[k].shape) != tuple(target.shape):
-                        raise ValueError(f"control {m.name!r}, layer {i}: {k} has shape {tuple(res.params[k].shape)}, "
-                                         f"the order-{r} layer needs {tuple(target.shape)}")
+                        raise ValueError(
+                            f"control {m.name!r}, layer {i}: {k} has shape {tuple(res.params[k].shape)}, "
+                            f"the order-{r} layer needs {tuple(target.shape)}"
+                        )
                     target.copy_(res.params[k])
-            report["layers"].append({
-                "layer": i, "r": r, "control": True,
-                **({} if res.kept is None else {"kept": res.kept.tolist()}),
-                "rel_kernel_error": relative_kernel_error(full, red, self.kernel_length).tolist(),
-            })
+            report["layers"].append(
+                {
+                    "layer": i,
+                    "r": r,
+                    "control": True,
+                    **({} if res.kept is None else {"kept": res.kept.tolist()}),
+                    "rel_kernel_error": relative_kernel_error(full, red, self.kernel_length).tolist(),
+                }
+            )
         return reduced, report
 
     def _check_orders(self, orders: int | list[int]) -> list[int]:
@@ -184,16 +214,25 @@ class ModelReducer:
         if is_int(orders):
             N = min(self.sizes)
             if not 1 <= orders < N:
-                where = "" if len(set(self.sizes)) == 1 else (
-                    f" (the smallest layer of this model: its layer orders are {self.sizes}, e.g. after a reduction "
-                    "during pretraining, optim.reduce_during; a per-layer order such as tol:<x> or budget:<f> fits "
-                    "every layer)")
+                where = (
+                    ""
+                    if len(set(self.sizes)) == 1
+                    else (
+                        f" (the smallest layer of this model: its layer orders are {self.sizes}, e.g. after a reduction "
+                        "during pretraining, optim.reduce_during; a per-layer order such as tol:<x> or budget:<f> fits "
+                        "every layer)"
+                    )
+                )
                 raise ValueError(f"reduced order must be an integer with 1 <= r < N = {N}{where}, got r={orders!r}")
             return [int(orders)] * len(self.sizes)
-        if not (isinstance(orders, (list, tuple)) and len(orders) == len(self.sizes)
-                and all(is_int(r) and 1 <= r <= n for r, n in zip(orders, self.sizes))):
-            raise ValueError(f"layer orders must be {len(self.sizes)} integers with 1 <= r_i <= N_i = {self.sizes}, "
-                             f"got {orders!r}")
+        if not (
+            isinstance(orders, (list, tuple))
+            and len(orders) == len(self.sizes)
+            and all(is_int(r) and 1 <= r <= n for r, n in zip(orders, self.sizes))
+        ):
+            raise ValueError(
+                f"layer orders must be {len(self.sizes)} integers with 1 <= r_i <= N_i = {self.sizes}, got {orders!r}"
+            )
         return [int(r) for r in orders]
 
 

@@ -66,7 +66,9 @@ class ReducedSystem:
     r: int
     method: str
     route: str  # "continuous" or "discrete"
-    D: np.ndarray | None = None  # (...,) complex feedthrough of the reduced system (bsp); its real part adds to the layer D
+    D: np.ndarray | None = (
+        None  # (...,) complex feedthrough of the reduced system (bsp); its real part adds to the layer D
+    )
     kept: np.ndarray | None = None  # (..., r) indices of the modes kept unchanged (modal)
     converged: np.ndarray | None = None  # (...,) bool (h2: False where the BT result was kept)
 

@@ -156,5 +156,9 @@ def _matched_change(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 def warn_unconverged(res: IRKAResult, where: str = "") -> None:
     n = int((~res.converged).sum())
     if n:
-        warnings.warn(f"IRKA did not converge for {n} of {res.converged.size} channels{where}; "
-                      "those channels keep the balanced-truncation result", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"IRKA did not converge for {n} of {res.converged.size} channels{where}; "
+            "those channels keep the balanced-truncation result",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -71,8 +71,9 @@ def cauchy_factor(Lambda: Tensor, dt: Tensor | None = None) -> Tensor:
         a_sum = re.unsqueeze(-1) + re.unsqueeze(-2)
         a_diff = re.unsqueeze(-1) - re.unsqueeze(-2)
         invS = 1.0 / torch.complex(half - torch.expm1(a_sum) * cos_b, -torch.exp(a_sum) * sin_b)
-        x_minus = torch.exp(z).unsqueeze(-2) * torch.complex(torch.expm1(a_diff) * cos_b - half,
-                                                             torch.exp(a_diff) * sin_b)  # x_i - x_j
+        x_minus = torch.exp(z).unsqueeze(-2) * torch.complex(
+            torch.expm1(a_diff) * cos_b - half, torch.exp(a_diff) * sin_b
+        )  # x_i - x_j
         R = x_minus * invS
         F = torch.sqrt(-torch.expm1(2.0 * re)).to(Lambda.dtype).unsqueeze(-2) * invS
     return F * _exclusive_cumprod(R)
@@ -105,8 +106,9 @@ def hankel_singular_values_torch(Lambda: Tensor, B: Tensor, C: Tensor, dt: Tenso
     Returns real (..., N) in the real dtype matching Lambda's (float32 for complex64, float64 for complex128).
     """
     if not (Lambda.shape == B.shape == C.shape) or Lambda.ndim < 1:
-        raise ValueError(f"Lambda, B, C must have one shape (..., N); got {tuple(Lambda.shape)}, {tuple(B.shape)}, "
-                         f"{tuple(C.shape)}")
+        raise ValueError(
+            f"Lambda, B, C must have one shape (..., N); got {tuple(Lambda.shape)}, {tuple(B.shape)}, {tuple(C.shape)}"
+        )
     if dt is None:
         w = C * B
     else:

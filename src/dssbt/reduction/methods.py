@@ -64,9 +64,17 @@ def modal_truncation(Lambda, B, C, r: int, dt: np.ndarray | None = None) -> Redu
     pick = lambda a: np.take_along_axis(a, keep, -1)  # noqa: E731
     discarded = np.sort(dominance, axis=-1)[..., : N - r].sum(-1)
     return ReducedSystem(
-        Lambda=pick(Lambda), B=pick(B), C=pick(C), hsv=np.full(Lambda.shape, np.nan), bound=discarded,
-        rank=np.full(Lambda.shape[:-1], r), n_clamped=np.zeros(Lambda.shape[:-1], int), r=r, method="modal",
-        route="continuous" if dt is None else "discrete", kept=keep,
+        Lambda=pick(Lambda),
+        B=pick(B),
+        C=pick(C),
+        hsv=np.full(Lambda.shape, np.nan),
+        bound=discarded,
+        rank=np.full(Lambda.shape[:-1], r),
+        n_clamped=np.zeros(Lambda.shape[:-1], int),
+        r=r,
+        method="modal",
+        route="continuous" if dt is None else "discrete",
+        kept=keep,
     )
 
 
@@ -108,7 +116,12 @@ def shifted_factors(f: BalancedFactors) -> BalancedFactors:
     C = f.C * f.A  # (..., N) C' = C Lambda_bar
     dominance = np.abs(C * f.B) / (1.0 - np.abs(f.A))
     return dataclasses.replace(
-        f, C=C, LqH=LqH, Z=Z, Y=np.swapaxes(YH, -1, -2).conj(), hsv=hsv,
+        f,
+        C=C,
+        LqH=LqH,
+        Z=Z,
+        Y=np.swapaxes(YH, -1, -2).conj(),
+        hsv=hsv,
         pad_perm=np.argsort(-dominance, axis=-1, kind="stable"),
     )
 
@@ -156,9 +169,16 @@ def singular_perturbation(f: BalancedFactors, r: int, max_cond: float = 1e12) ->
     sel = lambda a, b: np.where(use_bt[..., None], a, b)  # noqa: E731
     spa_bound = 2.0 * g.hsv[..., r:].sum(-1)
     return ReducedSystem(
-        Lambda=sel(bt.Lambda, Lambda_r), B=sel(bt.B, B_r), C=sel(bt.C, C_r), hsv=g.hsv,
-        bound=np.where(use_bt, bt.bound, spa_bound), rank=np.where(use_bt, bt.rank, r),
-        n_clamped=np.where(use_bt, bt.n_clamped, 0), r=r, method="bsp", route=bt.route,
+        Lambda=sel(bt.Lambda, Lambda_r),
+        B=sel(bt.B, B_r),
+        C=sel(bt.C, C_r),
+        hsv=g.hsv,
+        bound=np.where(use_bt, bt.bound, spa_bound),
+        rank=np.where(use_bt, bt.rank, r),
+        n_clamped=np.where(use_bt, bt.n_clamped, 0),
+        r=r,
+        method="bsp",
+        route=bt.route,
         D=np.where(use_bt, 0.0, D),
     )
 
@@ -222,10 +242,24 @@ def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, ma
     warn_unconverged(res)
     sel = lambda a, b: np.where(ok[..., None], b, a)  # noqa: E731
     return ReducedSystem(
-        Lambda=sel(bt.Lambda, Lambda_r), B=sel(bt.B, B_r), C=sel(bt.C, C_r), hsv=f.hsv, bound=bt.bound,
-        rank=bt.rank, n_clamped=bt.n_clamped, r=r, method="h2", route=bt.route, converged=ok,
+        Lambda=sel(bt.Lambda, Lambda_r),
+        B=sel(bt.B, B_r),
+        C=sel(bt.C, C_r),
+        hsv=f.hsv,
+        bound=bt.bound,
+        rank=bt.rank,
+        n_clamped=bt.n_clamped,
+        r=r,
+        method="h2",
+        route=bt.route,
+        converged=ok,
     )
 
 
-__all__ = ["modal_truncation", "modal_singular_perturbation", "shifted_factors", "singular_perturbation",
-           "h2_reduction"]
+__all__ = [
+    "modal_truncation",
+    "modal_singular_perturbation",
+    "shifted_factors",
+    "singular_perturbation",
+    "h2_reduction",
+]

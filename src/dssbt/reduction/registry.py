@@ -19,8 +19,9 @@ it keeps is bit-identical to its source: ``run(ControlInput, r) -> ControlResult
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -80,7 +81,9 @@ class Method:
         """ValueError naming any option this method does not take."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise ValueError(f"reduction method {self.name!r} has no option(s) {unknown}; known: {sorted(self.options)}")
+            raise ValueError(
+                f"reduction method {self.name!r} has no option(s) {unknown}; known: {sorted(self.options)}"
+            )
 
 
 def _bt(f: BalancedFactors, s: System, r: int) -> ReducedSystem:
@@ -156,5 +159,16 @@ def check_route(route: str) -> str:
     return route
 
 
-__all__ = ["CONTROL_METHODS", "CONTROL_PARAMS", "ControlInput", "ControlResult", "METHODS", "Method", "REDUCTIONS",
-           "ROUTES", "System", "check_route", "get_method"]
+__all__ = [
+    "CONTROL_METHODS",
+    "CONTROL_PARAMS",
+    "ControlInput",
+    "ControlResult",
+    "METHODS",
+    "Method",
+    "REDUCTIONS",
+    "ROUTES",
+    "System",
+    "check_route",
+    "get_method",
+]
