@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from numerics import assert_same_class
 
 from dssbt.checkpoint import save_model
 from dssbt.cli import main
@@ -84,7 +85,7 @@ def test_onnx_step_equals_convolution_mode_on_every_prefix(kind, tmp_path):
             with torch.no_grad():
                 ref = model(x[:, : t + 1]).numpy()
             worst = max(worst, np.linalg.norm(logits - ref) / np.linalg.norm(ref))
-            assert np.array_equal(logits.argmax(-1), ref.argmax(-1)), (kind, name, t)
+            assert_same_class(logits.argmax(-1), ref)  # argmax of another implementation: up to ties
         assert worst <= 1e-5, (kind, name, worst)
 
 
@@ -227,12 +228,12 @@ def test_predict_listops_expression_prints_the_class_of_the_models_forward(tmp_p
         out = capsys.readouterr().out
         with torch.no_grad():
             logits = model(torch.from_numpy(split.inputs[i : i + 1]), torch.tensor([ln]))
-        assert predicted(out) == str(int(logits.argmax()))
+        assert_same_class(int(predicted(out)), logits.numpy())
         np.testing.assert_allclose(probabilities(out), torch.softmax(logits, -1)[0].numpy(), atol=2e-4)
         assert len(re.findall(r"after \d+ tokens: class", out)) == (ln - 1) // 5
     # the expression given on the command line is the same input
     assert main(["predict", str(tmp_path / "m.onnx"), expr]) == 0
-    assert predicted(capsys.readouterr().out) == str(int(logits.argmax()))
+    assert_same_class(int(predicted(capsys.readouterr().out)), logits.numpy())
 
 
 def test_predict_image_file_prints_the_class_of_the_models_forward(tmp_path, capsys):
@@ -254,7 +255,7 @@ def test_predict_image_file_prints_the_class_of_the_models_forward(tmp_path, cap
         assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png")]) == 0
         with torch.no_grad():
             logits = model(torch.from_numpy(split.inputs[i : i + 1]))
-        assert predicted(capsys.readouterr().out) == str(int(logits.argmax()))
+        assert_same_class(int(predicted(capsys.readouterr().out)), logits.numpy())
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "bad.png")
     assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "bad.png")]) == 2
     assert "is 9x9, task image reads 8x8" in capsys.readouterr().err
@@ -432,4 +433,5 @@ def test_predict_text_reads_characters_and_cuts_at_the_tasks_cut(tmp_path, capsy
     with torch.no_grad():
         logits = model(torch.from_numpy(ids))
     out = capsys.readouterr().out
-    assert predicted(out) == str(int(logits.argmax())) and f"{cut} tokens in" in out
+    assert_same_class(int(predicted(out)), logits.numpy())
+    assert f"{cut} tokens in" in out

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numerics import assert_metrics_equal_up_to_rounding, same_threads
 
-from dssbt.data.prepared import Split, save_prepared
+from dssbt.data.prepared import Split, load_split, save_prepared
 from dssbt.hparams import parse_hparams
 from dssbt.train import train
 
@@ -93,7 +94,9 @@ def test_same_seed_same_metrics_other_seed_other_metrics(task, tmp_path):
 def test_killed_job_resumes_to_the_same_result(task, tmp_path):
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 40
+    # exact equality: both runs are `dssbt train` processes with the same thread count (stated, not defaulted)
     args = ["train", "--data", str(task), "--hparams", json.dumps(hp), "--init", "skew_hippo", "--seed", "1"]
+    args += ["--threads", "1"]
     ref = run_cli(*args, "--out-dir", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
 
@@ -123,11 +126,20 @@ def test_killed_job_resumes_to_the_same_result(task, tmp_path):
 
 
 def test_bt_initialised_model_starts_at_the_reduced_accuracy(task, tmp_path):
+    """Exact equality of two evaluations of one model: the reduce job (a subprocess) and the training here run
+    with the same torch thread count."""
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 3
+    with same_threads(1):
+        _bt_initialised_model_starts_at_the_reduced_accuracy(task, hp, tmp_path)
+
+
+def _bt_initialised_model_starts_at_the_reduced_accuracy(task, hp, tmp_path):
     train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
     r = run_cli(
         "reduce",
+        "--threads",
+        "1",
         "--checkpoint",
         str(tmp_path / "pre" / "model.pt"),
         "--order",
@@ -206,25 +218,45 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
     assert p.returncode == 2 and "optim.epochs must be >= 1, got 0" in p.stderr
 
 
-def test_evaluate_command_matches_training_metrics(task, tmp_path):
-    hp = json.loads(json.dumps(HP))
-    hp["optim"]["epochs"] = 2
-    m = train(task, hp, "skew_hippo", 0, tmp_path / "t", log=lambda s: None)
+def evaluate_cli(model: Path, task: Path, hp: dict, out: Path, threads: int) -> dict:
+    """`dssbt evaluate` of a model file in a subprocess with ``threads`` torch threads: its metrics."""
     p = run_cli(
         "evaluate",
         "--checkpoint",
-        str(tmp_path / "t" / "model.pt"),
+        str(model),
         "--data",
         str(task),
         "--hparams",
         json.dumps(hp),
+        "--threads",
+        str(threads),
         "--out",
-        str(tmp_path / "e.json"),
+        str(out),
     )
     assert p.returncode == 0, p.stderr
-    e = json.loads((tmp_path / "e.json").read_text())
-    for key in ("accuracy", "loss"):  # val is taken from the best epoch's own evaluation: re-measuring agrees
+    return json.loads(out.read_text())
+
+
+def assert_reevaluation_agrees(m: dict, model: Path, task: Path, hp: dict, tmp_path: Path) -> dict:
+    """The metrics a training run (here, on 1 thread) reports for its model file: re-measured by `dssbt evaluate`
+    on 1 thread, exactly (val is taken from the best epoch's own evaluation); on 2 threads, up to rounding."""
+    e = evaluate_cli(model, task, hp, tmp_path / "e1.json", threads=1)
+    assert e["threads"] == m["threads"] == 1
+    for key in ("accuracy", "loss"):
         assert {k: e[key][k] for k in ("val", "test")} == {k: m[key][k] for k in ("val", "test")}
+    e2 = evaluate_cli(model, task, hp, tmp_path / "e2.json", threads=2)
+    assert e2["threads"] == 2
+    n_items = {s: len(load_split(task, s).labels) for s in ("val", "test")}
+    assert_metrics_equal_up_to_rounding(e2, m, n_items)
+    return e
+
+
+def test_evaluate_command_matches_training_metrics(task, tmp_path):
+    hp = json.loads(json.dumps(HP))
+    hp["optim"]["epochs"] = 2
+    with same_threads(1):
+        m = train(task, hp, "skew_hippo", 0, tmp_path / "t", log=lambda s: None)
+    e = assert_reevaluation_agrees(m, tmp_path / "t" / "model.pt", task, hp, tmp_path)
     assert e["params"] == m["params"] and 0 <= e["accuracy"]["train"] <= 1
 
 
@@ -393,20 +425,21 @@ def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task
 
     hp = json.loads(json.dumps(HP))
     hp["optim"].update(schedule="plateau", warmup_epochs=0.0, epochs=5, lr=0.02)
-    ref = train(
-        task, hp | {"optim": hp["optim"] | {"epochs": 2}}, "skew_hippo", 0, tmp_path / "ref", log=lambda s: None
-    )
-    monkeypatch.setattr(dssbt.train.F, "cross_entropy", InjectNaN(at=2 * 10 + 4, grad=grad))
-    lines = []
-    m = train(
-        task,
-        hp | {"optim": hp["optim"] | {"on_divergence": "keep_best"}},
-        "skew_hippo",
-        0,
-        tmp_path / "kb",
-        log=lines.append,
-    )
-    monkeypatch.undo()
+    with same_threads(1):  # the model file is re-evaluated below by `dssbt evaluate --threads 1`
+        ref = train(
+            task, hp | {"optim": hp["optim"] | {"epochs": 2}}, "skew_hippo", 0, tmp_path / "ref", log=lambda s: None
+        )
+        monkeypatch.setattr(dssbt.train.F, "cross_entropy", InjectNaN(at=2 * 10 + 4, grad=grad))
+        lines = []
+        m = train(
+            task,
+            hp | {"optim": hp["optim"] | {"on_divergence": "keep_best"}},
+            "skew_hippo",
+            0,
+            tmp_path / "kb",
+            log=lines.append,
+        )
+        monkeypatch.undo()
     what = "gradient norm" if grad else "training loss"
     assert m["diverged"] is True and m["diverged_at"] == {
         "epoch": 3,
@@ -422,22 +455,8 @@ def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task
     assert m["epochs_run"] == 2 and m["best_epoch"] == ref["best_epoch"] > 0
     assert history(tmp_path / "kb" / "history.csv") == history(tmp_path / "ref" / "history.csv")
     assert not (tmp_path / "kb" / "train_state.pt").exists()
-    # the model file is the best checkpoint: evaluated on its own it gives the metrics' accuracy
-    p = run_cli(
-        "evaluate",
-        "--checkpoint",
-        str(tmp_path / "kb" / "model.pt"),
-        "--data",
-        str(task),
-        "--hparams",
-        json.dumps(hp),
-        "--out",
-        str(tmp_path / "e.json"),
-    )
-    assert p.returncode == 0, p.stderr
-    e = json.loads((tmp_path / "e.json").read_text())
-    for key in ("accuracy", "loss"):  # val is taken from the best epoch's own evaluation: re-measuring agrees
-        assert {k: e[key][k] for k in ("val", "test")} == {k: m[key][k] for k in ("val", "test")}
+    # the model file is the best checkpoint: evaluated on its own it gives the metrics' accuracy and loss
+    assert_reevaluation_agrees(m, tmp_path / "kb" / "model.pt", task, hp, tmp_path)
 
 
 def test_keep_best_real_divergence_is_marked_in_the_tables(task, tmp_path):

@@ -517,6 +517,7 @@ def test_tolerance_order_runs_end_to_end(tiny_run):
     # retraining starts from the reduced model: its epoch-0 accuracy is the reduce job's
     red = json.loads((run / "bt_rtol0.1/metrics.json").read_text())
     ret = json.loads((run / "bt_init_rtol0.1/metrics.json").read_text())
+    assert ret["threads"] == red["threads"]  # exact: both jobs evaluate with the same thread count
     assert ret["initial"]["accuracy"]["test"] == red["accuracy"]["test"]
     md = (tiny_run / "results/tables/accuracy.md").read_text()
     assert re.search(r"\| image \| tol:0.1 \(mean r \d\.\d\) \| Modal-init \(retrained\) \|", md), md
@@ -535,6 +536,7 @@ def test_controls_run_end_to_end_through_reduce_and_retrain(tiny_run):
         ret = json.loads((run / f"{name}_init_r2/metrics.json").read_text())
         assert (red["stage"], red["method"], red["run"]) == ("reduce", name, f"{name}_r2")
         assert (ret["stage"], ret["method"], ret["run"]) == ("retrain", name, f"{name}_init_r2")
+        assert ret["threads"] == red["threads"]  # exact: both jobs evaluate with the same thread count
         assert ret["initial"]["accuracy"]["test"] == red["accuracy"]["test"]  # retraining starts from it
     report = json.loads((run / "random_modes_r2/report.json").read_text())
     assert report["seed"] == 0 and len(report["layers"][0]["kept"][0][0]) == 2
