@@ -236,6 +236,63 @@ def test_lra_preset_dry_run_needs_no_data(tmp_path):
     }
 
 
+def dry_run_jobs(cwd: Path, *args: str) -> list[dict[str, str]]:
+    """The jobs of `snakemake -n -p`: per job its rule, resources line and shell command."""
+    out = snakemake(cwd, "-n", "-p", *args).stdout
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:\n)", out):
+        rule = re.match(r"rule (\w+):\n", block)
+        if rule is None:
+            continue
+        resources = re.search(r"^ +resources: (.*)$", block, re.M)
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        jobs.append(
+            {
+                "rule": rule.group(1),
+                "resources": resources.group(1) if resources else "",
+                "shell": shell.group(1) if shell else "",
+            }
+        )
+    return jobs
+
+
+def gpus_requested(resources: str) -> int:
+    """The GPUs a job asks SLURM for: its gpu resource, or the count of a gres gpu:N."""
+    gpu = re.search(r"(?:^|, )gpu=(\d+)", resources)
+    gres = re.search(r"(?:^|, )gres=[^,]*gpu(?::\w+)*:(\d+)", resources)
+    return int(gpu.group(1)) if gpu else int(gres.group(1)) if gres else 0
+
+
+PRESETS = sorted(p.name for p in (ROOT / "workflow" / "presets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", [None, *PRESETS])
+def test_every_cuda_job_requests_a_gpu(tmp_path, preset):
+    """Under the SLURM profile, every job whose command selects CUDA asks for a GPU: a job run with --device cuda
+    on a node without one exits 2 ("torch sees no CUDA device"). Every preset, and the default switched to cuda."""
+    wf = copy_workflow(tmp_path)
+    if preset is None:
+        (wf / "cuda.yaml").write_text("device: cuda\n")
+        args = ["--configfile", "config.yaml", "cuda.yaml"]
+    else:
+        args = ["--configfile", f"workflow/presets/{preset}"]
+    targets = ["all", "compress"] if preset == "compressible.yaml" else ["all"]
+    jobs = dry_run_jobs(wf, *targets, "--profile", "profiles/slurm", *args)
+    assert jobs, "the dry run listed no jobs"
+    cuda = [j for j in jobs if re.search(r"--device +cuda\b", j["shell"])]
+    missing = [f"{j['rule']}: {j['resources']}" for j in cuda if gpus_requested(j["resources"]) < 1]
+    assert not missing, f"{len(missing)} of {len(cuda)} CUDA jobs request no GPU, e.g. {missing[:3]}"
+    if preset is None or preset == "lra.yaml":
+        assert {j["rule"] for j in cuda} >= {"pretrain", "reduce", "retrain"}  # the check has jobs to look at
+
+
+def test_gpu_request_parsing():
+    assert gpus_requested("tmpdir=/tmp, mem_mb=8000, runtime=60") == 0
+    assert gpus_requested("mem_mb=8000, gpu=1, runtime=60") == 1
+    assert gpus_requested("mem_mb=8000, gres=gpu:a100:2") == 2
+    assert gpus_requested("mem_mb=8000, gpu_model=a100") == 0
+
+
 def test_study_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
     # 3 tasks x 5 seeds x 2 orders x (bt + transplant + random modes) + equal budget + one continued model per

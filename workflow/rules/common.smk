@@ -32,6 +32,8 @@ TRAIN_RULES = (
     "compress_pretrain",
     "compress_retrain",
 )  # resources: default, then 'train', then the rule's own
+# the rules whose command takes --device {config[device]}: under device cuda each requests a GPU (rule_resources)
+DEVICE_RULES = TRAIN_RULES + ("reduce", "reduce_snapshot", "compress_reduce")
 TASKS = config["tasks"]
 SEEDS = config["seeds"]
 CONTROLS = config.get("controls", [])
@@ -233,6 +235,10 @@ def rule_resources(name):
         res["default"], res.get("train", {}) if name in TRAIN_RULES else {}
     )
     merged = deep_merge(merged, res.get(name, {}))
+    if config["device"] == "cuda" and name in DEVICE_RULES and "gres" not in merged:
+        # a job run with --device cuda fails on a node without one: it always asks SLURM for a GPU (gpu, or the
+        # site's gres where the config gives one; never both)
+        merged["gpu"] = max(1, merged.get("gpu") or 0)
     merged = {k: v for k, v in merged.items() if k != "gpu" or v}
     if name in TRAIN_RULES and "runtime" in merged:
         merged["runtime"] = runtime_by_attempt(merged["runtime"])
