@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from .io import atomic_path
+from .provenance import mixed_provenance
 from .reduction.registry import METHODS
 from .runs import table_init
 
@@ -342,10 +344,16 @@ def write_tables(
     """Write the long-form runs CSV and the summary as CSV, Markdown and LaTeX (each atomically); ``methods_md``:
     also the side-by-side table of ``methods_table`` as Markdown; ``differences_csv``: the paired differences in
     long form (``differences_table``: columns diff, ci_low, ci_high, n_pairs, ...)."""
+    metrics_files = list(metrics_files)
     runs = runs_table(metrics_files)
     summary = summary_table(runs)
     shown = _display(summary)
-    note = DIVERGED_NOTE if summary["n_diverged"].any() else None
+    notes = [DIVERGED_NOTE] if summary["n_diverged"].any() else []
+    mixed = mixed_provenance(json.loads(Path(f).read_text()) for f in metrics_files)
+    if mixed:
+        print(f"warning: {mixed}", file=sys.stderr)
+        notes.append(f"Warning: {mixed}.")
+    note = "\n\n".join(notes) or None
     outputs = [
         (runs_csv, runs.to_csv(index=False)),
         (csv_path, summary.to_csv(index=False)),

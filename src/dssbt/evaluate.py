@@ -17,6 +17,7 @@ from .batches import batches
 from .data.prepared import SPLITS, Split
 from .hparams import Hparams
 from .model import S4Model, count_parameters
+from .provenance import provenance
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,6 +90,7 @@ def base_metrics(
         "hparams": hp.to_dict(),
         "model_config": model.cfg.to_dict(),
         "version": __version__,
+        "provenance": provenance(device),  # code, packages, machine, device: why two runs may differ
     }
 
 
