@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from test_train import HP, make_task
 
@@ -18,7 +19,19 @@ def _groups(model):
     ]
 
 
-def test_eager_adamw_takes_the_same_steps_as_torch_adamw_and_swaps_state_dicts_with_it():
+@pytest.fixture(params=["step_body", "public_step"])
+def step_path(request, monkeypatch):
+    """Each test using it runs twice: with torch's step body (this torch) and with the public step, the path taken
+    on a torch whose AdamW does not run Adam's body (dssbt.eager.ADAM_STEP_BODY None)."""
+    import dssbt.eager
+
+    assert dssbt.eager.ADAM_STEP_BODY is not None  # the pinned torch (2.13) takes the fast path
+    if request.param == "public_step":
+        monkeypatch.setattr(dssbt.eager, "ADAM_STEP_BODY", None)
+    return request.param
+
+
+def test_eager_adamw_takes_the_same_steps_as_torch_adamw_and_swaps_state_dicts_with_it(step_path):
     torch.manual_seed(0)
     ref = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3, bias=False)).double()
     ours = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3, bias=False)).double()

@@ -2,7 +2,7 @@
 
 ``AdamW``: torch's AdamW whose ``step`` runs torch's own step function (``Adam.step.__wrapped__``) with gradients
 off, which is all that torch's decorator on it does outside ``torch.compile`` besides importing ``torch._dynamo``
-for two graph breaks.
+for two graph breaks. On a torch where that body is not AdamW's (before 2.7) it runs torch's public ``step``.
 
 ``skip_dynamo_import``: ``torch.optim`` also wraps a few functions (``Optimizer.add_param_group``, ``zero_grad``, ``state_dict``,
 ``load_state_dict``, the functional ``adam`` behind ``AdamW.step``) in ``torch._disable_dynamo``. The wrapper, on its
@@ -48,13 +48,32 @@ def skip_dynamo_import() -> list[str]:
     return done
 
 
+def _adam_step_body() -> Callable[..., Any] | None:
+    """torch's undecorated ``Adam.step``, where AdamW runs exactly it; None elsewhere. AdamW inherits Adam's step
+    only since AdamW became a subclass of Adam (torch 2.7); before, AdamW had its own step and ``_init_group``, and
+    Adam's body would call the wrong one (a TypeError)."""
+    adam, adamw = torch.optim.Adam, torch.optim.AdamW
+    body = getattr(adam.step, "__wrapped__", None)
+    if issubclass(adamw, adam) and adamw.step is adam.step and isinstance(body, types.FunctionType):
+        return body
+    return None
+
+
+# torch's step body, or None: then AdamW.step is torch's public, decorated step (same numbers; the first call imports
+# torch._dynamo). tests/test_eager.py runs both.
+ADAM_STEP_BODY = _adam_step_body()
+
+
 class AdamW(torch.optim.AdamW):
-    """``torch.optim.AdamW`` (same state, state dict and update), stepped without importing torch._dynamo."""
+    """``torch.optim.AdamW`` (same state, state dict and update), stepped without importing torch._dynamo where
+    this torch allows it (``ADAM_STEP_BODY``), else by torch's own ``step``."""
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        if ADAM_STEP_BODY is None:
+            return super().step(closure)
         prev = torch.is_grad_enabled()
         try:
             torch.set_grad_enabled(self.defaults["differentiable"])  # what torch's _use_grad decorator sets
-            return torch.optim.Adam.step.__wrapped__(self, closure)  # type: ignore[attr-defined]
+            return ADAM_STEP_BODY(self, closure)
         finally:
             torch.set_grad_enabled(prev)
