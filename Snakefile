@@ -18,7 +18,11 @@
 #   results/tables/, results/plots/                 accuracy tables, figures (aggregate, plot)
 #   logs/{rule}/..., benchmarks/{rule}/...          one log per job; time and memory of training jobs
 
+import os
+
 from snakemake.utils import min_version, validate
+
+from dssbt.schema import derived_schema_file
 
 min_version("9.0")
 
@@ -26,7 +30,11 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# the schema's task and archive enums come from the task registry (dssbt.data.tasks): one place declares a task
+with derived_schema_file(
+    os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+) as schema:
+    validate(config, schema)
 
 
 include: "workflow/rules/common.smk"

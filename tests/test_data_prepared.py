@@ -89,3 +89,100 @@ def test_training_batches_are_those_of_the_uncompressed_split(tmp_path, kind):
         batches(split, index, 4, torch.device("cpu")), batches(stored, index, 4, torch.device("cpu"))
     ):
         assert a.dtype == b.dtype and torch.equal(a, b) and torch.equal(la, lb) and torch.equal(ya, yb)
+
+
+# ----- prepared data checked when loaded (data.prepared.check_split) ------------------------------------------------
+
+
+def token_task(folder, n: int = 24, L: int = 16, d_output: int = 10) -> None:
+    """A small valid prepared token task: ids in [2, 12), labels in [0, d_output), lengths in [1, L]."""
+    rng = np.random.default_rng(0)
+    splits = {
+        s: Split(rng.integers(2, 12, (n, L)), rng.integers(1, L + 1, n), np.arange(n) % d_output)
+        for s in ("train", "val", "test")
+    }
+    meta = {"task": "toy", "encoder": "embedding", "d_input": 12, "d_output": d_output, "l_max": L, "dual": False}
+    save_prepared(folder, splits, meta)
+
+
+def rewrite(path, **arrays) -> None:
+    """Replace some arrays of a prepared .npz file (the others kept as stored)."""
+    with np.load(path) as z:
+        stored = {k: z[k] for k in z.files}
+    with open(path, "wb") as fh:
+        np.savez(fh, **(stored | arrays))
+
+
+def corrupt(path, kind: str) -> None:
+    with np.load(path) as z:
+        inputs, lengths, labels = z["inputs"], z["lengths"], z["labels"]
+    if kind == "label":
+        labels = labels.copy()
+        labels[5] = 99
+        rewrite(path, labels=labels)
+    elif kind == "long":  # a sequence of 20 positions in a task of l_max 16
+        wide = np.zeros((len(inputs), 20), inputs.dtype)
+        wide[:, :16] = inputs
+        wide[3, 16:] = 7
+        lengths = lengths.astype(np.uint8)
+        lengths[3] = 20
+        rewrite(path, inputs=wide, lengths=lengths)
+    elif kind == "id":
+        inputs = inputs.copy()
+        inputs[2, 0] = 40
+        rewrite(path, inputs=inputs)
+    elif kind == "float_labels":
+        rewrite(path, labels=labels.astype(np.float32) + 0.5)
+    elif kind == "shape":
+        rewrite(path, lengths=lengths[:-1])
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("label", "labels: 99 at example 5, outside [0, 10)"),
+        ("long", "lengths: 20 at example 3, outside [0, 16] (meta.json l_max)"),
+        ("id", "inputs: token id 40 at example 2, outside [0, 12)"),
+        ("float_labels", "labels: dtype float32, expected integers"),
+        ("shape", "lengths: shape (23,), expected (24,)"),
+    ],
+)
+def test_a_bad_prepared_file_is_refused_with_file_key_and_value(tmp_path, kind, message):
+    from dssbt.data.prepared import PreparedDataError
+    from dssbt.train import load_task
+
+    token_task(tmp_path)
+    corrupt(tmp_path / "val.npz", kind)
+    load_split(tmp_path, "train")  # the others still load
+    with pytest.raises(PreparedDataError) as e:
+        load_task(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'val.npz'}: {message}"), str(e.value)
+
+
+def test_the_model_l_max_bounds_the_lengths_too(tmp_path):
+    from dssbt.data.prepared import PreparedDataError
+    from dssbt.train import load_task
+
+    token_task(tmp_path)
+    load_task(tmp_path, l_max=16)
+    with pytest.raises(PreparedDataError, match=r"train.npz: (lengths|inputs): .*the model's l_max"):
+        load_task(tmp_path, l_max=8)
+
+
+@pytest.mark.parametrize("kind, key, value", [("label", "labels", "99"), ("long", "lengths", "20")])
+def test_dssbt_train_refuses_a_bad_file_naming_it_and_writes_nothing(tmp_path, kind, key, value):
+    import os
+    import subprocess
+    import sys
+
+    data, out = tmp_path / "prepared", tmp_path / "run"
+    token_task(data)
+    corrupt(data / "train.npz", kind)
+    hp = '{"model": {"d_model": 4, "d_state": 4, "n_layers": 1}, "optim": {"epochs": 1, "batch_size": 8}}'
+    argv = ["train", "--data", str(data), "--init", "skew_hippo", "--hparams", hp, "--out-dir", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "dssbt", *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith(f"dssbt train: error: {data / 'train.npz'}: {key}: {value} at example "), p.stderr
+    assert "Traceback" not in p.stderr
+    assert not out.exists()

@@ -112,7 +112,8 @@ def reduce_job(
         raise ValueError("give exactly one of --order r and --layer-orders FILE")
     hp = parse_hparams(hparams)
     model, meta = load_model(checkpoint)
-    task = load_task(data) if data else None  # read before writing anything: bad data fails early
+    # read and checked (against the model's l_max too) before writing anything: bad data fails early
+    task = load_task(data, l_max=meta.get("l_max")) if data else None
     L = kernel_length or meta.get("l_max")
     if not L:
         raise ValueError(f"{checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
@@ -172,7 +173,7 @@ def evaluate_job(
 
     hp = parse_hparams(hparams)
     model, meta_ckpt = load_model(checkpoint)
-    meta, data_splits = load_task(data)
+    meta, data_splits = load_task(data, l_max=meta_ckpt.get("l_max"))
     dev = resolve_device(device)
     model.to(dev)
     run = describe_run("evaluate", meta_ckpt.get("reduction", {}).get("method") or meta_ckpt.get("init"), None)

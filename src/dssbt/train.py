@@ -53,10 +53,11 @@ TRAIN_INITS = (*INITS, "from_reduced", "from_pretrained")  # from_*: start from 
 SSM_PARAMS = ("Lambda_log_neg_re", "Lambda_im", "B", "C", "log_dt")
 
 
-def load_task(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Split]]:
-    """Metadata and the three splits of a prepared task folder."""
+def load_task(folder: str | os.PathLike, l_max: int | None = None) -> tuple[dict[str, Any], dict[str, Split]]:
+    """Metadata and the three splits of a prepared task folder, each checked against meta.json and, where given,
+    the model's ``l_max`` (``data.prepared.check_split``: a bad file is refused before anything is written)."""
     meta = load_meta(folder)
-    return meta, {s: load_split(folder, s) for s in SPLITS}
+    return meta, {s: load_split(folder, s, meta, l_max) for s in SPLITS}
 
 
 # ----- model -------------------------------------------------------------------------------------------------------

@@ -2,15 +2,19 @@
 # Target: snakemake deploy. Part of `all` only with config `deploy: {enabled: true}`.
 
 
+from dssbt.data import tasks as data_tasks
+
+
 # The model files to export, in ONE place (edit here when run folders are renamed): per unidirectional
 # single-sequence task and seed, the full-N model and every trained reduced-order model (the Skew-HiPPO baseline
 # where config controls lists skew_hippo, and each method's retrained model, integer orders and tolerance rows). Bidirectional tasks (their reverse
-# direction needs the future) and the dual Retrieval task cannot run token by token: left out by design.
+# direction needs the future) and dual tasks (two documents: Retrieval; dssbt.data.tasks) cannot run token by token:
+# left out by design.
 # (A list, not a function: `snakemake --lint` objects to functions beside rules.)
 DEPLOY_MODELS = [
     f"results/runs/{task}/seed{seed}/{kind}/model.pt"
     for task in TASKS
-    if task != "retrieval"
+    if not data_tasks.get(task).dual
     and not json.loads(hparams_json(task, "train"))["model"].get("bidirectional", False)
     for seed in SEEDS
     for kind in [run_name("pretrain", "skew_hippo", "")]

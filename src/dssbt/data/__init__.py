@@ -8,13 +8,24 @@ Each reader has options that read the real data exactly as the S4 reference (sta
 (ListOps, Text, Retrieval), ``normalise`` (Image), ``split`` (Image, Pathfinder, Path-X), ``pixels`` (Pathfinder,
 Path-X) -- set by ``workflow/presets/lra.yaml``; their defaults keep dssbt's own choices (the embedded tasks).
 
-Modules: ``download`` (resumable, verified downloads; selective archive extraction, all tasks of an archive in one
+Modules: ``tasks`` (the task registry: every task declared once; ``docs/adding-a-task.md``), ``download`` (resumable, verified downloads; selective archive extraction, all tasks of an archive in one
 pass), ``listops``, ``text``, ``retrieval``, ``image``, ``pathfinder`` (one reader per task), ``generate`` (the
-embedded generators), ``prepare`` (dispatch by task), ``cli`` (the ``download``, ``extract``, ``generate`` and
+embedded generators), ``prepare`` (dispatch by task, through the registry), ``cli`` (the ``download``, ``extract``, ``generate`` and
 ``prepare`` subcommands).
 """
 
+from . import tasks
 from .common import DataError
-from .prepare import EMBEDDED_TASKS, LRA_TASKS, prepare_task
+from .prepare import prepare_task
 
-__all__ = ["DataError", "EMBEDDED_TASKS", "LRA_TASKS", "prepare_task"]
+
+def __getattr__(name: str):
+    """``LRA_TASKS``, ``EMBEDDED_TASKS``: read from the task registry when asked for (see :mod:`.prepare`)."""
+    if name in ("LRA_TASKS", "EMBEDDED_TASKS"):
+        from . import prepare
+
+        return getattr(prepare, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DataError", "EMBEDDED_TASKS", "LRA_TASKS", "prepare_task", "tasks"]

@@ -106,14 +106,6 @@ def sorted_vocab(counts: Counter, min_count: int = 1, eos: bool = False) -> list
     return specials + [tok for tok, _ in kept]
 
 
-def build_vocab(token_lists: Iterable[Sequence[str]], min_count: int = 1, eos: bool = False) -> list[str]:
-    """Vocabulary (list, index = id) from token sequences; see :func:`sorted_vocab` for the order."""
-    counts: Counter = Counter()
-    for toks in token_lists:
-        counts.update(toks)
-    return sorted_vocab(counts, min_count, eos)
-
-
 def codepoints(text: str) -> np.ndarray:
     """Unicode code points of ``text``: uint32 (len(text),)."""
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

@@ -40,6 +40,7 @@ class Archive:
     sha256: str | None = None
 
 
+# The archives of the registered tasks (a task registered with an archive not listed here adds it: dssbt.data.tasks).
 ARCHIVES: dict[str, Archive] = {
     # The LRA release: a tar despite the .gz name (tarfile detects the compression); ~7.7 GB; no official hash.
     "lra": Archive("lra", "lra_release.gz", "https://storage.googleapis.com/long-range-arena/lra_release.gz"),
@@ -49,12 +50,17 @@ ARCHIVES: dict[str, Archive] = {
                        size=170_498_071, md5="c58f30108f718f92721af3b95e74349a"),
 }
 
-# Which archive holds each real LRA task.
-TASK_ARCHIVE = {"listops": "lra", "retrieval": "lra", "pathfinder": "lra", "pathx": "lra",
-                "text": "imdb", "image": "cifar10"}
-
 CHUNK = 1 << 20
 RETRYABLE = (urllib.error.URLError, HTTPException, ConnectionError, socket.timeout, TimeoutError)
+
+
+def __getattr__(name: str):
+    """``TASK_ARCHIVE`` (task -> key in ARCHIVES), read from the task registry (:mod:`dssbt.data.tasks`)."""
+    if name == "TASK_ARCHIVE":
+        from .tasks import task_archive
+
+        return task_archive()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DownloadError(ValueError):
@@ -260,19 +266,11 @@ def _has_run(parts: list[str], run: tuple[str, ...]) -> bool:
 
 
 def member_selector(task: str) -> Callable[[str], bool]:
-    """Which archive members a task needs (by name; folders are found wherever they are nested)."""
-    if task == "listops":
-        return lambda n: _parts(n)[-1:] in (["basic_train.tsv"], ["basic_val.tsv"], ["basic_test.tsv"])
-    if task == "retrieval":
-        return lambda n: bool(re.fullmatch(r"new_aan_pairs\.(train|eval|test)\.tsv", (_parts(n) or [""])[-1]))
-    if task in ("pathfinder", "pathx"):
-        run = ("pathfinder32" if task == "pathfinder" else "pathfinder128", "curv_contour_length_14")
-        return lambda n: _has_run(_parts(n), run)
-    if task == "text":
-        return lambda n: any(_has_run(_parts(n), ("aclImdb", s, c)) for s in ("train", "test") for c in ("pos", "neg"))
-    if task == "image":
-        return lambda n: "cifar-10-batches-py" in _parts(n)[:-1]
-    raise ValueError(f"unknown task {task!r}")
+    """Which archive members a task needs (by name; folders are found wherever they are nested): the task's
+    ``members`` in the registry (:mod:`dssbt.data.tasks`)."""
+    from .tasks import get
+
+    return get(task).members
 
 
 def extract_task(archive: str | os.PathLike, task: str, dest: str | os.PathLike, *, log=print) -> Path:

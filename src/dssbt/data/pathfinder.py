@@ -38,7 +38,6 @@ from .prepared import SPLITS, Split, code_table, pixel_codes_inplace
 
 D_OUTPUT = 2
 DIFFICULTY = "curv_contour_length_14"
-RESOLUTION = {"pathfinder": 32, "pathx": 128}
 PIXELS = ("centered", "unit")
 SPLIT = ("stratified", "reference")
 

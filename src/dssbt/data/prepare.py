@@ -17,12 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import tasks
 from .download import extract_task
 from .prepared import save_prepared
 
-LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
-EMBEDDED_TASKS = ("listops", "pathfinder", "image")
 SOURCES = ("lra", "embedded")
+
+
+def __getattr__(name: str):
+    """``LRA_TASKS`` (every registered task) and ``EMBEDDED_TASKS`` (those with a generator), read from the task
+    registry (:mod:`dssbt.data.tasks`) when asked for, so that a task registered at run time is listed too."""
+    if name == "LRA_TASKS":
+        return tasks.names()
+    if name == "EMBEDDED_TASKS":
+        return tasks.embedded()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_extract_dir(task: str, archive: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -46,22 +55,9 @@ def resolve_input(task: str, path: str | os.PathLike, extract_dir: str | os.Path
 
 
 def read_task(task: str, folder: str | os.PathLike, **opts: Any):
-    """Run the reader of ``task`` on ``folder``; returns (splits, meta). ``opts`` go to the reader."""
-    if task == "listops":
-        from .listops import prepare_listops as reader
-    elif task == "text":
-        from .text import prepare_text as reader
-    elif task == "retrieval":
-        from .retrieval import prepare_retrieval as reader
-    elif task == "image":
-        from .image import prepare_image as reader
-    elif task in ("pathfinder", "pathx"):
-        from .pathfinder import RESOLUTION, prepare_pathfinder
-
-        return prepare_pathfinder(folder, resolution=RESOLUTION[task], task=task, **opts)
-    else:
-        raise ValueError(f"unknown task {task!r}; choose one of {LRA_TASKS}")
-    return reader(folder, **opts)
+    """Run the reader of ``task`` (:mod:`dssbt.data.tasks`) on ``folder``; returns (splits, meta). ``opts`` go to
+    the reader."""
+    return tasks.get(task).reader(folder, **opts)
 
 
 def prepare_task(task: str, source: str, input: str | os.PathLike, out: str | os.PathLike, *,
@@ -70,14 +66,14 @@ def prepare_task(task: str, source: str, input: str | os.PathLike, out: str | os
 
     ``opts`` are the reader's settings (e.g. ``l_max``, ``min_count``, ``val_size``, ``seed``, and the S4
     reference's conventions ``eos``, ``normalise``, ``split``, ``pixels``); None values are dropped so the
-    reader's defaults apply. For the embedded image task ``val_size`` defaults to the generator's.
+    reader's defaults apply. Keys of generator.json that the task's generator names in ``reader_defaults`` are
+    defaults too (the embedded image task: ``val_size``, the generator's).
     """
-    if task not in LRA_TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {LRA_TASKS}")
+    spec = tasks.get(task)
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
-    if source == "embedded" and task not in EMBEDDED_TASKS:
-        raise ValueError(f"task {task!r} has no embedded source (embedded tasks: {EMBEDDED_TASKS}); use source lra")
+    if source == "embedded" and spec.generator is None:
+        raise ValueError(f"task {task!r} has no embedded source (embedded tasks: {tasks.embedded()}); use source lra")
     opts = {k: v for k, v in opts.items() if v is not None}
     t0 = time.perf_counter()
     if source == "embedded":
@@ -93,11 +89,12 @@ def prepare_task(task: str, source: str, input: str | os.PathLike, out: str | os
         generator = json.loads(gen_file.read_text())
         if generator.get("task") != task:
             raise ValueError(f"{gen_file}: generated for task {generator.get('task')!r}, not {task!r}")
-        if task == "image" and "val_size" not in opts and "val_size" in generator:
-            opts["val_size"] = int(generator["val_size"])
+        for key in spec.generator.reader_defaults if spec.generator is not None else ():
+            if key not in opts and key in generator:  # e.g. image: the generator's val_size
+                opts[key] = generator[key]
     elif source == "embedded":
         raise ValueError(f"{folder}: no generator.json; not a folder written by `dssbt generate {task}`")
-    splits, meta = read_task(task, folder, **opts)
+    splits, meta = spec.reader(folder, **opts)
     meta = {**meta, "source": source, "input": str(Path(input).resolve()), "options": opts}
     if generator is not None:
         meta["generator"] = generator

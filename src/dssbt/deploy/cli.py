@@ -38,7 +38,8 @@ def cmd_measure(args: argparse.Namespace) -> None:
 
     model, meta = load_model(args.model)
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    row = measure(model, args.onnx, load_split(args.data, "test"), metrics, args.subset, args.steps, args.repeats)
+    test = load_split(args.data, "test", l_max=meta.get("l_max"))  # checked against meta.json and the model
+    row = measure(model, args.onnx, test, metrics, args.subset, args.steps, args.repeats)
     row.update(
         model=str(args.model),
         onnx=str(args.onnx),

@@ -168,6 +168,14 @@ def _classes(task_meta: dict[str, Any] | None, d_output: int) -> list[str]:
     return [str(k) for k in range(d_output)]
 
 
+def _tokenizer(task: str | None) -> str:
+    """How raw input of a token task is split (dssbt.deploy.predict): the task's in the registry, else whitespace."""
+    from ..data.tasks import TASKS
+
+    spec = TASKS.get(task) if task else None
+    return (spec.tokenizer if spec is not None else None) or "whitespace"
+
+
 def describe(model: S4Model, p: StepParams, ckpt_meta: dict[str, Any], task_meta: dict[str, Any] | None) -> dict:
     """The JSON description of an exported step (see the module docstring)."""
     cfg = model.cfg
@@ -193,7 +201,7 @@ def describe(model: S4Model, p: StepParams, ckpt_meta: dict[str, Any], task_meta
         }
         if task_meta is not None:
             enc["vocab"] = task_meta.get("vocab")
-            enc["tokenizer"] = {"listops": "listops", "text": "characters"}.get(task, "whitespace")
+            enc["tokenizer"] = _tokenizer(task)
             # the task cuts every sequence at this many tokens (text: the cut before the longest length)
             enc["cut"] = (task_meta.get("preprocessing") or {}).get("cut") or task_meta.get("l_max")
     else:
