@@ -28,11 +28,19 @@ def _threads(p: argparse.ArgumentParser) -> None:
 
 # -------------------------------------------------------------------------------------------------------- commands
 
+
 def cmd_download(args: argparse.Namespace) -> None:
     from .download import download_archive
 
-    download_archive(args.archive, args.out, url=args.url, sha256=args.sha256, retries=args.retries,
-                     timeout=args.timeout, progress=not args.quiet)
+    download_archive(
+        args.archive,
+        args.out,
+        url=args.url,
+        sha256=args.sha256,
+        retries=args.retries,
+        timeout=args.timeout,
+        progress=not args.quiet,
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -41,8 +49,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if generator is None:  # argparse restricts the choices
         raise ValueError(f"no generator for task {args.task!r}")
     info = generator.from_args(args)
-    print(f"generated {args.task} (seed {args.seed}) into {args.out}: sizes {info['sizes']}, "
-          f"label counts {info['label_counts']} ({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"generated {args.task} (seed {args.seed}) into {args.out}: sizes {info['sizes']}, "
+        f"label counts {info['label_counts']} ({time.perf_counter() - t0:.1f} s)"
+    )
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -68,18 +78,25 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------------------------------------- parsers
 
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``download``, ``generate`` and ``prepare`` on the ``dssbt`` subparsers."""
     # download
-    p = sub.add_parser("download", help="download one LRA source archive (resumable, verified, atomic)",
-                       description="Download an archive to data/raw (or --out). Sources: lra = lra_release.gz "
-                                   "(ListOps, Retrieval, Pathfinder, Path-X), imdb = aclImdb_v1.tar.gz (Text), "
-                                   "cifar10 = cifar-10-python.tar.gz (Image). A present, valid file is kept.")
+    p = sub.add_parser(
+        "download",
+        help="download one LRA source archive (resumable, verified, atomic)",
+        description="Download an archive to data/raw (or --out). Sources: lra = lra_release.gz "
+        "(ListOps, Retrieval, Pathfinder, Path-X), imdb = aclImdb_v1.tar.gz (Text), "
+        "cifar10 = cifar-10-python.tar.gz (Image). A present, valid file is kept.",
+    )
     p.add_argument("archive", choices=sorted(ARCHIVES), help="which archive")
     p.add_argument("--out", default=None, help="file to write (default: data/raw/<official file name>)")
     p.add_argument("--url", default=None, help="mirror URL (http(s):// or file://) instead of the official one")
-    p.add_argument("--sha256", default=None, help="expected SHA-256 (else the official checks and any hash "
-                                                  "recorded in <out>.sha256 by an earlier download)")
+    p.add_argument(
+        "--sha256",
+        default=None,
+        help="expected SHA-256 (else the official checks and any hash recorded in <out>.sha256 by an earlier download)",
+    )
     p.add_argument("--retries", type=int, default=5, help="resumes after a broken connection (default 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -87,9 +104,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_download)
 
     # extract
-    p = sub.add_parser("extract", help="extract the members of several tasks from one archive in a single pass",
-                       description="Read the archive once and write each task's members to OUT/<task> (a folder "
-                                   "`dssbt prepare --input` takes). A complete OUT/<task> (with .complete) is kept.")
+    p = sub.add_parser(
+        "extract",
+        help="extract the members of several tasks from one archive in a single pass",
+        description="Read the archive once and write each task's members to OUT/<task> (a folder "
+        "`dssbt prepare --input` takes). A complete OUT/<task> (with .complete) is kept.",
+    )
     p.add_argument("--input", required=True, help="the archive, e.g. lra_release.gz")
     p.add_argument("--tasks", nargs="+", required=True, choices=sorted(tasks.names()), help="tasks to extract")
     p.add_argument("--out", required=True, help="folder; task t goes to OUT/t")
@@ -124,13 +144,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     psub = p.add_subparsers(dest="task", required=True)
     for name, task in tasks.TASKS.items():
         q = psub.add_parser(name, help=task.help)
-        q.add_argument("--source", required=True, choices=["lra", "embedded"] if task.generator else ["lra"],
-                       help="lra: the real data; embedded: a folder written by `dssbt generate`")
+        q.add_argument(
+            "--source",
+            required=True,
+            choices=["lra", "embedded"] if task.generator else ["lra"],
+            help="lra: the real data; embedded: a folder written by `dssbt generate`",
+        )
         q.add_argument("--input", required=True, help=f"folder, or (lra) the archive {task.archive.filename}")
         q.add_argument("--out", required=True, help="prepared folder to write (train/val/test.npz, meta.json)")
-        q.add_argument("--extract-dir", default=None,
-                       help="where to extract an archive (default: <archive>.extracted/<task> beside it, or "
-                            "beside --out if the archive's folder is read-only)")
+        q.add_argument(
+            "--extract-dir",
+            default=None,
+            help="where to extract an archive (default: <archive>.extracted/<task> beside it, or "
+            "beside --out if the archive's folder is read-only)",
+        )
         _threads(q)
         q.set_defaults(func=cmd_prepare)
         task.flags(q)  # the reader's options

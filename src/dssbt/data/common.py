@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -184,8 +184,15 @@ class Encoder:
         return np.array([self.index.get(t, 1) for t in doc], dtype=np.int64)
 
 
-def encode_into(examples: Iterable[Sequence[str | Sequence[str]]], n: int, n_docs: int, L: int,
-                vocab: Sequence[str], eos: bool = False, what: str = "input") -> tuple[np.ndarray, np.ndarray]:
+def encode_into(
+    examples: Iterable[Sequence[str | Sequence[str]]],
+    n: int,
+    n_docs: int,
+    L: int,
+    vocab: Sequence[str],
+    eos: bool = False,
+    what: str = "input",
+) -> tuple[np.ndarray, np.ndarray]:
     """Encode ``n`` examples of ``n_docs`` documents each (already cut) straight into compact arrays.
 
     Returns (ids, lengths): ids in the smallest unsigned type holding ``len(vocab) - 1``, (n, L) for one
@@ -229,8 +236,9 @@ def majority_baseline(train_labels: np.ndarray, test_labels: np.ndarray, d_outpu
     return float(np.mean(np.asarray(test_labels) == top))
 
 
-def stratified_split(labels: np.ndarray, sizes: dict[str, int], seed: int, rest: str = "train"
-                     ) -> dict[str, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, sizes: dict[str, int], seed: int, rest: str = "train"
+) -> dict[str, np.ndarray]:
     """Split example indices into ``sizes`` (name -> count) plus ``rest`` (everything left), by class.
 
     Each class contributes to each named split in proportion to its frequency (largest remainders fill the
@@ -253,10 +261,10 @@ def stratified_split(labels: np.ndarray, sizes: dict[str, int], seed: int, rest:
         for c, k in zip(classes, alloc):
             c = int(c)
             k = min(int(k), len(pools[c]) - taken[c])
-            out[name].append(pools[c][taken[c]: taken[c] + k])
+            out[name].append(pools[c][taken[c] : taken[c] + k])
             taken[c] += k
     for c in pools:
-        out[rest].append(pools[c][taken[c]:])
+        out[rest].append(pools[c][taken[c] :])
     return {name: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64) for name, parts in out.items()}
 
 

@@ -20,10 +20,10 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Callable
 
 from ..io import atomic_path
 
@@ -44,10 +44,20 @@ class Archive:
 ARCHIVES: dict[str, Archive] = {
     # The LRA release: a tar despite the .gz name (tarfile detects the compression); ~7.7 GB; no official hash.
     "lra": Archive("lra", "lra_release.gz", "https://storage.googleapis.com/long-range-arena/lra_release.gz"),
-    "imdb": Archive("imdb", "aclImdb_v1.tar.gz", "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-                    size=84_125_825, md5="7c2ac02c03563afcf9b574c7e56c153a"),
-    "cifar10": Archive("cifar10", "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                       size=170_498_071, md5="c58f30108f718f92721af3b95e74349a"),
+    "imdb": Archive(
+        "imdb",
+        "aclImdb_v1.tar.gz",
+        "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+        size=84_125_825,
+        md5="7c2ac02c03563afcf9b574c7e56c153a",
+    ),
+    "cifar10": Archive(
+        "cifar10",
+        "cifar-10-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        size=170_498_071,
+        md5="c58f30108f718f92721af3b95e74349a",
+    ),
 }
 
 CHUNK = 1 << 20
@@ -68,6 +78,7 @@ class DownloadError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------- hashes
+
 
 def file_hashes(path: str | os.PathLike) -> tuple[int, str, str]:
     """(size in bytes, MD5 hex, SHA-256 hex) of a file, read once."""
@@ -97,8 +108,15 @@ def recorded_sha256(path: str | os.PathLike) -> str | None:
     return text[0]
 
 
-def verify(path: str | os.PathLike, *, size: int | None = None, md5: str | None = None,
-           sha256: str | None = None, recorded: str | None = None, what: str | None = None) -> str:
+def verify(
+    path: str | os.PathLike,
+    *,
+    size: int | None = None,
+    md5: str | None = None,
+    sha256: str | None = None,
+    recorded: str | None = None,
+    what: str | None = None,
+) -> str:
     """Check size, MD5 and SHA-256 of ``path`` (each where given; ``recorded``, or else the SHA-256 recorded
     beside ``path``, is checked too).
 
@@ -129,6 +147,7 @@ def record_sha256(path: str | os.PathLike, digest: str) -> None:
 
 # --------------------------------------------------------------------------------------------------------- download
 
+
 def _open(url: str, offset: int, timeout: float):
     req = urllib.request.Request(url, headers={"User-Agent": "dssbt", "Accept-Encoding": "identity"})
     if offset > 0:
@@ -156,8 +175,10 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool, desc: str)
         if offset > 0 and status == 206:
             m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
             if not m or int(m.group(1)) != offset:
-                raise DownloadError(f"{url}: server answered range {resp.headers.get('Content-Range')!r} "
-                                    f"to a request from byte {offset}")
+                raise DownloadError(
+                    f"{url}: server answered range {resp.headers.get('Content-Range')!r} "
+                    f"to a request from byte {offset}"
+                )
             total = None if m.group(3) == "*" else int(m.group(3))
             mode = "ab"
         else:  # the server ignored the Range header (or none was sent): start over
@@ -189,9 +210,19 @@ class _RangeNotSatisfiable(Exception):
     pass
 
 
-def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5: str | None = None,
-             sha256: str | None = None, retries: int = 5, backoff: float = 2.0, timeout: float = 60.0,
-             progress: bool = True, log: Callable[[str], None] | None = print) -> Path:
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    size: int | None = None,
+    md5: str | None = None,
+    sha256: str | None = None,
+    retries: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Path:
     """Download ``url`` to ``dest`` (resuming, verified, atomic); returns ``dest``.
 
     - ``dest`` present and valid: nothing is fetched. Present but invalid: DownloadError (remove it by hand;
@@ -227,9 +258,11 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5:
         except RETRYABLE as e:
             attempt += 1
             if attempt > retries:
-                raise DownloadError(f"{url}: download failed after {retries} retries ({e}); "
-                                    f"{part.stat().st_size if part.exists() else 0:,} bytes kept in {part}, "
-                                    f"run again to resume") from None
+                raise DownloadError(
+                    f"{url}: download failed after {retries} retries ({e}); "
+                    f"{part.stat().st_size if part.exists() else 0:,} bytes kept in {part}, "
+                    f"run again to resume"
+                ) from None
             have = part.stat().st_size if part.exists() else 0
             say(f"{url}: {e}; resuming from byte {have:,} (retry {attempt}/{retries})")
             time.sleep(backoff * attempt)
@@ -244,8 +277,9 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5:
     return dest
 
 
-def download_archive(name: str, dest: str | os.PathLike | None = None, *, url: str | None = None,
-                     sha256: str | None = None, **kw) -> Path:
+def download_archive(
+    name: str, dest: str | os.PathLike | None = None, *, url: str | None = None, sha256: str | None = None, **kw
+) -> Path:
     """Download one of :data:`ARCHIVES` (``lra``, ``imdb``, ``cifar10``); ``url`` overrides with a mirror."""
     if name not in ARCHIVES:
         raise ValueError(f"unknown archive {name!r}; choose one of {sorted(ARCHIVES)}")
@@ -256,13 +290,14 @@ def download_archive(name: str, dest: str | os.PathLike | None = None, *, url: s
 
 # ------------------------------------------------------------------------------------------------------- extraction
 
+
 def _parts(name: str) -> list[str]:
     return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
 
 
 def _has_run(parts: list[str], run: tuple[str, ...]) -> bool:
     k = len(run)
-    return any(tuple(parts[i: i + k]) == run for i in range(len(parts) - k + 1))
+    return any(tuple(parts[i : i + k]) == run for i in range(len(parts) - k + 1))
 
 
 def member_selector(task: str) -> Callable[[str], bool]:
@@ -340,8 +375,9 @@ def extract_tasks(archive: str | os.PathLike, dests: dict[str, str | os.PathLike
         for tmp in tmps.values():
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)):
-            raise ValueError(f"{archive}: truncated or corrupt archive, extraction failed "
-                             f"({type(e).__name__}: {e})") from None
+            raise ValueError(
+                f"{archive}: truncated or corrupt archive, extraction failed ({type(e).__name__}: {e})"
+            ) from None
         raise
     if log:
         for task, n in counts.items():

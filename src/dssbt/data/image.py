@@ -47,10 +47,13 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     # ndarray's own pickling names its reconstructor (numpy.core.multiarray._reconstruct before numpy 2,
     # numpy._core.multiarray._reconstruct from 2.0): take the function from there, on any numpy version.
     reconstruct = np.zeros(0).__reduce__()[0]
-    return {("numpy.core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-            ("_codecs", "encode"): __import__("codecs").encode}
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): __import__("codecs").encode,
+    }
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -75,9 +78,9 @@ def load_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise DataError(path, f"expected a dict with b'data' and b'labels', got {keys}")
     data, labels = obj[b"data"], obj[b"labels"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * SIDE ** 2:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * SIDE**2:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(path, f"b'data' must be uint8 (n, {3 * SIDE ** 2}), got {desc}")
+        raise DataError(path, f"b'data' must be uint8 (n, {3 * SIDE**2}), got {desc}")
     try:
         labels = np.asarray(labels)
         bad = labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer)
@@ -97,8 +100,8 @@ def grayscale(data: np.ndarray) -> np.ndarray:
     """uint8 (n, 3072) RGB planes -> uint8 (n, 1024) luma, exactly as PIL's ``convert("L")``."""
     out = np.empty((len(data), SIDE * SIDE), dtype=np.uint8)  # (n, 1024)
     for i in range(0, len(data), 1024):  # in chunks: bounded temporaries (uint32 suffices: < 2**24 + 2**15)
-        rgb = data[i: i + 1024].reshape(-1, 3, SIDE * SIDE).astype(np.uint32)  # (b, 3, 1024)
-        out[i: i + 1024] = (19595 * rgb[:, 0] + 38470 * rgb[:, 1] + 7471 * rgb[:, 2] + 32768) >> 16
+        rgb = data[i : i + 1024].reshape(-1, 3, SIDE * SIDE).astype(np.uint32)  # (b, 3, 1024)
+        out[i : i + 1024] = (19595 * rgb[:, 0] + 38470 * rgb[:, 1] + 7471 * rgb[:, 2] + 32768) >> 16
     return out
 
 
@@ -126,8 +129,9 @@ def reference_normalise(values: np.ndarray) -> np.ndarray:
     return (x - np.float32(REFERENCE_MEAN)) / np.float32(REFERENCE_STD)
 
 
-def prepare_image(root: str | os.PathLike, *, val_size: int = 5000, seed: int = 0, normalise: str = "train",
-                  split: str = "stratified") -> tuple[dict[str, Split], dict[str, Any]]:
+def prepare_image(
+    root: str | os.PathLike, *, val_size: int = 5000, seed: int = 0, normalise: str = "train", split: str = "stratified"
+) -> tuple[dict[str, Split], dict[str, Any]]:
     """Read CIFAR-10 batches under ``root``; returns (splits, meta): inputs uint8 codes (n, 1024) with ``table``
     (float32 (256,), the normalised value of each code), lengths all 1024, labels int64 (n,)."""
     if normalise not in NORMALISE:
@@ -137,8 +141,9 @@ def prepare_image(root: str | os.PathLike, *, val_size: int = 5000, seed: int = 
     raw = read_cifar(root)
     g_all, y_all = raw["train"]  # uint8 (50000, 1024) grayscale
     if not 0 < val_size < len(y_all):
-        raise ValueError(f"val_size must be in 1..{len(y_all) - 1} (the training batches hold {len(y_all)}), "
-                         f"got {val_size}")
+        raise ValueError(
+            f"val_size must be in 1..{len(y_all) - 1} (the training batches hold {len(y_all)}), got {val_size}"
+        )
     if split == "reference":
         idx = random_split(len(y_all), {"train": len(y_all) - val_size, "val": val_size}, seed)
     else:
@@ -159,18 +164,33 @@ def prepare_image(root: str | os.PathLike, *, val_size: int = 5000, seed: int = 
     splits = {}
     for s, g in gray.items():  # codes in place of the pixels: the float32 split is never built
         table = code_table(pixel_codes_inplace(g), f)
-        splits[s] = Split(inputs=g, lengths=np.full(len(g), SIDE * SIDE, dtype=np.int64), labels=labels[s],
-                          table=table)
-    val_text = (f"{val_size} of the training batches, class-stratified, seed {seed}" if split == "stratified" else
-                f"torch random_split of the training batches into ({len(y_all) - val_size}, {val_size}), "
-                f"generator seed {seed}, unstratified (S4 reference)")
-    norm_text = ("(x/255 - mean)/std with train-split pixel statistics" if normalise == "train" else
-                 "(x/255 - 122.6/255)/(61.0/255) in float32, the S4 reference's fixed constants")
+        splits[s] = Split(inputs=g, lengths=np.full(len(g), SIDE * SIDE, dtype=np.int64), labels=labels[s], table=table)
+    val_text = (
+        f"{val_size} of the training batches, class-stratified, seed {seed}"
+        if split == "stratified"
+        else f"torch random_split of the training batches into ({len(y_all) - val_size}, {val_size}), "
+        f"generator seed {seed}, unstratified (S4 reference)"
+    )
+    norm_text = (
+        "(x/255 - mean)/std with train-split pixel statistics"
+        if normalise == "train"
+        else "(x/255 - 122.6/255)/(61.0/255) in float32, the S4 reference's fixed constants"
+    )
     meta = {
-        "task": "image", "encoder": "linear", "d_input": 1, "d_output": D_OUTPUT, "l_max": SIDE * SIDE,
-        "dual": False, "vocab": None, "normalisation": {"mean": mean, "std": std, "scale": 255.0},
-        "preprocessing": {"grayscale": "PIL ITU-R 601-2 luma (19595R+38470G+7471B+32768)>>16",
-                          "normalise": norm_text, "order": "row-major", "val": val_text},
+        "task": "image",
+        "encoder": "linear",
+        "d_input": 1,
+        "d_output": D_OUTPUT,
+        "l_max": SIDE * SIDE,
+        "dual": False,
+        "vocab": None,
+        "normalisation": {"mean": mean, "std": std, "scale": 255.0},
+        "preprocessing": {
+            "grayscale": "PIL ITU-R 601-2 luma (19595R+38470G+7471B+32768)>>16",
+            "normalise": norm_text,
+            "order": "row-major",
+            "val": val_text,
+        },
         **split_stats(splits, D_OUTPUT),
     }
     return splits, meta

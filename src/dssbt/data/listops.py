@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -64,8 +65,9 @@ def read_tsv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     return [s for s, _ in rows], np.array([y for _, y in rows], dtype=np.int64)
 
 
-def prepare_listops(root: str | os.PathLike, *, l_max: int = 2048, eos: bool = False
-                    ) -> tuple[dict[str, Split], dict[str, Any]]:
+def prepare_listops(
+    root: str | os.PathLike, *, l_max: int = 2048, eos: bool = False
+) -> tuple[dict[str, Split], dict[str, Any]]:
     """Read the three files found under ``root`` and encode them.
 
     Returns (splits, meta): inputs (n, L) ids in the smallest unsigned type, L = the longest sequence (with its
@@ -93,14 +95,26 @@ def prepare_listops(root: str | os.PathLike, *, l_max: int = 2048, eos: bool = F
         docs = ((tokenize(source)[:keep],) for source, _ in iter_tsv(paths[s]))
         ids, lengths = encode_into(docs, len(labels[s]), 1, L, vocab, eos, what=str(paths[s]))
         splits[s] = Split(inputs=ids, lengths=lengths, labels=labels[s])
-    pre = {"tokenizer": "']'->'X', parentheses dropped, whitespace split", "vocab": "train split, "
-           "by decreasing count then token", "cut": int(l_max), "bos_eos": False}
+    pre = {
+        "tokenizer": "']'->'X', parentheses dropped, whitespace split",
+        "vocab": "train split, by decreasing count then token",
+        "cut": int(l_max),
+        "bos_eos": False,
+    }
     if eos:
-        pre.update(bos_eos="eos", cut=int(keep), eos="<eos> (id 2) appended after the tokens cut at l_max - 1, "
-                   "as the S4 reference (append_eos)")
+        pre.update(
+            bos_eos="eos",
+            cut=int(keep),
+            eos="<eos> (id 2) appended after the tokens cut at l_max - 1, as the S4 reference (append_eos)",
+        )
     meta = {
-        "task": "listops", "encoder": "embedding", "d_input": len(vocab), "d_output": D_OUTPUT, "l_max": int(L),
-        "dual": False, "vocab": vocab,
+        "task": "listops",
+        "encoder": "embedding",
+        "d_input": len(vocab),
+        "d_output": D_OUTPUT,
+        "l_max": int(L),
+        "dual": False,
+        "vocab": vocab,
         "files": {s: str(Path(paths[s]).resolve()) for s in SPLITS},
         "preprocessing": pre,
         **split_stats(splits, D_OUTPUT),

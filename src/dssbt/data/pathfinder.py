@@ -81,8 +81,9 @@ def read_metadata(contour_dir: str | os.PathLike) -> list[tuple[Path, int, Path,
             if not fields:
                 continue
             if len(fields) < 4:
-                raise DataError(mfile, f"expected at least 4 fields (folder, file, index, label), got {len(fields)}",
-                                no)
+                raise DataError(
+                    mfile, f"expected at least 4 fields (folder, file, index, label), got {len(fields)}", no
+                )
             if fields[3] not in ("0", "1"):
                 raise DataError(mfile, f"label {fields[3]!r} is not 0 or 1", no)
             image = contour_dir / fields[0] / fields[1]
@@ -103,22 +104,32 @@ def load_png(path: Path, resolution: int, mfile: str | os.PathLike, line: int) -
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(mfile, f"image {path} is unreadable ({type(e).__name__}: {e})", line) from None
     if gray.shape != (resolution, resolution):
-        raise DataError(mfile, f"image {path} is {gray.shape[1]}x{gray.shape[0]}, expected "
-                               f"{resolution}x{resolution}", line)
+        raise DataError(
+            mfile, f"image {path} is {gray.shape[1]}x{gray.shape[0]}, expected {resolution}x{resolution}", line
+        )
     return gray
 
 
-def prepare_pathfinder(root: str | os.PathLike, *, resolution: int = 32, seed: int = 0, val_fraction: float = 0.1,
-                       test_fraction: float = 0.1, task: str | None = None, pixels: str = "centered",
-                       split: str = "stratified") -> tuple[dict[str, Split], dict[str, Any]]:
+def prepare_pathfinder(
+    root: str | os.PathLike,
+    *,
+    resolution: int = 32,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    task: str | None = None,
+    pixels: str = "centered",
+    split: str = "stratified",
+) -> tuple[dict[str, Split], dict[str, Any]]:
     """Read ``pathfinder<res>/curv_contour_length_14`` under ``root``; returns (splits, meta).
 
     inputs uint8 codes (n, res*res) with ``table`` (float32 (256,): the value of each code, in [-1, 1] or [0, 1]),
     lengths all res*res, labels int64 (n,).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
-                         f"with a sum below 1")
+        raise ValueError(
+            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) with a sum below 1"
+        )
     if pixels not in PIXELS:
         raise ValueError(f"pixels must be one of {PIXELS}, got {pixels!r}")
     if split not in SPLIT:
@@ -142,20 +153,33 @@ def prepare_pathfinder(root: str | os.PathLike, *, resolution: int = 32, seed: i
         splits[s] = Split(inputs=x, lengths=np.full(len(x), L, dtype=np.int64), labels=labels[idx[s]], table=table)
     task = task or ("pathfinder" if resolution == 32 else "pathx" if resolution == 128 else f"pathfinder{resolution}")
     if split == "reference":
-        split_text = (f"torch random_split into [train, val int({val_fraction:g} n), test int({test_fraction:g} n)], "
-                      f"generator seed {seed}, unstratified (S4 reference)")
+        split_text = (
+            f"torch random_split into [train, val int({val_fraction:g} n), test int({test_fraction:g} n)], "
+            f"generator seed {seed}, unstratified (S4 reference)"
+        )
     else:
-        split_text = (f"val int({val_fraction:g} n), test int({test_fraction:g} n), train the rest; "
-                      f"class-stratified, seed {seed}")
+        split_text = (
+            f"val int({val_fraction:g} n), test int({test_fraction:g} n), train the rest; class-stratified, seed {seed}"
+        )
     mean, std = (0.5, 0.5) if pixels == "centered" else (0.0, 1.0)
     meta = {
-        "task": task, "encoder": "linear", "d_input": 1, "d_output": D_OUTPUT, "l_max": L, "dual": False,
-        "vocab": None, "resolution": resolution, "files": str(contour.resolve()),
+        "task": task,
+        "encoder": "linear",
+        "d_input": 1,
+        "d_output": D_OUTPUT,
+        "l_max": L,
+        "dual": False,
+        "vocab": None,
+        "resolution": resolution,
+        "files": str(contour.resolve()),
         "normalisation": {"mean": mean, "std": std, "scale": 255.0},
-        "preprocessing": {"grayscale": "PIL convert('L')",
-                          "normalise": "(x/255 - 0.5)/0.5" if pixels == "centered" else "x/255 (S4 center: False)",
-                          "order": "row-major", "split": split_text,
-                          "index": "position in metadata order (files by number, then lines)"},
+        "preprocessing": {
+            "grayscale": "PIL convert('L')",
+            "normalise": "(x/255 - 0.5)/0.5" if pixels == "centered" else "x/255 (S4 center: False)",
+            "order": "row-major",
+            "split": split_text,
+            "index": "position in metadata order (files by number, then lines)",
+        },
         **split_stats(splits, D_OUTPUT),
     }
     return splits, meta

@@ -42,8 +42,13 @@ def default_extract_dir(task: str, archive: str | os.PathLike, out: str | os.Pat
     return beside / f"{archive.name}.extracted" / task
 
 
-def resolve_input(task: str, path: str | os.PathLike, extract_dir: str | os.PathLike | None = None,
-                  out: str | os.PathLike = ".", log=print) -> Path:
+def resolve_input(
+    task: str,
+    path: str | os.PathLike,
+    extract_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike = ".",
+    log=print,
+) -> Path:
     """A folder to read ``task`` from: ``path`` itself if it is a folder, else the extracted archive."""
     path = Path(path)
     if path.is_dir():
@@ -60,8 +65,16 @@ def read_task(task: str, folder: str | os.PathLike, **opts: Any):
     return tasks.get(task).reader(folder, **opts)
 
 
-def prepare_task(task: str, source: str, input: str | os.PathLike, out: str | os.PathLike, *,
-                 extract_dir: str | os.PathLike | None = None, log=print, **opts: Any) -> dict[str, Any]:
+def prepare_task(
+    task: str,
+    source: str,
+    input: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    extract_dir: str | os.PathLike | None = None,
+    log=print,
+    **opts: Any,
+) -> dict[str, Any]:
     """Prepare ``task`` from ``input`` into the folder ``out``; returns the metadata written to meta.json.
 
     ``opts`` are the reader's settings (e.g. ``l_max``, ``min_count``, ``val_size``, ``seed``, and the S4
@@ -79,8 +92,9 @@ def prepare_task(task: str, source: str, input: str | os.PathLike, out: str | os
     if source == "embedded":
         folder = Path(input)
         if not folder.is_dir():
-            raise ValueError(f"{folder}: not a folder; generate the embedded data first "
-                             f"(dssbt generate {task} --out {folder})")
+            raise ValueError(
+                f"{folder}: not a folder; generate the embedded data first (dssbt generate {task} --out {folder})"
+            )
     else:
         folder = resolve_input(task, input, extract_dir, out=out, log=log)
     generator = None
@@ -102,6 +116,8 @@ def prepare_task(task: str, source: str, input: str | os.PathLike, out: str | os
     meta["sizes"] = {k: len(v) for k, v in splits.items()}
     if log:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-        log(f"prepared {task} ({source}) from {input} into {out}: {sizes}; L={meta['l_max']}, "
-            f"d_input={meta['d_input']}, d_output={meta['d_output']} ({time.perf_counter() - t0:.1f} s)")
+        log(
+            f"prepared {task} ({source}) from {input} into {out}: {sizes}; L={meta['l_max']}, "
+            f"d_input={meta['d_input']}, d_output={meta['d_output']} ({time.perf_counter() - t0:.1f} s)"
+        )
     return meta

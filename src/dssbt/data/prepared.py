@@ -59,10 +59,13 @@ class Split:
             return self.table[x]  # (b, L) float32
         return x if x.dtype.kind == "f" else x.astype(np.int64)
 
-    def decoded(self) -> "Split":
+    def decoded(self) -> Split:
         """The whole split in the form a reader produces (int64 ids or float32 pixels, int64 lengths and labels)."""
-        return Split(inputs=self.batch_inputs(np.arange(len(self))), lengths=self.lengths.astype(np.int64),
-                     labels=self.labels.astype(np.int64))
+        return Split(
+            inputs=self.batch_inputs(np.arange(len(self))),
+            lengths=self.lengths.astype(np.int64),
+            labels=self.labels.astype(np.int64),
+        )
 
 
 def smallest_uint_dtype(top: int) -> type:
@@ -190,8 +193,14 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))[0])
 
 
-def check_split(s: Split, meta: dict[str, Any], path: str | os.PathLike, split: str | None = None,
-                l_max: int | None = None, dtypes: dict[str, np.dtype] | None = None) -> None:
+def check_split(
+    s: Split,
+    meta: dict[str, Any],
+    path: str | os.PathLike,
+    split: str | None = None,
+    l_max: int | None = None,
+    dtypes: dict[str, np.dtype] | None = None,
+) -> None:
     """Refuse a split that a model could not take as its meta.json describes it: PreparedDataError naming ``path``,
     the key and the first bad value. Vectorised (a few min/max passes over the arrays). Only what meta.json states
     is checked (a meta without d_output has no label range).
@@ -201,6 +210,7 @@ def check_split(s: Split, meta: dict[str, Any], path: str | os.PathLike, split: 
     a (256,) table for pixel tasks), labels in [0, d_output), lengths in [0, min(L, l_max)] with l_max meta's and,
     where given, the model's ``l_max``, L <= l_max, token ids in [0, d_input).
     """
+
     def bad(key: str, message: str) -> PreparedDataError:
         return PreparedDataError(f"{path}: {key}: {message}")
 
@@ -213,8 +223,11 @@ def check_split(s: Split, meta: dict[str, Any], path: str | os.PathLike, split: 
         raise bad("labels", f"shape {s.labels.shape}, expected (n,)")
     form_ok = two if dual else s.inputs.ndim == 2 if dual is not None else two or s.inputs.ndim == 2
     if len(s.inputs) != n or not form_ok:
-        raise bad("inputs", f"shape {s.inputs.shape}, expected {want} with n = {n} (the labels), as meta.json's "
-                            f"dual = {json.dumps(dual)} says")
+        raise bad(
+            "inputs",
+            f"shape {s.inputs.shape}, expected {want} with n = {n} (the labels), as meta.json's "
+            f"dual = {json.dumps(dual)} says",
+        )
     if s.lengths.shape != s.inputs.shape[:-1]:
         raise bad("lengths", f"shape {s.lengths.shape}, expected {s.inputs.shape[:-1]} (one per sequence)")
     size = (meta.get("sizes") or {}).get(split) if split else None
@@ -228,25 +241,35 @@ def check_split(s: Split, meta: dict[str, Any], path: str | os.PathLike, split: 
         raise bad("inputs", f"dtype {dtypes['inputs']}, expected integer token ids (meta.json encoder = embedding)")
     if encoder == "linear":
         if s.table is not None and (dtypes["inputs"] != np.uint8 or s.table.shape != (256,)):
-            raise bad("table", f"uint8 codes with a (256,) table expected, got {dtypes['inputs']} codes and a table "
-                               f"of shape {s.table.shape}")
+            raise bad(
+                "table",
+                f"uint8 codes with a (256,) table expected, got {dtypes['inputs']} codes and a table "
+                f"of shape {s.table.shape}",
+            )
         if s.table is None and dtypes["inputs"].kind != "f":
-            raise bad("inputs", f"dtype {dtypes['inputs']}, expected float pixels or uint8 codes with a table "
-                                f"(meta.json encoder = linear)")
+            raise bad(
+                "inputs",
+                f"dtype {dtypes['inputs']}, expected float pixels or uint8 codes with a table "
+                f"(meta.json encoder = linear)",
+            )
     if n == 0:
         return
     d_output = meta.get("d_output")
     if d_output is not None and (s.labels.min() < 0 or s.labels.max() >= d_output):
         i = _first((s.labels < 0) | (s.labels >= d_output))
         raise bad("labels", f"{int(s.labels[i])} at example {i}, outside [0, {d_output}) (meta.json d_output)")
-    limits = [(int(v), which) for v, which in ((meta.get("l_max"), "meta.json l_max"), (l_max, "the model's l_max"))
-              if v]
+    limits = [
+        (int(v), which) for v, which in ((meta.get("l_max"), "meta.json l_max"), (l_max, "the model's l_max")) if v
+    ]
     limit, which = min(limits) if limits else (s.inputs.shape[-1], "the stored positions")
     longest = int(s.lengths.max())
     if longest > limit or s.lengths.min() < 0:
         i = _first((s.lengths > limit) | (s.lengths < 0))
-        raise bad("lengths", f"{int(s.lengths[i].max() if s.lengths[i].max() > limit else s.lengths[i].min())} at "
-                             f"example {i}, outside [0, {limit}] ({which})")
+        raise bad(
+            "lengths",
+            f"{int(s.lengths[i].max() if s.lengths[i].max() > limit else s.lengths[i].min())} at "
+            f"example {i}, outside [0, {limit}] ({which})",
+        )
     L = s.inputs.shape[-1]
     if L > limit:
         raise bad("inputs", f"{L} positions per sequence, more than {limit} ({which})")
@@ -257,12 +280,15 @@ def check_split(s: Split, meta: dict[str, Any], path: str | os.PathLike, split: 
     if encoder == "embedding" and d_input is not None:
         if s.inputs.max() >= d_input or s.inputs.min() < 0:
             i = _first((s.inputs >= d_input) | (s.inputs < 0))
-            raise bad("inputs", f"token id {int(s.inputs[i].max())} at example {i}, outside [0, {d_input}) "
-                                f"(meta.json d_input)")
+            raise bad(
+                "inputs",
+                f"token id {int(s.inputs[i].max())} at example {i}, outside [0, {d_input}) (meta.json d_input)",
+            )
 
 
-def load_split(folder: str | os.PathLike, split: str, meta: dict[str, Any] | None = None,
-               l_max: int | None = None) -> Split:
+def load_split(
+    folder: str | os.PathLike, split: str, meta: dict[str, Any] | None = None, l_max: int | None = None
+) -> Split:
     """One split of a prepared folder, checked against its meta.json (``meta``, else the folder's meta.json where
     it has one) and, where given, the model's ``l_max`` (:func:`check_split`): a bad file is a PreparedDataError
     naming it, before any training or evaluation starts."""
@@ -275,8 +301,12 @@ def load_split(folder: str | os.PathLike, split: str, meta: dict[str, Any] | Non
             raise PreparedDataError(f"{path}: {missing[0]}: missing (the file holds {sorted(z.files)})")
         inputs, labels, lengths = z["inputs"], z["labels"], z["lengths"]  # each access reads the array: once
         dtypes = {"inputs": inputs.dtype, "lengths": lengths.dtype, "labels": labels.dtype}
-        s = Split(inputs=inputs, lengths=lengths.astype(np.int64), labels=labels.astype(np.int64),
-                  table=z["table"] if "table" in z.files else None)
+        s = Split(
+            inputs=inputs,
+            lengths=lengths.astype(np.int64),
+            labels=labels.astype(np.int64),
+            table=z["table"] if "table" in z.files else None,
+        )
     if meta is None and (Path(folder) / "meta.json").exists():
         meta = load_meta(folder)
     if meta is not None:

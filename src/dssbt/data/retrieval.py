@@ -19,15 +19,22 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from typing import Iterator
-
-from .common import (CharCounter, DataError, encode_into, find_unique, iter_text_lines, keep_length, sorted_vocab,
-                     split_stats)
+from .common import (
+    CharCounter,
+    DataError,
+    encode_into,
+    find_unique,
+    iter_text_lines,
+    keep_length,
+    sorted_vocab,
+    split_stats,
+)
 from .prepared import SPLITS, Split
 
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
@@ -53,8 +60,9 @@ def iter_tsv(path: str | os.PathLike) -> Iterator[tuple[str, str, int]]:
     for no, line in iter_text_lines(path):
         cols = line.split("\t")
         if len(cols) != N_COLUMNS:
-            raise DataError(path, f"expected {N_COLUMNS} tab-separated columns (label, id1, id2, text1, text2), "
-                                  f"got {len(cols)}", no)
+            raise DataError(
+                path, f"expected {N_COLUMNS} tab-separated columns (label, id1, id2, text1, text2), got {len(cols)}", no
+            )
         yield cols[3], cols[4], parse_label(cols[0], path, no)
 
 
@@ -64,8 +72,9 @@ def read_tsv(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]
     return [a for a, _, _ in rows], [b for _, b, _ in rows], np.array([y for _, _, y in rows], dtype=np.int64)
 
 
-def prepare_retrieval(root: str | os.PathLike, *, l_max: int = 4000, min_count: int = 1, eos: bool = False
-                      ) -> tuple[dict[str, Split], dict[str, Any]]:
+def prepare_retrieval(
+    root: str | os.PathLike, *, l_max: int = 4000, min_count: int = 1, eos: bool = False
+) -> tuple[dict[str, Split], dict[str, Any]]:
     """Read the three files found under ``root``; returns (splits, meta): inputs (n, 2, L) ids in the smallest
     unsigned type, L <= l_max (``<eos>`` included), lengths (n, 2), labels int64 (n,)."""
     if l_max < 1:
@@ -91,15 +100,29 @@ def prepare_retrieval(root: str | os.PathLike, *, l_max: int = 4000, min_count: 
         pairs = ((a[:keep], b[:keep]) for a, b, _ in iter_tsv(paths[s]))
         ids, lengths = encode_into(pairs, len(labels[s]), 2, L, vocab, eos, what=str(paths[s]))
         splits[s] = Split(inputs=ids, lengths=lengths, labels=labels[s])  # (n, 2, L), (n, 2)
-    pre = {"tokenizer": "characters", "cut": int(l_max), "min_count": int(min_count),
-           "vocab": "both documents of the train split, by decreasing count then character",
-           "bos_eos": False, "val": "new_aan_pairs.eval.tsv"}
+    pre = {
+        "tokenizer": "characters",
+        "cut": int(l_max),
+        "min_count": int(min_count),
+        "vocab": "both documents of the train split, by decreasing count then character",
+        "bos_eos": False,
+        "val": "new_aan_pairs.eval.tsv",
+    }
     if eos:
-        pre.update(bos_eos="eos", cut=int(keep), eos="<eos> (id 2) appended to each document after its characters "
-                   "cut at l_max - 1, as the S4 reference (append_eos)")
+        pre.update(
+            bos_eos="eos",
+            cut=int(keep),
+            eos="<eos> (id 2) appended to each document after its characters "
+            "cut at l_max - 1, as the S4 reference (append_eos)",
+        )
     meta = {
-        "task": "retrieval", "encoder": "embedding", "d_input": len(vocab), "d_output": D_OUTPUT, "l_max": int(L),
-        "dual": True, "vocab": vocab,
+        "task": "retrieval",
+        "encoder": "embedding",
+        "d_input": len(vocab),
+        "d_output": D_OUTPUT,
+        "l_max": int(L),
+        "dual": True,
+        "vocab": vocab,
         "files": {s: str(Path(paths[s]).resolve()) for s in SPLITS},
         "preprocessing": pre,
         **split_stats(splits, D_OUTPUT),

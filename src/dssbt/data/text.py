@@ -20,8 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from .common import (DataError, char_counts, encode_into, find_unique, keep_length, sorted_vocab, split_stats,
-                     stratified_split)
+from .common import (
+    DataError,
+    char_counts,
+    encode_into,
+    find_unique,
+    keep_length,
+    sorted_vocab,
+    split_stats,
+    stratified_split,
+)
 from .prepared import SPLITS, Split
 
 D_OUTPUT = 2
@@ -42,8 +50,9 @@ def read_folder(split_dir: str | os.PathLike, keep: int | None = None) -> tuple[
             try:
                 texts.append(data.decode("utf-8")[:keep])
             except UnicodeDecodeError as e:
-                raise DataError(p, f"not valid UTF-8 ({e.reason} at byte {e.start})",
-                                data[: e.start].count(b"\n") + 1) from None
+                raise DataError(
+                    p, f"not valid UTF-8 ({e.reason} at byte {e.start})", data[: e.start].count(b"\n") + 1
+                ) from None
             labels.append(y)
             paths.append(p)
     if not texts:
@@ -51,8 +60,15 @@ def read_folder(split_dir: str | os.PathLike, keep: int | None = None) -> tuple[
     return texts, np.array(labels, dtype=np.int64), paths
 
 
-def prepare_text(root: str | os.PathLike, *, l_max: int = 4096, min_count: int = 15, val_fraction: float = 0.0,
-                 seed: int = 0, eos: bool = False) -> tuple[dict[str, Split], dict[str, Any]]:
+def prepare_text(
+    root: str | os.PathLike,
+    *,
+    l_max: int = 4096,
+    min_count: int = 15,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    eos: bool = False,
+) -> tuple[dict[str, Split], dict[str, Any]]:
     """Read ``aclImdb`` found under ``root``; returns (splits, meta) with inputs (n, L) ids in the smallest
     unsigned type, L <= l_max (``<eos>`` included), lengths (n,), labels int64 (n,). The cut reviews are held as
     text (about the size of the ids) and encoded straight into the compact arrays."""
@@ -66,8 +82,10 @@ def prepare_text(root: str | os.PathLike, *, l_max: int = 4096, min_count: int =
     test_texts, test_y, _ = read_folder(base / "test", keep)
     if val_fraction > 0:
         parts = stratified_split(train_y, {"val": int(round(val_fraction * len(train_y)))}, seed)
-        raw = {"train": ([train_texts[i] for i in parts["train"]], train_y[parts["train"]]),
-               "val": ([train_texts[i] for i in parts["val"]], train_y[parts["val"]])}
+        raw = {
+            "train": ([train_texts[i] for i in parts["train"]], train_y[parts["train"]]),
+            "val": ([train_texts[i] for i in parts["val"]], train_y[parts["val"]]),
+        }
     else:
         raw = {"train": (train_texts, train_y), "val": (test_texts, test_y)}
     raw["test"] = (test_texts, test_y)
@@ -81,17 +99,30 @@ def prepare_text(root: str | os.PathLike, *, l_max: int = 4096, min_count: int =
         ids, lengths = encode_into(((t,) for t in texts), len(texts), 1, L, vocab, eos, what=f"{base}/{s}")
         splits[s] = Split(inputs=ids, lengths=lengths, labels=raw[s][1])
     splits.setdefault("val", splits["test"])
-    pre = {"tokenizer": "characters", "cut": int(l_max), "min_count": int(min_count),
-           "vocab": "train split, by decreasing count then character", "bos_eos": False,
-           "labels": CLASSES,
-           "val": "test set (as in LRA)" if val_fraction == 0 else
-           f"stratified {val_fraction:g} of train, seed {seed}"}
+    pre = {
+        "tokenizer": "characters",
+        "cut": int(l_max),
+        "min_count": int(min_count),
+        "vocab": "train split, by decreasing count then character",
+        "bos_eos": False,
+        "labels": CLASSES,
+        "val": "test set (as in LRA)" if val_fraction == 0 else f"stratified {val_fraction:g} of train, seed {seed}",
+    }
     if eos:
-        pre.update(bos_eos="eos", cut=int(keep), eos="<eos> (id 2) appended after the characters cut at "
-                   "l_max - 1, as the S4 reference (append_eos)")
+        pre.update(
+            bos_eos="eos",
+            cut=int(keep),
+            eos="<eos> (id 2) appended after the characters cut at l_max - 1, as the S4 reference (append_eos)",
+        )
     meta = {
-        "task": "text", "encoder": "embedding", "d_input": len(vocab), "d_output": D_OUTPUT, "l_max": int(L),
-        "dual": False, "vocab": vocab, "files": str(base.resolve()),
+        "task": "text",
+        "encoder": "embedding",
+        "d_input": len(vocab),
+        "d_output": D_OUTPUT,
+        "l_max": int(L),
+        "dual": False,
+        "vocab": vocab,
+        "files": str(base.resolve()),
         "preprocessing": pre,
         **split_stats(splits, D_OUTPUT),
     }
