@@ -73,7 +73,6 @@ class Method:
     uses_balance: bool  # starts from the balanced factorisation (shared across orders and methods)
     run: Callable[..., ReducedSystem] | Callable[[ControlInput, int], ControlResult]
     options: dict[str, type] = field(default_factory=dict)  # reduction.<name> keys and their types
-    routes: tuple[str, ...] = ROUTES
     control: bool = False  # a control (config `controls`, run(ControlInput, r)), not a reduction (`methods`)
     uses_fresh_model: bool = False  # a control that needs the fresh order-r Skew-HiPPO model of the run's seed
 
