@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from needs import need_module
 from scipy.integrate import quad
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
@@ -328,7 +329,7 @@ def test_irka_keeps_bt_on_rank_deficient_channels_instead_of_failing_the_batch(d
 
 
 def test_discrete_h2_norm_keeps_its_accuracy_for_poles_next_to_the_unit_circle():
-    mp = pytest.importorskip("mpmath")
+    mp = need_module("mpmath", "the 40-digit reference (test extra)")
     mp.mp.dps = 40
     rng = np.random.default_rng(61)
     Lambda, B, C = random_stable(rng, (), 4)
