@@ -474,6 +474,9 @@ def test_report_bundles_tables_and_figures(tiny_run):
     snakemake(tiny_run, "--configfile", "tiny.yaml", "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="replace")
     assert "accuracy_vs_order.png" in html and "accuracy.csv" in html
+    # the long-form differences and the side-by-side table too, filed under category and subcategory with labels
+    assert "differences.csv" in html and "methods.md" in html
+    assert '"Main grid": {"Tables": [' in html and '"labels": {"table": "paired differences"' in html
 
 
 def test_tolerance_order_schedules_its_own_jobs(tiny_run):
