@@ -103,6 +103,7 @@ def test_modal_truncation_keeps_the_most_dominant_modes_unchanged(dt):
         np.testing.assert_array_equal(res.C[i], C[i, top])
 
 
+@pytest.mark.slow
 def test_irka_satisfies_the_h2_interpolation_conditions_and_beats_bt_in_most_trials(capsys):
     rng = np.random.default_rng(7)
     Lambda, B, C = random_stable(rng, (300,), 12)
@@ -269,6 +270,7 @@ def test_discrete_h2_norm_matches_stein_and_the_kernel_energy():
     assert np.all(err > 0) and not np.allclose(err, h2_error(Lambda, B, C, r.Lambda, r.B, r.C))
 
 
+@pytest.mark.slow
 def test_discrete_irka_satisfies_the_interpolation_conditions_and_beats_bt_in_most_trials(capsys):
     rng = np.random.default_rng(70)
     Lambda, B, C = random_stable(rng, (300,), 12)
@@ -405,6 +407,7 @@ def test_reduce_rejects_unknown_reduction_options(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_irka_iteration_cap_reaches_the_reduction_through_the_cli(tmp_path):
     """max_iter = 1 cannot converge: every channel keeps BT (converged all False); the default converges."""
     import json

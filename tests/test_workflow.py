@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once.
-pytestmark = pytest.mark.xdist_group("test_workflow")
+# Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once. Slow: they
+# run Snakemake (dry runs of seconds each, a tiny real run of minutes); the fast lane (-m "not slow") leaves them out.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_workflow")]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "workflow" / "tiny.yaml"
