@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from needs import need_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -80,8 +81,8 @@ EXPECTED_C_FIGURES = [
 
 @pytest.mark.slow
 def test_quick_benchmarks_run_and_every_check_passes():
-    pytest.importorskip("control", reason="the reduction benchmark compares with python-control (test extra)")
-    pytest.importorskip("slycot", reason="python-control's balred needs slycot (test extra)")
+    need_module("control", "the reduction benchmark compares with python-control (test extra)")
+    need_module("slycot", "python-control's balred needs slycot (test extra)")
     p = subprocess.run(
         [sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=900
     )

@@ -85,6 +85,7 @@ def check_contract(folder: Path, task: str, source: str):
 # -------------------------------------------------------------------------------------------- embedded, offline
 
 
+@pytest.mark.slow
 def test_embedded_tasks_generate_and_prepare_offline(tmp_path):
     run(
         "generate",
@@ -119,6 +120,7 @@ def test_embedded_tasks_generate_and_prepare_offline(tmp_path):
     assert load_meta(tmp_path / "p/pathfinder")["generator"]["params"]["n_distractors"] == 2
 
 
+@pytest.mark.slow
 def test_embedded_defaults_have_their_sizes(tmp_path):
     """The default sizes: ListOps 2000/200/200 (<= 500 tokens), Pathfinder 2500 images -> 2000/250/250,
     MNIST 4000/500/500."""

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from needs import missing
 from numerics import assert_same_class
 
 from dssbt.checkpoint import save_model
@@ -105,7 +106,7 @@ def test_onnx_run_with_lengths_equals_forward_with_lengths(tmp_path):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_fused_step_equals_unfused_step_and_convolution_mode_float64(kind, backend):
     if backend == "c" and not ckernel.available():
-        pytest.skip(f"the C step does not build here: {ckernel.error()}")
+        missing(f"the C step does not build here: {ckernel.error()}")
     for name, model in variants(kind).items():
         model = model.double()
         B, L = 2, 30
@@ -128,7 +129,7 @@ def test_fused_step_equals_unfused_step_and_convolution_mode_float64(kind, backe
 @pytest.mark.parametrize("backend", ["numpy", "c"])
 def test_fused_step_float32_is_close_to_convolution_mode(backend):
     if backend == "c" and not ckernel.available():
-        pytest.skip(f"the C step does not build here: {ckernel.error()}")
+        missing(f"the C step does not build here: {ckernel.error()}")
     model = random_model("linear_batch_mean")
     x = sequences(model, 1, 50)
     fused = FusedStream(real_step_params(model), backend=backend)

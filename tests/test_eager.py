@@ -64,6 +64,7 @@ def test_eager_adamw_takes_the_same_steps_as_torch_adamw_and_swaps_state_dicts_w
         assert torch.equal(p, q)
 
 
+@pytest.mark.slow
 def test_a_training_process_never_imports_torch_dynamo(tmp_path):
     # the whole `dssbt train` command in one process (plateau schedule), then what a resume adds (an optimizer's
     # load_state_dict); torch.optim imports torch._dynamo lazily, so it would show up here

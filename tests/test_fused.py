@@ -146,6 +146,7 @@ def test_bad_mode_names_the_key():
             pass
 
 
+@pytest.mark.slow
 def test_required_c_kernels_without_a_compiler_is_a_clear_error(tmp_path):
     """optim.kernels: c where the library cannot be built: an error naming the key and why; auto falls back to
     torch ops and says so in what it reports as used. In a fresh interpreter, with $CC a missing program."""

@@ -250,6 +250,7 @@ def test_bad_inputs_are_rejected():
         hankel_singular_values_torch(torch.tensor([-1 + 0j]), torch.tensor([1 + 0j, 1]), torch.tensor([1 + 0j]))
 
 
+@pytest.mark.slow
 def test_benchmark_quick_mode_runs_and_its_checks_pass():
     p = subprocess.run(
         [sys.executable, "bench/hsv_reg.py", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=600

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from needs import need_module
 from scipy.integrate import quad
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
@@ -102,6 +103,7 @@ def test_modal_truncation_keeps_the_most_dominant_modes_unchanged(dt):
         np.testing.assert_array_equal(res.C[i], C[i, top])
 
 
+@pytest.mark.slow
 def test_irka_satisfies_the_h2_interpolation_conditions_and_beats_bt_in_most_trials(capsys):
     rng = np.random.default_rng(7)
     Lambda, B, C = random_stable(rng, (300,), 12)
@@ -268,6 +270,7 @@ def test_discrete_h2_norm_matches_stein_and_the_kernel_energy():
     assert np.all(err > 0) and not np.allclose(err, h2_error(Lambda, B, C, r.Lambda, r.B, r.C))
 
 
+@pytest.mark.slow
 def test_discrete_irka_satisfies_the_interpolation_conditions_and_beats_bt_in_most_trials(capsys):
     rng = np.random.default_rng(70)
     Lambda, B, C = random_stable(rng, (300,), 12)
@@ -328,7 +331,7 @@ def test_irka_keeps_bt_on_rank_deficient_channels_instead_of_failing_the_batch(d
 
 
 def test_discrete_h2_norm_keeps_its_accuracy_for_poles_next_to_the_unit_circle():
-    mp = pytest.importorskip("mpmath")
+    mp = need_module("mpmath", "the 40-digit reference (test extra)")
     mp.mp.dps = 40
     rng = np.random.default_rng(61)
     Lambda, B, C = random_stable(rng, (), 4)
@@ -358,21 +361,53 @@ def test_re_diagonalised_methods_split_each_modes_gain_evenly(method, dt):
 
 
 def test_reduction_options_in_hparams_are_checked():
+    """parse_hparams checks the section's shape; the registry (which knows the methods) checks its entries."""
     from dssbt.hparams import parse_hparams
+    from dssbt.reduction.registry import check_reduction_options
 
-    hp = parse_hparams('{"reduction": {"h2": {"tol": 1e-6, "max_iter": 7}}}')
+    def parse(text):
+        hp = parse_hparams(text)
+        check_reduction_options(hp.reduction)
+        return hp
+
+    hp = parse('{"reduction": {"h2": {"tol": 1e-6, "max_iter": 7}}}')
     assert hp.reduction == {"h2": {"tol": 1e-6, "max_iter": 7}} and hp.to_dict()["reduction"] == hp.reduction
-    assert "reduction" not in parse_hparams("{}").to_dict()  # training jobs' hparams are unchanged
+    assert "reduction" not in parse("{}").to_dict()  # training jobs' hparams are unchanged
     for bad, message in (
+        ('{"reduction": []}', r"reduction must be an object, got \[\]"),
+        ('{"reduction": {"h2": 1}}', r"reduction.h2 must be an object, got 1"),
         ('{"reduction": {"bt": {}}}', r"unknown key reduction.bt; known: \['h2'\]"),
         ('{"reduction": {"h2": {"tolerance": 1}}}', r"unknown key reduction.h2.tolerance"),
         ('{"reduction": {"h2": {"max_iter": 2.5}}}', r"reduction.h2.max_iter must be int, got 2.5"),
+        ('{"reduction": {"h2": {"max_iter": true}}}', r"reduction.h2.max_iter must be int, got True"),
         ('{"reduction": {"h2": {"max_iter": 0}}}', r"reduction.h2.max_iter must be > 0, got 0"),
     ):
         with pytest.raises(ValueError, match=message):
-            parse_hparams(bad)
+            parse(bad)
 
 
+def test_hparams_imports_no_reduction_module():
+    """The arrow runs one way: dssbt.hparams is a leaf that the reduction registry's users read, never a reader of it."""
+    import subprocess
+    import sys
+
+    code = "import sys, dssbt.hparams; print(sorted(m for m in sys.modules if m.startswith('dssbt.reduction')))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "[]", p.stdout
+
+
+def test_reduce_rejects_unknown_reduction_options(tmp_path):
+    """dssbt reduce checks the hyper-parameters' reduction section against the registry before it reads anything."""
+    from dssbt.stages import reduce_job
+
+    with pytest.raises(ValueError, match=r"unknown key reduction.bt"):
+        reduce_job(
+            tmp_path / "none.pt", tmp_path / "r.pt", tmp_path / "r.json", order=4, hparams='{"reduction": {"bt": {}}}'
+        )
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_irka_iteration_cap_reaches_the_reduction_through_the_cli(tmp_path):
     """max_iter = 1 cannot converge: every channel keeps BT (converged all False); the default converges."""
     import json

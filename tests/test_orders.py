@@ -130,6 +130,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "dssbt", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_orders_then_reduce_commands(tmp_path):
     save_model(tmp_path / "pre.pt", shaped_model(), {"l_max": 32})
     p = run("orders", "--checkpoint", str(tmp_path / "pre.pt"), "--spec", "tol:0.05", "--out", str(tmp_path / "o.json"))

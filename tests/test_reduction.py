@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from needs import need_module
 from scipy.linalg import solve_continuous_lyapunov, solve_discrete_lyapunov
 
 from dssbt.oracles import embed, random_stable, real_mimo, trained_like_channel, transfer
 from dssbt.reduction import balance, balanced_truncation, gramians_continuous, gramians_discrete, reduce, truncate, zoh
-
-control = pytest.importorskip("control", reason="python-control (test extra) is the BT oracle")
 
 
 def frequency_grid(Lambda: np.ndarray) -> np.ndarray:
@@ -110,7 +109,8 @@ def test_bt_at_full_order_reproduces_the_transfer_function(dt):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_bt_agrees_with_python_control_slycot_by_invariants(seed):
-    pytest.importorskip("slycot", reason="python-control's balred needs slycot")
+    control = need_module("control", "python-control (test extra) is the BT oracle")
+    need_module("slycot", "python-control's balred needs slycot (test extra)")
     rng = np.random.default_rng(10 + seed)
     N = 10
     Lambda, B, C = random_stable(rng, (), N)
@@ -131,7 +131,7 @@ def test_bt_agrees_with_python_control_slycot_by_invariants(seed):
 
 @pytest.mark.parametrize("seed", [10, 13])
 def test_hsvs_match_a_50_digit_computation(seed):
-    mp = pytest.importorskip("mpmath")
+    mp = need_module("mpmath", "the 50-digit reference (test extra)")
     mp.mp.dps = 50
     rng = np.random.default_rng(seed)
     N = 10

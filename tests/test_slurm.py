@@ -22,7 +22,7 @@ import yaml
 from test_workflow import ENV, ROOT, SNAKEMAKE, TINY, copy_workflow, job_counts, run_tiny_locally
 
 # One xdist group: the tests share the cluster (brought up once per worker that runs them) and its runs.
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 CLUSTER_SH = Path(__file__).parent / "slurm" / "cluster.sh"
 PARTITION = "debug"  # what cluster.sh sets up

@@ -91,6 +91,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(task, tmp_path):
     assert a["loss"] != c["loss"]
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_same_result(task, tmp_path):
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 40
@@ -182,6 +183,7 @@ def test_bad_hyper_parameters_fail_before_training(task, tmp_path, change, messa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp_path):
     with pytest.raises(ValueError, match=r"order r=8 must satisfy 1 <= r < N=8"):
         train(task, HP, "skew_hippo", 0, tmp_path / "o", order=8, log=lambda s: None)
@@ -251,6 +253,7 @@ def assert_reevaluation_agrees(m: dict, model: Path, task: Path, hp: dict, tmp_p
     return e
 
 
+@pytest.mark.slow
 def test_evaluate_command_matches_training_metrics(task, tmp_path):
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 2
@@ -289,6 +292,7 @@ def test_equal_budget_hyper_parameters_add_the_retraining_epochs_and_keep_the_re
         equal_budget_hparams({}, {"optim": {"epochs": "2"}})
 
 
+@pytest.mark.slow
 def test_equal_budget_run_is_named_by_its_method_and_trains_the_total_epochs(task, tmp_path):
     """--method skew_hippo_equal names the run (folder name skew_hippo_equal_r4) and changes nothing else: same
     weights as the plain baseline of the same seed and hyper-parameters."""
@@ -417,6 +421,7 @@ class InjectNaN:
         return loss * float("nan")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad", [False, True], ids=["nan_loss", "inf_gradient"])
 def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task, tmp_path, monkeypatch, grad):
     """Divergence injected at epoch 3, step 4: keep_best reports exactly what a clean 2-epoch run reports (plateau
@@ -655,6 +660,7 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resumes(task, small_tmpfs, tmp_path):
     import torch
 

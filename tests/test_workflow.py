@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once.
-pytestmark = pytest.mark.xdist_group("test_workflow")
+# Under pytest-xdist (.ci/run) this module's tests stay on one worker, so its module fixtures run once. Slow: they
+# run Snakemake (dry runs of seconds each, a tiny real run of minutes); the fast lane (-m "not slow") leaves them out.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_workflow")]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).parent / "workflow" / "tiny.yaml"
@@ -531,6 +532,9 @@ def test_report_bundles_tables_and_figures(tiny_run):
     snakemake(tiny_run, "--configfile", "tiny.yaml", "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="replace")
     assert "accuracy_vs_order.png" in html and "accuracy.csv" in html
+    # the long-form differences and the side-by-side table too, filed under category and subcategory with labels
+    assert "differences.csv" in html and "methods.md" in html
+    assert '"Main grid": {"Tables": [' in html and '"labels": {"table": "paired differences"' in html
 
 
 def test_tolerance_order_schedules_its_own_jobs(tiny_run):

@@ -46,7 +46,6 @@ METHOD_NAMES = {name: m.label for name, m in METHODS.items()}
 BASELINE_LABELS = {"skew_hippo_equal": "Skew-HiPPO, equal budget", "skew_hippo": "Skew-HiPPO"}
 # the baselines every other init is compared with, in the order the tables show them (equal budget first)
 VERSUS = tuple(BASELINE_LABELS)
-VERSUS_SHORT = {"skew_hippo_equal": "equal", "skew_hippo": "skew_hippo"}
 CONTINUED_LABELS = {"full_continued": "Full N, continued"}
 INIT_ORDER = [*BASELINE_LABELS, *CONTINUED_LABELS] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
 LABELS = (

@@ -19,6 +19,7 @@ from .hparams import parse_hparams
 from .io import write_json
 from .orders import OrderSpec, load_orders_file, parse_order
 from .reduction.apply import ModelReducer
+from .reduction.registry import check_reduction_options
 from .runs import describe_run
 
 PathLike = str | os.PathLike
@@ -111,6 +112,7 @@ def reduce_job(
     if orders is None:
         raise ValueError("give exactly one of --order r and --layer-orders FILE")
     hp = parse_hparams(hparams)
+    check_reduction_options(hp.reduction)
     model, meta = load_model(checkpoint)
     # read and checked (against the model's l_max too) before writing anything: bad data fails early
     task = load_task(data, l_max=meta.get("l_max")) if data else None

@@ -100,9 +100,27 @@ rule compress_table:
         metrics=compress_rows()[1],
         reports=compress_rows()[2],
     output:
-        csv="results/tables/compress.csv",
+        csv=report(
+            "results/tables/compress.csv",
+            caption="../report/compress.rst",
+            category="Compressibility",
+            subcategory="Tables",
+            labels={
+                "table": "compressibility",
+                "rows": "task, variant, kept fraction",
+            },
+        ),
         md="results/tables/compress.md",
-        hsv=multiext("results/plots/compress_hsv_decay", ".png", ".pdf"),
+        hsv=[
+            report(
+                "results/plots/compress_hsv_decay.png",
+                caption="../report/compress.rst",
+                category="Compressibility",
+                subcategory="Figures",
+                labels={"figure": "HSV decay by variant", "by": "task, variant"},
+            ),
+            "results/plots/compress_hsv_decay.pdf",
+        ],
     log:
         "logs/compress_table.log",
     conda:

@@ -63,13 +63,23 @@ rule correlation:
         table=report(
             "results/tables/correlation.csv",
             caption="../report/correlation.rst",
-            category="Tables",
+            category="Correlation",
+            subcategory="Tables",
+            labels={"table": "correlation", "rows": "task"},
         ),
-        plot=report(
-            multiext("results/plots/correlation", ".png", ".pdf"),
-            caption="../report/correlation.rst",
-            category="Figures",
-        ),
+        plot=[
+            report(
+                "results/plots/correlation.png",
+                caption="../report/correlation.rst",
+                category="Correlation",
+                subcategory="Figures",
+                labels={
+                    "figure": "pretrained vs BT-init accuracy",
+                    "by": "task, seed, snapshot epoch",
+                },
+            ),
+            "results/plots/correlation.pdf",
+        ],
     log:
         "logs/correlation.log",
     conda:

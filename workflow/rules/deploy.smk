@@ -107,9 +107,21 @@ rule deploy_table:
     input:
         rows=[deploy_file(m, "measure.json") for m in DEPLOY_MODELS],
     output:
-        csv="results/tables/deploy.csv",
+        csv=report(
+            "results/tables/deploy.csv",
+            caption="../report/deploy.rst",
+            category="Deployment",
+            subcategory="Tables",
+            labels={"table": "deploy", "rows": "task, seed, run (init and order)"},
+        ),
         md="results/tables/deploy.md",
-        plot="results/plots/deploy_pareto.png",
+        plot=report(
+            "results/plots/deploy_pareto.png",
+            caption="../report/deploy.rst",
+            category="Deployment",
+            subcategory="Figures",
+            labels={"figure": "accuracy vs latency", "by": "task, init, order"},
+        ),
     log:
         "logs/deploy/table.log",
     conda:

@@ -9,12 +9,32 @@ rule aggregate:
         csv=report(
             "results/tables/accuracy.csv",
             caption="../report/accuracy.rst",
-            category="Tables",
+            category="Main grid",
+            subcategory="Tables",
+            labels={"table": "accuracy", "rows": "task, order, init"},
         ),
         md="results/tables/accuracy.md",
         tex="results/tables/accuracy.tex",
-        methods="results/tables/methods.md",
-        differences="results/tables/differences.csv",
+        methods=report(
+            "results/tables/methods.md",
+            caption="../report/methods.rst",
+            category="Main grid",
+            subcategory="Tables",
+            labels={
+                "table": "methods side by side",
+                "rows": "task, order; one column per init",
+            },
+        ),
+        differences=report(
+            "results/tables/differences.csv",
+            caption="../report/differences.rst",
+            category="Main grid",
+            subcategory="Tables",
+            labels={
+                "table": "paired differences",
+                "rows": "task, order, init, baseline",
+            },
+        ),
     log:
         "logs/aggregate.log",
     conda:
@@ -32,26 +52,53 @@ rule plot:
         reports=all_hsv_reports(),
         histories=all_histories(),
     output:
-        accuracy=report(
-            multiext("results/plots/accuracy_vs_order", ".png", ".pdf"),
-            caption="../report/accuracy_vs_order.rst",
-            category="Figures",
-        ),
-        hsv=report(
-            multiext("results/plots/hsv_decay", ".png", ".pdf"),
-            caption="../report/hsv_decay.rst",
-            category="Figures",
-        ),
-        scatter=report(
-            multiext("results/plots/pretrained_vs_bt", ".png", ".pdf"),
-            caption="../report/pretrained_vs_bt.rst",
-            category="Figures",
-        ),
-        curves=report(
-            multiext("results/plots/learning_curves", ".png", ".pdf"),
-            caption="../report/learning_curves.rst",
-            category="Figures",
-        ),
+        # each figure as [png, pdf]: the png in the report (a pdf twin with the same labels would replace it there)
+        accuracy=[
+            report(
+                "results/plots/accuracy_vs_order.png",
+                caption="../report/accuracy_vs_order.rst",
+                category="Main grid",
+                subcategory="Figures",
+                labels={
+                    "figure": "accuracy vs order",
+                    "by": "task, order, method; with and without retraining",
+                },
+            ),
+            "results/plots/accuracy_vs_order.pdf",
+        ],
+        hsv=[
+            report(
+                "results/plots/hsv_decay.png",
+                caption="../report/hsv_decay.rst",
+                category="Main grid",
+                subcategory="Figures",
+                labels={"figure": "HSV decay", "by": "task, layer"},
+            ),
+            "results/plots/hsv_decay.pdf",
+        ],
+        scatter=[
+            report(
+                "results/plots/pretrained_vs_bt.png",
+                caption="../report/pretrained_vs_bt.rst",
+                category="Main grid",
+                subcategory="Figures",
+                labels={
+                    "figure": "pretrained vs BT",
+                    "by": "task, seed, order (one point each)",
+                },
+            ),
+            "results/plots/pretrained_vs_bt.pdf",
+        ],
+        curves=[
+            report(
+                "results/plots/learning_curves.png",
+                caption="../report/learning_curves.rst",
+                category="Main grid",
+                subcategory="Figures",
+                labels={"figure": "learning curves", "by": "task, order, init"},
+            ),
+            "results/plots/learning_curves.pdf",
+        ],
     log:
         "logs/plot.log",
     conda:

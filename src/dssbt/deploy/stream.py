@@ -44,11 +44,6 @@ def activation_name(cfg: Any) -> str:
     return name
 
 
-def apply_activation(name: str, x: Tensor) -> Tensor:
-    """``name`` (see ``activation_name``) applied to x (any shape)."""
-    return F.gelu(x, approximate="tanh") if name == "gelu_tanh" else F.gelu(x)
-
-
 @dataclass
 class NormParams:
     """A norm in eval mode. layer: (x - mean) / sqrt(var + eps) * weight + bias over H; batch: x * scale + shift."""

@@ -73,7 +73,6 @@ class Method:
     uses_balance: bool  # starts from the balanced factorisation (shared across orders and methods)
     run: Callable[..., ReducedSystem] | Callable[[ControlInput, int], ControlResult]
     options: dict[str, type] = field(default_factory=dict)  # reduction.<name> keys and their types
-    routes: tuple[str, ...] = ROUTES
     control: bool = False  # a control (config `controls`, run(ControlInput, r)), not a reduction (`methods`)
     uses_fresh_model: bool = False  # a control that needs the fresh order-r Skew-HiPPO model of the run's seed
 
@@ -153,6 +152,27 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def check_reduction_options(reduction: dict[str, Any]) -> None:
+    """ValueError naming the first bad entry of a job's hyper-parameters section ``reduction`` ({method: options},
+    ``dssbt.hparams.Hparams.reduction``): a method without options, an option it does not take, a value of the
+    wrong type or not > 0. Here, not in ``hparams``: the registry knows its methods' options."""
+    known = {name: m.options for name, m in METHODS.items() if m.options}
+    for method, options in reduction.items():
+        if method not in known:
+            raise ValueError(f"hyper-parameters: unknown key reduction.{method}; known: {sorted(known)}")
+        for k, v in options.items():
+            if k not in known[method]:
+                raise ValueError(
+                    f"hyper-parameters: unknown key reduction.{method}.{k}; known: {sorted(known[method])}"
+                )
+            want = known[method][k]
+            ok = isinstance(v, want) or (want is float and isinstance(v, int))
+            if not ok or isinstance(v, bool):
+                raise ValueError(f"hyper-parameters: reduction.{method}.{k} must be {want.__name__}, got {v!r}")
+            if not v > 0:
+                raise ValueError(f"hyper-parameters: reduction.{method}.{k} must be > 0, got {v}")
+
+
 def check_route(route: str) -> str:
     if route not in ROUTES:
         raise ValueError(f"unknown Gramian route {route!r}; choose one of {list(ROUTES)}")
@@ -169,6 +189,7 @@ __all__ = [
     "REDUCTIONS",
     "ROUTES",
     "System",
+    "check_reduction_options",
     "check_route",
     "get_method",
 ]
