@@ -94,12 +94,12 @@ def test_killed_job_resumes_to_the_same_result(task, tmp_path):
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 40
     args = ["train", "--data", str(task), "--hparams", json.dumps(hp), "--init", "skew_hippo", "--seed", "1"]
-    ref = run_cli(*args, "--out-dir", str(tmp_path / "ref"))
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dssbt", *args, "--out-dir", str(out)],
+        [sys.executable, "-m", "dssbt", *args, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -112,7 +112,7 @@ def test_killed_job_resumes_to_the_same_result(task, tmp_path):
     assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
     assert not list(out.glob(".*.tmp"))  # no temporary left looking like an output
 
-    again = run_cli(*args, "--out-dir", str(out))
+    again = run_cli(*args, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert "resuming from" in again.stdout
     m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
@@ -128,7 +128,7 @@ def test_bt_initialised_model_starts_at_the_reduced_accuracy(task, tmp_path):
     train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
     r = run_cli(
         "reduce",
-        "--checkpoint",
+        "--model",
         str(tmp_path / "pre" / "model.pt"),
         "--order",
         "3",
@@ -140,13 +140,13 @@ def test_bt_initialised_model_starts_at_the_reduced_accuracy(task, tmp_path):
         str(tmp_path / "r3.pt"),
         "--report",
         str(tmp_path / "r3.json"),
-        "--metrics",
+        "--metrics-out",
         str(tmp_path / "r3_metrics.json"),
     )
     assert r.returncode == 0, r.stderr
     reduced = json.loads((tmp_path / "r3_metrics.json").read_text())
     assert reduced["init"] == "bt_no_retrain" and reduced["order"] == 3 and reduced["N"] == 8
-    m = train(task, hp, "from_reduced", 0, tmp_path / "re", order=3, reduced=tmp_path / "r3.pt", log=lambda s: None)
+    m = train(task, hp, "from_reduced", 0, tmp_path / "re", order=3, start=tmp_path / "r3.pt", log=lambda s: None)
     assert m["initial"]["accuracy"] == {"val": reduced["accuracy"]["val"], "test": reduced["accuracy"]["test"]}
     # and the reduced model differs from a fresh order-3 model, so the equality is not a coincidence of inits
     fresh = train(task, hp, "skew_hippo", 0, tmp_path / "fresh", order=3, log=lambda s: None)
@@ -188,7 +188,7 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
             0,
             tmp_path / "x",
             order=7,
-            reduced=tmp_path / "pre" / "model.pt",
+            start=tmp_path / "pre" / "model.pt",
             log=lambda s: None,
         )
     assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
@@ -200,7 +200,7 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
         "skew_hippo",
         "--hparams",
         '{"optim": {"epochs": 0}}',
-        "--out-dir",
+        "--out",
         str(tmp_path / "cli"),
     )
     assert p.returncode == 2 and "optim.epochs must be >= 1, got 0" in p.stderr
@@ -212,7 +212,7 @@ def test_evaluate_command_matches_training_metrics(task, tmp_path):
     m = train(task, hp, "skew_hippo", 0, tmp_path / "t", log=lambda s: None)
     p = run_cli(
         "evaluate",
-        "--checkpoint",
+        "--model",
         str(tmp_path / "t" / "model.pt"),
         "--data",
         str(task),
@@ -274,7 +274,7 @@ def test_equal_budget_run_is_named_by_its_method_and_trains_the_total_epochs(tas
         "skew_hippo",
         "--method",
         "skew_hippo_equal",
-        "--out-dir",
+        "--out",
         str(tmp_path / "c"),
         "--hparams",
         json.dumps(hp),
@@ -289,15 +289,15 @@ def test_full_continued_trains_the_pretrained_model_further(task, tmp_path):
     hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2}}
     pre = train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
     cont = train(
-        task, hp, "from_pretrained", 0, tmp_path / "cont", reduced=tmp_path / "pre" / "model.pt", log=lambda s: None
+        task, hp, "from_pretrained", 0, tmp_path / "cont", start=tmp_path / "pre" / "model.pt", log=lambda s: None
     )
     assert (cont["stage"], cont["method"], cont["run"]) == ("continue", "full", "full_continued")
     assert cont["initial"]["accuracy"]["val"] == pre["accuracy"]["val"]
     assert cont["initial"]["accuracy"]["test"] == pre["accuracy"]["test"]
     assert cont["epochs_run"] == 2 and cont["order"] == pre["order"] == 8
     with pytest.raises(ValueError, match="from_pretrained continues the full-N model"):
-        train(task, hp, "from_pretrained", 0, tmp_path / "x", order=4, reduced=tmp_path / "pre" / "model.pt")
-    with pytest.raises(ValueError, match="needs --reduced"):
+        train(task, hp, "from_pretrained", 0, tmp_path / "x", order=4, start=tmp_path / "pre" / "model.pt")
+    with pytest.raises(ValueError, match="needs --model"):
         train(task, hp, "from_pretrained", 0, tmp_path / "x")
 
 
@@ -340,7 +340,7 @@ def test_diverging_run_fails_naming_the_job_and_writes_no_output(task, tmp_path)
         "skew_hippo",
         "--seed",
         "2",
-        "--out-dir",
+        "--out",
         str(out),
     )
     assert p.returncode == 2, p.stderr[-2000:]
@@ -425,7 +425,7 @@ def test_keep_best_after_a_late_divergence_equals_the_run_stopped_before_it(task
     # the model file is the best checkpoint: evaluated on its own it gives the metrics' accuracy
     p = run_cli(
         "evaluate",
-        "--checkpoint",
+        "--model",
         str(tmp_path / "kb" / "model.pt"),
         "--data",
         str(task),
@@ -650,7 +650,7 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
         "skew_hippo",
         "--seed",
         "1",
-        "--out-dir",
+        "--out",
         str(out),
     )
     assert p.returncode == 1, p.stderr[-2000:]
@@ -674,7 +674,7 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
         "skew_hippo",
         "--seed",
         "1",
-        "--out-dir",
+        "--out",
         str(out),
     )
     assert again.returncode == 0, again.stderr[-2000:]
@@ -691,7 +691,7 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
         "skew_hippo",
         "--seed",
         "1",
-        "--out-dir",
+        "--out",
         str(tmp_path / "ref"),
     )
     assert ref.returncode == 0, ref.stderr[-2000:]

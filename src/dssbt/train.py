@@ -142,7 +142,7 @@ def train(
     out_dir: str | os.PathLike,
     order: int | list[int] | None = None,
     order_spec: str | None = None,
-    reduced: str | os.PathLike | None = None,
+    start: str | os.PathLike | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
     method: str | None = None,
@@ -151,8 +151,8 @@ def train(
     """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
 
     ``order``: None (full N: pretraining), r, or one order per layer (then ``order_spec`` names how they were
-    chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``), ``from_reduced`` with ``reduced``, the
-    model file written by ``dssbt reduce``, or ``from_pretrained`` with ``reduced`` the pretrained full-N model file
+    chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``), ``from_reduced`` with ``start``, the
+    model file written by ``dssbt reduce``, or ``from_pretrained`` with ``start`` the pretrained full-N model file
     (the ``full_continued`` control: that model trained further, stage ``continue``, method ``full``).
     ``stop_after``: a snapshot of the full-N pretraining (the correlation study): the same run (same
     hyper-parameters, schedule and RNG streams) stopped after that epoch, its best model up to then by validation
@@ -170,7 +170,7 @@ def train(
             out_dir,
             order=order,
             order_spec=order_spec,
-            reduced=reduced,
+            start=start,
             device=device,
             log=log,
             method=method,
@@ -179,7 +179,7 @@ def train(
 
 
 def _train(
-    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, reduced, device, log, method, stop_after
+    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, start, device, log, method, stop_after
 ) -> dict[str, Any]:
     """``train`` with parsed hyper-parameters, under its kernels."""
     if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
@@ -202,17 +202,17 @@ def _train(
             "optim.reduce_during: in-training reduction applies to the full-N Skew-HiPPO pretraining "
             "(config: pretrain.optim.reduce_during), not to a baseline of order r or a retraining"
         )
-    if init.startswith("from_") and reduced is None:
+    if init.startswith("from_") and start is None:
         raise ValueError(
-            f"init {init} needs --reduced (the model file to start from: written by dssbt reduce for "
+            f"init {init} needs --model (the model file to start from: written by dssbt reduce for "
             "from_reduced, the pretrained model for from_pretrained)"
         )
     torch.manual_seed(seed)
     model = S4Model(cfg)
     method = method or init
     if init.startswith("from_"):
-        start, start_meta = load_model(reduced, expect=cfg)
-        model.load_state_dict(start.state_dict())
+        first, start_meta = load_model(start, expect=cfg)
+        model.load_state_dict(first.state_dict())
         method = (start_meta.get("reduction", {}).get("method") or "bt") if init == "from_reduced" else "full"
     stage = {"from_reduced": "retrain", "from_pretrained": "continue"}.get(
         init, "pretrain" if order is None else "baseline"
@@ -238,7 +238,8 @@ def _train(
             "seed": seed,
             "order": order if isinstance(order, int) else None,
             "layer_orders": order if isinstance(order, list) else None,
-            "reduced": None if reduced is None else hashlib.sha256(Path(reduced).read_bytes()).hexdigest(),
+            # the key keeps its old name: a resume state written before the rename still matches its job
+            "reduced": None if start is None else hashlib.sha256(Path(start).read_bytes()).hexdigest(),
             "stop_after": stop_after,
         },
         sort_keys=True,

@@ -21,8 +21,10 @@ from .generate import ListOpsConfig, PathfinderConfig, generate_image, generate_
 
 
 def _threads(p: argparse.ArgumentParser) -> None:
-    # The main CLI sets torch's thread count from --threads for every subcommand.
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (unused by data commands)")
+    # The main CLI limits torch's and numpy's BLAS threads to --threads for every subcommand.
+    p.add_argument("--threads", type=int, default=1,
+                   help="most threads torch and numpy's BLAS may use (default 1); the data commands' work is "
+                        "mostly single-threaded Python and numpy work that more threads hardly speed up")
 
 
 def _bool(text: str) -> bool:
@@ -131,7 +133,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", required=True, help="folder to write")
         q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
         for flag, default in sizes.items():
-            q.add_argument(flag, type=_positive, default=default)
+            what = flag.removeprefix("--n-")
+            q.add_argument(flag, type=_positive, default=default,
+                           help=f"examples to generate{'' if what == 'samples' else ' for ' + what} ({default})")
         _threads(q)
         q.set_defaults(func=cmd_generate)
         return q
@@ -205,7 +209,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     q = common("retrieval", "Retrieval: new_aan_pairs.{train,eval,test}.tsv, characters, two documents", False)
     q.add_argument("--l-max", type=_positive, default=4000,
                    help="longest document, <eos> included (default 4000)")
-    q.add_argument("--min-count", type=_positive, default=1)
+    q.add_argument("--min-count", type=_positive, default=1, help="rarer characters -> <unk> (default 1)")
     eos(q)
     q = common("image", "Image: CIFAR-10 python batches, grayscale 1024", True)
     q.add_argument("--val-size", type=_positive, default=None,
