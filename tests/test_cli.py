@@ -20,7 +20,14 @@ def test_reduce_command_writes_model_and_report(tmp_path):
     assert p.returncode == 0, p.stderr
     reduced, meta = load_model(out)
     assert reduced.cfg.d_state == 4
-    assert meta["reduction"] == {"method": "bt", "route": "discrete", "r": 4, "layer_orders": [4, 4], "order_spec": "4"}
+    assert meta["reduction"] == {
+        "method": "bt",
+        "route": "discrete",
+        "r": 4,
+        "layer_orders": [4, 4],
+        "order_spec": "4",
+        "N": 12,
+    }
     report = json.loads(rep.read_text())
     assert report["kernel_length"] == 64 and report["r"] == 4 and len(report["layers"]) == 2
     layer = report["layers"][0]
@@ -74,10 +81,9 @@ def test_a_job_limits_numpy_blas_to_its_threads(monkeypatch):
 # ----- the command line's conventions (dssbt.cli: one flag per role, no abbreviations, complete help) -------------
 
 # Flags that named a role differently before the command line was made consistent; none may come back.
-OLD_FLAGS = {"--checkpoint", "--reduced", "--out-dir", "--metrics-file"}
-# Flags that are an input wherever they appear, and flags that are an output wherever they appear.
-INPUT_FLAGS = {"--model", "--data", "--layer-orders", "--onnx", "--input", "--metrics", "--hparams"}
-OUTPUT_FLAGS = {"--out", "--report", "--metrics-out"}
+OLD_FLAGS = {"--checkpoint", "--reduced", "--out-dir"}
+# --metrics was reduce's output and deploy-measure's input: now it is only an input, reduce writes --metrics-out
+WHERE = {"--metrics": {"deploy-measure"}, "--metrics-out": {"reduce"}, "--report": {"reduce"}}
 
 
 def all_parsers(parser=None, path=("dssbt",)):
@@ -98,6 +104,7 @@ def test_every_subcommand_uses_the_shared_flag_names_and_has_complete_help():
     import argparse
 
     commands = {" ".join(path[1:]) for path, _ in all_parsers()}
+    seen = {flag: set() for flag in WHERE}
     assert {"train", "evaluate", "reduce", "orders", "export", "predict", "deploy-measure", "reduce-s4d"} <= commands
     for path, parser in all_parsers():
         where = " ".join(path)
@@ -113,9 +120,10 @@ def test_every_subcommand_uses_the_shared_flag_names_and_has_complete_help():
             # a positional names a choice (download's archive); files and folders are given by flags
             assert action.option_strings or action.choices, f"{where}: positional {action.dest!r} is not a choice"
             assert not OLD_FLAGS & set(action.option_strings), f"{where}: old flag {action.option_strings}"
+            for flag in WHERE.keys() & set(action.option_strings):
+                seen[flag].add(" ".join(path[1:]))
         parser.format_help()  # every help string formats (no stray %)
-    # the same flag is never an input in one subcommand and an output in another
-    assert not INPUT_FLAGS & OUTPUT_FLAGS
+    assert seen == WHERE  # no flag is an input in one subcommand and an output in another
 
 
 def test_every_model_input_is_model_and_every_primary_output_is_out():

@@ -180,7 +180,9 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
     train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
     other = json.loads(json.dumps(hp))
     other["model"]["d_model"] = 6
-    with pytest.raises(ValueError, match=r"model.pt: architecture differs .*'d_model': \(8, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"model.pt: the model file's architecture contradicts .*d_model: file 8, --hparams model 6"
+    ):
         train(
             task,
             other,
@@ -204,6 +206,70 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
         str(tmp_path / "cli"),
     )
     assert p.returncode == 2 and "optim.epochs must be >= 1, got 0" in p.stderr
+
+
+def test_a_retraining_takes_the_architecture_from_its_model_file(task, tmp_path):
+    """--init from_reduced / from_pretrained without a model section in --hparams: the model file's architecture
+    (from_reduced: its orders too) trains the same model as a job that restates it; a model section that
+    contradicts the file is refused, naming the file and the key, before anything is written."""
+    from dssbt.stages import reduce_job
+
+    hp = json.loads(json.dumps(HP))
+    hp["optim"]["epochs"] = 1
+    pre, r3 = tmp_path / "pre" / "model.pt", tmp_path / "r3.pt"
+    train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
+    reduce_job(pre, r3, tmp_path / "r3.json", order=3)
+    stated = train(task, hp, "from_reduced", 0, tmp_path / "a", order=3, start=r3, log=lambda s: None)
+    optim_only = json.dumps({"optim": hp["optim"]})
+    p = run_cli(
+        "train",
+        "--data",
+        task,
+        "--init",
+        "from_reduced",
+        "--model",
+        r3,
+        "--hparams",
+        optim_only,
+        "--out",
+        tmp_path / "b",
+    )
+    assert p.returncode == 0, p.stderr
+    from_file = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    same = ("run", "stage", "method", "order", "N", "initial", "accuracy", "loss", "best_epoch")
+    assert {k: from_file.get(k) for k in same} == {k: stated.get(k) for k in same}
+    assert from_file["run"] == "bt_init_r3" and from_file["hparams"]["model"] == {
+        k: v
+        for k, v in hp["model"].items()
+        if k != "norm"  # norm "layer" is ModelConfig's default
+    }
+    assert history(tmp_path / "b" / "history.csv") == history(tmp_path / "a" / "history.csv")
+    cont = train(task, {"optim": hp["optim"]}, "from_pretrained", 0, tmp_path / "c", start=pre, log=lambda s: None)
+    assert cont["run"] == "full_continued" and cont["order"] == 8
+    # a model section that contradicts the file
+    other = {**hp, "model": {**hp["model"], "n_layers": 2}}
+    for init, start, order in (("from_reduced", r3, None), ("from_pretrained", pre, None)):
+        with pytest.raises(ValueError, match=r"contradicts the job's \(n_layers: file 1, --hparams model 2\)"):
+            train(task, other, init, 0, tmp_path / "x", order=order, start=start, log=lambda s: None)
+    bad_n = {**hp, "model": {**hp["model"], "d_state": 16}}
+    with pytest.raises(ValueError, match=r"N \(the pretrained state size\): file 8, --hparams model.d_state 16"):
+        train(task, bad_n, "from_reduced", 0, tmp_path / "x", start=r3, log=lambda s: None)
+    assert not (tmp_path / "x").exists()
+    p = run_cli(
+        "train",
+        "--data",
+        task,
+        "--init",
+        "from_pretrained",
+        "--model",
+        pre,
+        "--hparams",
+        json.dumps(other),
+        "--out",
+        tmp_path / "y",
+    )
+    assert p.returncode == 2 and f"dssbt train: error: {pre}: the model file's architecture contradicts" in p.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def test_evaluate_command_matches_training_metrics(task, tmp_path):

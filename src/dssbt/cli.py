@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skew_hippo | s4d_lin | s4d_inv | random (a fresh model) | from_reduced | from_pretrained (start "
         "from --model)",
     )
-    p.add_argument("--order", type=int, default=None, help="state size r < N of a reduced-order model")
+    p.add_argument(
+        "--order",
+        type=int,
+        default=None,
+        help="state size r < N of a reduced-order model (from_reduced: default the model file's)",
+    )
     p.add_argument(
         "--model",
         default=None,

@@ -9,7 +9,9 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only)
 
 The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
-the Lambda init from the job's ``--init``, the state size from the job's ``--order`` (default: d_state = N).
+the Lambda init from the job's ``--init``, the state size from the job's ``--order`` (default: d_state = N). A job that
+starts from a model file (``--init from_reduced`` / ``from_pretrained``) and has no model section takes the file's
+architecture (``train.start_architecture``).
 """
 
 from __future__ import annotations

@@ -145,6 +145,7 @@ def reduce_job(
         "r": order,
         "layer_orders": reduced.cfg.orders_by_layer(),
         "order_spec": spec.label,
+        "N": full.cfg.d_state,  # the pretrained state size: a retraining takes its architecture from this file
     }
     save_model(out, reduced, {**meta, "reduced_from": str(model), "reduction": reduction})
     write_json(report, rep)
