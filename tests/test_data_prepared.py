@@ -179,7 +179,7 @@ def test_dssbt_train_refuses_a_bad_file_naming_it_and_writes_nothing(tmp_path, k
     token_task(data)
     corrupt(data / "train.npz", kind)
     hp = '{"model": {"d_model": 4, "d_state": 4, "n_layers": 1}, "optim": {"epochs": 1, "batch_size": 8}}'
-    argv = ["train", "--data", str(data), "--init", "skew_hippo", "--hparams", hp, "--out-dir", str(out)]
+    argv = ["train", "--data", str(data), "--init", "skew_hippo", "--hparams", hp, "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "dssbt", *argv], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2, p.stderr

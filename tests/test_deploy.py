@@ -157,7 +157,7 @@ def test_bidirectional_and_dual_models_are_refused_saying_why(cfg_change, messag
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
     save_model(tmp_path / "m.pt", model, {"task": "x"})
-    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["export", "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
 
 
 # ----- predict on saved test inputs -------------------------------------------------------------------------------
@@ -217,7 +217,17 @@ def test_predict_listops_expression_prints_the_class_of_the_models_forward(tmp_p
     model = random_model("embedding_layer_mean")
     save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25})
     assert (
-        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        main(
+            [
+                "export",
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "data"),
+            ]
+        )
         == 0
     )
     for i in range(len(split)):
@@ -225,7 +235,10 @@ def test_predict_listops_expression_prints_the_class_of_the_models_forward(tmp_p
         expr = " ".join(VOCAB[t] for t in split.inputs[i, :ln]).replace("X", "]")  # the raw LRA form
         (tmp_path / "x.txt").write_text(expr + "\n")
         capsys.readouterr()
-        assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.txt"), "--every", "5"]) == 0
+        assert (
+            main(["predict", "--onnx", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.txt"), "--every", "5"])
+            == 0
+        )
         out = capsys.readouterr().out
         with torch.no_grad():
             logits = model(torch.from_numpy(split.inputs[i : i + 1]), torch.tensor([ln]))
@@ -233,7 +246,7 @@ def test_predict_listops_expression_prints_the_class_of_the_models_forward(tmp_p
         np.testing.assert_allclose(probabilities(out), torch.softmax(logits, -1)[0].numpy(), atol=2e-4)
         assert len(re.findall(r"after \d+ tokens: class", out)) == (ln - 1) // 5
     # the expression given on the command line is the same input
-    assert main(["predict", str(tmp_path / "m.onnx"), expr]) == 0
+    assert main(["predict", "--onnx", str(tmp_path / "m.onnx"), "--input", expr]) == 0
     assert_same_class(int(predicted(capsys.readouterr().out)), logits.numpy())
 
 
@@ -244,7 +257,17 @@ def test_predict_image_file_prints_the_class_of_the_models_forward(tmp_path, cap
     model = random_model("linear_batch_mean")
     save_model(tmp_path / "m.pt", model, {"task": "image", "l_max": 64})
     assert (
-        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        main(
+            [
+                "export",
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "data"),
+            ]
+        )
         == 0
     )
     for i in range(len(split)):
@@ -253,12 +276,12 @@ def test_predict_image_file_prints_the_class_of_the_models_forward(tmp_path, cap
             encode_input(load_description(tmp_path / "m.onnx"), str(tmp_path / "x.png"))[:, 0], split.inputs[i]
         )
         capsys.readouterr()
-        assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png")]) == 0
+        assert main(["predict", "--onnx", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.png")]) == 0
         with torch.no_grad():
             logits = model(torch.from_numpy(split.inputs[i : i + 1]))
         assert_same_class(int(predicted(capsys.readouterr().out)), logits.numpy())
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "bad.png")
-    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "bad.png")]) == 2
+    assert main(["predict", "--onnx", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "bad.png")]) == 2
     assert "is 9x9, task image reads 8x8" in capsys.readouterr().err
 
 
@@ -267,7 +290,17 @@ def test_export_json_describes_inputs_states_and_pooling(tmp_path):
     model = reduce_model(random_model("embedding_layer_mean"), [5, 2], kernel_length=32)[0]
     save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25})
     assert (
-        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        main(
+            [
+                "export",
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "data"),
+            ]
+        )
         == 0
     )
     info = json.loads((tmp_path / "m.json").read_text())
@@ -290,7 +323,7 @@ def test_deploy_measure_writes_a_row(tmp_path):
     model = random_model("embedding_layer_mean")
     save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25, "seed": 0, "init": "skew_hippo"})
     (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": {"test": 0.25}, "init": "skew_hippo"}))
-    assert main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
     assert (
         main(
             [
@@ -423,14 +456,24 @@ def test_predict_text_reads_characters_and_cuts_at_the_tasks_cut(tmp_path, capsy
     model = random_model("embedding_layer_mean")
     save_model(tmp_path / "m.pt", model, {"task": "text", "l_max": cut})
     assert (
-        main(["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "data")])
+        main(
+            [
+                "export",
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--out",
+                str(tmp_path / "m.onnx"),
+                "--data",
+                str(tmp_path / "data"),
+            ]
+        )
         == 0
     )
     (tmp_path / "review.txt").write_text(text)
     encoded = encode_input(load_description(tmp_path / "m.onnx"), str(tmp_path / "review.txt"))
     np.testing.assert_array_equal(encoded, ids[0])
     capsys.readouterr()
-    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "review.txt")]) == 0
+    assert main(["predict", "--onnx", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "review.txt")]) == 0
     with torch.no_grad():
         logits = model(torch.from_numpy(ids))
     out = capsys.readouterr().out

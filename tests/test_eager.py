@@ -81,7 +81,7 @@ def test_a_training_process_never_imports_torch_dynamo(tmp_path):
         "skew_hippo",
         "--seed",
         "0",
-        "--out-dir",
+        "--out",
         str(tmp_path / "run"),
     ]
     script = textwrap.dedent(f"""

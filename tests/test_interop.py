@@ -178,7 +178,10 @@ def test_reduce_s4d_cli_lists_kernels_and_keeps_the_wrapping(tmp_path, capsys):
         "model.encoder.weight": torch.randn(H, 3, dtype=torch.float64),
     }
     torch.save({"state_dict": sd, "epoch": 7}, tmp_path / "s4d.pt")
-    assert main(["reduce-s4d", str(tmp_path / "s4d.pt"), "--order", "3", "--out", str(tmp_path / "out.pt")]) == 0
+    assert (
+        main(["reduce-s4d", "--model", str(tmp_path / "s4d.pt"), "--order", "3", "--out", str(tmp_path / "out.pt")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "model.layers.0.layer." in out and "model.layers.1.layer." in out and "d_state = 6" in out
     payload = torch.load(tmp_path / "out.pt", weights_only=True)

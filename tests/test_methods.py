@@ -427,7 +427,7 @@ def test_irka_iteration_cap_reaches_the_reduction_through_the_cli(tmp_path):
                 "-m",
                 "dssbt",
                 "reduce",
-                "--checkpoint",
+                "--model",
                 str(tmp_path / "pre.pt"),
                 "--order",
                 "3",

@@ -133,13 +133,13 @@ def run(*args):
 @pytest.mark.slow
 def test_orders_then_reduce_commands(tmp_path):
     save_model(tmp_path / "pre.pt", shaped_model(), {"l_max": 32})
-    p = run("orders", "--checkpoint", str(tmp_path / "pre.pt"), "--spec", "tol:0.05", "--out", str(tmp_path / "o.json"))
+    p = run("orders", "--model", str(tmp_path / "pre.pt"), "--spec", "tol:0.05", "--out", str(tmp_path / "o.json"))
     assert p.returncode == 0, p.stderr
     chosen = json.loads((tmp_path / "o.json").read_text())
     assert chosen["layer_orders"] == choose_layer_orders(shaped_model(), 0.05)["layer_orders"]
     p = run(
         "reduce",
-        "--checkpoint",
+        "--model",
         str(tmp_path / "pre.pt"),
         "--layer-orders",
         str(tmp_path / "o.json"),
@@ -157,7 +157,7 @@ def test_orders_then_reduce_commands(tmp_path):
     # --order and --layer-orders are exclusive; a broken orders file is named
     p = run(
         "reduce",
-        "--checkpoint",
+        "--model",
         str(tmp_path / "pre.pt"),
         "--order",
         "3",
@@ -172,7 +172,7 @@ def test_orders_then_reduce_commands(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"tol": 0.05, "layer_orders": [3, "2"]}))
     p = run(
         "reduce",
-        "--checkpoint",
+        "--model",
         str(tmp_path / "pre.pt"),
         "--layer-orders",
         str(tmp_path / "bad.json"),

@@ -35,9 +35,9 @@ def trained(tmp_path_factory):
 def test_training_and_reduce_metrics_record_code_packages_machine_and_device(trained):
     task, hp, tmp = trained
     p = subprocess.run(
-        [sys.executable, "-m", "dssbt", "reduce", "--checkpoint", str(tmp / "pre" / "model.pt"), "--order", "3"]
+        [sys.executable, "-m", "dssbt", "reduce", "--model", str(tmp / "pre" / "model.pt"), "--order", "3"]
         + ["--data", str(task), "--hparams", json.dumps(hp), "--out", str(tmp / "r.pt"), "--report"]
-        + [str(tmp / "r.json"), "--metrics", str(tmp / "r_metrics.json"), "--threads", "1"],
+        + [str(tmp / "r.json"), "--metrics-out", str(tmp / "r_metrics.json"), "--threads", "1"],
         capture_output=True,
         text=True,
     )

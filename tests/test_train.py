@@ -98,12 +98,12 @@ def test_killed_job_resumes_to_the_same_result(task, tmp_path):
     # exact equality: both runs are `dssbt train` processes with the same thread count (stated, not defaulted)
     args = ["train", "--data", str(task), "--hparams", json.dumps(hp), "--init", "skew_hippo", "--seed", "1"]
     args += ["--threads", "1"]
-    ref = run_cli(*args, "--out-dir", str(tmp_path / "ref"))
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dssbt", *args, "--out-dir", str(out)],
+        [sys.executable, "-m", "dssbt", *args, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -116,7 +116,7 @@ def test_killed_job_resumes_to_the_same_result(task, tmp_path):
     assert not (out / "metrics.json").exists() and not (out / "model.pt").exists()
     assert not list(out.glob(".*.tmp"))  # no temporary left looking like an output
 
-    again = run_cli(*args, "--out-dir", str(out))
+    again = run_cli(*args, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert "resuming from" in again.stdout
     m_ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
@@ -141,7 +141,7 @@ def _bt_initialised_model_starts_at_the_reduced_accuracy(task, hp, tmp_path):
         "reduce",
         "--threads",
         "1",
-        "--checkpoint",
+        "--model",
         str(tmp_path / "pre" / "model.pt"),
         "--order",
         "3",
@@ -153,13 +153,13 @@ def _bt_initialised_model_starts_at_the_reduced_accuracy(task, hp, tmp_path):
         str(tmp_path / "r3.pt"),
         "--report",
         str(tmp_path / "r3.json"),
-        "--metrics",
+        "--metrics-out",
         str(tmp_path / "r3_metrics.json"),
     )
     assert r.returncode == 0, r.stderr
     reduced = json.loads((tmp_path / "r3_metrics.json").read_text())
     assert reduced["init"] == "bt_no_retrain" and reduced["order"] == 3 and reduced["N"] == 8
-    m = train(task, hp, "from_reduced", 0, tmp_path / "re", order=3, reduced=tmp_path / "r3.pt", log=lambda s: None)
+    m = train(task, hp, "from_reduced", 0, tmp_path / "re", order=3, start=tmp_path / "r3.pt", log=lambda s: None)
     assert m["initial"]["accuracy"] == {"val": reduced["accuracy"]["val"], "test": reduced["accuracy"]["test"]}
     # and the reduced model differs from a fresh order-3 model, so the equality is not a coincidence of inits
     fresh = train(task, hp, "skew_hippo", 0, tmp_path / "fresh", order=3, log=lambda s: None)
@@ -194,7 +194,9 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
     train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
     other = json.loads(json.dumps(hp))
     other["model"]["d_model"] = 6
-    with pytest.raises(ValueError, match=r"model.pt: architecture differs .*'d_model': \(8, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"model.pt: the model file's architecture contradicts .*d_model: file 8, --hparams model 6"
+    ):
         train(
             task,
             other,
@@ -202,7 +204,7 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
             0,
             tmp_path / "x",
             order=7,
-            reduced=tmp_path / "pre" / "model.pt",
+            start=tmp_path / "pre" / "model.pt",
             log=lambda s: None,
         )
     assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
@@ -214,17 +216,81 @@ def test_bad_orders_inits_and_foreign_checkpoints_fail_before_training(task, tmp
         "skew_hippo",
         "--hparams",
         '{"optim": {"epochs": 0}}',
-        "--out-dir",
+        "--out",
         str(tmp_path / "cli"),
     )
     assert p.returncode == 2 and "optim.epochs must be >= 1, got 0" in p.stderr
+
+
+def test_a_retraining_takes_the_architecture_from_its_model_file(task, tmp_path):
+    """--init from_reduced / from_pretrained without a model section in --hparams: the model file's architecture
+    (from_reduced: its orders too) trains the same model as a job that restates it; a model section that
+    contradicts the file is refused, naming the file and the key, before anything is written."""
+    from dssbt.stages import reduce_job
+
+    hp = json.loads(json.dumps(HP))
+    hp["optim"]["epochs"] = 1
+    pre, r3 = tmp_path / "pre" / "model.pt", tmp_path / "r3.pt"
+    train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
+    reduce_job(pre, r3, tmp_path / "r3.json", order=3)
+    stated = train(task, hp, "from_reduced", 0, tmp_path / "a", order=3, start=r3, log=lambda s: None)
+    optim_only = json.dumps({"optim": hp["optim"]})
+    p = run_cli(
+        "train",
+        "--data",
+        task,
+        "--init",
+        "from_reduced",
+        "--model",
+        r3,
+        "--hparams",
+        optim_only,
+        "--out",
+        tmp_path / "b",
+    )
+    assert p.returncode == 0, p.stderr
+    from_file = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    same = ("run", "stage", "method", "order", "N", "initial", "accuracy", "loss", "best_epoch")
+    assert {k: from_file.get(k) for k in same} == {k: stated.get(k) for k in same}
+    assert from_file["run"] == "bt_init_r3" and from_file["hparams"]["model"] == {
+        k: v
+        for k, v in hp["model"].items()
+        if k != "norm"  # norm "layer" is ModelConfig's default
+    }
+    assert history(tmp_path / "b" / "history.csv") == history(tmp_path / "a" / "history.csv")
+    cont = train(task, {"optim": hp["optim"]}, "from_pretrained", 0, tmp_path / "c", start=pre, log=lambda s: None)
+    assert cont["run"] == "full_continued" and cont["order"] == 8
+    # a model section that contradicts the file
+    other = {**hp, "model": {**hp["model"], "n_layers": 2}}
+    for init, start, order in (("from_reduced", r3, None), ("from_pretrained", pre, None)):
+        with pytest.raises(ValueError, match=r"contradicts the job's \(n_layers: file 1, --hparams model 2\)"):
+            train(task, other, init, 0, tmp_path / "x", order=order, start=start, log=lambda s: None)
+    bad_n = {**hp, "model": {**hp["model"], "d_state": 16}}
+    with pytest.raises(ValueError, match=r"N \(the pretrained state size\): file 8, --hparams model.d_state 16"):
+        train(task, bad_n, "from_reduced", 0, tmp_path / "x", start=r3, log=lambda s: None)
+    assert not (tmp_path / "x").exists()
+    p = run_cli(
+        "train",
+        "--data",
+        task,
+        "--init",
+        "from_pretrained",
+        "--model",
+        pre,
+        "--hparams",
+        json.dumps(other),
+        "--out",
+        tmp_path / "y",
+    )
+    assert p.returncode == 2 and f"dssbt train: error: {pre}: the model file's architecture contradicts" in p.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def evaluate_cli(model: Path, task: Path, hp: dict, out: Path, threads: int) -> dict:
     """`dssbt evaluate` of a model file in a subprocess with ``threads`` torch threads: its metrics."""
     p = run_cli(
         "evaluate",
-        "--checkpoint",
+        "--model",
         str(model),
         "--data",
         str(task),
@@ -310,7 +376,7 @@ def test_equal_budget_run_is_named_by_its_method_and_trains_the_total_epochs(tas
         "skew_hippo",
         "--method",
         "skew_hippo_equal",
-        "--out-dir",
+        "--out",
         str(tmp_path / "c"),
         "--hparams",
         json.dumps(hp),
@@ -325,15 +391,15 @@ def test_full_continued_trains_the_pretrained_model_further(task, tmp_path):
     hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2}}
     pre = train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
     cont = train(
-        task, hp, "from_pretrained", 0, tmp_path / "cont", reduced=tmp_path / "pre" / "model.pt", log=lambda s: None
+        task, hp, "from_pretrained", 0, tmp_path / "cont", start=tmp_path / "pre" / "model.pt", log=lambda s: None
     )
     assert (cont["stage"], cont["method"], cont["run"]) == ("continue", "full", "full_continued")
     assert cont["initial"]["accuracy"]["val"] == pre["accuracy"]["val"]
     assert cont["initial"]["accuracy"]["test"] == pre["accuracy"]["test"]
     assert cont["epochs_run"] == 2 and cont["order"] == pre["order"] == 8
     with pytest.raises(ValueError, match="from_pretrained continues the full-N model"):
-        train(task, hp, "from_pretrained", 0, tmp_path / "x", order=4, reduced=tmp_path / "pre" / "model.pt")
-    with pytest.raises(ValueError, match="needs --reduced"):
+        train(task, hp, "from_pretrained", 0, tmp_path / "x", order=4, start=tmp_path / "pre" / "model.pt")
+    with pytest.raises(ValueError, match="needs --model"):
         train(task, hp, "from_pretrained", 0, tmp_path / "x")
 
 
@@ -376,7 +442,7 @@ def test_diverging_run_fails_naming_the_job_and_writes_no_output(task, tmp_path)
         "skew_hippo",
         "--seed",
         "2",
-        "--out-dir",
+        "--out",
         str(out),
     )
     assert p.returncode == 2, p.stderr[-2000:]
@@ -675,7 +741,7 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
         "skew_hippo",
         "--seed",
         "1",
-        "--out-dir",
+        "--out",
         str(out),
     )
     assert p.returncode == 1, p.stderr[-2000:]
@@ -699,7 +765,7 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
         "skew_hippo",
         "--seed",
         "1",
-        "--out-dir",
+        "--out",
         str(out),
     )
     assert again.returncode == 0, again.stderr[-2000:]
@@ -716,7 +782,7 @@ def test_real_full_disk_fails_the_second_state_write_and_a_rerun_with_space_resu
         "skew_hippo",
         "--seed",
         "1",
-        "--out-dir",
+        "--out",
         str(tmp_path / "ref"),
     )
     assert ref.returncode == 0, ref.stderr[-2000:]

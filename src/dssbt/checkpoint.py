@@ -28,16 +28,7 @@ def load_model(path: str | os.PathLike, expect: ModelConfig | None = None) -> tu
     ``expect`` (another architecture), weights that do not fit the config, and non-finite or unstable SSM
     parameters (naming layer, direction, channel and mode).
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a dssbt model file (missing format tag {FORMAT!r})")
-    try:
-        cfg = ModelConfig.from_dict(payload["config"])
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    payload, cfg = _read(path)
     if expect is not None and cfg != expect:
         diff = {k: (v, getattr(expect, k)) for k, v in cfg.to_dict().items() if getattr(expect, k) != v}
         raise ValueError(f"{path}: architecture differs from the one expected (file, expected): {diff}")
@@ -48,6 +39,27 @@ def load_model(path: str | os.PathLike, expect: ModelConfig | None = None) -> tu
         raise ValueError(f"{path}: weights do not fit the model config: {e}") from None
     check_model(model, where=str(path))
     return model, payload.get("meta", {})
+
+
+def read_config(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
+    """The architecture and the metadata a model file carries, without building the model; ValueError naming the
+    file as ``load_model``."""
+    payload, cfg = _read(path)
+    return cfg, payload.get("meta", {})
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], ModelConfig]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a dssbt model file (missing format tag {FORMAT!r})")
+    try:
+        cfg = ModelConfig.from_dict(payload["config"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return payload, cfg
 
 
 def check_model(model: S4Model, where: str) -> None:

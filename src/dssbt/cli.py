@@ -10,7 +10,16 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from . import __version__
+from .hparams import load_hparams_arg
 from .reduction.registry import METHODS, ROUTES
+
+
+def hparams_arg(text: str) -> dict:
+    """``--hparams``: inline JSON or a .json/.yaml/.yml file, read and checked while the arguments are parsed."""
+    try:
+        return load_hparams_arg(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -21,13 +30,13 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     train_job(
         a.data,
-        a.out_dir,
+        a.out,
         a.init,
         a.seed,
         a.hparams,
         a.order,
         a.layer_orders,
-        a.reduced,
+        a.model,
         a.device,
         method=a.method,
         stop_after=a.stop_after,
@@ -37,16 +46,16 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .stages import evaluate_job
 
-    m = evaluate_job(a.checkpoint, a.data, a.out, a.hparams, a.device)
-    print(f"{a.checkpoint}: test accuracy {m['accuracy']['test']:.4f}; wrote {a.out}")
+    m = evaluate_job(a.model, a.data, a.out, a.hparams, a.device)
+    print(f"{a.model}: test accuracy {m['accuracy']['test']:.4f}; wrote {a.out}")
 
 
 def cmd_orders(a: argparse.Namespace) -> None:
     from .stages import orders_job
 
-    c = orders_job(a.checkpoint, a.spec, a.out, a.route)
+    c = orders_job(a.model, a.spec, a.out, a.route)
     print(
-        f"{a.checkpoint}: {c['order_spec']} ({a.route}) -> layer orders {c['layer_orders']} of {c['N']}; "
+        f"{a.model}: {c['order_spec']} ({a.route}) -> layer orders {c['layer_orders']} of {c['N']}; "
         f"discarded HSV energy {[f'{x:.2e}' for x in c['discarded_energy']]}"
     )
 
@@ -55,7 +64,7 @@ def cmd_reduce(a: argparse.Namespace) -> None:
     from .stages import reduce_job
 
     r = reduce_job(
-        a.checkpoint,
+        a.model,
         a.out,
         a.report,
         a.method,
@@ -63,20 +72,49 @@ def cmd_reduce(a: argparse.Namespace) -> None:
         a.order,
         a.layer_orders,
         a.data,
-        a.metrics,
+        a.metrics_out,
         a.hparams,
         a.kernel_length,
         a.device,
     )
     acc = "" if r["test_accuracy"] is None else f"; test accuracy without retraining {r['test_accuracy']:.4f}"
     print(
-        f"reduced {a.checkpoint} N={r['N']} -> r={r['order_spec']} (layers {r['layer_orders']}, {a.method}, "
+        f"reduced {a.model} N={r['N']} -> r={r['order_spec']} (layers {r['layer_orders']}, {a.method}, "
         f"{a.route}); worst relative kernel error {r['worst_rel_kernel_error']:.3e}{acc}"
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that never accepts an abbreviated flag (``--out-d`` is not ``--out-dir``). Subparsers are
+    built by their parent's class, so every subcommand (data and deploy ones, nested ones) inherits it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+# The flag names every subcommand shares (tests/test_cli.py holds every subcommand to them):
+#   --model FILE   the input model file (a dssbt model file; reduce-s4d: a state-spaces/s4 state dict)
+#   --data DIR     the input prepared task folder
+#   --out PATH     the primary output (a folder for train, generate, prepare and extract; a file elsewhere)
+#   --hparams      hyper-parameters: inline JSON or a .json/.yaml/.yml file (dssbt.hparams.load_hparams_arg)
+# Secondary outputs have names of their own (reduce: --report, --metrics-out), so that no flag is an input in one
+# subcommand and an output in another.
+HPARAMS_HELP = (
+    'hyper-parameters (dssbt.hparams): inline JSON, e.g. \'{"optim": {"epochs": 3}}\', or a .json, .yaml or '
+    ".yml file holding the same object"
+)
+ORDER_SPEC_HELP = (
+    "how to choose one order per layer: tol:<x> keeps in each layer the smallest r_i whose discarded HSV energy "
+    "(sum of squares) is <= x of that layer's total (0 < x < 1); budget:<f> keeps a share f (0 < f < 1) of all the "
+    "model's states, allocated across layers by least discarded HSV energy; the run-folder forms tol<x> and "
+    "budget<f> (e.g. tol0.3, budget0.25) are accepted too. An integer such as 8 is refused: one r for every layer "
+    "needs no orders file (reduce / train --order 8)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dssbt", description=__doc__)
+    parser = Parser(prog="dssbt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dssbt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -86,16 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a prepared task (resumes an interrupted run)")
     p.add_argument("--data", required=True, help="prepared task folder (meta.json + {train,val,test}.npz)")
-    p.add_argument("--hparams", default="{}", help="hyper-parameter JSON (see dssbt.hparams)")
+    p.add_argument("--hparams", default="{}", type=hparams_arg, help=HPARAMS_HELP)
     p.add_argument(
-        "--init", required=True, help="skew_hippo | s4d_lin | s4d_inv | random | from_reduced | from_pretrained"
+        "--init",
+        required=True,
+        help="skew_hippo | s4d_lin | s4d_inv | random (a fresh model) | from_reduced | from_pretrained (start "
+        "from --model)",
     )
-    p.add_argument("--order", type=int, default=None, help="state size r < N of a reduced-order model")
     p.add_argument(
-        "--reduced",
+        "--order",
+        type=int,
         default=None,
-        help="model file to start from: written by dssbt reduce (--init from_reduced) or the "
-        "pretrained full-N model (--init from_pretrained: train it further)",
+        help="state size r < N of a reduced-order model (from_reduced: default the model file's)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model file to start from: written by dssbt reduce (--init from_reduced) or the pretrained full-N "
+        "model (--init from_pretrained: train it further). It carries its architecture: without a model section "
+        "in --hparams the file's is used (and, for from_reduced, its orders when --order / --layer-orders are "
+        "absent); a model section must describe the same architecture",
     )
     p.add_argument(
         "--layer-orders",
@@ -115,21 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="a snapshot of the full-N pretraining: the same run stopped after this epoch (its best "
         "model up to then); the schedule still spans optim.epochs",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", required=True, help="folder for model.pt, metrics.json, history.csv")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
+    p.add_argument("--out", required=True, help="run folder to write: model.pt, metrics.json, history.csv")
     common(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy and loss of a model file on every split of a prepared task")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--hparams", default="{}", help="only optim.eval_batch_size, optim.amp and optim.kernels are used")
+    p.add_argument("--model", required=True, help="model file to evaluate (written by dssbt)")
+    p.add_argument("--data", required=True, help="prepared task folder (meta.json + {train,val,test}.npz)")
+    p.add_argument(
+        "--hparams",
+        default="{}",
+        type=hparams_arg,
+        help=HPARAMS_HELP + "; only optim.eval_batch_size, optim.amp and optim.kernels are used",
+    )
     p.add_argument("--out", required=True, help="metrics JSON to write")
     common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("reduce", help="reduce every DSS channel of a model checkpoint to order r")
-    p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
+    p = sub.add_parser("reduce", help="reduce every DSS channel of a model file to order r")
+    p.add_argument("--model", required=True, help="pretrained model file (written by dssbt train)")
     p.add_argument("--order", type=int, default=None, help="reduced order r, 1 <= r < N (or --layer-orders)")
     p.add_argument("--layer-orders", default=None, help="file written by dssbt orders: one order per layer")
     p.add_argument(
@@ -148,38 +201,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel-length",
         type=int,
         default=None,
-        help="kernel length for the measured error (default: l_max stored in the checkpoint)",
+        help="kernel length for the measured error (default: l_max stored in the model file)",
     )
     p.add_argument("--out", required=True, help="reduced model file to write")
     p.add_argument("--report", required=True, help="reduction report (JSON) to write")
-    p.add_argument("--data", default=None, help="prepared task: also measure accuracy without retraining")
-    p.add_argument("--metrics", default=None, help="metrics JSON of the reduced model without retraining")
+    p.add_argument(
+        "--data", default=None, help="prepared task folder: also measure accuracy without retraining (--metrics-out)"
+    )
+    p.add_argument("--metrics-out", default=None, help="metrics JSON to write: the reduced model's accuracy on --data")
     p.add_argument(
         "--hparams",
         default="{}",
-        help="optim.eval_batch_size, optim.amp and optim.kernels (the accuracy), reduction.<method> (e.g. h2: tol, max_iter)",
+        type=hparams_arg,
+        help=HPARAMS_HELP + "; used: optim.eval_batch_size, optim.amp and optim.kernels (the accuracy), "
+        "reduction.<method> (e.g. h2: tol, max_iter)",
     )
     common(p)
     p.set_defaults(func=cmd_reduce)
 
     p = sub.add_parser(
-        "orders", help="choose one reduced order per layer (e.g. by a tolerance on the discarded HSV energy)"
+        "orders", help="choose one reduced order per layer (by a tolerance on the discarded HSV energy or a budget)"
     )
-    p.add_argument("--checkpoint", required=True, help="pretrained model file (written by dssbt)")
+    p.add_argument("--model", required=True, help="pretrained model file (written by dssbt train)")
+    p.add_argument("--spec", required=True, help=ORDER_SPEC_HELP)
     p.add_argument(
-        "--spec",
-        required=True,
-        help="a per-layer order: tol:<x> (or tol<x>) keeps the smallest r_i whose discarded HSV energy "
-        "(sum of squares) is <= x of layer i's total",
+        "--route",
+        default="discrete",
+        choices=list(ROUTES),
+        help="HSVs of the continuous system or of its ZOH discretisation (default: discrete)",
     )
-    p.add_argument("--route", default="discrete", choices=list(ROUTES))
-    p.add_argument("--out", required=True, help="JSON with layer_orders to write")
+    p.add_argument("--out", required=True, help="orders file (JSON with order_spec and layer_orders) to write")
     common(p)
     p.set_defaults(func=cmd_orders)
     from .data.cli import add_subcommands as add_data_subcommands
     from .deploy.cli import add_subcommands as add_deploy_subcommands
 
-    add_data_subcommands(sub)  # download, generate, prepare
+    add_data_subcommands(sub)  # download, extract, generate, prepare
     add_deploy_subcommands(sub)  # export, predict, deploy-measure, reduce-s4d
     return parser
 

@@ -1,4 +1,5 @@
-"""Hyper-parameters of one training job, parsed from JSON with every key checked.
+"""Hyper-parameters of one training job, parsed from JSON (inline, or a .json/.yaml/.yml file: ``load_hparams_arg``)
+with every key checked.
 
 The JSON has these sections; every key is optional (defaults below) and unknown keys are an error:
 
@@ -9,7 +10,9 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
                                              which checks them: ``reduction.registry.check_reduction_options``)
 
 The task-dependent part of the architecture (encoder, d_input, d_output, dual) comes from the prepared data,
-the Lambda init from the job's ``--init``, the state size from the job's ``--order`` (default: d_state = N).
+the Lambda init from the job's ``--init``, the state size from the job's ``--order`` (default: d_state = N). A job that
+starts from a model file (``--init from_reduced`` / ``from_pretrained``) and has no model section takes the file's
+architecture (``train.start_architecture``).
 """
 
 from __future__ import annotations
@@ -153,6 +156,59 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
         if not isinstance(options, dict):
             raise ValueError(f"hyper-parameters: reduction.{method} must be an object, got {options!r}")
     return Hparams(model=model, optim=optim, reduction={m: dict(o) for m, o in sorted(reduction.items())})
+
+
+HPARAMS_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def load_hparams_arg(text: str) -> dict[str, Any]:
+    """The value of a ``--hparams`` flag: inline JSON (an object, ``{...}``) or the path of a ``.json``, ``.yaml`` or
+    ``.yml`` file holding that object. Returns the object, checked by :func:`parse_hparams`. Raises ValueError naming
+    the file (or the inline value) for a missing or unreadable file, bad JSON/YAML and bad keys."""
+    if text.lstrip().startswith("{"):
+        where = f"--hparams {text}"
+        try:
+            source = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e})") from None
+    else:
+        from pathlib import Path
+
+        path = Path(text)
+        where = f"--hparams {path}"
+        if path.suffix.lower() not in HPARAMS_FILE_SUFFIXES:
+            raise ValueError(
+                f"--hparams {text!r}: neither inline JSON (an object in braces) nor a "
+                f"{', '.join(HPARAMS_FILE_SUFFIXES)} file"
+            )
+        try:
+            content = path.read_text()
+        except FileNotFoundError:
+            raise ValueError(f"{where}: no such file") from None
+        except OSError as e:
+            raise ValueError(f"{where}: cannot be read ({e})") from None
+        if path.suffix.lower() == ".json":
+            try:
+                source = json.loads(content)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e})") from None
+        else:
+            import yaml
+
+            try:
+                source = yaml.safe_load(content)
+            except yaml.YAMLError as e:
+                raise ValueError(f"{where}: not valid YAML ({e})") from None
+            if source is None:  # an empty file: no hyper-parameters given
+                source = {}
+    try:
+        parse_hparams(source)
+    except ValueError as e:
+        hint = ""
+        if "must be float, got '" in str(e):
+            hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+        raise ValueError(f"{where}: {e}{hint}") from None
+    return source
 
 
 def _check_reduce_during(rd: dict[str, Any], epochs: int) -> dict[str, Any]:

@@ -37,19 +37,20 @@ def _orders(order: int | None, layer_orders: PathLike | None) -> tuple[int | lis
 
 def train_job(
     data: PathLike,
-    out_dir: PathLike,
+    out: PathLike,
     init: str,
     seed: int = 0,
-    hparams: str = "{}",
+    hparams: str | dict[str, Any] = "{}",
     order: int | None = None,
     layer_orders: PathLike | None = None,
-    reduced: PathLike | None = None,
+    model: PathLike | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
     method: str | None = None,
     stop_after: int | None = None,
 ) -> dict[str, Path]:
-    """Train one model (pretraining, baseline or retraining: ``train.train``); returns {model, metrics, history}.
+    """Train one model (pretraining, baseline or retraining: ``train.train``) into the run folder ``out``; returns
+    {model, metrics, history}. ``model``: the model file a ``from_reduced`` / ``from_pretrained`` init starts from.
     ``method`` names a baseline run other than its init (``skew_hippo_equal``: the equal-budget control);
     ``stop_after`` makes a snapshot of the pretraining (``train.train``)."""
     from .train import train
@@ -60,35 +61,36 @@ def train_job(
         hparams,
         init,
         seed,
-        out_dir,
+        out,
         order=orders,
         order_spec=None if spec is None else spec.label,
-        reduced=reduced,
+        start=model,
         device=device,
         log=log,
         method=method,
         stop_after=stop_after,
     )
-    out = Path(out_dir)
-    return {"model": out / "model.pt", "metrics": out / "metrics.json", "history": out / "history.csv"}
+    folder = Path(out)
+    return {"model": folder / "model.pt", "metrics": folder / "metrics.json", "history": folder / "history.csv"}
 
 
-def orders_job(checkpoint: PathLike, spec: str, out: PathLike, route: str = "discrete") -> dict[str, Any]:
-    """Choose the per-layer orders of ``spec`` (``tol:<x>`` or its folder form ``tol0.3``) for a pretrained model."""
+def orders_job(model: PathLike, spec: str, out: PathLike, route: str = "discrete") -> dict[str, Any]:
+    """Choose the per-layer orders of ``spec`` (``tol:<x>``, ``budget:<f>`` or their folder forms ``tol0.3``,
+    ``budget0.25``) for the pretrained model file ``model``; writes them to ``out``."""
     from .orders import from_wildcard
 
     order = parse_order(spec) if ":" in spec else from_wildcard(spec)
     if not order.per_layer:
         raise ValueError(f"order {spec!r} is one r for every layer: there are no per-layer orders to choose")
-    model, meta = load_model(checkpoint)
-    chosen = ModelReducer(model, route).choose_orders(order)
-    chosen.update(checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
+    full, meta = load_model(model)
+    chosen = ModelReducer(full, route).choose_orders(order)
+    chosen.update(checkpoint=str(model), task=meta.get("task"), seed=meta.get("seed"))
     write_json(out, chosen)
     return chosen
 
 
 def reduce_job(
-    checkpoint: PathLike,
+    model: PathLike,
     out: PathLike,
     report: PathLike,
     method: str = "bt",
@@ -96,33 +98,33 @@ def reduce_job(
     order: int | None = None,
     layer_orders: PathLike | None = None,
     data: PathLike | None = None,
-    metrics: PathLike | None = None,
-    hparams: str = "{}",
+    metrics_out: PathLike | None = None,
+    hparams: str | dict[str, Any] = "{}",
     kernel_length: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Reduce a pretrained model; writes the reduced model, its report and (with ``data``) its metrics without
-    retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
+    """Reduce the pretrained model file ``model``; writes the reduced model (``out``), its report and (with ``data``)
+    its metrics without retraining (``metrics_out``). Everything is read and checked before anything is written. Returns the paths and a summary."""
     from .train import load_task
 
     t0 = time.perf_counter()
-    if (data is None) != (metrics is None):
-        raise ValueError("--data and --metrics go together (the accuracy of the reduced model without retraining)")
+    if (data is None) != (metrics_out is None):
+        raise ValueError("--data and --metrics-out go together (the accuracy of the reduced model without retraining)")
     orders, spec = _orders(order, layer_orders)
     if orders is None:
         raise ValueError("give exactly one of --order r and --layer-orders FILE")
     hp = parse_hparams(hparams)
     check_reduction_options(hp.reduction)
-    model, meta = load_model(checkpoint)
+    full, meta = load_model(model)
     # read and checked (against the model's l_max too) before writing anything: bad data fails early
     task = load_task(data, l_max=meta.get("l_max")) if data else None
     L = kernel_length or meta.get("l_max")
     if not L:
-        raise ValueError(f"{checkpoint}: no l_max in the checkpoint metadata; pass --kernel-length")
-    reduced, rep = ModelReducer(model, route, int(L)).reduce(
+        raise ValueError(f"{model}: no l_max in the model file's metadata; pass --kernel-length")
+    reduced, rep = ModelReducer(full, route, int(L)).reduce(
         method, orders, hp.reduction.get(method, {}), seed=meta.get("seed")
     )  # a control's seed
-    rep.update(order_spec=spec.label, checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
+    rep.update(order_spec=spec.label, checkpoint=str(model), task=meta.get("task"), seed=meta.get("seed"))
     if layer_orders is not None:
         rep.update(layer_orders_file=str(layer_orders), **{spec.kind: spec.value})
     measured = None
@@ -131,10 +133,10 @@ def reduce_job(
         run = describe_run("reduce", method, spec.wildcard)
         with fused.kernels(hp.optim.kernels):
             measured = base_metrics(
-                task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state, spec.label
+                task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, full.cfg.d_state, spec.label
             ) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test"))
         measured |= {
-            "reduced_from": str(checkpoint),
+            "reduced_from": str(model),
             "epochs_run": 0,
             "route": route,
             "wall_time_s": time.perf_counter() - t0,
@@ -146,11 +148,12 @@ def reduce_job(
         "r": order,
         "layer_orders": reduced.cfg.orders_by_layer(),
         "order_spec": spec.label,
+        "N": full.cfg.d_state,  # the pretrained state size: a retraining takes its architecture from this file
     }
-    save_model(out, reduced, {**meta, "reduced_from": str(checkpoint), "reduction": reduction})
+    save_model(out, reduced, {**meta, "reduced_from": str(model), "reduction": reduction})
     write_json(report, rep)
     if measured is not None:
-        write_json(metrics, measured)
+        write_json(metrics_out, measured)
     worst = max(
         (max(max(ch) for ch in layer["rel_kernel_error"]) for layer in rep["layers"] if "rel_kernel_error" in layer),
         default=0.0,
@@ -158,8 +161,8 @@ def reduce_job(
     return {
         "model": Path(out),
         "report": Path(report),
-        "metrics": None if metrics is None else Path(metrics),
-        "N": model.cfg.d_state,
+        "metrics": None if metrics_out is None else Path(metrics_out),
+        "N": full.cfg.d_state,
         "layer_orders": reduced.cfg.orders_by_layer(),
         "order_spec": spec.label,
         "worst_rel_kernel_error": worst,
@@ -168,22 +171,22 @@ def reduce_job(
 
 
 def evaluate_job(
-    checkpoint: PathLike, data: PathLike, out: PathLike, hparams: str = "{}", device: str = "cpu"
+    model: PathLike, data: PathLike, out: PathLike, hparams: str | dict[str, Any] = "{}", device: str = "cpu"
 ) -> dict[str, Any]:
-    """Accuracy and loss of a model file on every split of a prepared task, written as a metrics file."""
+    """Accuracy and loss of the model file ``model`` on every split of a prepared task, written to ``out``."""
     from .train import load_task
 
     hp = parse_hparams(hparams)
-    model, meta_ckpt = load_model(checkpoint)
+    net, meta_ckpt = load_model(model)
     meta, data_splits = load_task(data, l_max=meta_ckpt.get("l_max"))
     dev = resolve_device(device)
-    model.to(dev)
+    net.to(dev)
     run = describe_run("evaluate", meta_ckpt.get("reduction", {}).get("method") or meta_ckpt.get("init"), None)
     with fused.kernels(hp.optim.kernels):
         metrics = (
-            base_metrics(meta, model, hp, run, meta_ckpt.get("seed"), dev, model.cfg.d_state)
-            | summary_metrics(model, data_splits, hp, dev)
-            | {"checkpoint": str(checkpoint), "epochs_run": 0}
+            base_metrics(meta, net, hp, run, meta_ckpt.get("seed"), dev, net.cfg.d_state)
+            | summary_metrics(net, data_splits, hp, dev)
+            | {"checkpoint": str(model), "epochs_run": 0}
         )
     write_json(out, metrics)
     return metrics

@@ -36,12 +36,12 @@ from tqdm import tqdm
 
 from . import fused
 from .batches import batches
-from .checkpoint import load_model, save_model
+from .checkpoint import load_model, read_config, save_model
 from .data.prepared import SPLITS, Split, load_meta, load_split
 from .eager import AdamW
 from .evaluate import autocast, base_metrics, evaluate, resolve_device, summary_metrics
 from .hippo import INITS
-from .hparams import DEFAULT_D_STATE, Hparams, parse_hparams
+from .hparams import DEFAULT_D_STATE, MODEL_KEYS, Hparams, parse_hparams
 from .io import atomic_path, write_json
 from .model import ModelConfig, S4Model
 from .reduction.hankel import hankel_penalty
@@ -90,6 +90,73 @@ def model_config(meta: dict[str, Any], hp: Hparams, init: str, order: int | list
             raise ValueError(f"layer orders {list(order)} must be n_layers={cfg.n_layers} sizes in [1, N={N}]")
         cfg = cfg.with_layer_orders(order)
     return cfg
+
+
+TASK_KEYS = ("d_input", "d_output", "encoder", "dual")  # the part of a ModelConfig the prepared data decides
+
+
+def start_architecture(
+    path: str | os.PathLike, hp: Hparams, init: str, order: int | list[int] | None, order_spec: str | None
+) -> tuple[Hparams, int | list[int] | None, str | None]:
+    """The architecture a ``from_reduced`` / ``from_pretrained`` job takes from its model file ``path``; returns
+    (hp, order, order_spec).
+
+    Without a model section in ``hp`` the file's architecture becomes the job's, recorded in its hyper-parameters
+    as the model keys whose value differs from ModelConfig's default (so a default architecture records ``{}``, as
+    before), d_state = the full N (recorded by ``dssbt reduce`` in a reduced file). The model trained is the one a
+    job that restates the architecture trains.
+    A ``from_reduced`` job without an order takes the file's orders and order spec. A model section that is given
+    must describe the file's model (``check_start_architecture``)."""
+    cfg, meta = read_config(path)
+    reduction = meta.get("reduction") or {}
+    if init == "from_reduced" and order is None:
+        order_spec = reduction.get("order_spec")
+        per_layer = bool(cfg.layer_orders) or (order_spec is not None and ":" in str(order_spec))
+        order = cfg.orders_by_layer() if per_layer else cfg.d_state
+    if hp.model:
+        return hp, order, order_spec
+    if init == "from_reduced":
+        N = reduction.get("N")
+        if N is None:
+            raise ValueError(
+                f"{path}: the file does not record the pretrained model's state size N (a reduced model written "
+                "before dssbt reduce recorded it): give the architecture as the model section of --hparams"
+            )
+    else:
+        N = cfg.d_state
+    default = ModelConfig(d_input=1, d_output=1)
+    model = {k: getattr(cfg, k) for k in MODEL_KEYS if k != "d_state" and getattr(cfg, k) != getattr(default, k)}
+    if N != DEFAULT_D_STATE:
+        model["d_state"] = N
+    return Hparams(model=dict(sorted(model.items())), optim=hp.optim, reduction=hp.reduction), order, order_spec
+
+
+def check_start_architecture(path: str | os.PathLike, cfg: ModelConfig, hp: Hparams, init: str) -> None:
+    """ValueError naming every key where the model file ``path`` and the job's architecture ``cfg`` (built from the
+    prepared data, the model section of ``hp`` and the order) differ, and where each job value comes from."""
+    file_cfg, meta = read_config(path)
+    have, want = file_cfg.to_dict(), cfg.to_dict()
+    parts = []
+    for k, v in want.items():
+        if k == "init" or have[k] == v:  # the Lambda init is overwritten by the file's weights
+            continue
+        if k in TASK_KEYS:
+            source = "the prepared data"
+        elif init == "from_reduced" and k in ("d_state", "layer_orders"):
+            source = "--order / --layer-orders"
+        elif k in hp.model:
+            source = "--hparams model"
+        else:
+            source = "the default (not in --hparams model)"
+        parts.append(f"{k}: file {have[k]!r}, {source} {v!r}")
+    N = (meta.get("reduction") or {}).get("N")
+    if init == "from_reduced" and N is not None and "d_state" in hp.model and hp.model["d_state"] != N:
+        parts.append(f"N (the pretrained state size): file {N!r}, --hparams model.d_state {hp.model['d_state']!r}")
+    if parts:
+        raise ValueError(
+            f"{path}: the model file's architecture contradicts the job's ({'; '.join(parts)}); leave the model "
+            "section out of --hparams to take the file's architecture"
+        )
 
 
 def optimizer(model: S4Model, hp: Hparams) -> torch.optim.AdamW:
@@ -143,7 +210,7 @@ def train(
     out_dir: str | os.PathLike,
     order: int | list[int] | None = None,
     order_spec: str | None = None,
-    reduced: str | os.PathLike | None = None,
+    start: str | os.PathLike | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
     method: str | None = None,
@@ -152,8 +219,8 @@ def train(
     """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
 
     ``order``: None (full N: pretraining), r, or one order per layer (then ``order_spec`` names how they were
-    chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``), ``from_reduced`` with ``reduced``, the
-    model file written by ``dssbt reduce``, or ``from_pretrained`` with ``reduced`` the pretrained full-N model file
+    chosen, e.g. ``tol:0.3``). ``init``: a Lambda init (``hippo.INITS``), ``from_reduced`` with ``start``, the
+    model file written by ``dssbt reduce``, or ``from_pretrained`` with ``start`` the pretrained full-N model file
     (the ``full_continued`` control: that model trained further, stage ``continue``, method ``full``).
     ``stop_after``: a snapshot of the full-N pretraining (the correlation study): the same run (same
     hyper-parameters, schedule and RNG streams) stopped after that epoch, its best model up to then by validation
@@ -171,7 +238,7 @@ def train(
             out_dir,
             order=order,
             order_spec=order_spec,
-            reduced=reduced,
+            start=start,
             device=device,
             log=log,
             method=method,
@@ -180,7 +247,7 @@ def train(
 
 
 def _train(
-    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, reduced, device, log, method, stop_after
+    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, start, device, log, method, stop_after
 ) -> dict[str, Any]:
     """``train`` with parsed hyper-parameters, under its kernels."""
     if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
@@ -188,8 +255,17 @@ def _train(
             f"--method {method!r}: only a baseline of order r (not from_reduced, not the full-N "
             f"pretraining) takes a method name, one of {list(BASELINE_METHODS)}"
         )
+    if init.startswith("from_") and start is None:
+        raise ValueError(
+            f"init {init} needs --model (the model file to start from: written by dssbt reduce for "
+            "from_reduced, the pretrained model for from_pretrained)"
+        )
+    if init.startswith("from_"):
+        hp, order, order_spec = start_architecture(start, hp, init, order, order_spec)
     meta, data = load_task(data_dir)
     cfg = model_config(meta, hp, init, order)
+    if init.startswith("from_"):
+        check_start_architecture(start, cfg, hp, init)
     dev = resolve_device(device)
     if stop_after is not None and (
         order is not None or init != "skew_hippo" or method is not None or not 1 <= stop_after < hp.optim.epochs
@@ -203,17 +279,12 @@ def _train(
             "optim.reduce_during: in-training reduction applies to the full-N Skew-HiPPO pretraining "
             "(config: pretrain.optim.reduce_during), not to a baseline of order r or a retraining"
         )
-    if init.startswith("from_") and reduced is None:
-        raise ValueError(
-            f"init {init} needs --reduced (the model file to start from: written by dssbt reduce for "
-            "from_reduced, the pretrained model for from_pretrained)"
-        )
     torch.manual_seed(seed)
     model = S4Model(cfg)
     method = method or init
     if init.startswith("from_"):
-        start, start_meta = load_model(reduced, expect=cfg)
-        model.load_state_dict(start.state_dict())
+        first, start_meta = load_model(start, expect=cfg)
+        model.load_state_dict(first.state_dict())
         method = (start_meta.get("reduction", {}).get("method") or "bt") if init == "from_reduced" else "full"
     stage = {"from_reduced": "retrain", "from_pretrained": "continue"}.get(
         init, "pretrain" if order is None else "baseline"
@@ -239,7 +310,8 @@ def _train(
             "seed": seed,
             "order": order if isinstance(order, int) else None,
             "layer_orders": order if isinstance(order, list) else None,
-            "reduced": None if reduced is None else hashlib.sha256(Path(reduced).read_bytes()).hexdigest(),
+            # the key keeps its old name: a resume state written before the rename still matches its job
+            "reduced": None if start is None else hashlib.sha256(Path(start).read_bytes()).hexdigest(),
             "stop_after": stop_after,
         },
         sort_keys=True,

@@ -43,7 +43,7 @@ rule compress_orders:
     params:
         route=config["reduction"]["route"],
     shell:
-        "python -m dssbt orders --checkpoint {input.model} --spec budget:{wildcards.keep} --route {params.route}"
+        "python -m dssbt orders --model {input.model} --spec budget:{wildcards.keep} --route {params.route}"
         " --out {output.orders} --threads {threads} > {log} 2>&1"
 
 
@@ -88,7 +88,7 @@ use rule retrain as compress_retrain with:
         **rule_resources("compress_retrain"),
     params:
         hparams=lambda wc: hparams_json(wc.task, "retrain"),
-        init=lambda wc, input: f"--init from_reduced --reduced {input.reduced}",
+        init=lambda wc, input: f"--init from_reduced --model {input.reduced}",
         order=lambda wc, input: f"--layer-orders {input.orders}",
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],

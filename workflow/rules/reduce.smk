@@ -25,10 +25,10 @@ rule reduce:
         hparams=lambda wc: reduce_hparams_json(wc.task, wc.method),
         device=config["device"],
     shell:
-        "python -m dssbt reduce --checkpoint {input.model} {params.order}"
+        "python -m dssbt reduce --model {input.model} {params.order}"
         " --method {wildcards.method} --route {params.route} --data data/prepared/{wildcards.task}"
         " --hparams {params.hparams:q} --out {output.reduced} --report {output.report}"
-        " --metrics {output.metrics} --threads {threads} --device {params.device} > {log} 2>&1"
+        " --metrics-out {output.metrics} --threads {threads} --device {params.device} > {log} 2>&1"
 
 
 rule choose_orders:
@@ -48,5 +48,5 @@ rule choose_orders:
     params:
         route=config["reduction"]["route"],
     shell:
-        "python -m dssbt orders --checkpoint {input.model} --spec {wildcards.order} --route {params.route}"
+        "python -m dssbt orders --model {input.model} --spec {wildcards.order} --route {params.route}"
         " --out {output.orders} --threads {threads} > {log} 2>&1"

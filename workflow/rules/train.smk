@@ -30,7 +30,7 @@ rule pretrain:
         env=TRAIN_ENV,
     shell:
         "{params.env} python -m dssbt train --data data/prepared/{wildcards.task} {params.init} {params.order}"
-        " --seed {wildcards.seed} --hparams {params.hparams:q} --out-dir {params.out_dir}"
+        " --seed {wildcards.seed} --hparams {params.hparams:q} --out {params.out_dir}"
         " --threads {threads} --device {params.device} > {log} 2>&1"
 
 
@@ -93,7 +93,7 @@ use rule pretrain as continue_full with:
         **rule_resources("continue_full"),
     params:
         hparams=lambda wc: hparams_json(wc.task, "retrain"),
-        init=lambda wc, input: f"--init from_pretrained --reduced {input.model}",
+        init=lambda wc, input: f"--init from_pretrained --model {input.model}",
         order="",
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],
@@ -117,7 +117,7 @@ use rule pretrain as retrain with:
         **rule_resources("retrain"),
     params:
         hparams=lambda wc: hparams_json(wc.task, "retrain"),
-        init=lambda wc, input: f"--init from_reduced --reduced {input.reduced}",
+        init=lambda wc, input: f"--init from_reduced --model {input.reduced}",
         order=order_args,
         out_dir=lambda wc, output: os.path.dirname(output.model),
         device=config["device"],

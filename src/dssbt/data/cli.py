@@ -22,8 +22,14 @@ from .tasks import _positive, default
 
 
 def _threads(p: argparse.ArgumentParser) -> None:
-    # The main CLI sets torch's thread count from --threads for every subcommand.
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (unused by data commands)")
+    # The main CLI limits torch's and numpy's BLAS threads to --threads for every subcommand.
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="most threads torch and numpy's BLAS may use (default 1); the data commands' work is mostly "
+        "single-threaded Python and numpy work that more threads hardly speed up",
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- commands
@@ -126,7 +132,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", required=True, help="folder to write")
         q.add_argument("--seed", type=int, default=0, help="same seed and settings -> byte-identical files")
         for flag, value in sizes.items():
-            q.add_argument(flag, type=_positive, default=value)
+            what = flag.removeprefix("--n-")
+            q.add_argument(
+                flag,
+                type=_positive,
+                default=value,
+                help=f"examples to generate{'' if what == 'samples' else ' for ' + what} ({value})",
+            )
         _threads(q)
         q.set_defaults(func=cmd_generate)
         return q

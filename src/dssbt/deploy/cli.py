@@ -27,7 +27,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.every < 0:
         raise ValueError(f"--every must be >= 0, got {args.every}")
-    predict(args.model, args.input, every=args.every, threads=args.threads)
+    predict(args.onnx, args.input, every=args.every, threads=args.threads)
 
 
 def cmd_measure(args: argparse.Namespace) -> None:
@@ -69,23 +69,23 @@ def cmd_reduce_s4d(args: argparse.Namespace) -> None:
         imag_transform=args.imag_transform,
         dt_transform=args.dt_transform,
     )
-    found = reduce_s4d_file(args.input, args.out, args.order, opts, route=args.route)
+    found = reduce_s4d_file(args.model, args.out, args.order, opts, route=args.route)
     for prefix, info in found.items():
         print(
             f"{prefix or '(root)'}: {info['layout']} S4D kernel, H={info['H']}, N/2={info['modes']} -> {args.order} "
             f"modes; worst bound {info['worst_bound']:.3e}"
         )
-    print(f"reduced {len(found)} S4D kernel(s) of {args.input} to d_state = {2 * args.order}; wrote {args.out}")
+    print(f"reduced {len(found)} S4D kernel(s) of {args.model} to d_state = {2 * args.order}; wrote {args.out}")
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``export``, ``predict``, ``deploy-measure`` and ``reduce-s4d`` on the ``dssbt`` subparsers."""
 
     def threads(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--threads", type=int, default=1, help="threads (default 1: one edge core)")
+        p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1: one edge core)")
 
     p = sub.add_parser("export", help="the recurrent step of a unidirectional model as an ONNX graph (+ JSON)")
-    p.add_argument("model", help="model file written by dssbt (full or reduced)")
+    p.add_argument("--model", required=True, help="model file written by dssbt (full or reduced)")
     p.add_argument("--out", required=True, help="ONNX file to write; its description goes to the .json beside it")
     p.add_argument(
         "--data",
@@ -96,8 +96,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="stream one input through an exported graph, print class probabilities")
-    p.add_argument("model", help="ONNX file written by dssbt export (with its .json beside it)")
-    p.add_argument("input", help="ListOps expression or text (or a file holding it); an image file for pixel tasks")
+    p.add_argument("--onnx", required=True, help="ONNX file written by dssbt export (with its .json beside it)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="ListOps expression or text (or a file holding it); an image file for pixel tasks",
+    )
     p.add_argument(
         "--every", type=int, default=0, help="print the running prediction every K tokens (0: only at the end)"
     )
@@ -106,7 +110,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("deploy-measure", help="per-token latency (batch 1), sizes and accuracy of an exported model")
     p.add_argument("--model", required=True, help="the model file the graph was exported from")
-    p.add_argument("--onnx", required=True)
+    p.add_argument("--onnx", required=True, help="ONNX file written by dssbt export from --model")
     p.add_argument("--data", required=True, help="prepared task folder (its test split)")
     p.add_argument("--metrics", default=None, help="the run's metrics.json (its accuracy.test goes into the row)")
     p.add_argument("--run", default=None, help="name of the run (e.g. bt_init_r8) recorded in the row")
@@ -118,10 +122,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("reduce-s4d", help="balanced truncation of every S4D kernel in a state-spaces/s4 state dict")
-    p.add_argument("input", help="torch file: a state dict (or a dict with 'state_dict' / 'model') of S4D layers")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="torch file: a state-spaces/s4 state dict (or a dict with 'state_dict' / 'model') of S4D layers",
+    )
     p.add_argument("--order", type=int, required=True, help="complex modes kept per channel (d_state = 2 r)")
     p.add_argument("--out", required=True, help="state dict to write (same keys, N/2 = r)")
-    p.add_argument("--route", default="discrete", choices=["continuous", "discrete"])
+    p.add_argument(
+        "--route",
+        default="discrete",
+        choices=["continuous", "discrete"],
+        help="Gramians of the continuous system or of its ZOH discretisation (default: discrete)",
+    )
     p.add_argument("--disc", default="zoh", help="the layers' discretisation (only zoh is supported)")
     p.add_argument("--real-transform", default="exp", help="SSMKernelDiag real_transform: exp | relu | none")
     p.add_argument("--imag-transform", default="none", help="SSMKernelDiag imag_transform: none | exp | relu")
