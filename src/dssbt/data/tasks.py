@@ -279,7 +279,12 @@ def _retrieval_members(name: str) -> bool:
 
 def _retrieval_flags(q: argparse.ArgumentParser) -> None:
     _l_max(q, prepare_retrieval, "document")
-    q.add_argument("--min-count", type=_positive, default=default(prepare_retrieval, "min_count"))
+    q.add_argument(
+        "--min-count",
+        type=_positive,
+        default=default(prepare_retrieval, "min_count"),
+        help=f"rarer characters -> <unk> (default {default(prepare_retrieval, 'min_count')})",
+    )
     _eos(q)
 
 
