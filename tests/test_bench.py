@@ -119,3 +119,30 @@ def test_run_rejects_an_unknown_benchmark_name():
         [sys.executable, "bench/run.py", "--quick", "nosuch"], cwd=ROOT, capture_output=True, text=True, env=ENV
     )
     assert p.returncode != 0 and "unknown benchmark" in p.stderr
+
+
+def test_gpu_hours_matmul_work_equals_torchs_flop_counter():
+    """bench/gpu_hours.py counts the output linears' work by formula; torch's FLOP counter, run on the model itself,
+    counts the same matmuls (forward, per block) exactly."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dssbt.model import ModelConfig, S4Model
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_hours import flops_matmul, job_flops
+
+    B, L, H, N = 4, 256, 16, 4
+    for output in ("glu", "linear"):
+        model = S4Model(ModelConfig(d_input=1, d_output=10, d_model=H, d_state=N, n_layers=2, output=output))
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(B, L, 1))
+        counts = counter.get_flop_counts()
+        blocks = sum(
+            sum(counts[f"S4Model.blocks.{i}"].values()) - sum(counts[f"S4Model.blocks.{i}.dss"].values())
+            for i in range(2)
+        )
+        assert blocks == B * flops_matmul(L, H, 2, output), output
+    # a job's steps: ceil(train examples / batch) x epochs
+    _, steps = job_flops({"task": "listops", "model": {}, "optim": {"batch_size": 50, "epochs": 2}})
+    assert steps == 2 * 1920
