@@ -83,7 +83,7 @@ def test_a_job_limits_numpy_blas_to_its_threads(monkeypatch):
 # Flags that named a role differently before the command line was made consistent; none may come back.
 OLD_FLAGS = {"--checkpoint", "--reduced", "--out-dir"}
 # --metrics was reduce's output and deploy-measure's input: now it is only an input, reduce writes --metrics-out
-WHERE = {"--metrics": {"deploy-measure"}, "--metrics-out": {"reduce"}, "--report": {"reduce"}}
+WHERE = {"--metrics": {"deploy-measure"}, "--metrics-out": {"reduce"}, "--report": {"reduce", "reduce-s4d"}}
 
 
 def all_parsers(parser=None, path=("dssbt",)):

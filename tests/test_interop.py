@@ -1,6 +1,11 @@
 """S4D (state-spaces/s4) <-> dssbt: kernels against S4D's own formula written out here, exact round trips, the
 reduced state dict within BT's bound, and clear errors for the options that are not supported."""
 
+import json
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +226,187 @@ def test_no_s4d_kernel_and_bad_order_are_errors():
         reduce_s4d_state_dict({"w": torch.zeros(2)}, 2)
     with pytest.raises(ValueError, match=r"1 <= r < N/2 = 10"):
         reduce_s4d_state_dict(minimal_state_dict(), 10)
+
+
+# ----- Lightning checkpoints of state-spaces/s4's training script ---------------------------------------------------
+
+FIXTURE = Path(__file__).parent / "fixtures" / "s4d_lightning.ckpt"  # written by fixtures/make_s4d_lightning_ckpt.py
+
+
+class SSMKernelDiagShapes(nn.Module):
+    """The parameter names and shapes of state-spaces/s4's SSMKernelDiag (channels 1, dt_tie, n_ssm = H)."""
+
+    def __init__(self, H, N):
+        super().__init__()
+        self.inv_dt = nn.Parameter(torch.zeros(H, 1))
+        self.A_real = nn.Parameter(torch.zeros(H, N // 2))
+        self.A_imag = nn.Parameter(torch.zeros(H, N // 2))
+        self.B = nn.Parameter(torch.zeros(1, H, N // 2, 2))
+        self.C = nn.Parameter(torch.zeros(1, H, N // 2, 2))
+
+
+class S4BlockShapes(nn.Module):
+    def __init__(self, H, N):
+        super().__init__()
+        self.layer = nn.Module()
+        self.layer.kernel = SSMKernelDiagShapes(H, N)
+        self.layer.D = nn.Parameter(torch.zeros(1, H))
+        self.output_linear = nn.Conv1d(H, 2 * H, 1, bias=False)
+
+
+class SequenceModuleShapes(nn.Module):
+    """What SequenceLightningModule builds from its config (the fixture's parameter layout)."""
+
+    def __init__(self, config):
+        super().__init__()
+        m = config["model"]
+        H, N = m["d_model"], m["layer"]["d_state"]
+        self.encoder = nn.Sequential(nn.Linear(1, H))
+        self.model = nn.Module()
+        self.model.layers = nn.ModuleList()
+        for _ in range(m["n_layers"]):
+            block = nn.Module()
+            block.layer = S4BlockShapes(H, N)
+            block.norm = nn.Module()
+            block.norm.weight = nn.Parameter(torch.ones(H))
+            self.model.layers.append(block)
+        self.decoder = nn.Sequential(nn.Module())
+        self.decoder[0].output_transform = nn.Linear(H, 10, bias=False)
+
+
+class DictConfigRef:
+    """Stands for the class omegaconf.dictconfig.DictConfig that a Lightning checkpoint names in hparams_type."""
+
+
+def lightning_style_load(path):
+    """Lightning's load_from_checkpoint without Lightning: the module built from the saved hyper-parameters
+    (hparams_name 'config'), the state dict loaded strictly. Only the class name of hparams_type is allowed."""
+    with torch.serialization.safe_globals([(DictConfigRef, "omegaconf.dictconfig.DictConfig")]):
+        ckpt = torch.load(path, weights_only=True)
+    config = ckpt["hyper_parameters"]
+    module = SequenceModuleShapes(config)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    return module, ckpt
+
+
+def plain(x):
+    if isinstance(x, dict):
+        return all(isinstance(k, str) and plain(v) for k, v in x.items())
+    if isinstance(x, list):
+        return all(plain(v) for v in x)
+    return x is None or isinstance(x, str | int | float | bool)
+
+
+@pytest.fixture
+def no_omegaconf(monkeypatch):
+    """omegaconf cannot be imported (it is not a dssbt dependency)."""
+    for name in [m for m in sys.modules if m == "omegaconf" or m.startswith("omegaconf.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "omegaconf", None)
+
+
+def test_fixture_is_a_lightning_checkpoint_with_omegaconf_hyper_parameters():
+    """What made the issue's error: torch's weights-only load refuses the DictConfig."""
+    names = set(torch.serialization.get_unsafe_globals_in_checkpoint(FIXTURE))
+    assert {"omegaconf.dictconfig.DictConfig", "omegaconf.nodes.AnyNode", "omegaconf.base.ContainerMetadata"} <= names
+    with pytest.raises(Exception, match="omegaconf"):
+        torch.load(FIXTURE, weights_only=True)
+
+
+def test_lightning_checkpoint_is_reduced_and_loads_by_its_hyper_parameters(tmp_path, capsys, no_omegaconf):
+    from dssbt.lightning import load_checkpoint
+
+    r, L = 3, 64
+    out, rep = tmp_path / "reduced.ckpt", tmp_path / "report.json"
+    assert (
+        main(["reduce-s4d", "--model", str(FIXTURE), "--order", str(r), "--out", str(out), "--report", str(rep)]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "real_transform=exp (hyper_parameters)" in text and "dt_transform=softplus (hyper_parameters)" in text
+    assert "model.layer.d_state 12 -> 6" in text and "dropped optimizer_states, lr_schedulers" in text
+    module, ckpt = lightning_style_load(out)  # strict load at d_state = 2 r from the saved hyper-parameters
+    assert plain(ckpt["hyper_parameters"]) and ckpt["hparams_type"] is DictConfigRef
+    assert "optimizer_states" not in ckpt and "lr_schedulers" not in ckpt
+    assert ckpt["epoch"] == 3 and ckpt["hparams_name"] == "config" and "callbacks" in ckpt
+    hp = ckpt["hyper_parameters"]
+    assert hp["model"]["layer"]["d_state"] == 2 * r and hp["model"]["layer"]["dropout"] == 0.1  # ${..dropout}
+    assert hp["model"]["layer"]["l_max"] == L and hp["optimizer"]["betas"] == [0.9, 0.999]
+    orig = load_checkpoint(FIXTURE)
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(out)) == {"omegaconf.dictconfig.DictConfig"}
+    report = json.loads(rep.read_text())
+    assert report["options"]["dt_transform"] == "softplus" and report["option_sources"]["real_transform"] == (
+        "hyper_parameters"
+    )
+    assert [layer["layer"] for layer in report["layers"]] == [f"model.layers.{i}.layer.layer." for i in range(2)]
+    ratios = []
+    for layer in report["layers"]:
+        p = layer["layer"]
+        K = s4d_ssm_kernel(orig["state_dict"], p, L, "exp", "none", "softplus")
+        Kr = s4d_ssm_kernel(ckpt["state_dict"], p, L, "exp", "none", "softplus")
+        err = np.linalg.norm(K - Kr, axis=-1)  # (H,), S4D's own kernel formula, float32 weights as written
+        bound, hsv = np.asarray(layer["bound"]), np.asarray(layer["hsv"])
+        assert hsv.shape == (H, 6) and bound.shape == (H,) and layer["N"] == 12 and layer["r"] == r
+        np.testing.assert_allclose(bound, 2 * hsv[:, r:].sum(-1), rtol=1e-10)
+        np.testing.assert_allclose(layer["kernel_error"], err, rtol=1e-6, atol=1e-9)
+        assert np.all(err <= bound * (1 + 1e-6)), (err, bound)  # l2 <= H2 <= Hinf <= 2 sum of discarded HSVs
+        ratios.append(err / bound)
+        np.testing.assert_allclose(layer["rel_kernel_error"], err / np.linalg.norm(K, axis=-1), rtol=1e-6)
+        assert torch.equal(ckpt["state_dict"][p + "D"], orig["state_dict"][p + "D"])
+        assert ckpt["state_dict"][p + "kernel.B"].shape == (1, H, r, 2)
+    print("measured l2 kernel error / HSV bound per channel:", np.round(np.concatenate(ratios), 4))
+    assert np.max(ratios) > 0.02  # the bound is not vacuous
+    other = "model.layers.0.layer.output_linear.weight"
+    assert torch.equal(dict(module.named_parameters())[other], orig["state_dict"][other])
+
+
+def test_a_flag_contradicting_the_hyper_parameters_is_refused_naming_both(tmp_path, capsys, no_omegaconf):
+    out = tmp_path / "out.ckpt"
+    argv = ["reduce-s4d", "--model", str(FIXTURE), "--order", "2", "--out", str(out), "--dt-transform", "exp"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--dt-transform exp contradicts the checkpoint's hyper_parameters model.layer.dt_transform = 'softplus'" in err
+    )
+    assert not out.exists()
+
+
+def lightning_payload(sd, layer_hp):
+    return {"state_dict": sd, "epoch": 1, "hyper_parameters": {"model": {"d_model": H, "layer": layer_hp}}}
+
+
+@pytest.mark.parametrize(
+    "flags, stored, layer_hp, code, message",
+    [  # detectable: always an error (the kernel cannot be reduced)
+        (["--real-transform", "none"], None, None, 2, r"Re A = .* >= 0 \(unstable\).* real_transform='none' \(flag\)"),
+        (["--dt-transform", "none"], None, None, 2, r"dt must be > 0\) under dt_transform='none' \(flag\)"),
+        # relu on values stored under exp: every decay rate at relu's floor; stated by a flag this is only a warning,
+        # but the reduced poles then cannot be written under relu either
+        (["--real-transform", "relu"], None, None, 2, r"A_real: value 0.0001 below relu's floor"),
+        # detectable, stated by a flag or the hyper-parameters: a warning; unstated (S4's default used): refused
+        (
+            [],
+            {"dt_t": "relu"},
+            {"d_state": 2 * M, "dt_min": 1e-4, "dt_max": 1e-3},
+            2,
+            r"median dt .* dt_transform='exp' \(default\)",
+        ),
+        (["--dt-transform", "relu"], "small_dt_relu", {"d_state": 2 * M, "dt_min": 1e-3, "dt_max": 5e-3}, 0, None),
+        ([], "small_dt_relu", {"d_state": 2 * M, "dt_transform": "relu"}, 0, None),
+        # not detectable: exp-stored dt read as softplus gives plausible values (softplus(log dt) = log(1 + dt))
+        (["--dt-transform", "softplus"], None, None, 0, None),
+    ],
+)
+def test_transforms_are_checked_for_plausibility(tmp_path, capsys, flags, stored, layer_hp, code, message):
+    sd = ssm_state_dict()
+    if stored == "small_dt_relu":  # dt in [1e-3, 1e-2] stored under relu: read as exp, every dt is about 1
+        sd["kernel.inv_dt"] = torch.linspace(1e-3, 1e-2, H, dtype=torch.float64)[:, None] - 1e-4
+    sd["kernel.A_real"] = -sd["kernel.A_real"].abs() if "--real-transform" in flags else sd["kernel.A_real"]
+    torch.save(lightning_payload(sd, layer_hp) if layer_hp else sd, tmp_path / "in.ckpt")
+    out = tmp_path / "out.ckpt"
+    assert main(["reduce-s4d", "--model", str(tmp_path / "in.ckpt"), "--order", "3", "--out", str(out), *flags]) == code
+    err = capsys.readouterr().err
+    if message:
+        assert re.search(message, err), err
+    else:
+        assert "warning" not in err and "error" not in err, err
+    assert out.exists() == (code == 0)

@@ -33,13 +33,11 @@ its conjugate (``2 Re`` of a term is unchanged when A, B, C are all conjugated).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-
-from .io import atomic_path
 
 TRANSFORMS = ("none", "exp", "relu", "softplus")
 _RELU_FLOOR = 1e-4  # S4's param_transform('relu') = relu(x) + 1e-4
@@ -226,33 +224,51 @@ def _unwrap(payload: Any, path: str) -> tuple[dict[str, Any], str | None]:
 
 
 def reduce_s4d_state_dict(
-    sd: dict[str, Any], r: int, opts: S4DOptions = S4DOptions(), route: str = "discrete", where: str = "state dict"
+    sd: dict[str, Any],
+    r: int,
+    opts: S4DOptions = S4DOptions(),
+    route: str = "discrete",
+    where: str = "state dict",
+    kernel_length: int = 1024,
+    check: PlausibilityCheck | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every S4D kernel of ``sd`` reduced to r modes by balanced truncation (``dssbt.reduction.reduce``, method
     "bt"; ``route`` discrete: Gramians of the ZOH system, or continuous). Other entries are copied.
 
-    Returns (new state dict, {prefix: {layout, H, modes, r, hsv (H, M), bound (H,), worst_bound}}). The bound is
-    BT's ``2 * sum`` of the discarded HSVs of dssbt's complex channel (B = 2 B_s4d), bounding the sup over the unit
-    circle (discrete route) of the S4D kernel's transfer-function error.
+    Returns (new state dict, {prefix: {layout, H, modes, r, hsv (H, M), bound (H,), worst_bound, kernel_error,
+    rel_kernel_error (H,), channels}}). The bound is BT's ``2 * sum`` of the discarded HSVs of dssbt's complex channel
+    (B = 2 B_s4d), bounding the sup over the unit circle (discrete route) of the S4D kernel's transfer-function
+    error; ``kernel_error`` is the measured l2 error of the S4D kernel over ``kernel_length`` steps (at most the
+    bound on the discrete route), ``channels`` the per-channel report entries ``dssbt reduce`` writes. ``check``:
+    plausibility of the parameters under ``opts`` (``PlausibilityCheck``), run before anything is reduced.
     """
     from .reduction import reduce
+    from .reduction.apply import channel_report, kernel_errors
 
     found = find_s4d_kernels(sd)
     if not found:
         raise ValueError(f"{where}: no S4D kernel found (keys ending in kernel.log_A_real or kernel.A_real)")
     if route not in ("discrete", "continuous"):
         raise ValueError(f"unknown route {route!r}; choose discrete or continuous")
+    systems = {prefix: s4d_to_dss(sd, prefix, layout, opts) for prefix, layout in found.items()}
+    for prefix, ss in systems.items():
+        M = ss["Lambda"].shape[1]
+        if not (isinstance(r, int) and 1 <= r < M):
+            raise ValueError(f"{prefix}kernel: order r={r!r} must satisfy 1 <= r < N/2 = {M}")
+        if check is not None:
+            check(prefix, found[prefix], ss)
     out = dict(sd)
     report = {}
     for prefix, layout in found.items():
-        ss = s4d_to_dss(sd, prefix, layout, opts)
+        ss = systems[prefix]
         H, M = ss["Lambda"].shape
-        if not (isinstance(r, int) and 1 <= r < M):
-            raise ValueError(f"{prefix}kernel: order r={r!r} must satisfy 1 <= r < N/2 = {M}")
         res = reduce(ss["Lambda"], ss["B"], ss["C"], r, method="bt", dt=ss["dt"] if route == "discrete" else None)
         red = {"Lambda": res.Lambda, "B": res.B, "C": res.C, "D": ss["D"], "dt": ss["dt"]}
         dtype = sd[prefix + "D"].dtype if torch.is_tensor(sd[prefix + "D"]) else torch.float32
-        out.update(dss_to_s4d(red, prefix, layout, opts, dtype))
+        written = dss_to_s4d(red, prefix, layout, opts, dtype)
+        out.update(written)
+        # the error of what is written (in its dtype), against the kernel of the stored parameters
+        err, rel = kernel_errors(ss, s4d_to_dss(written, prefix, layout, opts), kernel_length)
         report[prefix] = {
             "layout": layout,
             "H": H,
@@ -261,33 +277,254 @@ def reduce_s4d_state_dict(
             "hsv": res.hsv,
             "bound": res.bound,
             "worst_bound": float(np.max(res.bound)),
+            "kernel_error": err,
+            "rel_kernel_error": rel,
+            "channels": channel_report(res, err, rel),
         }
     return out, report
 
 
+# ----- what the options can be checked against ---------------------------------------------------------------------
+
+OPTION_KEYS = {  # S4D option -> the keys that state it in a layer's config (real_type: older S4 versions)
+    "disc": ("disc",),
+    "real_transform": ("real_transform", "real_type"),
+    "imag_transform": ("imag_transform",),
+    "dt_transform": ("dt_transform",),
+}
+DEFAULT_DT_RANGE = (1e-3, 1e-1)  # S4D's dt_min, dt_max: dt is drawn log-uniformly in it at init
+MAX_PHASE_PER_STEP = 1e4  # |Im A| dt: S4D's inits stay below ~N^2/pi * dt_max (~130 for N = 64)
+
+
+def layer_configs(hp: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The dicts of a plain hyper-parameter tree that configure an SSM layer (those with a ``d_state`` key),
+    with their dotted paths."""
+    from .lightning import walk
+
+    return [(p, d) for p, d in walk(hp) if "d_state" in d]
+
+
+def stated_options(hp: Any) -> dict[str, tuple[str, str]]:
+    """The S4D options the hyper-parameters state: {option: (value, dotted path)}. ValueError where two layer
+    configs state different values (reduce-s4d applies one set of options to every kernel)."""
+    stated: dict[str, tuple[str, str]] = {}
+    for path, d in layer_configs(hp):
+        for opt, keys in OPTION_KEYS.items():
+            for k in keys:
+                if k in d and d[k] is not None:
+                    v, at = str(d[k]), f"{path}.{k}" if path else k
+                    if opt in stated and stated[opt][0] != v:
+                        raise ValueError(
+                            f"hyper_parameters state {opt} twice with different values: {stated[opt][1]} = "
+                            f"{stated[opt][0]!r}, {at} = {v!r}; reduce-s4d applies one set of options to every kernel"
+                        )
+                    stated[opt] = (v, at)
+    return stated
+
+
+def resolve_options(
+    flags: dict[str, str | None], hp: Any = None
+) -> tuple[S4DOptions, dict[str, str], dict[str, tuple[str, str]]]:
+    """The options to read the kernels with: a flag (not None) or the hyper-parameters' value, else S4's default.
+
+    Returns (options, {option: "flag" | "hyper_parameters" | "default"}, stated). ValueError naming both where a
+    flag contradicts the hyper-parameters.
+    """
+    stated = stated_options(hp) if hp is not None else {}
+    default = S4DOptions()
+    values, sources = {}, {}
+    for opt in OPTION_KEYS:
+        flag = flags.get(opt)
+        if flag is not None and opt in stated and stated[opt][0] != flag:
+            raise ValueError(
+                f"--{opt.replace('_', '-')} {flag} contradicts the checkpoint's hyper_parameters "
+                f"{stated[opt][1]} = {stated[opt][0]!r} (the options the layers were built with); drop the flag or "
+                "correct it"
+            )
+        if flag is not None:
+            values[opt], sources[opt] = flag, "flag"
+        elif opt in stated:
+            values[opt], sources[opt] = stated[opt][0], "hyper_parameters"
+        else:
+            values[opt], sources[opt] = getattr(default, opt), "default"
+    opts = S4DOptions(**values)
+    opts.check()
+    return opts, sources, stated
+
+
+@dataclass
+class PlausibilityCheck:
+    """Checks of the parameters read under the options, where nothing independent states them.
+
+    Always errors (the kernel cannot be reduced): non-finite A or dt, ``Re A >= 0`` (e.g. real_transform none on
+    log-stored values), ``dt <= 0`` (dt_transform none on log-stored values). Errors where the option was not
+    stated (``sources[opt] == "default"``), warnings where a flag or the hyper-parameters state it: every decay
+    rate (or every dt) at relu's floor 1e-4 (relu applied to values stored under exp or softplus, all <= 0); the
+    median dt more than 100x outside [dt_min, dt_max] (the hyper-parameters' or S4D's 1e-3, 1e-1); a phase step
+    ``|Im A| dt`` above 1e4 (imag_transform exp on values stored without one). Only warnings: any dt more than 10x
+    outside [dt_min, dt_max].
+
+    Not detectable: exp read as softplus or back (softplus(log x) = log(1 + x): equal to first order for small dt;
+    the decay rates 0.5 <-> 0.40 are both plausible), relu read as none or back (they differ by 1e-4), values stored
+    without a transform (or under relu) read as exp for the real part (decay rates e^0.5 = 1.65 are plausible). Such a
+    mismatch gives a plausible but different kernel: state the options (flags, or the checkpoint's hyper-parameters).
+    """
+
+    opts: S4DOptions
+    sources: dict[str, str]
+    dt_range: tuple[float, float] = DEFAULT_DT_RANGE
+    warnings: list[str] = field(default_factory=list)
+
+    def __call__(self, prefix: str, layout: str, ss: dict[str, np.ndarray]) -> None:
+        """Raise ValueError or append to ``warnings`` for the kernel at ``prefix`` (parameters ``ss`` of
+        ``s4d_to_dss``). The minimal layout's parameterisation is fixed: only its hard errors raise."""
+
+        def fail(opt: str, msg: str, hard: bool = False) -> None:
+            if layout != "ssm":
+                text, source = f"{msg} (minimal layout: exp real part and dt)", "fixed"
+            else:
+                source = self.sources.get(opt, "default")
+                text = f"{msg} under {opt}={getattr(self.opts, opt)!r} ({source})"
+            if hard or source == "default":
+                raise ValueError(text + "; state the option the model was trained with (flag or hyper_parameters)")
+            self.warnings.append(text)
+
+        where = f"{prefix}kernel"
+        Lam, dt = ss["Lambda"], np.asarray(ss["dt"], float)
+        if not np.isfinite(Lam).all():
+            fail(
+                "real_transform" if not np.isfinite(Lam.real).all() else "imag_transform",
+                f"{where}: A is not finite",
+                True,
+            )
+        if not np.isfinite(dt).all() or (dt <= 0).any():
+            h = int(np.argmax(~np.isfinite(dt) | (dt <= 0)))
+            fail("dt_transform", f"{where}: dt = {dt[h]:.3g} at channel {h} (dt must be > 0)", True)
+        if (Lam.real >= 0).any():
+            h, m = np.argwhere(Lam.real >= 0)[0]
+            fail(
+                "real_transform", f"{where}: Re A = {Lam.real[h, m]:.3g} >= 0 (unstable) at channel {h}, mode {m}", True
+            )
+        if layout == "ssm" and self.opts.real_transform == "relu" and np.allclose(-Lam.real, _RELU_FLOOR, rtol=1e-9):
+            fail("real_transform", f"{where}: every decay rate -Re A is relu's floor {_RELU_FLOOR} (all A_real <= 0)")
+        if layout == "ssm" and self.opts.dt_transform == "relu" and np.allclose(dt, _RELU_FLOOR, rtol=1e-9):
+            fail("dt_transform", f"{where}: every dt is relu's floor {_RELU_FLOOR} (all inv_dt <= 0)")
+        lo, hi = self.dt_range
+        med = float(np.median(dt))
+        if not lo / 100 <= med <= hi * 100:
+            fail("dt_transform", f"{where}: median dt {med:.3g} lies more than 100x outside [{lo:g}, {hi:g}]")
+        elif dt.min() < lo / 10 or dt.max() > hi * 10:
+            self.warnings.append(
+                f"{where}: dt spans [{dt.min():.3g}, {dt.max():.3g}], more than 10x outside [{lo:g}, {hi:g}]"
+            )
+        phase = float(np.max(np.abs(Lam.imag) * dt[:, None]))
+        if phase > MAX_PHASE_PER_STEP:
+            fail("imag_transform", f"{where}: a phase step |Im A| dt = {phase:.3g} > {MAX_PHASE_PER_STEP:g} rad")
+
+
 def reduce_s4d_file(
-    path: str | os.PathLike, out: str | os.PathLike, r: int, opts: S4DOptions = S4DOptions(), route: str = "discrete"
-) -> dict[str, dict[str, Any]]:
-    """``reduce_s4d_state_dict`` of a torch file, written atomically to ``out`` in the same wrapping (a bare state
-    dict, or the same dict with its 'state_dict' / 'model' entry replaced). Returns the report per prefix."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    r: int,
+    flags: dict[str, str | None] | None = None,
+    route: str = "discrete",
+    report: str | os.PathLike | None = None,
+    kernel_length: int | None = None,
+) -> dict[str, Any]:
+    """``reduce_s4d_state_dict`` of a torch file (a bare state dict, a dict with 'state_dict' / 'model', or a
+    PyTorch Lightning checkpoint, OmegaConf hyper-parameters included), written atomically to ``out``.
+
+    The file is read without running code from it (``dssbt.lightning.load_checkpoint``). ``flags``: S4D options
+    given by the user ({"disc", "real_transform", "imag_transform", "dt_transform"}: value or None); the options are
+    taken from the checkpoint's hyper-parameters where they state them (a contradicting flag is an error), else S4's
+    defaults, and checked for plausibility (``PlausibilityCheck``). The output has the same wrapping, with: the
+    reduced state dict; ``hyper_parameters`` as plain dicts and lists with every ``d_state`` equal to an old state
+    size N set to 2 r; ``optimizer_states`` and ``lr_schedulers`` dropped (their buffers have the old state size);
+    ``hparams_type`` kept (Lightning rebuilds a DictConfig from the plain dicts). ``report``: JSON with the entries
+    ``dssbt reduce`` writes, per kernel and channel. ``kernel_length``: steps of the measured kernel error (default
+    the hyper-parameters' ``l_max`` where one layer config states it, else 1024).
+
+    Returns {"kernels": {prefix: report entry}, "options", "sources", "hparams_updated", "dropped", "warnings",
+    "kernel_length"}.
+    """
+    from .io import write_json
+    from .lightning import load_checkpoint, save_checkpoint, to_plain
+
+    payload = load_checkpoint(path)
     sd, key = _unwrap(payload, str(path))
-    new, report = reduce_s4d_state_dict(sd, r, opts, route, where=str(path))
-    payload = new if key is None else {**payload, key: new}
-    with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
-    return report
+    hp = to_plain(payload["hyper_parameters"]) if isinstance(payload, dict) and "hyper_parameters" in payload else None
+    opts, sources, stated = resolve_options(flags or {}, hp)
+    layers = layer_configs(hp) if hp is not None else []
+    dt_min = [d["dt_min"] for _, d in layers if isinstance(d.get("dt_min"), int | float)]
+    dt_max = [d["dt_max"] for _, d in layers if isinstance(d.get("dt_max"), int | float)]
+    dt_range = (min(dt_min, default=DEFAULT_DT_RANGE[0]), max(dt_max, default=DEFAULT_DT_RANGE[1]))
+    if kernel_length is None:
+        l_max = {d["l_max"] for _, d in layers if isinstance(d.get("l_max"), int) and d["l_max"] > 0}
+        kernel_length = l_max.pop() if len(l_max) == 1 else 1024
+    check = PlausibilityCheck(opts, sources, dt_range)
+    new, kernels = reduce_s4d_state_dict(sd, r, opts, route, where=str(path), kernel_length=kernel_length, check=check)
+    result = {
+        "kernels": kernels,
+        "options": {k: getattr(opts, k) for k in OPTION_KEYS},
+        "sources": sources,
+        "hparams_updated": [],
+        "dropped": [],
+        "warnings": check.warnings,
+        "kernel_length": kernel_length,
+    }
+    if key is None:
+        payload = new
+    else:
+        payload = {**payload, key: new}
+        for k in ("optimizer_states", "lr_schedulers"):
+            if k in payload:
+                del payload[k]
+                result["dropped"].append(k)
+        if hp is not None:
+            old = {2 * info["modes"] for info in kernels.values()}
+            for p, d in layers:
+                if isinstance(d["d_state"], int) and d["d_state"] in old:
+                    result["hparams_updated"].append((f"{p}.d_state" if p else "d_state", d["d_state"], 2 * r))
+                    d["d_state"] = 2 * r
+            if not result["hparams_updated"]:
+                result["warnings"].append(
+                    f"hyper_parameters: no d_state equal to the old state size {sorted(old)}: set the layers' "
+                    f"d_state to {2 * r} yourself before loading"
+                )
+            payload["hyper_parameters"] = hp
+    rep = None
+    if report is not None:
+        rep = {
+            "method": "bt",
+            "route": route,
+            "r": r,
+            "kernel_length": kernel_length,
+            "checkpoint": str(path),
+            "options": result["options"],
+            "option_sources": sources,
+            "stated_in_hyper_parameters": {k: {"value": v, "at": at} for k, (v, at) in stated.items()},
+            "hparams_updated": [list(u) for u in result["hparams_updated"]],
+            "dropped": result["dropped"],
+            "warnings": result["warnings"],
+            "layers": [
+                {"layer": prefix, "layout": info["layout"], "N": 2 * info["modes"], "r": r, **info["channels"]}
+                for prefix, info in kernels.items()
+            ],
+        }
+    save_checkpoint(payload, out)
+    if rep is not None:
+        write_json(report, rep)
+    return result
 
 
 __all__ = [
+    "PlausibilityCheck",
     "S4DOptions",
     "dss_to_s4d",
     "find_s4d_kernels",
     "reduce_s4d_file",
     "reduce_s4d_state_dict",
+    "resolve_options",
     "s4d_to_dss",
     "s4d_kernel",
 ]

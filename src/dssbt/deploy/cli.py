@@ -61,21 +61,32 @@ def cmd_measure(args: argparse.Namespace) -> None:
 
 
 def cmd_reduce_s4d(args: argparse.Namespace) -> None:
-    from ..interop import S4DOptions, reduce_s4d_file
+    import sys
 
-    opts = S4DOptions(
-        disc=args.disc,
-        real_transform=args.real_transform,
-        imag_transform=args.imag_transform,
-        dt_transform=args.dt_transform,
+    from ..interop import reduce_s4d_file
+
+    flags = {k: getattr(args, k) for k in ("disc", "real_transform", "imag_transform", "dt_transform")}
+    res = reduce_s4d_file(
+        args.model, args.out, args.order, flags, route=args.route, report=args.report, kernel_length=args.kernel_length
     )
-    found = reduce_s4d_file(args.model, args.out, args.order, opts, route=args.route)
-    for prefix, info in found.items():
+    print("S4D options: " + ", ".join(f"{k}={v} ({res['sources'][k]})" for k, v in res["options"].items()))
+    for prefix, info in res["kernels"].items():
         print(
             f"{prefix or '(root)'}: {info['layout']} S4D kernel, H={info['H']}, N/2={info['modes']} -> {args.order} "
-            f"modes; worst bound {info['worst_bound']:.3e}"
+            f"modes; worst bound {info['worst_bound']:.3e}, worst kernel error {float(info['kernel_error'].max()):.3e} "
+            f"(l2 over {res['kernel_length']} steps)"
         )
-    print(f"reduced {len(found)} S4D kernel(s) of {args.model} to d_state = {2 * args.order}; wrote {args.out}")
+    for path, old, new in res["hparams_updated"]:
+        print(f"hyper_parameters: {path} {old} -> {new}")
+    if res["dropped"]:
+        print(f"dropped {', '.join(res['dropped'])}: their buffers have the old state size (a new optimizer starts)")
+    for w in res["warnings"]:
+        print(f"dssbt reduce-s4d: warning: {w}", file=sys.stderr)
+    report = f" and {args.report}" if args.report else ""
+    print(
+        f"reduced {len(res['kernels'])} S4D kernel(s) of {args.model} to d_state = {2 * args.order}; "
+        f"wrote {args.out}{report}"
+    )
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -121,23 +132,48 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     threads(p)
     p.set_defaults(func=cmd_measure)
 
-    p = sub.add_parser("reduce-s4d", help="balanced truncation of every S4D kernel in a state-spaces/s4 state dict")
+    p = sub.add_parser("reduce-s4d", help="balanced truncation of every S4D kernel in a state-spaces/s4 checkpoint")
     p.add_argument(
         "--model",
         required=True,
-        help="torch file: a state-spaces/s4 state dict (or a dict with 'state_dict' / 'model') of S4D layers",
+        help="torch file: a state-spaces/s4 state dict, a dict with 'state_dict' / 'model', or a Lightning .ckpt "
+        "(read without running code from it)",
     )
     p.add_argument("--order", type=int, required=True, help="complex modes kept per channel (d_state = 2 r)")
-    p.add_argument("--out", required=True, help="state dict to write (same keys, N/2 = r)")
+    p.add_argument("--out", required=True, help="file to write: same wrapping and keys, N/2 = r, d_state = 2 r")
     p.add_argument(
         "--route",
         default="discrete",
         choices=["continuous", "discrete"],
         help="Gramians of the continuous system or of its ZOH discretisation (default: discrete)",
     )
-    p.add_argument("--disc", default="zoh", help="the layers' discretisation (only zoh is supported)")
-    p.add_argument("--real-transform", default="exp", help="SSMKernelDiag real_transform: exp | relu | none")
-    p.add_argument("--imag-transform", default="none", help="SSMKernelDiag imag_transform: none | exp | relu")
-    p.add_argument("--dt-transform", default="exp", help="SSMKernelDiag dt_transform: exp | softplus | relu | none")
+    opt_help = "(default: the checkpoint's hyper_parameters where they state it, else S4's default {})"
+    p.add_argument("--disc", default=None, help="the layers' discretisation: only zoh " + opt_help.format("zoh"))
+    p.add_argument(
+        "--real-transform",
+        default=None,
+        help="SSMKernelDiag real_transform: exp|relu|softplus|none " + opt_help.format("exp"),
+    )
+    p.add_argument(
+        "--imag-transform",
+        default=None,
+        help="SSMKernelDiag imag_transform: none|exp|relu|softplus " + opt_help.format("none"),
+    )
+    p.add_argument(
+        "--dt-transform",
+        default=None,
+        help="SSMKernelDiag dt_transform: exp|softplus|relu|none " + opt_help.format("exp"),
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        help="reduction report (JSON) to write: per kernel and channel the HSVs, the bound, the measured kernel error",
+    )
+    p.add_argument(
+        "--kernel-length",
+        type=int,
+        default=None,
+        help="steps of the measured kernel error (default: the hyper_parameters' l_max, else 1024)",
+    )
     threads(p)
     p.set_defaults(func=cmd_reduce_s4d)

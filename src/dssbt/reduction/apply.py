@@ -16,7 +16,7 @@ import torch
 from ..dss import DSS, ss_kernel
 from ..model import S4Model
 from ..orders import OrderSpec
-from .balanced import BalancedFactors, balance
+from .balanced import BalancedFactors, ReducedSystem, balance
 from .registry import CONTROL_PARAMS, ControlInput, Method, System, check_route, get_method
 
 
@@ -159,18 +159,8 @@ class ModelReducer:
                 D=D + (0.0 if res.D is None else res.D.real.sum(0)),
                 where=f"reduced layer {i}",
             )
-            report["layers"].append(
-                {
-                    "layer": i,
-                    "r": r,
-                    "hsv": res.hsv.tolist(),
-                    "bound": res.bound.tolist(),
-                    "rank": res.rank.tolist(),
-                    "n_clamped": res.n_clamped.tolist(),
-                    "rel_kernel_error": relative_kernel_error(full, red, self.kernel_length).tolist(),
-                    **({} if res.converged is None else {"converged": res.converged.tolist()}),
-                }
-            )
+            abs_err, rel_err = kernel_errors(full.ss_params(), red.ss_params(), self.kernel_length)
+            report["layers"].append({"layer": i, "r": r, **channel_report(res, abs_err, rel_err)})
         return reduced, report
 
     def _control(
@@ -269,20 +259,55 @@ def discarded_energy_share(hsv: np.ndarray) -> np.ndarray:
     return tail / max(tail[0], np.finfo(float).tiny)
 
 
-def relative_kernel_error(full: DSS, reduced: DSS, L: int) -> np.ndarray:
-    """``||K_full - K_red|| / ||K_full||`` per channel over L steps, in float64. Returns (n_dir, H).
+def kernel_errors(full: dict[str, Any], reduced: dict[str, Any], L: int) -> tuple[np.ndarray, np.ndarray]:
+    """``||K_full - K_red||_2`` and ``||K_full - K_red||_2 / ||K_full||_2`` per channel over L steps, in float64.
 
+    ``full``, ``reduced``: DSS parameters (``DSS.ss_params()``: Lambda, B, C complex (n_dir, H, N) or (H, N);
+    dt (..., H); D (H,)), torch tensors or arrays. Returns two arrays of the leading shape ((n_dir, H) or (H,)).
     A change of the feedthrough D (bsp adds its reduced feedthrough there) counts as an error at lag 0 of the
-    forward direction: the layer's response to an impulse is ``K[0] + D`` at lag 0.
+    forward direction: the layer's response to an impulse is ``K[0] + D`` at lag 0. On the discrete route the
+    absolute error is at most BT's bound: ``||k||_2 <= ||G||_H2 <= ||G||_Hinf`` for a discrete-time system.
     """
     K, D = [], []
-    for layer in (full, reduced):
-        ss = layer.ss_params()  # complex128 / float64
-        K.append(ss_kernel(ss["Lambda"], ss["B"], ss["C"], ss["dt"], L))  # (n_dir, H, L)
-        D.append(ss["D"])  # (H,)
+    for ss in (full, reduced):
+        t = {k: torch.as_tensor(np.asarray(ss[k])) for k in ("Lambda", "B", "C", "dt", "D")}
+        cplx = [t[k].to(torch.complex128) for k in ("Lambda", "B", "C")]
+        K.append(ss_kernel(*cplx, t["dt"].double(), L))  # (..., H, L)
+        D.append(t["D"].double())  # (H,)
     diff = K[0] - K[1]
-    diff[0, :, 0] += D[0] - D[1]
-    return (torch.linalg.vector_norm(diff, dim=-1) / torch.linalg.vector_norm(K[0], dim=-1)).numpy()
+    first = diff[0] if diff.dim() == 3 else diff  # the forward direction (H, L)
+    first[:, 0] += D[0] - D[1]
+    err = torch.linalg.vector_norm(diff, dim=-1)
+    return err.numpy(), (err / torch.linalg.vector_norm(K[0], dim=-1)).numpy()
 
 
-__all__ = ["ModelReducer", "discarded_energy_share", "fresh_skew_hippo", "reduce_model", "relative_kernel_error"]
+def relative_kernel_error(full: DSS, reduced: DSS, L: int) -> np.ndarray:
+    """``||K_full - K_red|| / ||K_full||`` per channel over L steps, in float64. Returns (n_dir, H). See
+    ``kernel_errors``."""
+    return kernel_errors(full.ss_params(), reduced.ss_params(), L)[1]
+
+
+def channel_report(res: ReducedSystem, kernel_error: np.ndarray, rel_kernel_error: np.ndarray) -> dict[str, Any]:
+    """The per-channel entries of a reduction report (``dssbt reduce`` and ``dssbt reduce-s4d``): hsv (..., N),
+    bound (...,), rank, n_clamped, kernel_error (absolute l2 over the kernel length), rel_kernel_error, and for h2
+    the converged flags; every array as nested lists of the channels' leading shape."""
+    return {
+        "hsv": res.hsv.tolist(),
+        "bound": res.bound.tolist(),
+        "rank": res.rank.tolist(),
+        "n_clamped": res.n_clamped.tolist(),
+        "kernel_error": np.asarray(kernel_error).tolist(),
+        "rel_kernel_error": np.asarray(rel_kernel_error).tolist(),
+        **({} if res.converged is None else {"converged": res.converged.tolist()}),
+    }
+
+
+__all__ = [
+    "ModelReducer",
+    "channel_report",
+    "discarded_energy_share",
+    "fresh_skew_hippo",
+    "kernel_errors",
+    "reduce_model",
+    "relative_kernel_error",
+]
