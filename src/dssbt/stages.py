@@ -47,27 +47,36 @@ def train_job(
     log: Callable[[str], None] = print,
     method: str | None = None,
     stop_after: int | None = None,
+    tensorboard: PathLike | None = None,
 ) -> dict[str, Path]:
     """Train one model (pretraining, baseline or retraining: ``train.train``); returns {model, metrics, history}.
     ``method`` names a baseline run other than its init (``skew_hippo_equal``: the equal-budget control);
-    ``stop_after`` makes a snapshot of the pretraining (``train.train``)."""
+    ``stop_after`` makes a snapshot of the pretraining (``train.train``); ``tensorboard``: a folder for the job's
+    TensorBoard event files (``curves.TensorBoardLogger``: the ``log`` extra, checked before training starts)."""
+    from .curves import TensorBoardLogger
     from .train import train
 
+    logger = None if tensorboard is None else TensorBoardLogger(tensorboard)
     orders, spec = _orders(order, layer_orders)
-    train(
-        data,
-        hparams,
-        init,
-        seed,
-        out_dir,
-        order=orders,
-        order_spec=None if spec is None else spec.label,
-        reduced=reduced,
-        device=device,
-        log=log,
-        method=method,
-        stop_after=stop_after,
-    )
+    try:
+        train(
+            data,
+            hparams,
+            init,
+            seed,
+            out_dir,
+            order=orders,
+            order_spec=None if spec is None else spec.label,
+            reduced=reduced,
+            device=device,
+            log=log,
+            method=method,
+            stop_after=stop_after,
+            logger=logger,
+        )
+    finally:
+        if logger is not None:
+            logger.close()
     out = Path(out_dir)
     return {"model": out / "model.pt", "metrics": out / "metrics.json", "history": out / "history.csv"}
 

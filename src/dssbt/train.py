@@ -43,6 +43,7 @@ from tqdm import tqdm
 from . import fused
 from .batches import batches
 from .checkpoint import load_model, save_model
+from .curves import EpochLogger
 from .data.prepared import SPLITS, Split, load_meta, load_split
 from .eager import AdamW
 from .evaluate import amp_dtype, autocast, base_metrics, evaluate, resolve_device, summary_metrics
@@ -154,6 +155,7 @@ def train(
     log: Callable[[str], None] = print,
     method: str | None = None,
     stop_after: int | None = None,
+    logger: EpochLogger | None = None,
 ) -> dict[str, Any]:
     """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
 
@@ -165,7 +167,8 @@ def train(
     hyper-parameters, schedule and RNG streams) stopped after that epoch, its best model up to then by validation
     accuracy as the pretraining picks its own; stage ``snapshot``, run ``pretrain_e{stop_after}``. ``method``: the run's method name in its metrics (and so its run folder
     name, ``dssbt.runs.run_name``) for a baseline of order r, e.g. ``skew_hippo_equal`` for the equal-budget
-    control (``runs.BASELINE_METHODS``); default the init.
+    control (``runs.BASELINE_METHODS``); default the init. ``logger``: told every history row and the final metrics
+    (``curves.EpochLogger``, e.g. ``curves.TensorBoardLogger``); it changes no result.
     """
     hp = parse_hparams(hparams)
     with fused.kernels(hp.optim.kernels):
@@ -182,11 +185,12 @@ def train(
             log=log,
             method=method,
             stop_after=stop_after,
+            logger=logger,
         )
 
 
 def _train(
-    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, reduced, device, log, method, stop_after
+    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, reduced, device, log, method, stop_after, logger
 ) -> dict[str, Any]:
     """``train`` with parsed hyper-parameters, under its kernels."""
     if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
@@ -276,6 +280,8 @@ def _train(
         st.history = [_row(0, {"loss": math.nan, "accuracy": math.nan}, v, t, opt, 0.0, _states(model, hp))]
         st.best = {"val_accuracy": v["accuracy"], "epoch": 0, "state": _cpu_state(model)}
         log(f"epoch 0 (before training): val acc {v['accuracy']:.4f}, test acc {t['accuracy']:.4f}")
+        if logger is not None:
+            logger.epoch(st.history)
 
     last = hp.optim.epochs if stop_after is None else stop_after  # the schedule still spans optim.epochs
     diverged = None
@@ -310,6 +316,8 @@ def _train(
         )
         if st.epoch in hp.optim.reduce_during.get("at_epochs", ()) and st.epoch < last:
             model, opt = _reduce_during(model, opt, sched, hp, st, meta, log)
+        if logger is not None:  # before the state is saved: a kill in between repeats the epoch's points, same values
+            logger.epoch(st.history)
         st.model, st.optimizer, st.scheduler = model.state_dict(), opt.state_dict(), sched.state_dict()
         st.shuffle_rng, st.torch_rng = shuffle.get_state(), torch.get_rng_state()
         st.cuda_rng = torch.cuda.get_rng_state_all() if dev.type == "cuda" else None
@@ -345,6 +353,8 @@ def _train(
     _write_history(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
     state_path.unlink(missing_ok=True)
+    if logger is not None:
+        logger.end(metrics)
     log(f"done: best epoch {best['epoch']}, test accuracy {final['accuracy']['test']:.4f}, wrote {out}")
     return metrics
 
