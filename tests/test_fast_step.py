@@ -7,11 +7,13 @@ the layer, and brute force for the FFT sizes. All comparisons in float64 to 1e-1
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dssbt.dss as dss
+from dssbt import fused
 from dssbt.dss import DSS, FFTConv, circular_kernel, naive_kernel, next_fast_len, vandermonde_kernel
 from dssbt.model import ModelConfig, S4Model
 
@@ -210,18 +212,106 @@ def test_next_fast_len_is_the_smallest_5_smooth_size():
         next_fast_len(0)
 
 
+AMP = [torch.bfloat16, torch.float16]  # optim.amp bf16, fp16; CPU autocast takes both (checked on torch 2.13)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "c"])
 @pytest.mark.parametrize("norm", ["layer", "batch"])
-def test_fast_path_runs_under_bfloat16_autocast(norm):
-    """optim.amp: activations may reach the DSS layer in bfloat16 (its FFTs run in the parameters' float32)."""
+@pytest.mark.parametrize("amp", AMP)
+def test_fast_path_runs_under_amp_autocast(norm, amp, kernels):
+    """optim.amp: the model under CPU autocast runs its output maps in the low precision (logits in it), the DSS
+    layers in float32; gradients reach every parameter in float32; the fast path agrees with the reference path."""
     torch.manual_seed(0)
     model = S4Model(ModelConfig(d_input=1, d_output=3, d_model=8, d_state=4, n_layers=2, norm=norm))
     x = torch.randn(3, 40)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        fast = model(x)
-        ref = model(x, reference=True)
+    with fused.kernels(kernels):
+        want = model(x)
+        with torch.autocast("cpu", dtype=amp):
+            fast = model(x)
+            ref = model(x, reference=True)
+    assert fast.dtype == ref.dtype == amp
     fast.float().sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    torch.testing.assert_close(fast.float(), ref.float(), rtol=0.05, atol=0.05)  # bfloat16 round-off
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+        for p in model.parameters()
+    )
+    tol = 0.05 if amp == torch.bfloat16 else 0.005  # 8 resp. 11 mantissa bits
+    torch.testing.assert_close(fast.float(), ref.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(fast.float(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("amp", AMP)
+def test_dss_kernel_and_fft_convolution_stay_float32_under_amp(amp, bidirectional):
+    """Under autocast the DSS layer's kernel, FFT convolution (both paths), recurrence and gradients are float32 and
+    equal the float32 computation (a low-precision input is cast to float32 first); without the float32 region
+    autocast would run the kernel's real matmul in the low precision."""
+    torch.manual_seed(1)
+    layer = DSS(6, 5, bidirectional=bidirectional)
+    u = torch.randn(2, 6, 33)
+    L = u.shape[-1]
+
+    def run(x, dtype=None):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = {"kernel": layer.kernel(L), "fast": layer.forward(x), "reference": layer.forward_reference(x)}
+            out["recurrent"] = layer.forward_recurrent(x)
+        layer.zero_grad()
+        (out["fast"].square().sum() + out["reference"].sum()).backward()  # outside autocast, as in training
+        return out, [p.grad.clone() for p in layer.parameters()]
+
+    want, want_grads = run(u)
+    got, grads = run(u, amp)
+    low, _ = run(u.to(amp), amp)  # an activation that arrives in the low precision
+    for name, y in want.items():
+        assert got[name].dtype == low[name].dtype == torch.float32, name
+        assert torch.equal(got[name], y), name  # the same float32 operations
+    assert all(torch.equal(g, w) for g, w in zip(grads, want_grads))
+    cast, _ = run(u.to(amp).float())
+    assert all(torch.equal(low[k], cast[k]) for k in want)
+    with torch.autocast("cpu", dtype=amp):
+        dtL = layer.Lambda() * torch.exp(layer.log_dt).unsqueeze(-1)
+        assert dss.vandermonde_kernel_real(dtL, torch.ones_like(dtL), L).dtype == amp  # what float32_region prevents
+
+
+@pytest.mark.parametrize("amp", AMP)
+def test_output_map_from_channel_major_runs_in_the_autocast_dtype_like_nn_linear(amp):
+    """linear_from_channel_major under autocast: autocast's dtype, as nn.Linear; float32 gradients of float32
+    weights, close to nn.Linear's under the same autocast (both computed in the low precision)."""
+    from dssbt.model import linear_from_channel_major
+
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(8, 16)
+    z = torch.randn(8, 3, 20, requires_grad=True)  # (H, B, L)
+    with torch.autocast("cpu", dtype=amp):
+        y = linear_from_channel_major(z, lin, parts=2)
+        want = lin(z.permute(1, 2, 0))  # (B, L, 2H)
+    assert y.dtype == want.dtype == amp
+    torch.testing.assert_close(torch.cat([y[0], y[1]], -1), want, rtol=0.02, atol=0.02)
+    g = torch.randn(2, 3, 20, 8)
+    grads = torch.autograd.grad(y, [z, lin.weight, lin.bias], g.to(amp))
+    want_grads = torch.autograd.grad(want, [z, lin.weight, lin.bias], torch.cat([g[0], g[1]], -1).to(amp))
+    for a, b in zip(grads, want_grads):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("amp", AMP)
+def test_hankel_penalty_and_balanced_truncation_ignore_amp(amp):
+    """The Hankel penalty and a model's balanced truncation give the same numbers under autocast as without."""
+    from dssbt.reduction.apply import reduce_model
+    from dssbt.reduction.hankel import hankel_penalty
+
+    torch.manual_seed(3)
+    model = S4Model(ModelConfig(d_input=1, d_output=2, d_model=4, d_state=6, n_layers=2))
+    want = hankel_penalty(model, 0.1)
+    want_model, want_report = reduce_model(model, 3, kernel_length=64)
+    with torch.autocast("cpu", dtype=amp):
+        got = hankel_penalty(model, 0.1)
+        got_model, got_report = reduce_model(model, 3, kernel_length=64)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(got_model.state_dict().values(), want_model.state_dict().values()))
+    for a, b in zip(got_report["layers"], want_report["layers"]):
+        np.testing.assert_array_equal(a["hsv"], b["hsv"])
 
 
 def test_to_channel_major_is_the_transpose_and_hands_back_a_contiguous_gradient():

@@ -40,6 +40,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         a.device,
         method=a.method,
         stop_after=a.stop_after,
+        tensorboard=a.tensorboard,
     )
 
 
@@ -165,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data order (default 0)")
     p.add_argument("--out", required=True, help="run folder to write: model.pt, metrics.json, history.csv")
+    p.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="also write the training curves as TensorBoard event files under DIR (per epoch: losses, accuracies, "
+        "learning rates, epoch time; at the end the test metrics); off by default; needs pip install -e '.[log]'",
+    )
     common(p)
     p.set_defaults(func=cmd_train)
 

@@ -20,10 +20,16 @@ with a hand-written backward -- four real FFTs over the batch per step, at a fas
 into the kernel's lag-0 tap) and
 ``DSS.forward_reference`` (the original: autograd through ``torch.fft`` at size 2L, whose backward of ``rfft``
 is a full complex FFT). Tests compare them; ``bench/train_step.py`` times them side by side.
+
+Mixed precision (``optim.amp``): every entry point of the layer leaves autocast (``float32_region``) and casts a
+low-precision input to the parameters' dtype, so the kernel (its exps and its real matmul, which autocast would
+run in bfloat16 / float16), the FFT convolution and the recurrence run in float32 (float64 for a float64 layer)
+and return it; the surrounding blocks run autocast's low precision.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -239,6 +245,24 @@ def fft_conv(u: Tensor, k: Tensor) -> Tensor:
     return y[..., :L]
 
 
+def float32_region(method):
+    """Run a ``DSS`` method outside autocast (on the device of its parameters), with every floating-point tensor
+    argument in the parameters' dtype: under ``optim.amp`` the layer's complex math, kernel and FFTs stay float32.
+    Outside autocast the method runs as it is (no context, no cast)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        device = self.log_dt.device.type
+        if not torch.is_autocast_enabled(device):
+            return method(self, *args, **kwargs)
+        dtype = self.log_dt.dtype
+        args = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args]
+        with torch.autocast(device_type=device, enabled=False):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class DSS(nn.Module):
     """Diagonal state-space layer (DSS, ZOH discretisation), acting on (B, H, L) inputs.
 
@@ -282,6 +306,7 @@ class DSS(nn.Module):
         """Continuous state matrix diagonal, complex (n_dir, H, N)."""
         return torch.complex(-torch.exp(self.Lambda_log_neg_re), self.Lambda_im)
 
+    @float32_region
     def kernel(self, L: int, naive: bool = False, reference: bool = False) -> Tensor:
         """Convolution kernels, real (n_dir, H, L). ``naive``: the full-exp path; ``reference``: the original
         factored kernel in complex arithmetic (see ``ss_kernel``)."""
@@ -333,15 +358,16 @@ class DSS(nn.Module):
 
     # ----- convolution mode ---------------------------------------------------------------------------------------
 
+    @float32_region
     def forward(self, u: Tensor) -> Tensor:
         """u: real (B, H, L) -> y: real (B, H, L). Training path (``FFTConv``); equals ``forward_reference``."""
         L = u.shape[-1]
         n = next_fast_len(2 * L - 1)
         k = circular_kernel(self.kernel(L), n)  # (H, L) or (H, n)
         k = torch.cat([k[:, :1] + self.D.unsqueeze(-1), k[:, 1:]], dim=-1)  # D u is the lag-0 tap
-        # in the parameters' dtype: under autocast u may arrive in bfloat16, which torch's FFTs do not take
-        return FFTConv.apply(u.to(k.dtype), k, n)
+        return FFTConv.apply(u.to(k.dtype), k, n)  # torch's FFTs take no bfloat16 (and FFTConv needs one dtype)
 
+    @float32_region
     def forward_reference(self, u: Tensor) -> Tensor:
         """The original convolution path (complex-arithmetic kernel, autograd through ``torch.fft`` at size 2L).
         u: real (B, H, L) -> (B, H, L)."""
@@ -358,6 +384,7 @@ class DSS(nn.Module):
 
     # ----- recurrent mode -----------------------------------------------------------------------------------------
 
+    @float32_region
     def step_params(self) -> tuple[Tensor, Tensor, Tensor]:
         """Discrete ``(Lambda_bar, B_bar, C)``, each complex (n_dir, H, N); compute once, reuse for every step."""
         dtL, B_bar = zoh_log(self.Lambda(), torch.view_as_complex(self.B), torch.exp(self.log_dt))
@@ -368,6 +395,7 @@ class DSS(nn.Module):
         dtype = torch.complex128 if self.Lambda_im.dtype == torch.float64 else torch.complex64
         return torch.zeros(batch, self.H, self.N, dtype=dtype, device=self.Lambda_im.device)
 
+    @float32_region
     def step(
         self, u_t: Tensor, state: Tensor, params: tuple[Tensor, Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -382,6 +410,7 @@ class DSS(nn.Module):
         y_t = (C[0] * state).sum(-1).real + self.D * u_t  # (B, H)
         return y_t, state
 
+    @float32_region
     def forward_recurrent(self, u: Tensor) -> Tensor:
         """Same result as ``forward`` computed by the recurrence. u: real (B, H, L) -> real (B, H, L)."""
         Lambda_bar, B_bar, C = self.step_params()  # (n_dir, H, N)

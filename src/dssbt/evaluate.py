@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import __version__, fused
 from .batches import batches
 from .data.prepared import SPLITS, Split
-from .hparams import Hparams
+from .hparams import AMP_FROM_BOOL, Hparams
 from .model import S4Model, count_parameters
 from .provenance import provenance
 
@@ -31,15 +31,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, amp: bool):
-    """bfloat16 autocast on CUDA when ``amp``; a no-op context elsewhere."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: str | bool) -> torch.dtype | None:
+    """The autocast dtype of ``optim.amp`` (none | bf16 | fp16; false / true: none / bf16), None for float32."""
+    if isinstance(amp, bool):
+        amp = AMP_FROM_BOOL[amp]
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"optim.amp={amp!r} is not one of {list(AMP_DTYPES)}")
+    return AMP_DTYPES[amp]
+
+
+def autocast(device: torch.device, amp: str | bool):
+    """Autocast to ``optim.amp``'s dtype on ``device`` (CPU or CUDA); a disabled context for none.
+
+    Under it the encoder, the blocks' output maps and the decoder run in the low precision; norms and the loss in
+    float32 (torch's autocast lists), and the DSS layers entirely in float32 (``DSS.forward`` leaves autocast)."""
+    dtype = amp_dtype(amp)
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def evaluate(
-    model: S4Model, split: Split, batch_size: int, device: torch.device, amp: bool = False
+    model: S4Model, split: Split, batch_size: int, device: torch.device, amp: str | bool = "none"
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` on a split (eval mode)."""
+    """Mean cross-entropy and accuracy of ``model`` on a split (eval mode), under ``optim.amp``'s autocast."""
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad(), autocast(device, amp):

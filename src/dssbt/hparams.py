@@ -50,7 +50,10 @@ class OptimHparams:
     grad_clip: float = 0.0  # max global gradient norm; 0 disables
     patience: int = 0  # early stopping after this many epochs without a better val accuracy; 0 disables
     eval_batch_size: int = 256
-    amp: bool = False  # bfloat16 autocast on CUDA (ignored on CPU)
+    # mixed precision of training and evaluation, on CPU and CUDA: "none" (float32) | "bf16" (bfloat16 autocast) |
+    # "fp16" (float16 autocast, and a gradient scaler in training); false / true of older configs mean none / bf16.
+    # The DSS kernel, the FFT convolution, the Hankel penalty and the reductions always run in float32 / float64.
+    amp: str = "none"
     # weight of the Hankel nuclear norm (sum of the HSVs of every channel, discrete route) added to the loss: trains
     # models whose HSVs decay fast, so that they compress well (reduction/hankel.py); 0 = off, training unchanged
     hsv_reg: float = 0.0
@@ -70,6 +73,8 @@ class OptimHparams:
 
 
 ON_DIVERGENCE = ("fail", "keep_best")
+AMP = ("none", "bf16", "fp16")
+AMP_FROM_BOOL = {False: "none", True: "bf16"}  # optim.amp of configs and metrics written when it was a bool
 KERNELS = ("auto", "c", "torch")
 REDUCE_DURING_KEYS = {"at_epochs": list, "tol": float, "budget": float, "moments": str}
 REDUCE_DURING_MOMENTS = ("reset", "mean")
@@ -92,6 +97,8 @@ class Hparams:
         optim = {
             k: v for k, v in asdict(self.optim).items() if not (k in OPTIM_KEYS_OMITTED_AT_DEFAULT and v == default[k])
         }
+        if optim["amp"] == "none":  # recorded as when amp was a bool, so finished runs keep their hyper-parameters
+            optim["amp"] = False
         d = {"model": dict(sorted(self.model.items())), "optim": optim}
         return d | ({"reduction": self.reduction} if self.reduction else {})
 
@@ -128,6 +135,8 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
         f.name: {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[str(f.type)]
         for f in fields(OptimHparams)
     }
+    if isinstance(optim_in.get("amp"), bool):
+        optim_in["amp"] = AMP_FROM_BOOL[optim_in["amp"]]
     for k, v in optim_in.items():
         if k not in types:
             raise ValueError(f"hyper-parameters: unknown key optim.{k}; known: {sorted(types)}")
@@ -138,6 +147,10 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     if optim.on_divergence not in ON_DIVERGENCE:
         raise ValueError(
             f"hyper-parameters: optim.on_divergence={optim.on_divergence!r} is not one of {list(ON_DIVERGENCE)}"
+        )
+    if optim.amp not in AMP:
+        raise ValueError(
+            f"hyper-parameters: optim.amp={optim.amp!r} is not one of {list(AMP)} (or false / true: none / bf16)"
         )
     if optim.kernels not in KERNELS:
         raise ValueError(f"hyper-parameters: optim.kernels={optim.kernels!r} is not one of {list(KERNELS)}")

@@ -141,11 +141,21 @@ class ModelConfig:
 class _LinearFromChannelMajor(torch.autograd.Function):
     """Row blocks of ``y = z^T W^T + b`` for channel-major z (see ``linear_from_channel_major``)."""
 
-    # Under CUDA autocast (optim.amp) the matmuls run in float32: the out= writes and the hand-written backward
-    # need one dtype (cast_inputs disables autocast inside, custom_bwd runs the backward in the same state).
+    # Under autocast (optim.amp, CPU or CUDA) the matmuls run in autocast's dtype, as nn.Linear's would: forward casts
+    # z, weight and bias to it and runs with autocast off (the out= writes need operands of one dtype); backward
+    # computes in that dtype, and autograd casts the gradients to the dtypes of the inputs (the float32 parameters).
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor | None, parts: int) -> Tensor:  # type: ignore[override]
+        device = z.device.type
+        if not torch.is_autocast_enabled(device):
+            return _LinearFromChannelMajor._forward(ctx, z, weight, bias, parts)
+        dtype = torch.get_autocast_dtype(device)
+        z, weight, bias = z.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        with torch.autocast(device_type=device, enabled=False):
+            return _LinearFromChannelMajor._forward(ctx, z, weight, bias, parts)
+
+    @staticmethod
+    def _forward(ctx, z: Tensor, weight: Tensor, bias: Tensor | None, parts: int) -> Tensor:
         H_in, M = z.shape
         W = weight.view(parts, -1, H_in)  # (parts, H_part, H_in)
         y = z.new_empty(parts, M, W.shape[1])
@@ -159,9 +169,9 @@ class _LinearFromChannelMajor(torch.autograd.Function):
         return y  # (parts, M, H_part)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g: Tensor):  # type: ignore[override]
         z, weight = ctx.saved_tensors
+        g = g.to(z.dtype)  # the forward's compute dtype (autocast's, or z's own)
         W = weight.view(ctx.parts, -1, z.shape[0])
         dz = dw = db = None
         if ctx.needs_input_grad[0]:  # (H_in, M): z's own layout
@@ -171,7 +181,7 @@ class _LinearFromChannelMajor(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             dw = torch.cat([torch.mm(g[i].t(), z.t()) for i in range(ctx.parts)])  # (H_out, H_in)
         if ctx.needs_input_grad[2]:
-            db = g.sum(1).view(-1)
+            db = g.sum(1, dtype=torch.promote_types(g.dtype, torch.float32)).view(-1)  # a low-precision sum overflows
         return dz, dw, db, None
 
 
@@ -251,7 +261,8 @@ class Block(nn.Module):
         """Training path. x: (B, L, H) -> (B, L, H); equals ``forward_reference``. Where ``fused.applies(x)``
         (CPU, optim.kernels not torch), a prenorm layer or batch norm and the GLU with the residual add are
         compiled kernels (dssbt.fused)."""
-        c = fused.applies(x)
+        # fused kernels take float32 / float64 operands of one dtype; under autocast the output map is low precision
+        c = fused.applies(x) and not torch.is_autocast_enabled(x.device.type)
         if c and self.prenorm and isinstance(self.norm, nn.LayerNorm):
             z = fused.layer_norm_channel_major(x, self.norm)  # (H, B, L)
         elif c and self.prenorm and isinstance(self.norm, nn.BatchNorm1d) and fused.batch_norm_applies(self.norm):

@@ -38,6 +38,7 @@ class ResumeState:
     shuffle_rng: torch.Tensor | None = None
     torch_rng: torch.Tensor | None = None
     cuda_rng: list[torch.Tensor] | None = None
+    scaler: dict[str, Any] | None = None  # the gradient scaler of optim.amp = fp16 (its scale and growth tracker)
     # in-training reduction (optim.reduce_during): the model's per-layer orders after the last reduction (None: as
     # built), so a resumed job rebuilds the model at that size before loading it; and one record per reduction
     layer_orders: list[int] | None = None

@@ -48,28 +48,37 @@ def train_job(
     log: Callable[[str], None] = print,
     method: str | None = None,
     stop_after: int | None = None,
+    tensorboard: PathLike | None = None,
 ) -> dict[str, Path]:
     """Train one model (pretraining, baseline or retraining: ``train.train``) into the run folder ``out``; returns
     {model, metrics, history}. ``model``: the model file a ``from_reduced`` / ``from_pretrained`` init starts from.
     ``method`` names a baseline run other than its init (``skew_hippo_equal``: the equal-budget control);
-    ``stop_after`` makes a snapshot of the pretraining (``train.train``)."""
+    ``stop_after`` makes a snapshot of the pretraining (``train.train``); ``tensorboard``: a folder for the job's
+    TensorBoard event files (``curves.TensorBoardLogger``: the ``log`` extra, checked before training starts)."""
+    from .curves import TensorBoardLogger
     from .train import train
 
+    logger = None if tensorboard is None else TensorBoardLogger(tensorboard)
     orders, spec = _orders(order, layer_orders)
-    train(
-        data,
-        hparams,
-        init,
-        seed,
-        out,
-        order=orders,
-        order_spec=None if spec is None else spec.label,
-        start=model,
-        device=device,
-        log=log,
-        method=method,
-        stop_after=stop_after,
-    )
+    try:
+        train(
+            data,
+            hparams,
+            init,
+            seed,
+            out,
+            order=orders,
+            order_spec=None if spec is None else spec.label,
+            start=model,
+            device=device,
+            log=log,
+            method=method,
+            stop_after=stop_after,
+            logger=logger,
+        )
+    finally:
+        if logger is not None:
+            logger.close()
     folder = Path(out)
     return {"model": folder / "model.pt", "metrics": folder / "metrics.json", "history": folder / "history.csv"}
 

@@ -10,6 +10,11 @@ In-training reduction (``optim.reduce_during``, full-N pretraining only): after 
 balanced-truncated (``dssbt.shrink``) and training goes on at the smaller size; the best checkpoint is taken among
 the epochs after the last reduction, and a resumed job rebuilds the model at its reduced size.
 
+Mixed precision (``optim.amp``): ``bf16`` and ``fp16`` run the forward passes of training and evaluation under
+autocast on the job's device (CPU or CUDA), the DSS layers in float32 (``dss.float32_region``); ``fp16`` scales the
+loss with ``torch.amp.GradScaler``, whose state is part of the resume state. A step whose gradients overflow under
+the scaler is skipped (and the scale halved), as GradScaler does; it is a divergence only once the scale is below 1.
+
 Divergence: a non-finite training loss, or a non-finite gradient norm after the backward pass, stops the epoch
 before the optimiser steps. With ``optim.on_divergence = "fail"`` (the default) ``train`` raises ValueError naming
 the job (task, seed, init, order), the epoch and step and the learning rates, and writes no output; with
@@ -26,6 +31,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,9 +43,10 @@ from tqdm import tqdm
 from . import fused
 from .batches import batches
 from .checkpoint import load_model, read_config, save_model
+from .curves import EpochLogger
 from .data.prepared import SPLITS, Split, load_meta, load_split
 from .eager import AdamW
-from .evaluate import autocast, base_metrics, evaluate, resolve_device, summary_metrics
+from .evaluate import amp_dtype, autocast, base_metrics, evaluate, resolve_device, summary_metrics
 from .hippo import INITS
 from .hparams import DEFAULT_D_STATE, MODEL_KEYS, Hparams, parse_hparams
 from .io import atomic_path, write_json
@@ -215,6 +222,7 @@ def train(
     log: Callable[[str], None] = print,
     method: str | None = None,
     stop_after: int | None = None,
+    logger: EpochLogger | None = None,
 ) -> dict[str, Any]:
     """Train one model; returns the metrics also written to ``out_dir/metrics.json``. See the module docstring.
 
@@ -226,7 +234,8 @@ def train(
     hyper-parameters, schedule and RNG streams) stopped after that epoch, its best model up to then by validation
     accuracy as the pretraining picks its own; stage ``snapshot``, run ``pretrain_e{stop_after}``. ``method``: the run's method name in its metrics (and so its run folder
     name, ``dssbt.runs.run_name``) for a baseline of order r, e.g. ``skew_hippo_equal`` for the equal-budget
-    control (``runs.BASELINE_METHODS``); default the init.
+    control (``runs.BASELINE_METHODS``); default the init. ``logger``: told every history row and the final metrics
+    (``curves.EpochLogger``, e.g. ``curves.TensorBoardLogger``); it changes no result.
     """
     hp = parse_hparams(hparams)
     with fused.kernels(hp.optim.kernels):
@@ -243,11 +252,12 @@ def train(
             log=log,
             method=method,
             stop_after=stop_after,
+            logger=logger,
         )
 
 
 def _train(
-    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, start, device, log, method, stop_after
+    data_dir, hp: Hparams, init, seed, out_dir, *, order, order_spec, start, device, log, method, stop_after, logger
 ) -> dict[str, Any]:
     """``train`` with parsed hyper-parameters, under its kernels."""
     if method is not None and (init.startswith("from_") or order is None or method not in BASELINE_METHODS):
@@ -298,6 +308,7 @@ def _train(
     steps_per_epoch = math.ceil(len(data["train"]) / hp.optim.batch_size)
     sched = scheduler(opt, hp, steps_per_epoch)
     shuffle = torch.Generator().manual_seed(seed)
+    scaler = grad_scaler(dev, hp)  # None unless optim.amp = fp16
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,6 +340,8 @@ def _train(
         torch.set_rng_state(st.torch_rng)
         if dev.type == "cuda" and st.cuda_rng is not None:
             torch.cuda.set_rng_state_all(st.cuda_rng)
+        if scaler is not None and st.scaler:
+            scaler.load_state_dict(st.scaler)
         log(f"resuming from {state_path} after epoch {st.epoch}")
     else:
         st = ResumeState(job=job)
@@ -339,13 +352,15 @@ def _train(
         st.history = [_row(0, {"loss": math.nan, "accuracy": math.nan}, v, t, opt, 0.0, _states(model, hp))]
         st.best = {"val_accuracy": v["accuracy"], "epoch": 0, "state": _cpu_state(model)}
         log(f"epoch 0 (before training): val acc {v['accuracy']:.4f}, test acc {t['accuracy']:.4f}")
+        if logger is not None:
+            logger.epoch(st.history)
 
     last = hp.optim.epochs if stop_after is None else stop_after  # the schedule still spans optim.epochs
     diverged = None
     while st.epoch < last and not (hp.optim.patience and st.bad_epochs >= hp.optim.patience):
         st.epoch += 1
         try:
-            tr = _train_epoch(model, data["train"], hp, opt, sched, shuffle, dev, st.epoch, steps_per_epoch)
+            tr = _train_epoch(model, data["train"], hp, opt, sched, shuffle, dev, st.epoch, steps_per_epoch, scaler)
         except Diverged as d:
             msg = _divergence_message(d, meta, hp, init, seed, order, order_spec, steps_per_epoch)
             if hp.optim.on_divergence == "fail":
@@ -369,12 +384,16 @@ def _train(
             f"epoch {st.epoch}/{hp.optim.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} | "
             f"val loss {v['loss']:.4f} acc {v['accuracy']:.4f} | best val {st.best['val_accuracy']:.4f} "
             f"(epoch {st.best['epoch']}) | {time.perf_counter() - t0:.0f} s"
+            + ("" if scaler is None else f" | fp16 loss scale {scaler.get_scale():g}, {tr['skipped']} steps skipped")
         )
         if st.epoch in hp.optim.reduce_during.get("at_epochs", ()) and st.epoch < last:
             model, opt = _reduce_during(model, opt, sched, hp, st, meta, log)
+        if logger is not None:  # before the state is saved: a kill in between repeats the epoch's points, same values
+            logger.epoch(st.history)
         st.model, st.optimizer, st.scheduler = model.state_dict(), opt.state_dict(), sched.state_dict()
         st.shuffle_rng, st.torch_rng = shuffle.get_state(), torch.get_rng_state()
         st.cuda_rng = torch.cuda.get_rng_state_all() if dev.type == "cuda" else None
+        st.scaler = None if scaler is None else scaler.state_dict()
         st.elapsed = time.perf_counter() - t0
         st.save(state_path)
 
@@ -406,6 +425,8 @@ def _train(
     _write_history(out / "history.csv", history)
     write_json(out / "metrics.json", metrics)
     state_path.unlink(missing_ok=True)
+    if logger is not None:
+        logger.end(metrics)
     log(f"done: best epoch {best['epoch']}, test accuracy {final['accuracy']['test']:.4f}, wrote {out}")
     return metrics
 
@@ -420,11 +441,13 @@ def _train_epoch(
     dev: torch.device,
     epoch: int,
     steps: int,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One pass over the training split in the order drawn from ``shuffle``; returns its mean loss and accuracy."""
+    """One pass over the training split in the order drawn from ``shuffle``; returns its mean loss and accuracy,
+    and the steps skipped by the fp16 gradient ``scaler`` (overflowing gradients)."""
     model.train()
     perm = torch.randperm(len(split), generator=shuffle)
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
     tty = sys.stderr.isatty()
     bar = tqdm(
         total=steps,
@@ -440,10 +463,12 @@ def _train_epoch(
             logits = model(x, lengths).float()
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
-        if hp.optim.hsv_reg > 0:  # off: the plain loss, bit for bit
-            (loss + hankel_penalty(model, hp.optim.hsv_reg)).backward()
-        else:
-            loss.backward()
+        total = loss + hankel_penalty(model, hp.optim.hsv_reg) if hp.optim.hsv_reg > 0 else loss  # off: bit for bit
+        if scaler is None:
+            total.backward()
+        else:  # fp16: the scaled loss's gradients, unscaled in place before the norm, the clipping and the step
+            scaler.scale(total).backward()
+            scaler.unscale_(opt)
         if hp.optim.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, hp.optim.grad_clip)  # the norm before clipping
         else:
@@ -453,18 +478,34 @@ def _train_epoch(
         loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
         if not math.isfinite(loss_value):
             raise Diverged("training loss", loss_value, epoch, step, *_lrs(opt))
-        if not math.isfinite(norm_value):
+        if not math.isfinite(norm_value) and (scaler is None or scaler.get_scale() < 1.0):
             raise Diverged("gradient norm", norm_value, epoch, step, *_lrs(opt))
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:  # skips the step where the gradients overflowed (and halves the scale), else steps and may grow it
+            skipped += not math.isfinite(norm_value)
+            scaler.step(opt)
+            scaler.update()
         if hp.optim.schedule == "cosine":
-            sched.step()
+            if scaler is None:
+                sched.step()
+            else:  # the schedule counts steps, skipped ones included: torch's warning on a skipped first step is moot
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                    sched.step()
         loss_sum += loss_value * len(y)
         correct += int((logits.argmax(-1) == y).sum())
         seen += len(y)
         bar.update()
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     bar.close()
-    return {"loss": loss_sum / seen, "accuracy": correct / seen}
+    return {"loss": loss_sum / seen, "accuracy": correct / seen, "skipped": skipped}
+
+
+def grad_scaler(dev: torch.device, hp: Hparams) -> torch.amp.GradScaler | None:
+    """The loss scaler of ``optim.amp = fp16`` on ``dev`` (torch's defaults: scale 2^16, halved on an overflow,
+    doubled after 2000 steps without one); None otherwise (float32 and bfloat16 need none)."""
+    return torch.amp.GradScaler(dev.type) if amp_dtype(hp.optim.amp) == torch.float16 else None
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
