@@ -3,7 +3,7 @@
 
 rule aggregate:
     input:
-        metrics=all_metrics(),
+        metrics=PLAN.tabled("metrics.json"),
     output:
         runs="results/tables/runs.csv",
         csv=report(
@@ -30,7 +30,7 @@ rule plot:
     input:
         runs="results/tables/runs.csv",
         reports=all_hsv_reports(),
-        histories=all_histories(),
+        histories=PLAN.tabled("history.csv", "train"),
     output:
         accuracy=report(
             multiext("results/plots/accuracy_vs_order", ".png", ".pdf"),
