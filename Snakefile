@@ -2,12 +2,13 @@
 # Stages: data -> pretrain (full N) -> reduce (every method, every order) -> retrain, beside the Skew-HiPPO baseline
 # at every order; then tables and plots. Targets: all (default), data_all, pretrain_all, baseline_all, reduce_all,
 # retrain_all, tables. {order} is r (8) or a per-layer spec (tol0.3); {method} a name of dssbt.reduction.registry.
-# Paths (run folders: dssbt.runs.run_name):
+# Every run is a kind of dssbt.grid (its folder, parent, hyper-parameters, config switch, table key), made by one
+# of two rules: train (workflow/rules/train.smk) or reduce (reduce.smk). Paths (run folders: dssbt.grid.KINDS):
 #   data/raw/embedded/{task}/                       generated embedded data, official LRA formats (rule generate)
 #   data/downloads/{file}                           real LRA archives (rule download)
 #   data/prepared/{task}/{train,val,test}.npz       prepared splits + meta.json (rule prepare)
 #   results/runs/{task}/seed{s}/pretrain/           full-N model: model.pt, metrics.json, history.csv (pretrain)
-#   results/runs/{task}/seed{s}/skew_hippo_r{order}/  order-r Skew-HiPPO model, same files (train_baseline;
+#   results/runs/{task}/seed{s}/skew_hippo_r{order}/  order-r Skew-HiPPO model, same files (kind train_baseline;
 #                                                   config controls: skew_hippo)
 #   results/runs/{task}/seed{s}/skew_hippo_equal_r{order}/  the same for pretraining + retraining epochs
 #                                                   (train_equal_budget; config controls: skew_hippo_equal)
@@ -47,6 +48,17 @@ include: "workflow/rules/correlation.smk"
 include: "workflow/rules/compress.smk"
 
 
+# resources.<name>: a run kind of dssbt.grid, or a rule that is not a job rule (train, reduce), or default / train
+RESOURCE_SECTIONS = ["default", "train", *grid.KINDS, "extract_lra"] + [
+    r.name for r in workflow.rules if r.name not in grid.COMMANDS
+]
+for name in config["resources"]:
+    if name not in RESOURCE_SECTIONS:
+        raise ValueError(
+            f"config: resources: {name!r} is not one of {RESOURCE_SECTIONS}"
+        )
+
+
 onstart:
     note_if_oversubscribed()
 
@@ -82,26 +94,22 @@ rule data_all:
 
 rule pretrain_all:
     input:
-        expand_runs("pretrain", "metrics.json"),
+        kind_files("pretrain"),
 
 
 rule baseline_all:
     input:
-        [
-            f
-            for m in baseline_methods()
-            for f in expand_runs("baseline", "metrics.json", method=m)
-        ],
+        kind_files(*[k.name for k in grid.kinds() if k.stage == "baseline"]),
 
 
 rule reduce_all:
     input:
-        expand_runs("reduce", "metrics.json"),
+        kind_files("reduce"),
 
 
 rule retrain_all:
     input:
-        expand_runs("retrain", "metrics.json"),
+        kind_files("retrain"),
 
 
 rule tables:

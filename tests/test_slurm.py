@@ -21,6 +21,8 @@ import pytest
 import yaml
 from test_workflow import ENV, ROOT, SNAKEMAKE, TINY, copy_workflow, job_counts, run_tiny_locally
 
+from dssbt import grid
+
 # One xdist group: the tests share the cluster (brought up once per worker that runs them) and its runs.
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
@@ -30,7 +32,8 @@ ACCOUNT = "dssbt"
 # Memory for pretrain in the out-of-memory test: above the ~100 MB of Snakemake's job-step wrapper, below the
 # ~270 MB of a tiny pretraining run, so SLURM kills the training command itself.
 OOM_MEM_MB = 150
-# Every job of the tiny config (tests/workflow/tiny.yaml), without the local target rule 'all'.
+# Every job of the tiny config (tests/workflow/tiny.yaml), without the local target rule 'all', per rule and, for
+# the job rules train and reduce, per run kind (dssbt.grid; test_workflow.job_counts counts so).
 # tests/workflow/tiny.yaml: 2 tasks x 1 seed x 1 order, with the equal-budget control
 TINY_JOBS = {
     "generate": 2,
@@ -43,6 +46,19 @@ TINY_JOBS = {
     "aggregate": 1,
     "plot": 1,
 }
+
+
+def by_rule(counts: dict[str, int]) -> dict[str, int]:
+    """Job counts per run kind -> per rule (what SLURM accounting records: kinds of dssbt.grid sum into their rule)."""
+    out: dict[str, int] = {}
+    for name, n in counts.items():
+        rule = grid.KINDS[name].command if name in grid.KINDS else name
+        out[rule] = out.get(rule, 0) + n
+    return out
+
+
+# the SLURM job comment's wildcards of a pretraining (rule train, run=runs/<task>/seed<s>/pretrain)
+PRETRAIN_WILDCARDS = "runs_{task}_seed{seed}_pretrain"
 
 
 def snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 480) -> subprocess.CompletedProcess:
@@ -187,7 +203,7 @@ def slurm_runs(slurm_cluster, tmp_path_factory):
     oom = snakemake(
         wf,
         "pretrain_all",
-        *profile_args("--configfile", "tiny.yaml", "--set-resources", f"pretrain:mem_mb={OOM_MEM_MB}"),
+        *profile_args("--configfile", "tiny.yaml", "--set-resources", f"train:mem_mb={OOM_MEM_MB}"),
         check=False,
     )
     oom_out = oom.stdout + oom.stderr
@@ -225,9 +241,10 @@ def test_tiny_grid_completes_with_every_job_through_slurm(slurm_runs):
         assert (wf / "results" / name).stat().st_size > 0, name
     # Every job of the grid finished as a SLURM job, recorded by accounting under one of the two runs' names.
     completed = [j for j in slurm_runs["oom_jobs"] + slurm_runs["full_jobs"] if j["state"] == "COMPLETED"]
-    assert rule_counts(completed) == TINY_JOBS
+    assert rule_counts(completed) == by_rule(TINY_JOBS)
     assert all(j["state"] == "COMPLETED" for j in slurm_runs["full_jobs"]), slurm_runs["full_jobs"]
-    assert {j["wildcards"] for j in completed if j["rule"] == "pretrain"} == {"listops_0", "image_0"}
+    pretrained = {j["wildcards"] for j in completed if j["rule"] == "train" and j["wildcards"].endswith("_pretrain")}
+    assert pretrained == {PRETRAIN_WILDCARDS.format(task=t, seed=0) for t in ("listops", "image")}
     assert job_counts(wf, *profile_args("--configfile", "tiny.yaml")) == {}
 
 
@@ -257,18 +274,18 @@ def test_job_over_its_memory_is_killed_and_the_rerun_resumes(slurm_runs):
         "generate": 2,
         "prepare": 2,
     }
-    failed = [j for j in slurm_runs["oom_jobs"] if j["rule"] == "pretrain"]
+    failed = [j for j in slurm_runs["oom_jobs"] if j["rule"] == "train"]
     assert failed and all(j["state"] in ("OUT_OF_MEMORY", "FAILED", "CANCELLED") for j in failed), states
     # Snakemake names the failed rule and the SLURM log, which says why.
-    assert "Error in rule pretrain" in out
-    logs = re.findall(r"(\S+/\.snakemake/slurm_logs/rule_pretrain/\S+\.log)", out)
+    assert "Error in rule train" in out
+    logs = re.findall(r"(\S+/\.snakemake/slurm_logs/rule_train/\S+\.log)", out)
     assert logs, out[-4000:]
     text = "\n".join(Path(log).read_text() for log in set(logs) if Path(log).exists())
     assert re.search(r"oom-kill|exceeded memory limit|Exceeded job memory limit", text), text[-2000:]
     # The rerun schedules neither generate nor prepare again, and SLURM ran none of them.
     expected = {k: v for k, v in TINY_JOBS.items() if k not in ("generate", "prepare")}
     assert slurm_runs["rerun_plan"] == expected
-    assert rule_counts(slurm_runs["full_jobs"]) == expected
+    assert rule_counts(slurm_runs["full_jobs"]) == by_rule(expected)
     assert slurm_runs["full"].returncode == 0, slurm_runs["full_out"][-4000:]
 
 
@@ -289,7 +306,7 @@ def test_config_edit_submits_only_the_invalidated_job(slurm_runs):
 # reference machine (an attempt reached epoch 54 in its minute). A job that finishes in the last seconds of its limit
 # is reported TIMEOUT all the same; Snakemake then deletes its finished outputs and the next attempt trains from
 # scratch (docs/slurm.md). 130 epochs put the second attempt's end a few seconds from its limit: CI hit exactly that.
-# resources.pretrain.runtime: 1 asks for 1 minute, then 2, 4, 8 (doubling per attempt, common.smk); --retries 3
+# resources.pretrain.runtime: 1 asks for 1 minute, then 2, 4, 8 (doubling per attempt, common.smk job_runtime); --retries 3
 # instead of the profile's 2 leaves room for a machine loaded by other work.
 TIMEOUT_CONFIG = """
 tasks: [listops]
@@ -357,16 +374,16 @@ def timeout_scenario(tmp_path: Path) -> None:
     local = start_local_reference(wf, tmp_path / "local")
     p = snakemake(wf, "pretrain_all", *profile_args("--configfile", "faults.yaml", "--retries", "3"), timeout=1800)
     out = p.stdout + p.stderr
-    jobs = [j for j in sacct_jobs(run_id(out)) if j["rule"] == "pretrain"]
+    jobs = [j for j in sacct_jobs(run_id(out)) if j["rule"] == "train"]
     states = [j["state"] for j in jobs]
     # SLURM killed the first attempt at its 1-minute limit; each retry asked for twice the time of the one before
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED" and set(states[:-1]) == {"TIMEOUT"}, jobs
     assert [j["timelimit"] for j in jobs] == ["00:01:00", "00:02:00", "00:04:00", "00:08:00"][: len(jobs)], jobs
     # the SLURM log of the killed attempt says why, and the last attempt continued from a saved epoch
-    killed = list((wf / ".snakemake/slurm_logs/rule_pretrain").glob(f"*/{jobs[0]['id']}.log"))
+    killed = list((wf / ".snakemake/slurm_logs/rule_train").glob(f"*/{jobs[0]['id']}.log"))
     assert len(killed) == 1, out[-3000:]
     assert re.search(r"CANCELLED AT .* DUE TO TIME LIMIT", killed[0].read_text()), killed[0].read_text()[-2000:]
-    log = (wf / "logs/pretrain/listops/seed0.log").read_text()
+    log = (wf / "logs/train/runs/listops/seed0/pretrain.log").read_text()
     assert re.search(rf"resuming from {RUN}/train_state.pt after epoch [1-9]", log), log[-2000:]
     same_training_result(wf, local, tmp_path / "local")
 
@@ -398,7 +415,8 @@ def requeue_scenario(tmp_path: Path) -> None:
         ids = [
             line.split("|")[0]
             for line in queue.stdout.splitlines()
-            if line.split("|")[1:] == [str(wf), "rule_pretrain_wildcards_listops_0"]
+            if line.split("|")[1:]
+            == [str(wf), "rule_train_wildcards_" + PRETRAIN_WILDCARDS.format(task="listops", seed=0)]
         ]
         assert len(ids) == 1, queue.stdout
         subprocess.run(["scontrol", "requeue", ids[0]], check=True, env=ENV, capture_output=True, text=True)
@@ -420,8 +438,8 @@ def requeue_scenario(tmp_path: Path) -> None:
         check=True,
     ).stdout.split()
     assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
-    assert [j["state"] for j in sacct_jobs(run_id(out)) if j["rule"] == "pretrain"] == ["COMPLETED"]
-    log = (wf / "logs/pretrain/listops/seed0.log").read_text()
+    assert [j["state"] for j in sacct_jobs(run_id(out)) if j["rule"] == "train"] == ["COMPLETED"]
+    log = (wf / "logs/train/runs/listops/seed0/pretrain.log").read_text()
     resumed = re.search(rf"resuming from {RUN}/train_state.pt after epoch (\d+)", log)
     assert resumed and int(resumed.group(1)) >= epoch, log[-2000:]
     same_training_result(wf, local, tmp_path / "local")

@@ -38,10 +38,26 @@ def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.Completed
 
 
 def job_counts(cwd: Path, *args: str) -> dict[str, int]:
-    """Jobs per rule that a dry run schedules (the 'Job stats' table), without the target rule 'all'."""
+    """Jobs per rule that a dry run schedules, without the target rule 'all'; a job of the rules train and reduce
+    counts under its run kind (dssbt.grid: pretrain, train_baseline, retrain, reduce_snapshot, ...)."""
+    from dssbt import grid
+
     out = snakemake(cwd, "-n", *args).stdout
     if "Nothing to be done" in out:
         return {}
+    counts = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        run = re.search(r"^ +wildcards: (?:.*, )?run=([^,\s]+)", block, re.M)
+        name = grid.parse(run.group(1))[0].name if rule in grid.COMMANDS and run else rule
+        counts[name] = counts.get(name, 0) + 1
+    counts.pop("all", None)
+    assert sum(counts.values()) == sum(rule_counts(out).values()), "every scheduled job has its block"
+    return counts
+
+
+def rule_counts(out: str) -> dict[str, int]:
+    """Jobs per rule of a dry run's output (its 'Job stats' table), without the target rule 'all'."""
     table = out[out.index("Job stats:") :].splitlines()[3:]
     counts = {}
     for line in table:
@@ -65,11 +81,12 @@ def rule_names() -> set[str]:
 
 
 def test_every_rule_has_its_resource_section_honoured(tmp_path):
-    """resources.<rule> applies to exactly that rule: give every rule its own mem_mb, read each job's in a dry run."""
+    """resources.<name> applies to exactly the jobs of that run kind (dssbt.grid; rules train and reduce) or of that
+    rule: give every kind and every other rule its own mem_mb, read each job's in a dry run."""
     import yaml
 
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    sections = set(schema["properties"]["resources"]["propertyNames"]["enum"])
+    from dssbt import grid
+
     rules = rule_names() - {
         "all",
         "data_all",
@@ -81,14 +98,15 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
         "deploy",
         "compress",
     }
-    assert sections == rules | {"default", "train"}, sections ^ (rules | {"default", "train"})
+    assert set(grid.COMMANDS) <= rules
+    sections = (rules - set(grid.COMMANDS)) | set(grid.KINDS)
     wf = copy_workflow(tmp_path)
-    mem = {rule: 1000 + i for i, rule in enumerate(sorted(rules))}
+    mem = {name: 1000 + i for i, name in enumerate(sorted(sections))}
     edit = {
         "resources": {
             "default": {"mem_mb": 1, "runtime": 10},
             "train": {"mem_mb": 2, "runtime": 30},
-            **{rule: {"mem_mb": m} for rule, m in mem.items()},
+            **{name: {"mem_mb": m} for name, m in mem.items()},
         },
         "orders": [2, "tol:0.1"],
         "data": {"listops": {"source": "lra"}},
@@ -104,26 +122,32 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
     seen = {}
     for block in out.split("\nrule ")[1:]:
         rule = block.split(":", 1)[0].strip()
+        run = re.search(r"^ +wildcards: (?:.*, )?run=([^,\s]+)", block, re.M)
+        name = grid.parse(run.group(1))[0].name if rule in grid.COMMANDS and run else rule
         m = re.search(r"resources: .*?mem_mb=(\d+)", block)
-        if rule in mem and m:
-            seen.setdefault(rule, set()).add(int(m.group(1)))
-    assert seen == {rule: {m} for rule, m in mem.items()}, seen
+        if name in mem and m:
+            seen.setdefault(name, set()).add(int(m.group(1)))
+    assert seen == {name: {m} for name, m in mem.items()}, seen
+    (wf / "bad.yaml").write_text("resources: {pretrian: {mem_mb: 1}}\n")
+    p = snakemake(wf, "-n", "--configfile", str(TINY), "bad.yaml", check=False)
+    assert p.returncode != 0 and "resources: 'pretrian' is not one of" in p.stdout + p.stderr
 
 
-def test_schema_lists_exactly_the_registered_methods_and_controls():
-    """methods: the registry's reductions; controls: the training controls, then the registry's control methods."""
+def test_schema_leaves_methods_and_controls_to_the_catalog():
+    """methods, controls and the resources sections are checked against the registry and the catalog (dssbt.grid)
+    at parse time, not listed in the schema: adding a method or a control is one entry, not an edit here too."""
     import yaml
 
+    from dssbt import grid
     from dssbt.reduction.registry import CONTROL_METHODS, METHODS, REDUCTIONS
-    from dssbt.runs import TRAINING_CONTROLS
 
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    assert schema["properties"]["methods"]["items"]["enum"] == list(REDUCTIONS)
-    assert schema["properties"]["controls"]["items"]["enum"] == list(TRAINING_CONTROLS) + list(CONTROL_METHODS)
+    props = schema["properties"]
+    assert "enum" not in props["methods"]["items"] and "enum" not in props["controls"]["items"]
+    assert "propertyNames" not in props["resources"]
+    assert grid.controls() == ["skew_hippo_equal", "skew_hippo", "full_continued", *CONTROL_METHODS]
     assert set(REDUCTIONS) | set(CONTROL_METHODS) == set(METHODS) and CONTROL_METHODS
-    assert set(schema["properties"]["reduction"]["properties"]) == {"route"} | {
-        name for name, m in METHODS.items() if m.options
-    }
+    assert set(props["reduction"]["properties"]) == {"route"} | {name for name, m in METHODS.items() if m.options}
 
 
 def test_plain_install_leaves_the_slurm_plugin_out_and_a_dry_run_never_imports_it(tmp_path):

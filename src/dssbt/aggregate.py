@@ -37,43 +37,32 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import grid
 from .io import atomic_path
 from .provenance import mixed_provenance
 from .reduction.registry import METHODS
 from .runs import table_init
 
 METHOD_NAMES = {name: m.label for name, m in METHODS.items()}
-BASELINE_LABELS = {"skew_hippo_equal": "Skew-HiPPO, equal budget", "skew_hippo": "Skew-HiPPO"}
-# the baselines every other init is compared with, in the order the tables show them (equal budget first)
-VERSUS = tuple(BASELINE_LABELS)
-CONTINUED_LABELS = {"full_continued": "Full N, continued"}
-INIT_ORDER = [*BASELINE_LABELS, *CONTINUED_LABELS] + [f"{m}_{k}" for m in METHOD_NAMES for k in ("init", "no_retrain")]
-LABELS = (
-    BASELINE_LABELS
-    | CONTINUED_LABELS
-    | {
-        f"{m}_{k}": (f"{name}-init (retrained)" if k == "init" else f"{name}, no retraining")
-        if not METHODS[m].control
-        else (f"{name} (retrained)" if k == "init" else f"{name}, no retraining")
-        for m, name in METHOD_NAMES.items()
-        for k in ("init", "no_retrain")
-    }
-)
+# The table keys and labels come from the catalog of run kinds (dssbt.grid), read when a table is made; these
+# constants are the catalog as imported (the plots read them).
+LABELS = grid.table_labels()  # table key -> label, in table order
+BASELINE_LABELS = grid.baselines()  # the order-r models trained from a fresh init (equal budget first)
+VERSUS = tuple(grid.versus())  # the baselines every other key is compared with, in the order the tables show them
+CONTINUED_LABELS = grid.continued()
+INIT_ORDER = list(LABELS)
 CONFIDENCE = 0.95
 
 
 def reduction_method(init: str) -> str | None:
     """The reduction method of a table init (``bt_init`` -> ``bt``, ``random_modes_no_retrain`` ->
     ``random_modes``); None for a baseline (``skew_hippo``, ``skew_hippo_equal``)."""
-    for suffix in ("_init", "_no_retrain"):
-        if init.endswith(suffix) and init[: -len(suffix)] in METHOD_NAMES:
-            return init[: -len(suffix)]
-    return None
+    return grid.method_of(init)
 
 
 def starts_from_pretrained(init: str) -> bool:
     """Whether a run of this table init starts from the pretrained model (its pretraining counts in its budget)."""
-    return reduction_method(init) is not None or init in CONTINUED_LABELS
+    return grid.starts_from_pretrained(init)
 
 
 def pretrained_metrics_path(path: str | os.PathLike) -> Path:
@@ -173,7 +162,7 @@ def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
     for (task, spec), g in runs.groupby(["task", "order_spec"], sort=False):
         acc = g.pivot_table(index="seed", columns="init", values="test_accuracy", aggfunc="first")
         controls = retrained_controls(acc.columns)
-        for versus in [*VERSUS, *controls]:
+        for versus in [*grid.versus(), *controls]:
             if versus not in acc:
                 continue
             for init in acc.columns:
@@ -218,11 +207,11 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         total_wall_time_s=("total_wall_time_s", "mean"),
     ).reset_index()
     d = differences_table(runs).set_index(["task", "order_spec", "init", "versus"])
-    for versus in VERSUS:
+    for versus in grid.versus():
         key = [(t, o, i, versus) for t, o, i in zip(s["task"], s["order_spec"], s["init"])]
         for col in ("diff", "ci_low", "ci_high", "n_pairs", "significant"):
             s[f"{col}_vs_{versus}"] = [d.at[k, col] if k in d.index else np.nan for k in key]
-    s["init_rank"] = s["init"].map({k: i for i, k in enumerate(INIT_ORDER)})
+    s["init_rank"] = s["init"].map({k: i for i, k in enumerate(grid.table_labels())})
     s["by_tol"] = ~s["order_spec"].str.isdigit()  # fixed orders first, then per-layer ones (tol:…, layers:…)
     s = s.sort_values(["task", "reference", "by_tol", "order", "init_rank"], ascending=[True, False, True, True, True])
     return s.drop(columns=["init_rank", "by_tol"]).reset_index(drop=True)
@@ -263,10 +252,11 @@ def _diff_cell(diff: float, low: float, high: float, n: float) -> str:
 
 def _display(summary: pd.DataFrame) -> pd.DataFrame:
     level = int(round(100 * CONFIDENCE))
+    labels = grid.table_labels()
     cols = {
         "task": summary["task"],
         "order": [_order_label(*a) for a in zip(summary["order_spec"], summary["order"], summary["reference"])],
-        "init": [LABELS.get(i, i) for i in summary["init"]],
+        "init": [labels.get(i, i) for i in summary["init"]],
         "test acc. % (mean ± std, n seeds)": [
             _pm(*a) for a in zip(summary["acc_mean"], summary["acc_std"], summary["n_seeds"], summary["n_diverged"])
         ],
@@ -275,8 +265,8 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
         "params": [_count(x) for x in summary["params_total"]],
         "SSM params": [_count(x) for x in summary["params_ssm"]],
     }
-    for versus in [v for v in VERSUS if summary[f"diff_vs_{v}"].notna().any()]:  # the baselines the grid ran
-        cols[f"vs {BASELINE_LABELS[versus]} (pp, paired, {level} % CI)"] = [
+    for versus in [v for v in grid.versus() if summary[f"diff_vs_{v}"].notna().any()]:  # the baselines the grid ran
+        cols[f"vs {labels[versus]} (pp, paired, {level} % CI)"] = [
             _diff_cell(*a)
             for a in zip(*(summary[f"{c}_vs_{versus}"] for c in ("diff", "ci_low", "ci_high", "n_pairs")))
         ]
@@ -309,7 +299,7 @@ def _latex(df: pd.DataFrame, note: str | None = None) -> str:
 def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary side by side: one row per task × order, one column per init (the baselines, then each method
     without and after retraining), cells "mean ± std (n=k)" test accuracy in %, and the row's parameter count."""
-    rows = []
+    rows, labels = [], grid.table_labels()
     for (task, spec), g in summary.groupby(["task", "order_spec"], sort=False):
         first = g.iloc[0]
         row = {
@@ -318,10 +308,12 @@ def methods_table(summary: pd.DataFrame) -> pd.DataFrame:
             "params": _count(g["params_total"].mean()),
         }
         for init, m, sd, n, d in zip(g["init"], g["acc_mean"], g["acc_std"], g["n_seeds"], g["n_diverged"]):
-            row[LABELS.get(init, init)] = _pm(m, sd, n, d)
+            row[labels.get(init, init)] = _pm(m, sd, n, d)
         rows.append(row)
     table = pd.DataFrame(rows)
-    columns = ["task", "order", "params"] + [LABELS[i] for i in INIT_ORDER if LABELS[i] in table.columns]
+    columns = ["task", "order", "params"] + [
+        label for label in dict.fromkeys(labels.values()) if label in table.columns
+    ]
     return table[columns].fillna("")
 
 

@@ -15,7 +15,9 @@
 
 A reduce "method" may be a control of the comparison rather than a reduction (``registry.Method.control``:
 transplant, random_modes); it flows through reduce and retrain like the others. The controls a config can select
-(its ``controls`` list) are ``TRAINING_CONTROLS`` (their own training rule) and the registry's control methods.
+(its ``controls`` list) are ``dssbt.grid.controls()``: the catalog's training controls (run kinds of their own)
+and the registry's control methods. The catalog (``dssbt.grid.KINDS``) is where a run kind's folder is declared;
+this table is what a job writes into its metrics file (``describe_run``), and a test holds the two equal.
 
 ``{method}_continued`` (``full_continued``) is the table key of the continued full-N model.
 
@@ -28,12 +30,12 @@ from __future__ import annotations
 
 from typing import Any
 
-STAGES = ("pretrain", "baseline", "reduce", "retrain", "continue", "snapshot", "evaluate")
-# the method names of a baseline run (order r, trained from an init): the plain one and the equal-budget control
-BASELINE_METHODS = ("skew_hippo", "skew_hippo_equal")
-# controls with their own training rule (the others are reduce methods of the registry with control=True):
-# skew_hippo is the paper's own baseline (the order-r Skew-HiPPO model trained for the retraining epochs only)
-TRAINING_CONTROLS = ("skew_hippo", "skew_hippo_equal", "full_continued")
+from . import grid
+
+STAGES = (*grid.STAGES, "evaluate")
+# the method names of a baseline run (order r, trained from an init): the catalog's kinds of stage baseline (the
+# paper's Skew-HiPPO baseline and the equal-budget control)
+BASELINE_METHODS = tuple(grid.baselines())
 
 
 # stage -> run folder name (``order``: the folder part of an order spec, e.g. 8 or tol0.3; for a snapshot the epoch)

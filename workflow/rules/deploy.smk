@@ -1,33 +1,21 @@
 # Deployment (optional): export each model's recurrent step as ONNX, measure it at batch 1, tabulate and plot.
 # Target: snakemake deploy. Part of `all` only with config `deploy: {enabled: true}`.
 
-
 from dssbt.data import tasks as data_tasks
 
-
-# The model files to export, in ONE place (edit here when run folders are renamed): per unidirectional
-# single-sequence task and seed, the full-N model and every trained reduced-order model (the Skew-HiPPO baseline
-# where config controls lists skew_hippo, and each method's retrained model, integer orders and tolerance rows). Bidirectional tasks (their reverse
-# direction needs the future) and dual tasks (two documents: Retrieval; dssbt.data.tasks) cannot run token by token:
-# left out by design.
-# (A list, not a function: `snakemake --lint` objects to functions beside rules.)
+# The model files to export: per unidirectional single-sequence task and seed, every run of a kind of dssbt.grid
+# marked deploy (the full-N model, the Skew-HiPPO baseline where on, each method's retrained model). Bidirectional
+# tasks (their reverse direction needs the future) and dual tasks (two documents: Retrieval; dssbt.data.tasks)
+# cannot run token by token: left out by design. (A list, not a function: `snakemake --lint` objects to functions beside rules.)
 DEPLOY_MODELS = [
-    f"results/runs/{task}/seed{seed}/{kind}/model.pt"
-    for task in TASKS
-    if not data_tasks.get(task).dual
-    and not json.loads(hparams_json(task, "train"))["model"].get("bidirectional", False)
-    for seed in SEEDS
-    for kind in [run_name("pretrain", "skew_hippo", "")]
-    + [
-        run_name("baseline", "skew_hippo", order)
-        for order in ORDER_WILDCARDS
-        if "skew_hippo" in CONTROLS
-    ]
-    + [
-        run_name("retrain", method, order)
-        for order in ORDER_WILDCARDS
-        for method in METHODS
-    ]
+    kind.path(fields, "model.pt")
+    for kind in grid.kinds("train")
+    if kind.deploy
+    for fields in PLAN.runs(kind)
+    if not data_tasks.get(fields["task"]).dual
+    and not json.loads(PLAN.hparams(fields["task"], "train"))["model"].get(
+        "bidirectional", False
+    )
 ]
 
 
@@ -70,7 +58,7 @@ rule export_onnx:
     resources:
         **rule_resources("export_onnx"),
     shell:
-        "python -m dssbt export --model {input.model} --out {output.onnx}"
+        "python -m dssbt export {input.model} --out {output.onnx}"
         " --data data/prepared/{wildcards.task} > {log} 2>&1"
 
 

@@ -1,39 +1,46 @@
-# Reduction of every DSS channel of a pretrained model (any method of dssbt.reduction.registry), and the reduced
-# model's accuracy as it is. A per-layer order (tol0.3) first gets its orders chosen once per pretrained model
+# Reduction of every DSS channel of a model (any method of dssbt.reduction.registry), and the reduced model's
+# accuracy as it is: every reduce run of dssbt.grid (the main grid, the correlation snapshots, the compressibility
+# budgets), one rule. A per-layer order (tol0.3) first gets its orders chosen once per pretrained model
 # (choose_orders), shared by every method, the baseline and the retraining at that order.
 
 
 rule reduce:
     input:
-        unpack(order_input),
-        data=prepared("{task}"),
-        model=run_dir("pretrain") + "model.pt",
+        unpack(job_input),
     output:
-        reduced=run_dir("reduce") + "reduced.pt",
-        report=run_dir("reduce") + "report.json",
-        metrics=run_dir("reduce") + "metrics.json",
+        reduced="results/{run}/reduced.pt",
+        report="results/{run}/report.json",
+        metrics="results/{run}/metrics.json",
     log:
-        "logs/reduce/{task}/seed{seed}_{method}_r{order}.log",
+        "logs/reduce/{run}.log",
+    wildcard_constraints:
+        run=grid.folder_constraint("reduce"),
     conda:
         CONDA_ENV
     threads: config["threads"]["reduce"]
     resources:
-        **rule_resources("reduce"),
+        mem_mb=job_mem_mb,
+        runtime=job_runtime,
+        gpu=job_gpu,
+        gres=job_gres,
     params:
         route=config["reduction"]["route"],
         order=order_args,
-        hparams=lambda wc: reduce_hparams_json(wc.task, wc.method),
+        method=job_method,
+        hparams=job_hparams,
+        data=data_dir,
         device=config["device"],
     shell:
-        "python -m dssbt reduce --model {input.model} {params.order}"
-        " --method {wildcards.method} --route {params.route} --data data/prepared/{wildcards.task}"
+        "python -m dssbt reduce --model {input.start} {params.order}"
+        " --method {params.method} --route {params.route} --data {params.data}"
         " --hparams {params.hparams:q} --out {output.reduced} --report {output.report}"
         " --metrics-out {output.metrics} --threads {threads} --device {params.device} > {log} 2>&1"
 
 
 rule choose_orders:
     input:
-        model=run_dir("pretrain") + "model.pt",
+        model=grid.KINDS["pretrain"].path({"task": "{task}", "seed": "{seed}"})
+        + "model.pt",
     output:
         orders=orders_file(),
     log:

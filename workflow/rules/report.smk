@@ -3,7 +3,7 @@
 
 rule aggregate:
     input:
-        metrics=all_metrics(),
+        metrics=PLAN.tabled("metrics.json"),
     output:
         runs="results/tables/runs.csv",
         csv=report(
@@ -50,7 +50,7 @@ rule plot:
     input:
         runs="results/tables/runs.csv",
         reports=all_hsv_reports(),
-        histories=all_histories(),
+        histories=PLAN.tabled("history.csv", "train"),
     output:
         # each figure as [png, pdf]: the png in the report (a pdf twin with the same labels would replace it there)
         accuracy=[
