@@ -14,7 +14,14 @@ from typing import Any
 
 from . import fused
 from .checkpoint import load_model, save_model
-from .evaluate import base_metrics, resolve_device, summary_metrics
+from .evaluate import (
+    PREDICTION_SPLITS,
+    base_metrics,
+    predictions_path,
+    resolve_device,
+    save_predictions,
+    summary_and_predictions,
+)
 from .hparams import parse_hparams
 from .io import write_json
 from .orders import OrderSpec, load_orders_file, parse_order
@@ -101,7 +108,7 @@ def reduce_job(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Reduce a pretrained model; writes the reduced model, its report and (with ``data``) its metrics without
-    retraining. Everything is read and checked before anything is written. Returns the paths and a summary."""
+    retraining, and beside them its item-level predictions (``evaluate.predictions_path``). Everything is read and checked before anything is written. Returns the paths and a summary."""
     from .train import load_task
 
     t0 = time.perf_counter()
@@ -123,14 +130,16 @@ def reduce_job(
     rep.update(order_spec=spec.label, checkpoint=str(checkpoint), task=meta.get("task"), seed=meta.get("seed"))
     if layer_orders is not None:
         rep.update(layer_orders_file=str(layer_orders), **{spec.kind: spec.value})
-    measured = None
+    measured = predictions = None
     if task is not None:
         dev = resolve_device(device)
         run = describe_run("reduce", method, spec.wildcard)
         with fused.kernels(hp.optim.kernels):
             measured = base_metrics(
                 task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, model.cfg.d_state, spec.label
-            ) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test"))
+            )
+            scores, predictions = summary_and_predictions(reduced, task[1], hp, dev, splits=PREDICTION_SPLITS)
+            measured |= scores
         measured |= {
             "reduced_from": str(checkpoint),
             "epochs_run": 0,
@@ -148,6 +157,7 @@ def reduce_job(
     save_model(out, reduced, {**meta, "reduced_from": str(checkpoint), "reduction": reduction})
     write_json(report, rep)
     if measured is not None:
+        save_predictions(predictions_path(metrics), predictions, task[1], reduced.cfg.d_output)
         write_json(metrics, measured)
     worst = max(
         (max(max(ch) for ch in layer["rel_kernel_error"]) for layer in rep["layers"] if "rel_kernel_error" in layer),
@@ -168,7 +178,8 @@ def reduce_job(
 def evaluate_job(
     checkpoint: PathLike, data: PathLike, out: PathLike, hparams: str = "{}", device: str = "cpu"
 ) -> dict[str, Any]:
-    """Accuracy and loss of a model file on every split of a prepared task, written as a metrics file."""
+    """Accuracy and loss of a model file on every split of a prepared task, written as a metrics file, and its
+    val and test predictions beside it (``evaluate.predictions_path``)."""
     from .train import load_task
 
     hp = parse_hparams(hparams)
@@ -178,10 +189,13 @@ def evaluate_job(
     model.to(dev)
     run = describe_run("evaluate", meta_ckpt.get("reduction", {}).get("method") or meta_ckpt.get("init"), None)
     with fused.kernels(hp.optim.kernels):
+        scores, predictions = summary_and_predictions(model, data_splits, hp, dev)
         metrics = (
             base_metrics(meta, model, hp, run, meta_ckpt.get("seed"), dev, model.cfg.d_state)
-            | summary_metrics(model, data_splits, hp, dev)
+            | scores
             | {"checkpoint": str(checkpoint), "epochs_run": 0}
         )
+    kept = {s: predictions[s] for s in PREDICTION_SPLITS}
+    save_predictions(predictions_path(out), kept, data_splits, model.cfg.d_output)
     write_json(out, metrics)
     return metrics
