@@ -188,11 +188,11 @@ def test_written_tables(files, tmp_path):
     half = 100 * stats.t.ppf(0.975, 1) * np.std([0.10, 0.15], ddof=1) / np.sqrt(2)
     assert (
         f"| t | 2 | BT-init (retrained) | 85.00 ± 7.07 (n=2) | 6 | 12 | 100 | 40 | "
-        f"+12.50 [{12.5 - half:+.2f}, {12.5 + half:+.2f}] | **+20.00 [+20.00, +20.00]** |"
-    ) in md
+        f"+12.50 [{12.5 - half:+.2f}, {12.5 + half:+.2f}] | +20.00 [+20.00, +20.00] |"
+    ) in md  # no predictions, no seed x item interval: nothing is significant (bold), whatever the t interval
     tex = out["tex"].read_text()
     assert r"85.00 $\pm$ 7.07 (n=2)" in tex and r"\begin{tabular}" in tex and "test acc. \\% (mean" in tex
-    assert r"\textbf{+20.00 [+20.00, +20.00]}" in tex and "**" not in tex
+    assert r"+20.00 [+20.00, +20.00]" in tex and r"\textbf" not in tex and "**" not in tex
     diff = pd.read_csv(out["diff"])
     assert {"diff", "ci_low", "ci_high", "n_pairs"} <= set(diff.columns)
     row = diff[(diff["init"] == "bt_init") & (diff["versus"] == "skew_hippo_equal")].iloc[0]
@@ -300,3 +300,174 @@ def test_full_continued_counts_its_pretraining_and_is_compared_with_the_pretrain
     assert s.loc["full_continued", "total_epochs"] == 5 and s.loc["full_continued", "total_wall_time_s"] == 15
     assert s.loc["full_continued", "diff_vs_skew_hippo"] == pytest.approx(0.045)
     assert s.loc["full_continued", "n_pairs_vs_skew_hippo"] == 2
+
+
+# ----- seed x item uncertainty, multiplicity, power -----------------------------------------------------------------
+
+
+def hand_bootstrap(a, b, n_boot=2000, seed=0):
+    """The two-way bootstrap written out: per replicate, S seeds then n items drawn with replacement from
+    default_rng(seed), one item draw for every drawn seed and both arms; 2.5 / 97.5 % percentiles."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    S, n = a.shape
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        s = rng.integers(0, S, S)
+        i = rng.integers(0, n, n)
+        reps.append(np.mean(a[s][:, i] - b[s][:, i]))
+    return np.percentile(reps, [2.5, 97.5])
+
+
+def with_predictions(path, correct, n_classes=2):
+    """Write the predictions.npz beside a metrics file: labels 0/1 alternating, predictions right where
+    ``correct``; the metrics' test accuracy set to the predictions' (as a job writes them)."""
+    correct = np.asarray(correct, dtype=bool)
+    labels = (np.arange(len(correct)) % n_classes).astype(np.uint8)
+    pred = np.where(correct, labels, (labels + 1) % n_classes).astype(np.uint8)
+    with open(path.parent / "predictions.npz", "wb") as fh:
+        np.savez(fh, val=labels, val_labels=labels, test=pred, test_labels=labels)
+    m = json.loads(path.read_text())
+    m["accuracy"]["test"] = float(np.mean(correct))
+    path.write_text(json.dumps(m))
+    return path
+
+
+def correctness(k, n, rng):
+    """n items, k of them right, at places drawn from ``rng``."""
+    c = np.zeros(n, dtype=bool)
+    c[rng.permutation(n)[:k]] = True
+    return c
+
+
+def test_seed_item_bootstrap_equals_a_hand_run_loop():
+    from dssbt.aggregate import seed_item_bootstrap
+
+    a = np.array([[1, 1, 0, 1, 1, 0, 1, 1], [1, 0, 1, 1, 1, 1, 0, 1], [0, 1, 1, 1, 0, 1, 1, 1]], dtype=bool)
+    b = np.array([[0, 1, 0, 1, 0, 0, 1, 0], [1, 0, 0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 0, 0, 1, 1]], dtype=bool)
+    got = seed_item_bootstrap(a, b, n_boot=2000, seed=0)
+    assert got["n_items"] == 8
+    assert (got["boot_low"], got["boot_high"]) == pytest.approx(tuple(hand_bootstrap(a, b, 2000, 0)), abs=1e-12)
+    other = seed_item_bootstrap(a, b, n_boot=2000, seed=1)  # the generator's seed matters
+    assert (other["boot_low"], other["boot_high"]) != (got["boot_low"], got["boot_high"])
+    # replicates computed in chunks (large n): the same draws, the same interval
+    rng = np.random.default_rng(5)
+    a2, b2 = rng.random((2, 3000)) < 0.7, rng.random((2, 3000)) < 0.6
+    big = seed_item_bootstrap(a2, b2, n_boot=2000, seed=0)
+    assert (big["boot_low"], big["boot_high"]) == pytest.approx(tuple(hand_bootstrap(a2, b2, 2000, 0)), abs=1e-12)
+    one = seed_item_bootstrap(a[:1], b[:1])
+    assert np.isnan(one["boot_low"]) and np.isnan(one["boot_high"])  # one seed: no seed spread to resample
+
+
+def test_few_test_items_make_the_seed_item_interval_wider_than_the_seed_only_one(tmp_path):
+    """20 test items, 3 seeds with steady differences (+3, +4, +2 items): the t interval over seeds excludes 0, the
+    binomial noise of 20 items does not let the seed x item interval do so: not significant."""
+    rng = np.random.default_rng(0)
+    f, A, B = [], [], []
+    for seed, (k_bt, k_eq) in enumerate([(14, 11), (15, 11), (14, 12)]):
+        f.append(metrics(tmp_path, "pretrain", "t", seed, 8, 0.9))
+        A.append(correctness(k_bt, 20, rng))
+        B.append(correctness(k_eq, 20, rng))
+        f.append(with_predictions(metrics(tmp_path, "bt_init", "t", seed, 2, 0), A[-1]))
+        f.append(with_predictions(metrics(tmp_path, "skew_hippo_equal", "t", seed, 2, 0), B[-1]))
+    d = differences_table(runs_table(f)).set_index(["init", "versus"]).loc[("bt_init", "skew_hippo_equal")]
+    assert d["diff"] == pytest.approx(0.15) and d["n_items"] == 20 and d["n_pairs"] == 3
+    assert d["ci_low"] > 0  # the seed-only interval: [+2.6, +27.4] points
+    low, high = hand_bootstrap(A, B)  # rows in seed order, bt_init first
+    assert (d["boot_low"], d["boot_high"]) == pytest.approx((low, high), abs=1e-12)
+    assert d["boot_high"] - d["boot_low"] > d["ci_high"] - d["ci_low"] and d["boot_low"] < 0
+    assert not d["significant"]
+
+
+def test_predictions_that_miss_the_metrics_or_other_items_are_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    f = [metrics(tmp_path, "pretrain", "t", s, 8, 0.9) for s in range(2)]
+    for s in range(2):
+        f.append(with_predictions(metrics(tmp_path, "bt_init", "t", s, 2, 0), correctness(5, 10, rng)))
+        f.append(with_predictions(metrics(tmp_path, "skew_hippo_equal", "t", s, 2, 0), correctness(4, 10, rng)))
+    m = json.loads(f[2].read_text())
+    m["accuracy"]["test"] = 0.6  # not what its predictions score
+    f[2].write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="test accuracy 0.5 of the predictions, 0.6"):
+        differences_table(runs_table(f))
+    with_predictions(f[2], correctness(5, 12, rng))  # another test set (12 items)
+    with pytest.raises(ValueError, match="other test items"):
+        differences_table(runs_table(f))
+
+
+def family(tmp_path, n_items=400):
+    """3 seeds of every arm with predictions on ``n_items`` items; BT-init far ahead of every other arm."""
+    rng = np.random.default_rng(2)
+    acc = {  # items right per seed
+        "skew_hippo_equal": (0.600, 0.650, 0.625),
+        "skew_hippo": (0.550, 0.600, 0.500),
+        "bt_init": (0.900, 0.930, 0.910),
+        "bt": (0.500, 0.475, 0.525),
+        "transplant_init": (0.700, 0.640, 0.600),
+        "transplant": (0.300, 0.250, 0.350),
+    }
+    f = []
+    for seed in range(3):
+        f.append(metrics(tmp_path, "pretrain", "t", seed, 8, 0.95))
+        for kind, a in acc.items():
+            path = metrics(tmp_path, kind, "t", seed, 2, 0)
+            f.append(with_predictions(path, correctness(round(a[seed] * n_items), n_items, rng)))
+    return f, acc
+
+
+def test_p_values_are_paired_t_tests_holm_adjusted_over_the_family(tmp_path):
+    from statsmodels.stats.multitest import multipletests
+
+    f, acc = family(tmp_path)
+    d = differences_table(runs_table(f))
+    key = {"bt_no_retrain": "bt", "transplant_no_retrain": "transplant"}  # table init -> the fixture's kind
+    raw = [stats.ttest_rel(acc[key.get(i, i)], acc[key.get(v, v)]).pvalue for i, v in zip(d["init"], d["versus"])]
+    np.testing.assert_allclose(d["p"], raw, rtol=1e-9)
+    holm = multipletests(raw, method="holm")[1]
+    np.testing.assert_allclose(d["p_holm"], holm, rtol=1e-9)
+    assert (d["p_holm"] > d["p"]).any()  # adjusted, not the raw p
+    assert len(d) == 11  # the family: 5 inits x 2 baselines less self, + 2 retrained x transplant less self
+    # significant = Holm p < 0.05 and the seed x item interval excludes 0
+    expected = (holm < 0.05) & ((d["boot_low"] > 0) | (d["boot_high"] < 0))
+    assert list(d["significant"]) == list(expected) and expected.any() and not expected.all()
+    row = d.set_index(["init", "versus"]).loc[("bt_init", "skew_hippo_equal")]
+    assert row["significant"] and row["boot_low"] > 0
+
+
+def test_the_primary_contrast_comes_first_and_a_missing_one_is_reported(tmp_path, capsys):
+    f, _ = family(tmp_path)
+    primary = {"method": "bt", "control": "skew_hippo_equal", "order": 2}
+    d = differences_table(runs_table(f), primary=primary)
+    assert d.loc[0, ["init", "versus", "order_spec"]].tolist() == ["bt_init", "skew_hippo_equal", "2"]
+    assert d["primary"].tolist() == [True] + [False] * (len(d) - 1)
+    out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex", "methods", "dcsv", "dmd")}
+    write_tables(f, *out.values(), primary=primary)
+    md = out["dmd"].read_text().splitlines()
+    assert md[0].startswith("| task | order | init | versus | diff (pp) | 95 % CI, seeds (t) | 95 % CI, seeds × items")
+    assert md[2].startswith("| t | 2 | BT-init (retrained) (primary) | Skew-HiPPO, equal budget | +28.83 |")
+    assert "| yes |" in md[2]
+    assert pd.read_csv(out["dcsv"])["primary"].iloc[0]
+    assert "**" in out["md"].read_text() and "Bold: significant" in out["md"].read_text()
+    write_tables(f, *out.values(), primary=primary | {"order": 4})
+    assert "the declared primary contrast (bt_init − skew_hippo_equal at order 4) has no row" in out["dmd"].read_text()
+    assert "primary contrast" in capsys.readouterr().err
+
+
+def test_seeds_for_power_is_statsmodels_paired_t_power_at_the_observed_spread(tmp_path):
+    from statsmodels.stats.power import TTestPower
+
+    from dssbt.aggregate import seeds_for_power
+
+    diffs = np.array([0.03, -0.01, 0.02, 0.05])
+    sd = np.std(diffs, ddof=1)
+    n = TTestPower().solve_power(effect_size=0.02 / sd, alpha=0.05, power=0.8, alternative="two-sided")
+    assert seeds_for_power(diffs, 0.02) == math.ceil(n) == 15
+    assert seeds_for_power(diffs, 0.04) < 15  # a larger effect needs fewer seeds
+    assert np.isnan(seeds_for_power(np.array([0.02]))) and np.isnan(seeds_for_power(np.array([0.1, 0.1])))
+    assert seeds_for_power(np.array([0.100, 0.101]), 0.5) == 2  # the solver finds no root below 2: the least
+    f, acc = family(tmp_path)
+    row = differences_table(runs_table(f), power_effect=0.03).set_index(["init", "versus"])
+    r = row.loc[("transplant_init", "skew_hippo_equal")]
+    sd = np.std(np.subtract(acc["transplant_init"], acc["skew_hippo_equal"]), ddof=1)
+    n = TTestPower().solve_power(effect_size=0.03 / sd, alpha=0.05, power=0.8, alternative="two-sided")
+    assert r["seeds_for_power"] == math.ceil(n) and r["power_effect"] == 0.03

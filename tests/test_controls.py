@@ -35,8 +35,9 @@ def save_pretrained(path, seed: int, weights_seed: int = 7):
 
 
 def test_controls_are_registry_methods_apart_from_the_reductions():
-    assert set(CONTROL_METHODS) == {"transplant", "random_modes"}
-    assert list(REDUCTIONS) == ["bt", "bsp", "modal", "h2", "msp"] and all(not METHODS[m].control for m in REDUCTIONS)
+    assert set(CONTROL_METHODS) == {"transplant", "random_modes", "top_energy_modes"}
+    assert list(REDUCTIONS) == ["bt", "bsp", "modal", "h2", "msp", "top_energy"]
+    assert all(not METHODS[m].control for m in REDUCTIONS)
 
 
 @pytest.mark.parametrize("orders", [3, [3, 8]])

@@ -70,7 +70,7 @@ def test_training_learns_and_writes_outputs(task, tmp_path):
     hp = json.loads(json.dumps(HP))
     hp["optim"]["epochs"] = 8
     m = train(task, hp, "skew_hippo", 0, tmp_path, log=lambda s: None)
-    assert {p.name for p in tmp_path.iterdir()} == {"model.pt", "metrics.json", "history.csv"}
+    assert {p.name for p in tmp_path.iterdir()} == {"model.pt", "metrics.json", "history.csv", "predictions.npz"}
     assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == m["accuracy"]
     assert m["accuracy"]["test"] > 0.8 > m["initial"]["accuracy"]["test"] - 0.2  # learned something real
     rows = history(tmp_path / "history.csv")

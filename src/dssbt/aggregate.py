@@ -17,6 +17,21 @@ Skew-HiPPO) is the mean over seeds of the per-seed difference (paired by seed: t
 order and initial RNG state), with the two-sided 95 % Student-t interval of that mean
 (``scipy.stats.ttest_rel(...).confidence_interval``); with one pair there is no interval.
 
+Uncertainty, multiplicity and power (``differences_table``; DESIGN.md section 8): each difference also gets
+
+- a 95 % interval over seeds *and* test items (``seed_item_bootstrap``: a two-way percentile bootstrap of the
+  per-item correctness stored in each run's ``predictions.npz``, B = ``BOOTSTRAP_B`` replicates, generator seed
+  ``BOOTSTRAP_SEED``; NaN where a run has no predictions file or fewer than 2 seeds pair), beside the seed-only
+  Student-t interval, which ignores the binomial noise of a finite test set;
+- the raw p of the paired t test over seeds (``scipy.stats.ttest_rel``) and the Holm-adjusted p over the family of
+  every row of the table with a p (``statsmodels.stats.multitest.multipletests(method="holm")``);
+- ``significant``: Holm-adjusted p < ``ALPHA`` *and* the seed × item interval excludes 0;
+- ``seeds_for_power``: the seeds a paired t test needs for ``POWER`` power at an effect of ``power_effect``
+  (accuracy, default 2 points), given the observed sd of the per-seed differences
+  (``statsmodels.stats.power.TTestPower``; one-sample on the differences);
+- ``primary``: the one pre-declared primary contrast (``primary={"method", "control", "order"}``: e.g. BT-init
+  minus the equal-budget Skew-HiPPO at order 4), listed first.
+
 Orders are grouped by how they were asked for (``order_spec``): an integer r, or ``tol:<x>`` where every layer got
 its own order; ``order`` is then the mean state size over layers (and seeds, in the summary).
 
@@ -28,16 +43,23 @@ summary, and a ``†`` on its cell in the Markdown and LaTeX tables, explained i
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from . import grid
+from .evaluate import load_predictions, predictions_path
 from .io import atomic_path
 from .provenance import mixed_provenance
 from .reduction.registry import METHODS
@@ -52,6 +74,11 @@ VERSUS = tuple(grid.versus())  # the baselines every other key is compared with,
 CONTINUED_LABELS = grid.continued()
 INIT_ORDER = list(LABELS)
 CONFIDENCE = 0.95
+ALPHA = 0.05  # significance level of the Holm-adjusted p (and of the power calculation)
+BOOTSTRAP_B = 2000  # replicates of the seed x item bootstrap
+BOOTSTRAP_SEED = 0  # its generator's seed (numpy.random.default_rng): every difference starts from the same state
+POWER = 0.8  # the power the seeds_for_power column is computed for
+POWER_EFFECT = 0.02  # the paired effect (accuracy; 0.02 = 2 points) it is computed at
 
 
 def reduction_method(init: str) -> str | None:
@@ -145,6 +172,127 @@ def paired_difference(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDEN
     return {"diff": diff, "ci_low": float(ci.low), "ci_high": float(ci.high), "n_pairs": n}
 
 
+def _no_spread(d: np.ndarray) -> bool:
+    """Whether the paired differences ``d`` are all equal up to float rounding (accuracies are fractions k/n whose
+    differences may differ in the last bit): there is no spread to test against."""
+    return bool(np.ptp(d) <= 1e-12 * max(1.0, float(np.max(np.abs(d)))))
+
+
+def paired_t_pvalue(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p of the paired t test of ``x - y`` (float (n,) each) over seeds (``scipy.stats.ttest_rel``);
+    NaN with fewer than 2 pairs or no spread in the differences (the t statistic is undefined there)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or _no_spread(x - y):
+        return np.nan
+    return float(stats.ttest_rel(x, y).pvalue)
+
+
+def seeds_for_power(
+    diffs: np.ndarray, effect: float = POWER_EFFECT, power: float = POWER, alpha: float = ALPHA
+) -> float:
+    """The number of seeds (pairs) a two-sided paired t test at level ``alpha`` needs to detect a mean paired
+    difference of ``effect`` with probability ``power``, the sd of the differences taken as the observed one
+    (``diffs``: float (n,), per-seed differences; sd with n - 1 degrees of freedom). Paired = one-sample on the
+    differences: ``statsmodels.stats.power.TTestPower().solve_power(effect / sd, ...)``, rounded up.
+
+    NaN with fewer than 2 differences or none of spread (no sd to plan with). Where the effect is so large that the
+    solver finds no root (it needs fewer than 2 pairs), 2, the least a t test can use, if that reaches ``power``."""
+    diffs = np.asarray(diffs, dtype=float)
+    if len(diffs) < 2 or _no_spread(diffs):
+        return np.nan
+    es = abs(effect) / float(np.std(diffs, ddof=1))
+    analysis = TTestPower()
+    with warnings.catch_warnings():
+        # statsmodels warns where it returns NaN: handled below (imported above: importing sm_exceptions installs an
+        # "always" filter for its warning, which would override this one if it ran inside the block)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        n = analysis.solve_power(effect_size=es, nobs=None, alpha=alpha, power=power, alternative="two-sided")
+    n = float(np.squeeze(n))
+    if np.isnan(n):
+        return 2.0 if analysis.power(effect_size=es, nobs=2, alpha=alpha, alternative="two-sided") >= power else n
+    return float(max(2, math.ceil(n)))
+
+
+def seed_item_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    n_boot: int = BOOTSTRAP_B,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> dict[str, float]:
+    """Two-way (seeds x test items) percentile bootstrap interval of the paired mean difference of accuracy.
+
+    ``a``, ``b``: per-item correctness (bool or 0/1, (S, n)) of the two arms; row s = seed s of both (paired), column
+    i = test item i, the same items in the same order in every row of both (the test set is shared by seeds and
+    arms). Replicate k draws, from ``numpy.random.default_rng(seed)`` and in this order, S seed indices
+    (``rng.integers(0, S, S)``) and then n item indices (``rng.integers(0, n, n)``), both with replacement; its
+    statistic is the mean of ``a - b`` over the drawn seeds x the drawn items. One item draw serves every drawn seed
+    and both arms: the design is crossed (every seed scored the same items), so an item that favours one arm in
+    every seed moves every seed's difference at once, as a new test set would (resampling items independently per
+    seed would shrink that shared item effect by the number of seeds). The interval is the (1 - confidence) / 2 and
+    (1 + confidence) / 2 percentiles of the ``n_boot`` statistics (``numpy.percentile``, linear).
+
+    Returns {boot_low, boot_high, n_items}; NaN bounds with fewer than 2 seeds (no seed spread to resample).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(
+            f"correctness of both arms must be (seeds, items) arrays of one shape, got {a.shape}, {b.shape}"
+        )
+    S, n = a.shape
+    if S < 2 or n == 0:
+        return {"boot_low": np.nan, "boot_high": np.nan, "n_items": n}
+    d = a - b  # (S, n) in {-1, 0, 1}
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_boot)
+    chunk = max(1, min(n_boot, 2**22 // max(n, 1)))  # replicates per matrix product (~32 MiB of item counts)
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        seeds, items = np.empty((k, S)), np.empty((k, n))
+        for j in range(k):  # the draws in the documented order: seeds, then items, replicate after replicate
+            seeds[j] = np.bincount(rng.integers(0, S, S), minlength=S)
+            items[j] = np.bincount(rng.integers(0, n, n), minlength=n)
+        # sum over drawn seeds and items of d = seed counts @ d @ item counts
+        out[start : start + k] = np.einsum("ks,sk->k", seeds, d @ items.T) / (S * n)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(out, [tail, 100 - tail])
+    return {"boot_low": float(low), "boot_high": float(high), "n_items": n}
+
+
+def item_correctness(metrics_file: str | os.PathLike, accuracy: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(correct bool (n,), labels (n,)) of a run's test items, from the ``predictions.npz`` beside its metrics
+    file; FileNotFoundError where there is none. ``accuracy``: the metrics' test accuracy, which the predictions
+    must reproduce exactly (ValueError otherwise: they would not be the evaluated model's)."""
+    path = predictions_path(metrics_file)
+    pred, labels = load_predictions(path)["test"]
+    correct = pred == labels
+    if accuracy is not None and len(correct) and abs(float(np.mean(correct)) - accuracy) > 1e-12:
+        raise ValueError(f"{path}: test accuracy {np.mean(correct)} of the predictions, {accuracy} in {metrics_file}")
+    return correct, labels
+
+
+def _seed_item_interval(files: pd.DataFrame, accs: pd.DataFrame, init: str, versus: str, n_boot: int, seed: int):
+    """``seed_item_bootstrap`` of ``init`` - ``versus`` over the seeds both have (index of ``accs``), from the
+    predictions of each run (``files``: metrics file per seed x init); NaN where any prediction file is missing."""
+    rows = {init: [], versus: []}
+    labels = None
+    for s in accs.index:
+        for arm in (init, versus):
+            try:
+                correct, lab = item_correctness(files.at[s, arm], accs.at[s, arm])
+            except FileNotFoundError:
+                return {"boot_low": np.nan, "boot_high": np.nan, "n_items": np.nan}
+            if labels is None:
+                labels = lab
+            elif not np.array_equal(lab, labels):
+                raise ValueError(
+                    f"{files.at[s, arm]}: scored on other test items than {files.at[accs.index[0], init]} "
+                    "(labels differ): a paired comparison needs one test set"
+                )
+            rows[arm].append(correct)
+    return seed_item_bootstrap(np.array(rows[init]), np.array(rows[versus]), n_boot, seed)
+
+
 def retrained_controls(inits) -> list[str]:
     """The retrained control inits among ``inits`` (``transplant_init``, ``random_modes_init``), in registry order:
     the further baselines of every retrained init (what the reduced SSM adds beyond the copied weights, or beyond
@@ -152,15 +300,63 @@ def retrained_controls(inits) -> list[str]:
     return [f"{m}_init" for m, method in METHODS.items() if method.control and f"{m}_init" in set(inits)]
 
 
-def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
+DIFFERENCE_COLUMNS = [
+    "task",
+    "order_spec",
+    "order",
+    "init",
+    "versus",
+    "primary",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "boot_low",
+    "boot_high",
+    "n_pairs",
+    "n_items",
+    "p",
+    "p_holm",
+    "significant",
+    "seeds_for_power",
+    "power_effect",
+]
+
+
+def primary_contrast(primary: dict[str, Any] | None) -> tuple[str, str, str] | None:
+    """(init, versus, order_spec) of a declared primary contrast {method, control, order} (e.g. {"method": "bt",
+    "control": "skew_hippo_equal", "order": 4} -> ("bt_init", "skew_hippo_equal", "4")); None for None."""
+    if primary is None:
+        return None
+    missing = {"method", "control", "order"} - set(primary)
+    if missing:
+        raise ValueError(f"primary contrast {primary!r}: missing key(s) {sorted(missing)} (method, control, order)")
+    method = primary["method"]
+    init = method if method in BASELINE_LABELS or method.endswith(("_init", "_no_retrain")) else f"{method}_init"
+    return init, str(primary["control"]), str(primary["order"])
+
+
+def differences_table(
+    runs: pd.DataFrame,
+    primary: dict[str, Any] | None = None,
+    power_effect: float = POWER_EFFECT,
+    n_boot: int = BOOTSTRAP_B,
+    boot_seed: int = BOOTSTRAP_SEED,
+) -> pd.DataFrame:
     """Long form: per task × order spec × init × baseline (``versus``), the paired difference of test accuracy over
-    the seeds both have (``paired_difference``), and ``significant``: the interval excludes 0. Baselines: every init
-    against skew_hippo_equal and skew_hippo (``VERSUS``); every retrained init (``*_init``) also against each
-    retrained control (``retrained_controls``). At order N the pretrained model (``skew_hippo``) is the baseline of
-    ``full_continued``. No rows for an init against itself."""
+    the seeds both have (``paired_difference``: diff, the seed-only t interval ci_low/ci_high, n_pairs), the seed ×
+    item interval boot_low/boot_high over n_items test items (``seed_item_bootstrap`` on the runs' predictions),
+    the raw p of the paired t test (``paired_t_pvalue``), its Holm adjustment p_holm over every row with a p,
+    ``significant`` (p_holm < ALPHA and the seed × item interval excludes 0), the seeds needed for POWER power at
+    ``power_effect`` (``seeds_for_power``) and ``primary``: the row of the declared primary contrast
+    (``primary_contrast``), listed first. Baselines: every init against skew_hippo_equal and skew_hippo
+    (``VERSUS``); every retrained init (``*_init``) also against each retrained control (``retrained_controls``).
+    At order N the pretrained model (``skew_hippo``) is the baseline of ``full_continued``. No rows for an init
+    against itself."""
     rows = []
+    key = primary_contrast(primary)
     for (task, spec), g in runs.groupby(["task", "order_spec"], sort=False):
         acc = g.pivot_table(index="seed", columns="init", values="test_accuracy", aggfunc="first")
+        files = g.pivot_table(index="seed", columns="init", values="file", aggfunc="first")
         controls = retrained_controls(acc.columns)
         for versus in [*grid.versus(), *controls]:
             if versus not in acc:
@@ -169,7 +365,9 @@ def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
                 if init == versus or (versus in controls and not init.endswith("_init")):
                     continue
                 both = acc[[init, versus]].dropna()
-                d = paired_difference(both[init].to_numpy(), both[versus].to_numpy())
+                x, y = both[init].to_numpy(), both[versus].to_numpy()
+                d = paired_difference(x, y)
+                boot = _seed_item_interval(files, both, init, versus, n_boot, boot_seed)
                 rows.append(
                     {
                         "task": task,
@@ -177,19 +375,31 @@ def differences_table(runs: pd.DataFrame) -> pd.DataFrame:
                         "order": g["order"].mean(),
                         "init": init,
                         "versus": versus,
+                        "primary": key == (init, versus, str(spec)),
                         **d,
-                        "significant": bool(d["ci_low"] > 0 or d["ci_high"] < 0),
+                        **boot,
+                        "p": paired_t_pvalue(x, y),
+                        "seeds_for_power": seeds_for_power(x - y, power_effect),
+                        "power_effect": power_effect,
                     }
                 )
-    cols = ["task", "order_spec", "order", "init", "versus", "diff", "ci_low", "ci_high", "n_pairs", "significant"]
-    return pd.DataFrame(rows, columns=cols)
+    table = pd.DataFrame(rows, columns=[c for c in DIFFERENCE_COLUMNS if c not in ("p_holm", "significant")])
+    table["p_holm"] = np.nan
+    tested = table["p"].notna().to_numpy()
+    if tested.any():
+        table.loc[tested, "p_holm"] = multipletests(table.loc[tested, "p"].to_numpy(), method="holm")[1]
+    excludes_0 = (table["boot_low"] > 0) | (table["boot_high"] < 0)  # False where NaN
+    table["significant"] = ((table["p_holm"] < ALPHA) & excludes_0).astype(bool)
+    table = table.sort_values("primary", ascending=False, kind="stable", ignore_index=True)
+    return table[DIFFERENCE_COLUMNS]
 
 
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, differences: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per task × order × init: mean ± std of test accuracy over seeds and their number, parameter counts, mean
     epochs and wall time (own and total), and for each baseline b of ``VERSUS`` the paired difference to it
-    (``diff_vs_<b>``, ``ci_low_vs_<b>``, ``ci_high_vs_<b>``, ``n_pairs_vs_<b>``, ``significant_vs_<b>``; empty
-    for b itself and a missing b)."""
+    (``diff_vs_<b>``, ``ci_low_vs_<b>``, ``ci_high_vs_<b>``, ``n_pairs_vs_<b>``, ``significant_vs_<b>``,
+    ``boot_low_vs_<b>``, ``boot_high_vs_<b>``, ``p_holm_vs_<b>``; empty for b itself and a missing b), taken from
+    ``differences`` (default: ``differences_table(runs)``)."""
     g = runs.groupby(["task", "order_spec", "init"], sort=False)
     s = g.agg(
         order=("order", "mean"),
@@ -206,10 +416,12 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         wall_time_s=("wall_time_s", "mean"),
         total_wall_time_s=("total_wall_time_s", "mean"),
     ).reset_index()
-    d = differences_table(runs).set_index(["task", "order_spec", "init", "versus"])
+    d = (differences_table(runs) if differences is None else differences).set_index(
+        ["task", "order_spec", "init", "versus"]
+    )
     for versus in grid.versus():
         key = [(t, o, i, versus) for t, o, i in zip(s["task"], s["order_spec"], s["init"])]
-        for col in ("diff", "ci_low", "ci_high", "n_pairs", "significant"):
+        for col in ("diff", "ci_low", "ci_high", "n_pairs", "significant", "boot_low", "boot_high", "p_holm"):
             s[f"{col}_vs_{versus}"] = [d.at[k, col] if k in d.index else np.nan for k in key]
     s["init_rank"] = s["init"].map({k: i for i, k in enumerate(grid.table_labels())})
     s["by_tol"] = ~s["order_spec"].str.isdigit()  # fixed orders first, then per-layer ones (tol:…, layers:…)
@@ -240,14 +452,21 @@ def _pm(mean: float, std: float, n: int, n_diverged: int = 0) -> str:
     return f"{100 * mean:.2f} {spread} (n={int(n)})" + (f" {DIVERGED_MARK}" if n_diverged else "")
 
 
-def _diff_cell(diff: float, low: float, high: float, n: float) -> str:
-    """``+d [low, high]`` in percentage points; **bold** where the interval excludes 0; ``n=1: no CI``."""
+def _diff_cell(diff: float, low: float, high: float, n: float, significant: bool = False) -> str:
+    """``+d [low, high]`` in percentage points (the seed-only t interval); **bold** where ``significant`` (Holm p <
+    ALPHA and the seed × item interval excludes 0: ``differences_table``); ``n=1: no CI``."""
     if np.isnan(diff):
         return ""
     if np.isnan(low):
         return f"{100 * diff:+.2f} (n={int(n)}, no CI)"
     text = f"{100 * diff:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
-    return f"**{text}**" if low > 0 or high < 0 else text
+    return f"**{text}**" if significant else text
+
+
+SIGNIFICANT_NOTE = (
+    f"Bold: significant, i.e. the Holm-adjusted p of the paired t test over seeds < {ALPHA} (family: every "
+    "comparison in differences.csv) and the 95 % seed × test-item bootstrap interval excludes 0 (differences.md)."
+)
 
 
 def _display(summary: pd.DataFrame) -> pd.DataFrame:
@@ -267,8 +486,10 @@ def _display(summary: pd.DataFrame) -> pd.DataFrame:
     }
     for versus in [v for v in grid.versus() if summary[f"diff_vs_{v}"].notna().any()]:  # the baselines the grid ran
         cols[f"vs {labels[versus]} (pp, paired, {level} % CI)"] = [
-            _diff_cell(*a)
-            for a in zip(*(summary[f"{c}_vs_{versus}"] for c in ("diff", "ci_low", "ci_high", "n_pairs")))
+            _diff_cell(*a[:4], isinstance(a[4], (bool, np.bool_)) and bool(a[4]))  # NaN: no row
+            for a in zip(
+                *(summary[f"{c}_vs_{versus}"] for c in ("diff", "ci_low", "ci_high", "n_pairs", "significant"))
+            )
         ]
     return pd.DataFrame(cols)
 
@@ -323,6 +544,65 @@ def _markdown(df: pd.DataFrame, note: str | None = None) -> str:
     return "\n".join(md + (["", note] if note else [])) + "\n"
 
 
+def _p_cell(p: float) -> str:
+    return "" if np.isnan(p) else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
+
+
+def _interval_cell(low: float, high: float) -> str:
+    return "" if np.isnan(low) else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def differences_display(diffs: pd.DataFrame) -> pd.DataFrame:
+    """The differences of ``differences_table`` as shown in differences.md: the primary contrast first (marked),
+    then the others in the table's order; differences, intervals in percentage points."""
+    level = int(round(100 * CONFIDENCE))
+    effect = diffs["power_effect"].iloc[0] if len(diffs) else POWER_EFFECT
+    return pd.DataFrame(
+        {
+            "task": diffs["task"],
+            "order": diffs["order_spec"],
+            "init": [LABELS.get(i, i) + (" (primary)" if p else "") for i, p in zip(diffs["init"], diffs["primary"])],
+            "versus": [LABELS.get(v, v) for v in diffs["versus"]],
+            "diff (pp)": ["" if np.isnan(d) else f"{100 * d:+.2f}" for d in diffs["diff"]],
+            f"{level} % CI, seeds (t)": [_interval_cell(lo, hi) for lo, hi in zip(diffs["ci_low"], diffs["ci_high"])],
+            f"{level} % CI, seeds × items (bootstrap)": [
+                _interval_cell(lo, hi) for lo, hi in zip(diffs["boot_low"], diffs["boot_high"])
+            ],
+            "seeds": [str(int(n)) for n in diffs["n_pairs"]],
+            "test items": ["" if np.isnan(n) else str(int(n)) for n in diffs["n_items"]],
+            "p": [_p_cell(p) for p in diffs["p"]],
+            "p (Holm)": [_p_cell(p) for p in diffs["p_holm"]],
+            "significant": ["yes" if s else "no" for s in diffs["significant"]],
+            f"seeds for {int(round(100 * POWER))} % power at {100 * effect:g} pp": [
+                "" if np.isnan(n) else str(int(n)) for n in diffs["seeds_for_power"]
+            ],
+        }
+    )
+
+
+def differences_note(diffs: pd.DataFrame, primary: dict[str, Any] | None) -> str:
+    """What the columns of differences.md mean, and where a declared primary contrast has no row, that."""
+    lines = [
+        "Differences of test accuracy (init − versus), paired by seed. Seeds (t): the Student-t interval over the "
+        f"per-seed differences. Seeds × items: percentile interval of a two-way bootstrap ({BOOTSTRAP_B} "
+        f"replicates, generator seed {BOOTSTRAP_SEED}) resampling seeds and test items (one item draw shared by "
+        "both arms and every seed); empty where a run has no predictions.npz or fewer than 2 seeds pair. p: paired "
+        "t test over seeds; p (Holm): Holm-adjusted over every row with a p. Significant: p (Holm) < "
+        f"{ALPHA} and the seeds × items interval excludes 0. Seeds for power: a paired t test's seeds for "
+        f"{int(round(100 * POWER))} % power at level {ALPHA}, from the observed sd of the per-seed differences."
+    ]
+    missing = primary_missing(diffs, primary)
+    return "\n\n".join(lines + ([f"Warning: {missing}."] if missing else []))
+
+
+def primary_missing(diffs: pd.DataFrame, primary: dict[str, Any] | None) -> str | None:
+    """Where a primary contrast is declared and ``diffs`` has no row of it, a sentence saying so; else None."""
+    key = primary_contrast(primary)
+    if key is None or diffs["primary"].any():
+        return None
+    return f"the declared primary contrast ({key[0]} − {key[1]} at order {key[2]}) has no row: its runs are missing"
+
+
 def write_tables(
     metrics_files: Iterable[str | os.PathLike],
     runs_csv,
@@ -331,19 +611,31 @@ def write_tables(
     tex_path,
     methods_md=None,
     differences_csv=None,
+    differences_md=None,
+    primary: dict[str, Any] | None = None,
+    power_effect: float = POWER_EFFECT,
 ) -> pd.DataFrame:
     """Write the long-form runs CSV and the summary as CSV, Markdown and LaTeX (each atomically); ``methods_md``:
-    also the side-by-side table of ``methods_table`` as Markdown; ``differences_csv``: the paired differences in
-    long form (``differences_table``: columns diff, ci_low, ci_high, n_pairs, ...)."""
+    also the side-by-side table of ``methods_table`` as Markdown; ``differences_csv`` / ``differences_md``: the
+    paired differences in long form (``differences_table``: columns diff, ci_low, ci_high, boot_low, boot_high,
+    p, p_holm, significant, seeds_for_power, ...) as CSV / Markdown, the ``primary`` contrast first
+    ({method, control, order}; a warning under the tables where it has no row); ``power_effect``: the effect the
+    seeds_for_power column plans for (accuracy, 0.02 = 2 points)."""
     metrics_files = list(metrics_files)
     runs = runs_table(metrics_files)
-    summary = summary_table(runs)
+    diffs = differences_table(runs, primary, power_effect)
+    summary = summary_table(runs, diffs)
     shown = _display(summary)
     notes = [DIVERGED_NOTE] if summary["n_diverged"].any() else []
+    if summary.filter(like="significant_vs_").eq(True).any().any():
+        notes.append(SIGNIFICANT_NOTE)
     mixed = mixed_provenance(json.loads(Path(f).read_text()) for f in metrics_files)
     if mixed:
         print(f"warning: {mixed}", file=sys.stderr)
         notes.append(f"Warning: {mixed}.")
+    missing = primary_missing(diffs, primary)
+    if missing:
+        print(f"warning: {missing}", file=sys.stderr)
     note = "\n\n".join(notes) or None
     outputs = [
         (runs_csv, runs.to_csv(index=False)),
@@ -354,7 +646,15 @@ def write_tables(
     if methods_md is not None:
         outputs.append((methods_md, _markdown(methods_table(summary), note)))
     if differences_csv is not None:
-        outputs.append((differences_csv, differences_table(runs).to_csv(index=False)))
+        outputs.append((differences_csv, diffs.to_csv(index=False)))
+    if differences_md is not None:
+        extra = [n for n in notes if n != SIGNIFICANT_NOTE]
+        outputs.append(
+            (
+                differences_md,
+                _markdown(differences_display(diffs), "\n\n".join([differences_note(diffs, primary), *extra])),
+            )
+        )
     for path, text in outputs:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)

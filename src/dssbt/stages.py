@@ -14,7 +14,14 @@ from typing import Any
 
 from . import fused
 from .checkpoint import load_model, save_model
-from .evaluate import base_metrics, resolve_device, summary_metrics
+from .evaluate import (
+    PREDICTION_SPLITS,
+    base_metrics,
+    predictions_path,
+    resolve_device,
+    save_predictions,
+    summary_and_predictions,
+)
 from .hparams import parse_hparams
 from .io import write_json
 from .orders import OrderSpec, load_orders_file, parse_order
@@ -113,7 +120,9 @@ def reduce_job(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Reduce the pretrained model file ``model``; writes the reduced model (``out``), its report and (with ``data``)
-    its metrics without retraining (``metrics_out``). Everything is read and checked before anything is written. Returns the paths and a summary."""
+    its metrics without retraining (``metrics_out``), and beside them its item-level predictions
+    (``evaluate.predictions_path``). Everything is read and checked before anything is written. Returns the paths
+    and a summary."""
     from .train import load_task
 
     t0 = time.perf_counter()
@@ -136,14 +145,16 @@ def reduce_job(
     rep.update(order_spec=spec.label, checkpoint=str(model), task=meta.get("task"), seed=meta.get("seed"))
     if layer_orders is not None:
         rep.update(layer_orders_file=str(layer_orders), **{spec.kind: spec.value})
-    measured = None
+    measured = predictions = None
     if task is not None:
         dev = resolve_device(device)
         run = describe_run("reduce", method, spec.wildcard)
         with fused.kernels(hp.optim.kernels):
             measured = base_metrics(
                 task[0], reduced.to(dev), hp, run, meta.get("seed"), dev, full.cfg.d_state, spec.label
-            ) | summary_metrics(reduced, task[1], hp, dev, splits=("val", "test"))
+            )
+            scores, predictions = summary_and_predictions(reduced, task[1], hp, dev, splits=PREDICTION_SPLITS)
+            measured |= scores
         measured |= {
             "reduced_from": str(model),
             "epochs_run": 0,
@@ -162,6 +173,7 @@ def reduce_job(
     save_model(out, reduced, {**meta, "reduced_from": str(model), "reduction": reduction})
     write_json(report, rep)
     if measured is not None:
+        save_predictions(predictions_path(metrics_out), predictions, task[1], reduced.cfg.d_output)
         write_json(metrics_out, measured)
     worst = max(
         (max(max(ch) for ch in layer["rel_kernel_error"]) for layer in rep["layers"] if "rel_kernel_error" in layer),
@@ -182,7 +194,8 @@ def reduce_job(
 def evaluate_job(
     model: PathLike, data: PathLike, out: PathLike, hparams: str | dict[str, Any] = "{}", device: str = "cpu"
 ) -> dict[str, Any]:
-    """Accuracy and loss of the model file ``model`` on every split of a prepared task, written to ``out``."""
+    """Accuracy and loss of the model file ``model`` on every split of a prepared task, written to ``out``, and its
+    val and test predictions beside it (``evaluate.predictions_path``)."""
     from .train import load_task
 
     hp = parse_hparams(hparams)
@@ -192,10 +205,13 @@ def evaluate_job(
     net.to(dev)
     run = describe_run("evaluate", meta_ckpt.get("reduction", {}).get("method") or meta_ckpt.get("init"), None)
     with fused.kernels(hp.optim.kernels):
+        scores, predictions = summary_and_predictions(net, data_splits, hp, dev)
         metrics = (
             base_metrics(meta, net, hp, run, meta_ckpt.get("seed"), dev, net.cfg.d_state)
-            | summary_metrics(net, data_splits, hp, dev)
+            | scores
             | {"checkpoint": str(model), "epochs_run": 0}
         )
+    kept = {s: predictions[s] for s in PREDICTION_SPLITS}
+    save_predictions(predictions_path(out), kept, data_splits, net.cfg.d_output)
     write_json(out, metrics)
     return metrics

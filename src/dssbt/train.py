@@ -1,7 +1,8 @@
 """Training of one model on one prepared task, with per-epoch resume.
 
 ``train`` writes into ``out_dir``: ``model.pt`` (the best checkpoint by validation accuracy), ``history.csv``
-(one row per epoch, row 0 = before any update), ``metrics.json`` (written last). While it runs it keeps
+(one row per epoch, row 0 = before any update), ``predictions.npz`` (that model's prediction of every val and test
+example: ``evaluate.save_predictions``), ``metrics.json`` (written last). While it runs it keeps
 ``train_state.pt`` (``resume.ResumeState``), written atomically after every epoch; started again with the same
 arguments it continues from the last completed epoch and ends with the same metrics as an uninterrupted run. The
 state file is removed once the outputs are complete. Evaluation and the metrics format are in ``evaluate.py``.
@@ -46,7 +47,17 @@ from .checkpoint import load_model, read_config, save_model
 from .curves import EpochLogger
 from .data.prepared import SPLITS, Split, load_meta, load_split
 from .eager import AdamW
-from .evaluate import amp_dtype, autocast, base_metrics, evaluate, resolve_device, summary_metrics
+from .evaluate import (
+    PREDICTION_SPLITS,
+    amp_dtype,
+    autocast,
+    base_metrics,
+    evaluate,
+    predictions_path,
+    resolve_device,
+    save_predictions,
+    summary_and_predictions,
+)
 from .hippo import INITS
 from .hparams import DEFAULT_D_STATE, MODEL_KEYS, Hparams, parse_hparams
 from .io import atomic_path, write_json
@@ -402,7 +413,8 @@ def _train(
     # test measured on the best model; val and train as measured at its epoch (the same weights and buffers, and
     # evaluation is deterministic, so re-measuring val gave the same numbers: tests/test_train.py checks it)
     best_row = history[best["epoch"]]
-    test = summary_metrics(model, data, hp, dev, splits=("test",))
+    # val is measured again only for its item-level predictions (predictions.npz; the metrics keep the epoch's)
+    test, predictions = summary_and_predictions(model, data, hp, dev, splits=PREDICTION_SPLITS)
     final = {key: {"val": best_row[f"val_{key}"], "test": test[key]["test"]} for key in ("accuracy", "loss")}
     for key, col in (("accuracy", "train_accuracy"), ("loss", "train_loss")):
         final[key]["train"] = None if math.isnan(best_row[col]) else best_row[col]  # None: best is epoch 0
@@ -423,6 +435,7 @@ def _train(
         out / "model.pt", model.cpu(), {"l_max": meta["l_max"], "task": meta.get("task"), "init": init, "seed": seed}
     )
     _write_history(out / "history.csv", history)
+    save_predictions(predictions_path(out / "metrics.json"), predictions, data, cfg.d_output)
     write_json(out / "metrics.json", metrics)
     state_path.unlink(missing_ok=True)
     if logger is not None:

@@ -11,6 +11,7 @@ rule reduce:
         reduced="results/{run}/reduced.pt",
         report="results/{run}/report.json",
         metrics="results/{run}/metrics.json",
+        predictions="results/{run}/predictions.npz",
     log:
         "logs/reduce/{run}.log",
     wildcard_constraints:

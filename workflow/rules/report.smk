@@ -4,6 +4,7 @@
 rule aggregate:
     input:
         metrics=PLAN.tabled("metrics.json"),
+        predictions=PLAN.tabled("predictions.npz"),
     output:
         runs="results/tables/runs.csv",
         csv=report(
@@ -35,6 +36,7 @@ rule aggregate:
                 "rows": "task, order, init, baseline",
             },
         ),
+        differences_md="results/tables/differences.md",
     log:
         "logs/aggregate.log",
     conda:
@@ -42,6 +44,8 @@ rule aggregate:
     threads: 1
     resources:
         **rule_resources("aggregate"),
+    params:
+        evidence=config["evidence"],
     script:
         "../scripts/aggregate.py"
 

@@ -11,6 +11,7 @@ rule train:
         model="results/{run}/model.pt",
         metrics="results/{run}/metrics.json",
         history="results/{run}/history.csv",
+        predictions="results/{run}/predictions.npz",
     log:
         "logs/train/{run}.log",
     benchmark:

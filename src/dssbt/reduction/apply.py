@@ -176,7 +176,8 @@ class ModelReducer:
         for i, (full, red, r) in enumerate(zip(self.model.dss_layers(), reduced.dss_layers(), layer_orders)):
             params = {k: getattr(full, k).detach() for k in CONTROL_PARAMS}
             fresh_i = None if fresh is None else {k: getattr(fresh.dss_layers()[i], k).detach() for k in CONTROL_PARAMS}
-            res = m.run(ControlInput(params, fresh_i, np.random.default_rng([int(seed), i])), r)
+            system = self.system(i)[0]  # the channels as the reductions see them (route's dt), for a scoring control
+            res = m.run(ControlInput(params, fresh_i, np.random.default_rng([int(seed), i]), system), r)
             with torch.no_grad():
                 for k in CONTROL_PARAMS:
                     target = getattr(red, k)

@@ -2,6 +2,10 @@
 
 - ``modal``: keep the r modes with the largest dominance ``|C_n B_n| / |Re Lambda_n|`` (the H-infinity norm of the
   mode; discrete route: ``|C_n B_bar_n| / (1 - |Lambda_bar_n|)``); the kept modes are unchanged.
+- ``top_energy`` (AIRE-Prune's score, ``top_energy_truncation``): keep the r modes with the largest H2 energy,
+  the squared l2 norm of the mode's impulse response: discrete route ``|C_n|^2 |B_bar_n|^2 / (1 - |Lambda_bar_n|^2)``
+  (``Lambda_bar = exp(dt Lambda)``, ``B_bar = (Lambda_bar - 1) / Lambda * B``), continuous route
+  ``|C_n|^2 |B_n|^2 / (-2 Re Lambda_n)``; the kept modes are unchanged.
 - ``msp`` (modal singular perturbation, ``modal_singular_perturbation``): modal's kept modes, and the discarded
   modes' DC gain as a feedthrough D, so the DC gain is exact (not in the method registry yet).
 - ``bsp``: balanced singular perturbation. The balanced realization is partitioned after r states and the fast part
@@ -73,6 +77,53 @@ def modal_truncation(Lambda, B, C, r: int, dt: np.ndarray | None = None) -> Redu
         n_clamped=np.zeros(Lambda.shape[:-1], int),
         r=r,
         method="modal",
+        route="continuous" if dt is None else "discrete",
+        kept=keep,
+    )
+
+
+def mode_energy(Lambda, B, C, dt: np.ndarray | None = None) -> np.ndarray:
+    """H2 energy of every mode (the squared H2 norm of ``C_n B_n / (s - Lambda_n)``, or of its ZOH discretisation
+    ``C_n B_bar_n / (z - Lambda_bar_n)`` with dt): continuous ``|C|^2 |B|^2 / (-2 Re Lambda)``, discrete
+    ``|C|^2 |B_bar|^2 / (1 - |Lambda_bar|^2)``. Lambda, B, C: complex (..., N); dt: None or real (...,). Returns
+    float64 (..., N)."""
+    if dt is None:
+        return np.abs(C) ** 2 * np.abs(B) ** 2 / (-2.0 * Lambda.real)
+    Lb, Bb = zoh(Lambda, B, np.broadcast_to(dt, Lambda.shape[:-1]))
+    return np.abs(C) ** 2 * np.abs(Bb) ** 2 / -np.expm1(2.0 * np.asarray(dt)[..., None] * Lambda.real)  # 1 - |Lb|^2
+
+
+def top_energy_modes(energy: np.ndarray, r: int) -> np.ndarray:
+    """Indices (..., r) of the r modes of largest ``energy`` (..., N) per channel, ascending (the modes' order);
+    ties go to the lower index."""
+    N = energy.shape[-1]
+    if not (isinstance(r, (int, np.integer)) and 1 <= r <= N):
+        raise ValueError(f"reduced order r must be an integer in [1, N={N}], got {r!r}")
+    return np.sort(np.argsort(-energy, axis=-1, kind="stable")[..., :r], axis=-1)
+
+
+def top_energy_truncation(Lambda, B, C, r: int, dt: np.ndarray | None = None) -> ReducedSystem:
+    """Keep the r modes of largest H2 energy (``mode_energy``) of each system unchanged. ``bound``: the sum of the
+    discarded modes' dominance (as modal's: each mode's H-infinity norm, so their sum bounds the H-infinity error
+    by the triangle inequality); ``hsv`` NaN. Lambda, B, C complex (..., N); dt None (continuous) or (...,)."""
+    keep = top_energy_modes(mode_energy(Lambda, B, C, dt), r)
+    if dt is None:
+        dominance = np.abs(C * B) / -Lambda.real
+    else:
+        Lb, Bb = zoh(Lambda, B, np.broadcast_to(dt, Lambda.shape[:-1]))
+        dominance = np.abs(C * Bb) / (1.0 - np.abs(Lb))
+    pick = lambda a: np.take_along_axis(a, keep, -1)  # noqa: E731
+    discarded = dominance.sum(-1) - pick(dominance).sum(-1)
+    return ReducedSystem(
+        Lambda=pick(Lambda),
+        B=pick(B),
+        C=pick(C),
+        hsv=np.full(Lambda.shape, np.nan),
+        bound=discarded,
+        rank=np.full(Lambda.shape[:-1], r),
+        n_clamped=np.zeros(Lambda.shape[:-1], int),
+        r=r,
+        method="top_energy",
         route="continuous" if dt is None else "discrete",
         kept=keep,
     )
@@ -257,7 +308,10 @@ def h2_reduction(f: BalancedFactors, Lambda, B, C, r: int, tol: float = 1e-8, ma
 
 
 __all__ = [
+    "mode_energy",
     "modal_truncation",
+    "top_energy_modes",
+    "top_energy_truncation",
     "modal_singular_perturbation",
     "shifted_factors",
     "singular_perturbation",

@@ -15,6 +15,14 @@ it keeps is bit-identical to its source: ``run(ControlInput, r) -> ControlResult
                   model. Whatever BT-init gains beyond this is due to the reduced Lambda, B, C.
     random_modes  r modes of each pretrained channel, picked uniformly at random (a generator seeded by the run's
                   seed and the layer index only) and kept unchanged: the reduction without any selection.
+    top_energy_modes  the r modes of each pretrained channel of largest H2 energy (AIRE-Prune's score; the
+                  reduction ``top_energy``'s choice, ``methods.mode_energy`` on the reducer's route) kept unchanged,
+                  bit-identical: a selection by a per-mode score instead of BT's joint one.
+
+One entry cannot be both: ``control`` decides the config list (``methods`` or ``controls``), the call
+(``run(factors, system, r)`` or ``run(ControlInput, r)``) and, with the name, the run folders; so the score has two
+entries, ``top_energy`` (a reduction: arrays in, reported like modal, stored through ``load_ss_params``) and
+``top_energy_modes`` (a control: the stored parameters of the same modes copied exactly).
 """
 
 from __future__ import annotations
@@ -29,7 +37,15 @@ if TYPE_CHECKING:  # torch is imported where a control runs: the Snakefile impor
     import torch  # costs ~1 s of every snakemake call
 
 from .balanced import BalancedFactors, ReducedSystem, truncate
-from .methods import h2_reduction, modal_singular_perturbation, modal_truncation, singular_perturbation
+from .methods import (
+    h2_reduction,
+    modal_singular_perturbation,
+    modal_truncation,
+    mode_energy,
+    singular_perturbation,
+    top_energy_modes,
+    top_energy_truncation,
+)
 
 ROUTES = ("continuous", "discrete")
 
@@ -51,11 +67,14 @@ class ControlInput(NamedTuple):
     """What a control sees of one layer. ``params``: the pretrained layer's stored parameters (CONTROL_PARAMS:
     Lambda_log_neg_re, Lambda_im float32 (n_dir, H, N); B, C float32 (n_dir, H, N, 2), real views of complex);
     ``fresh``: the same of the layer of a fresh order-r Skew-HiPPO model of the run's seed (r modes; None unless
-    the method ``uses_fresh_model``); ``rng``: a generator seeded by (seed, layer index)."""
+    the method ``uses_fresh_model``); ``rng``: a generator seeded by (seed, layer index); ``system``: the same
+    pretrained channels as the reductions see them (``System``, complex128, dt per the reducer's route), for a control
+    that scores modes."""
 
     params: dict[str, torch.Tensor]
     fresh: dict[str, torch.Tensor] | None
     rng: np.random.Generator
+    system: System | None = None
 
 
 class ControlResult(NamedTuple):
@@ -109,17 +128,30 @@ def _transplant(inp: ControlInput, r: int) -> ControlResult:
     return ControlResult({k: inp.fresh[k].detach().clone() for k in CONTROL_PARAMS}, None)
 
 
-def _random_modes(inp: ControlInput, r: int) -> ControlResult:
-    import torch  # here, not at the top: see the import block
+def _top_energy(f: None, s: System, r: int) -> ReducedSystem:
+    return top_energy_truncation(s.Lambda, s.B, s.C, r, s.dt)
 
+
+def _random_modes(inp: ControlInput, r: int) -> ControlResult:
     shape = tuple(inp.params["Lambda_im"].shape)  # (n_dir, H, N)
     if not 1 <= r <= shape[-1]:
         raise ValueError(f"random_modes: order r={r} must lie in [1, N={shape[-1]}]")
     # one permutation per channel, its first r entries kept: the draw does not depend on r, so the modes kept at
     # a smaller order are among those kept at a larger one
     perm = inp.rng.permuted(np.broadcast_to(np.arange(shape[-1]), shape), axis=-1)
-    kept = np.sort(perm[..., :r], axis=-1)
-    index = torch.from_numpy(kept)
+    return _keep_modes(inp, np.sort(perm[..., :r], axis=-1))
+
+
+def _top_energy_modes(inp: ControlInput, r: int) -> ControlResult:
+    s = inp.system
+    return _keep_modes(inp, top_energy_modes(mode_energy(s.Lambda, s.B, s.C, s.dt), r))
+
+
+def _keep_modes(inp: ControlInput, kept: np.ndarray) -> ControlResult:
+    """The stored parameters of the modes ``kept`` (int64 (n_dir, H, r), ascending) of every channel, copied."""
+    import torch  # here, not at the top: see the import block
+
+    index = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.int64))
     out = {}
     for k in CONTROL_PARAMS:
         p = inp.params[k].detach()
@@ -138,6 +170,8 @@ METHODS: dict[str, Method] = {
         Method("msp", "Modal SP", False, _msp),
         Method("transplant", "Transplant", False, _transplant, control=True, uses_fresh_model=True),
         Method("random_modes", "Random modes", False, _random_modes, control=True),
+        Method("top_energy", "Top energy", False, _top_energy),
+        Method("top_energy_modes", "Top-energy modes", False, _top_energy_modes, control=True),
     )
 }
 # the reductions compared (config `methods`) and the controls among the methods (config `controls`)
