@@ -63,10 +63,10 @@ def test_plan_hyper_parameters_and_starts():
     assert plan.start_args(K["snapshot"], EXAMPLE) == "--init skew_hippo --stop-after 2"
     assert (
         plan.start_args(K["retrain"], EXAMPLE)
-        == "--init from_reduced --reduced results/runs/image/seed0/bt_r4/reduced.pt"
+        == "--init from_reduced --model results/runs/image/seed0/bt_r4/reduced.pt"
     )
     assert plan.start_args(K["continue_full"], EXAMPLE) == (
-        "--init from_pretrained --reduced results/runs/image/seed0/pretrain/model.pt"
+        "--init from_pretrained --model results/runs/image/seed0/pretrain/model.pt"
     )
     assert plan.parent_file(K["compress_reduce"], EXAMPLE | {"variant": "plain"}).endswith(
         "runs/image/seed0/pretrain/model.pt"

@@ -80,11 +80,11 @@ def test_training_reduce_and_evaluate_jobs_store_predictions_that_score_their_me
         tmp_path / "bt_r3" / "report.json",
         order=3,
         data=task,
-        metrics=tmp_path / "bt_r3" / "metrics.json",
+        metrics_out=tmp_path / "bt_r3" / "metrics.json",
         hparams=json.dumps(HP),
     )
     check(tmp_path / "bt_r3" / "metrics.json", task)
-    m = train(task, HP, "from_reduced", 0, tmp_path / "re", order=3, reduced=tmp_path / "bt_r3" / "model.pt", log=print)
+    m = train(task, HP, "from_reduced", 0, tmp_path / "re", order=3, start=tmp_path / "bt_r3" / "model.pt", log=print)
     check(tmp_path / "re" / "metrics.json", task)
     assert m["accuracy"]["test"] > 1 / 3  # a learnt model, so its predictions are not one constant class
     evaluate_job(tmp_path / "pre" / "model.pt", task, tmp_path / "eval" / "pre.json", hparams=json.dumps(HP))
