@@ -748,3 +748,18 @@ def test_compress_target_without_a_compressibility_section_says_where_one_is(tmp
     p = snakemake(wf, "-n", "compress", check=False)
     assert p.returncode != 0
     assert "target compress needs a compressibility section" in p.stdout + p.stderr
+
+
+def test_tensorboard_switch_reaches_every_training_job_and_only_them(tmp_path):
+    """config log.tensorboard: every training job writes its curves under tensorboard/<run>/ (one logdir for the
+    whole grid); off by default."""
+    wf = copy_workflow(tmp_path)
+    off = dry_run_jobs(wf)
+    assert not any("--tensorboard" in j["shell"] for j in off)
+    (wf / "tb.yaml").write_text("log: {tensorboard: true}\n")
+    on = dry_run_jobs(wf, "--configfile", "config.yaml", "tb.yaml")
+    train = [j for j in on if j["rule"] == "train"]
+    assert train and all(re.search(r"--out results/(\S+) --tensorboard tensorboard/\1 ", j["shell"]) for j in train), (
+        train[0]["shell"]
+    )
+    assert not any("--tensorboard" in j["shell"] for j in on if j["rule"] != "train")

@@ -182,6 +182,15 @@ def out_dir(wildcards, output):
     return os.path.dirname(output[0])
 
 
+def curves_arg(wildcards):
+    """--tensorboard tensorboard/<run>/ where config log.tensorboard is on: one `tensorboard --logdir tensorboard`
+    shows the curves of the whole grid while it runs (the events are a side product, not an output).
+    """
+    if not config["log"]["tensorboard"]:
+        return ""
+    return f"--tensorboard tensorboard/{wildcards.run}"
+
+
 def job_hparams(wildcards):
     kind, fields = run_of(wildcards)
     return PLAN.run_hparams(kind, fields)

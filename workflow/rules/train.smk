@@ -35,7 +35,8 @@ rule train:
         out_dir=out_dir,
         device=config["device"],
         env=TRAIN_ENV,
+        curves=curves_arg,
     shell:
         "{params.env} python -m dssbt train --data {params.data} {params.init} {params.order}"
-        " --seed {params.seed} --hparams {params.hparams:q} --out {params.out_dir}"
+        " --seed {params.seed} --hparams {params.hparams:q} --out {params.out_dir} {params.curves}"
         " --threads {threads} --device {params.device} > {log} 2>&1"
