@@ -9,12 +9,10 @@ import sys
 from snakemake.utils import available_cpu_count
 
 from dssbt import grid
-from dssbt.data import EMBEDDED_TASKS
+from dssbt.config_check import check_config, check_names
 from dssbt.data.download import ARCHIVES, TASK_ARCHIVE
-from dssbt.hparams import DEFAULT_D_STATE, parse_hparams
 from dssbt.orders import from_wildcard
 from dssbt.reduction.registry import METHODS as REDUCTION_METHODS
-from dssbt.reduction.registry import REDUCTIONS
 
 CONDA_ENV = "../envs/dssbt.yaml"
 # glibc returns every freed block above 32 MiB to the OS and maps it again on the next step: millions of page
@@ -30,22 +28,7 @@ CORRELATION = config.get(
 )  # the within-task correlation study, or None (off)
 
 
-def check_names():
-    """Names the schema leaves to the catalog: controls (dssbt.grid.controls) and methods (the registry)."""
-    lists = [("controls", config.get("controls", []), grid.controls())]
-    lists += [("methods", config["methods"], list(REDUCTIONS))]
-    lists += [
-        (f"{s}.method", [config[s]["method"]], list(REDUCTIONS))
-        for s in ("correlation", "compressibility")
-        if (config.get(s) or {}).get("method")
-    ]
-    for key, values, known in lists:
-        for v in values:
-            if v not in known:
-                raise ValueError(f"config: {key}: {v!r} is not one of {known}")
-
-
-check_names()
+check_names(config)
 try:
     PLAN = grid.Plan(config)  # one config over the catalog of run kinds
 except ValueError as e:
@@ -57,87 +40,7 @@ ORDER_WILDCARDS = [s.wildcard for s in ORDER_SPECS]
 METHODS = (
     PLAN.methods()
 )  # the reduce -> retrain chain: config methods + the registry controls listed
-
-
-def check_config():
-    """Cross-key checks the JSON schema cannot express; errors name the key and the value."""
-    for task in TASKS:
-        if task not in config["data"]:
-            raise ValueError(
-                f"config: tasks lists {task!r} but data.{task} is missing (where its data comes from)"
-            )
-        if config["data"][task]["source"] == "embedded" and task not in EMBEDDED_TASKS:
-            raise ValueError(
-                f"config: data.{task}.source = embedded, but only {EMBEDDED_TASKS} have embedded data"
-            )
-    settings = config.get("task_settings", {})
-    elsewhere = [
-        ("optim", config.get("optim", {})),
-        ("retrain.optim", config["retrain"]["optim"]),
-    ]
-    for task, cfg in settings.items():
-        elsewhere += [
-            (f"task_settings.{task}.optim", cfg.get("optim", {})),
-            (
-                f"task_settings.{task}.retrain.optim",
-                cfg.get("retrain", {}).get("optim", {}),
-            ),
-        ]
-    for where, optim in elsewhere:
-        if "reduce_during" in optim:
-            raise ValueError(
-                f"config: {where}.reduce_during: in-training reduction applies to the pretraining only; "
-                "set it under pretrain.optim"
-            )
-    for task in TASKS:
-        try:
-            parse_hparams(PLAN.hparams(task, "pretrain"))
-        except ValueError as e:
-            raise ValueError(f"config: the pretraining of task {task}: {e}") from None
-    for task in TASKS:
-        N = json.loads(PLAN.hparams(task, "train"))["model"].get(
-            "d_state", DEFAULT_D_STATE
-        )
-        for spec in ORDER_SPECS:
-            if not spec.per_layer and spec.r >= N:
-                where = (
-                    f"task_settings.{task}.model.d_state"
-                    if "d_state"
-                    in config.get("task_settings", {}).get(task, {}).get("model", {})
-                    else "model.d_state"
-                )
-                raise ValueError(
-                    f"config: orders contains {spec.r}, not below N = {where} = {N} (task {task})"
-                )
-        if CORRELATION:
-            epochs = json.loads(PLAN.hparams(task, "pretrain"))["optim"].get("epochs")
-            if CORRELATION["order"] >= N:
-                raise ValueError(
-                    f"config: correlation.order = {CORRELATION['order']} is not below N = {N} (task {task})"
-                )
-            late = [
-                e for e in CORRELATION["epochs"] if epochs is not None and e >= epochs
-            ]
-            if late:
-                raise ValueError(
-                    f"config: correlation.epochs {late} must be below the pretraining epochs of task {task} "
-                    f"({epochs}): the full pretraining is always one more point"
-                )
-    for (
-        task
-    ) in (
-        TASKS
-    ):  # every compressibility variant's pretraining parses (shrink: epochs below the total)
-        for fields in PLAN.runs("compress_pretrain"):
-            try:
-                parse_hparams(PLAN.variant_hparams(task, fields["variant"]))
-            except ValueError as e:
-                raise ValueError(
-                    f"config: compressibility, variant {fields['variant']} of task {task}: {e}"
-                ) from None
-
-
-check_config()
+check_config(config, PLAN)
 
 
 wildcard_constraints:

@@ -1,0 +1,92 @@
+"""Cross-key checks of a workflow config that its JSON schema cannot express, run when the Snakefile is parsed:
+every error names the key and the value, before any job runs. Plain Python over the config dict and its
+``grid.Plan``; the Snakefile calls ``check_names`` (before the plan is built) and ``check_config``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import grid
+from .data import EMBEDDED_TASKS
+from .hparams import DEFAULT_D_STATE, parse_hparams
+from .reduction.registry import REDUCTIONS
+
+
+def check_names(config: dict[str, Any]) -> None:
+    """Names the schema leaves to the catalog: controls (``grid.controls``) and methods (the registry)."""
+    lists = [("controls", config.get("controls", []), grid.controls())]
+    lists += [("methods", config["methods"], list(REDUCTIONS))]
+    lists += [
+        (f"{s}.method", [config[s]["method"]], list(REDUCTIONS))
+        for s in ("correlation", "compressibility")
+        if (config.get(s) or {}).get("method")
+    ]
+    for key, values, known in lists:
+        for v in values:
+            if v not in known:
+                raise ValueError(f"config: {key}: {v!r} is not one of {known}")
+
+
+def _check_data(config: dict[str, Any]) -> None:
+    for task in config["tasks"]:
+        if task not in config["data"]:
+            raise ValueError(f"config: tasks lists {task!r} but data.{task} is missing (where its data comes from)")
+        if config["data"][task]["source"] == "embedded" and task not in EMBEDDED_TASKS:
+            raise ValueError(f"config: data.{task}.source = embedded, but only {EMBEDDED_TASKS} have embedded data")
+
+
+def _check_reduce_during(config: dict[str, Any]) -> None:
+    """In-training reduction belongs to the pretraining only."""
+    elsewhere = [("optim", config.get("optim", {})), ("retrain.optim", config["retrain"]["optim"])]
+    for task, cfg in config.get("task_settings", {}).items():
+        elsewhere += [
+            (f"task_settings.{task}.optim", cfg.get("optim", {})),
+            (f"task_settings.{task}.retrain.optim", cfg.get("retrain", {}).get("optim", {})),
+        ]
+    for where, optim in elsewhere:
+        if "reduce_during" in optim:
+            raise ValueError(
+                f"config: {where}.reduce_during: in-training reduction applies to the pretraining only; "
+                "set it under pretrain.optim"
+            )
+
+
+def _check_orders(config: dict[str, Any], plan: grid.Plan, task: str) -> None:
+    """Every fixed order and the correlation study's order below the task's N; snapshot epochs below its epochs."""
+    N = json.loads(plan.hparams(task, "train"))["model"].get("d_state", DEFAULT_D_STATE)
+    for spec in plan.order_specs:
+        if not spec.per_layer and spec.r >= N:
+            own = "d_state" in config.get("task_settings", {}).get(task, {}).get("model", {})
+            where = f"task_settings.{task}.model.d_state" if own else "model.d_state"
+            raise ValueError(f"config: orders contains {spec.r}, not below N = {where} = {N} (task {task})")
+    correlation = config.get("correlation")
+    if correlation:
+        epochs = json.loads(plan.hparams(task, "pretrain"))["optim"].get("epochs")
+        if correlation["order"] >= N:
+            raise ValueError(f"config: correlation.order = {correlation['order']} is not below N = {N} (task {task})")
+        late = [e for e in correlation["epochs"] if epochs is not None and e >= epochs]
+        if late:
+            raise ValueError(
+                f"config: correlation.epochs {late} must be below the pretraining epochs of task {task} "
+                f"({epochs}): the full pretraining is always one more point"
+            )
+
+
+def check_config(config: dict[str, Any], plan: grid.Plan) -> None:
+    """Every cross-key check; the first failure raises ValueError naming the key and the value."""
+    _check_data(config)
+    _check_reduce_during(config)
+    for task in config["tasks"]:
+        try:
+            parse_hparams(plan.hparams(task, "pretrain"))
+        except ValueError as e:
+            raise ValueError(f"config: the pretraining of task {task}: {e}") from None
+    for task in config["tasks"]:
+        _check_orders(config, plan, task)
+    for task in config["tasks"]:  # every compressibility variant's pretraining parses (shrink: epochs below total)
+        for fields in plan.runs("compress_pretrain"):
+            try:
+                parse_hparams(plan.variant_hparams(task, fields["variant"]))
+            except ValueError as e:
+                raise ValueError(f"config: compressibility, variant {fields['variant']} of task {task}: {e}") from None
