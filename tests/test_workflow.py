@@ -308,7 +308,11 @@ def test_every_cuda_job_requests_a_gpu(tmp_path, preset):
     missing = [f"{j['rule']}: {j['resources']}" for j in cuda if gpus_requested(j["resources"]) < 1]
     assert not missing, f"{len(missing)} of {len(cuda)} CUDA jobs request no GPU, e.g. {missing[:3]}"
     if preset is None or preset == "lra.yaml":
-        assert {j["rule"] for j in cuda} >= {"pretrain", "reduce", "retrain"}  # the check has jobs to look at
+        # the check has jobs to look at: pretrainings, retrainings (rule train) and reductions (rule reduce)
+        assert {j["rule"] for j in cuda} == {"train", "reduce"}
+        assert any("--init skew_hippo" in j["shell"] for j in cuda) and any(
+            "--init from_reduced" in j["shell"] for j in cuda
+        )
 
 
 def test_gpu_request_parsing():

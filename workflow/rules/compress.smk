@@ -22,7 +22,7 @@ rule compress_orders:
     params:
         route=config["reduction"]["route"],
     shell:
-        "python -m dssbt orders --checkpoint {input.model} --spec budget:{wildcards.keep} --route {params.route}"
+        "python -m dssbt orders --model {input.model} --spec budget:{wildcards.keep} --route {params.route}"
         " --out {output.orders} --threads {threads} > {log} 2>&1"
 
 

@@ -58,7 +58,7 @@ rule export_onnx:
     resources:
         **rule_resources("export_onnx"),
     shell:
-        "python -m dssbt export {input.model} --out {output.onnx}"
+        "python -m dssbt export --model {input.model} --out {output.onnx}"
         " --data data/prepared/{wildcards.task} > {log} 2>&1"
 
 
