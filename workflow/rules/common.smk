@@ -91,7 +91,7 @@ def curves_arg(wildcards):
     """
     if not config["log"]["tensorboard"]:
         return ""
-    return f"--tensorboard tensorboard/{wildcards.run}"
+    return f" --tensorboard tensorboard/{wildcards.run}"  # its own leading space: none in the command when off
 
 
 def job_hparams(wildcards):

@@ -38,5 +38,5 @@ rule train:
         curves=curves_arg,
     shell:
         "{params.env} python -m dssbt train --data {params.data} {params.init} {params.order}"
-        " --seed {params.seed} --hparams {params.hparams:q} --out {params.out_dir} {params.curves}"
+        " --seed {params.seed} --hparams {params.hparams:q} --out {params.out_dir}{params.curves}"
         " --threads {threads} --device {params.device} > {log} 2>&1"
