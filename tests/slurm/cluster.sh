@@ -15,7 +15,8 @@
 # slurmd runs configless, so that clients (sinfo, sbatch, sacct, snakemake, the srun inside a job) find
 # slurm.conf at /run/slurm/conf/slurm.conf while slurmd runs; `. $DSSBT_SLURM_DIR/env` sets SLURM_CONF as well.
 # munged uses the packaged key and /run/munge (the default socket); a munged that already answered before `up`
-# is used and left alone. Partition `debug` (default), account `dssbt` for root (and $SUDO_USER).
+# is used and left alone. Partition `debug` (default), account `dssbt` for root (and $SUDO_USER). The node has one
+# GPU GRES (gres.conf: File=/dev/null), so that `--gpus=1` jobs are scheduled; the jobs themselves run on the CPU.
 #
 # Test sessions call `up` first and `down` at the end (tests/test_slurm.py); `down` kills only PIDs recorded in
 # pids/ (each checked against its executable) and step daemons that carry this cluster's mark.
@@ -203,6 +204,12 @@ JobAcctGatherFrequency=task=1
 JobAcctGatherParams=OverMemoryKill"
         rm -f "$ETC/cgroup.conf"
     fi
+    # One GPU GRES on the node, so that a job's --gpus / --gres=gpu request is really scheduled (the jobs run on the
+    # CPU). Without File= slurmd counts 0 GPUs and the node goes INVAL; configless slurmd fetches this file too.
+    cat >"$ETC/gres.conf" <<EOF
+AutoDetect=off
+Name=gpu File=/dev/null Count=1
+EOF
     cat >"$ETC/slurm.conf" <<EOF
 # Written by tests/slurm/cluster.sh (memory enforcement: $mode). A one-node test cluster.
 ClusterName=$CLUSTER
@@ -228,6 +235,9 @@ AccountingStorageHost=localhost
 AccountingStorageEnforce=associations
 # sacct shows the job comment (the plugin writes rule and wildcards there).
 AccountingStoreFlags=job_comment
+# The node's one GPU (gres.conf), scheduled and accounted: sacct's AllocTRES shows gres/gpu of a job that asked.
+GresTypes=gpu
+AccountingStorageTRES=gres/gpu
 # slurmd runs configless: it fetches this file from slurmctld and links it at /run/slurm/conf/slurm.conf, where
 # every client finds it, also the srun that snakemake's job step runs with SLURM_CONF stripped from its
 # environment.
@@ -238,7 +248,7 @@ MinJobAge=300
 # Snakemake outlives SIGTERM and lets its training run on: 5 s keeps a requeue test's job from finishing after it
 # was requeued.
 KillWait=5
-$node State=UNKNOWN
+$node Gres=gpu:1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
     (umask 077 && cat >"$ETC/slurmdbd.conf" <<EOF
