@@ -15,8 +15,8 @@
 # slurmd runs configless, so that clients (sinfo, sbatch, sacct, snakemake, the srun inside a job) find
 # slurm.conf at /run/slurm/conf/slurm.conf while slurmd runs; `. $DSSBT_SLURM_DIR/env` sets SLURM_CONF as well.
 # munged uses the packaged key and /run/munge (the default socket); a munged that already answered before `up`
-# is used and left alone. Partition `debug` (default), account `dssbt` for root (and $SUDO_USER). The node has one
-# GPU GRES (gres.conf: File=/dev/null), so that `--gpus=1` jobs are scheduled; the jobs themselves run on the CPU.
+# is used and left alone. Partition `debug` (default), account `dssbt` for root (and $SUDO_USER). The node has two
+# GPU GRES (gres.conf: File=/dev/null, /dev/zero), so that `--gpus=1` jobs are scheduled; the jobs run on the CPU.
 #
 # Test sessions call `up` first and `down` at the end (tests/test_slurm.py); `down` kills only PIDs recorded in
 # pids/ (each checked against its executable) and step daemons that carry this cluster's mark.
@@ -204,11 +204,13 @@ JobAcctGatherFrequency=task=1
 JobAcctGatherParams=OverMemoryKill"
         rm -f "$ETC/cgroup.conf"
     fi
-    # One GPU GRES on the node, so that a job's --gpus / --gres=gpu request is really scheduled (the jobs run on the
-    # CPU). Without File= slurmd counts 0 GPUs and the node goes INVAL; configless slurmd fetches this file too.
+    # GPU GRES on the node, one per CPU, so that a job's --gpus / --gres=gpu request is really scheduled (the jobs run
+    # on the CPU) and two single-GPU jobs can run at once. Each GPU needs a device file (without File= slurmd counts
+    # 0 GPUs and the node goes INVAL): any character device will do. Configless slurmd fetches this file too.
     cat >"$ETC/gres.conf" <<EOF
 AutoDetect=off
-Name=gpu File=/dev/null Count=1
+Name=gpu File=/dev/null
+Name=gpu File=/dev/zero
 EOF
     cat >"$ETC/slurm.conf" <<EOF
 # Written by tests/slurm/cluster.sh (memory enforcement: $mode). A one-node test cluster.
@@ -226,6 +228,8 @@ SlurmdPidFile=$STATE/spool/slurmd.pid
 SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd.log
 SchedulerType=sched/backfill
+# Backfill every 5 s instead of 30: a job behind one that waits for a GPU starts within seconds.
+SchedulerParameters=bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=500
@@ -248,7 +252,7 @@ MinJobAge=300
 # Snakemake outlives SIGTERM and lets its training run on: 5 s keeps a requeue test's job from finishing after it
 # was requeued.
 KillWait=5
-$node Gres=gpu:1 State=UNKNOWN
+$node Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
     (umask 077 && cat >"$ETC/slurmdbd.conf" <<EOF
