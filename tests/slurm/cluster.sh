@@ -185,7 +185,7 @@ write_configs() {  # write_configs cgroup|jobacct
         memory_lines="ProctrackType=proctrack/cgroup
 TaskPlugin=task/cgroup
 JobAcctGatherType=jobacct_gather/cgroup
-JobAcctGatherFrequency=task=5"
+JobAcctGatherFrequency=task=1"
         cat >"$ETC/cgroup.conf" <<EOF
 CgroupPlugin=cgroup/v$(cgroup_version)
 CgroupAutomount=yes
