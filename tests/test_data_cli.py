@@ -354,3 +354,30 @@ def test_download_command_with_a_mirror(tmp_path):
     run("download", "lra", "--out", tmp_path / "raw" / "lra_release.gz", "--url", src.as_uri(), "--quiet")
     assert (tmp_path / "raw" / "lra_release.gz").read_bytes() == b"not the real archive"
     assert (tmp_path / "raw" / "lra_release.gz.sha256").exists()
+
+
+def test_download_with_an_expected_sha256_checks_that_instead_of_the_official_size_and_md5(tmp_path):
+    """A mirror's own copy (a site's, a test fixture) named by its SHA-256: the official size and MD5 of the
+    archive are not checked, the given hash is."""
+    import hashlib
+
+    src = tmp_path / "mirror" / "cifar.tar.gz"
+    src.parent.mkdir()
+    src.write_bytes(b"a site's own copy")
+    out = tmp_path / "raw" / "cifar-10-python.tar.gz"
+    wrong = hashlib.sha256(b"another file").hexdigest()
+    with pytest.raises(ValueError, match=rf"SHA-256 [0-9a-f]{{64}}, expected {wrong}"):
+        run("download", "cifar10", "--out", out, "--url", src.as_uri(), "--sha256", wrong, "--quiet")
+    assert not out.exists()
+    run(
+        "download",
+        "cifar10",
+        "--out",
+        out,
+        "--url",
+        src.as_uri(),
+        "--sha256",
+        hashlib.sha256(src.read_bytes()).hexdigest(),
+        "--quiet",
+    )
+    assert out.read_bytes() == src.read_bytes()

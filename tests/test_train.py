@@ -574,6 +574,37 @@ def test_on_divergence_is_left_out_of_the_recorded_hyper_parameters_at_its_defau
         parse_hparams({"optim": {"on_divergence": "skip"}})
 
 
+def test_max_steps_per_epoch_caps_the_training_steps_and_is_a_no_op_above_the_split(task, tmp_path, monkeypatch):
+    """optim.max_steps_per_epoch: each epoch takes the first k batches of its shuffled order (200 rows, batch 20:
+    10 batches, 3 taken); a cap of at least the split's batches trains exactly the uncapped run; left out of the
+    recorded hyper-parameters at its default 0."""
+    import dssbt.train as tr
+
+    taken: list[int] = []
+
+    def counting(split, index, batch_size, device):
+        for batch in batches(split, index, batch_size, device):
+            taken.append(len(batch[2]))
+            yield batch
+
+    batches = tr.batches
+    monkeypatch.setattr(tr, "batches", counting)  # training batches only (evaluation has its own import)
+    hp = json.loads(json.dumps(HP)) | {"optim": {**HP["optim"], "epochs": 2, "max_steps_per_epoch": 3}}
+    capped = train(task, hp, "skew_hippo", 0, tmp_path / "capped", log=lambda s: None)
+    assert taken == [20] * 6 and capped["hparams"]["optim"]["max_steps_per_epoch"] == 3
+    taken.clear()
+    hp["optim"]["max_steps_per_epoch"] = 10
+    full = train(task, hp, "skew_hippo", 0, tmp_path / "ten", log=lambda s: None)
+    assert taken == [20] * 20
+    hp["optim"]["max_steps_per_epoch"] = 0
+    plain = train(task, hp, "skew_hippo", 0, tmp_path / "plain", log=lambda s: None)
+    drop = ("wall_time_s", "hparams")
+    assert {k: v for k, v in full.items() if k not in drop} == {k: v for k, v in plain.items() if k not in drop}
+    assert "max_steps_per_epoch" not in plain["hparams"]["optim"]
+    with pytest.raises(ValueError, match=r"optim.max_steps_per_epoch must be >= 0, got -1"):
+        parse_hparams({"optim": {"max_steps_per_epoch": -1}})
+
+
 # ----- faults: broken or hostile state files, a full disk ---------------------------------------------------------
 
 

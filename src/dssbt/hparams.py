@@ -5,7 +5,7 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
-               eval_batch_size, amp, hsv_reg, on_divergence, reduce_during, kernels},
+               eval_batch_size, amp, hsv_reg, on_divergence, reduce_during, kernels, max_steps_per_epoch},
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only,
                                              which checks them: ``reduction.registry.check_reduction_options``)
 
@@ -70,6 +70,9 @@ class OptimHparams:
     # (compiled C kernels, or an error where no C compiler works) | "auto" (C where it builds, else torch);
     # float32 results of c and torch differ by rounding
     kernels: str = "torch"
+    # at most this many training steps per epoch (the first batches of the epoch's shuffled order); the schedule
+    # counts the steps taken. 0 = every batch of the training split. For rehearsals and smoke runs at full shapes.
+    max_steps_per_epoch: int = 0
 
 
 ON_DIVERGENCE = ("fail", "keep_best")
@@ -80,7 +83,7 @@ REDUCE_DURING_KEYS = {"at_epochs": list, "tol": float, "budget": float, "moments
 REDUCE_DURING_MOMENTS = ("reset", "mean")
 # Keys added after runs were finished: left out of to_dict() (metrics, resume identity) while at their default, so
 # a job's recorded hyper-parameters, and so everything derived from them, stay as they were before the key existed.
-OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence", "reduce_during", "kernels")
+OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence", "reduce_during", "kernels", "max_steps_per_epoch")
 
 
 @dataclass
@@ -157,7 +160,16 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
     for k in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(optim, k) < 1:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 1, got {getattr(optim, k)}")
-    for k in ("lr", "ssm_lr", "weight_decay", "warmup_epochs", "grad_clip", "patience", "hsv_reg"):
+    for k in (
+        "lr",
+        "ssm_lr",
+        "weight_decay",
+        "warmup_epochs",
+        "grad_clip",
+        "patience",
+        "hsv_reg",
+        "max_steps_per_epoch",
+    ):
         if getattr(optim, k) < 0:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 0, got {getattr(optim, k)}")
     if optim.reduce_during:

@@ -317,6 +317,8 @@ def _train(
     model.to(dev)
     opt = optimizer(model, hp)
     steps_per_epoch = math.ceil(len(data["train"]) / hp.optim.batch_size)
+    if hp.optim.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, hp.optim.max_steps_per_epoch)
     sched = scheduler(opt, hp, steps_per_epoch)
     shuffle = torch.Generator().manual_seed(seed)
     scaler = grad_scaler(dev, hp)  # None unless optim.amp = fp16
@@ -456,8 +458,8 @@ def _train_epoch(
     steps: int,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One pass over the training split in the order drawn from ``shuffle``; returns its mean loss and accuracy,
-    and the steps skipped by the fp16 gradient ``scaler`` (overflowing gradients)."""
+    """One pass over the training split in the order drawn from ``shuffle`` (its first ``steps`` batches); returns
+    its mean loss and accuracy, and the steps skipped by the fp16 gradient ``scaler`` (overflowing gradients)."""
     model.train()
     perm = torch.randperm(len(split), generator=shuffle)
     loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
@@ -511,6 +513,8 @@ def _train_epoch(
         seen += len(y)
         bar.update()
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        if step == steps:  # optim.max_steps_per_epoch
+            break
     bar.close()
     return {"loss": loss_sum / seen, "accuracy": correct / seen, "skipped": skipped}
 

@@ -15,7 +15,8 @@
 # slurmd runs configless, so that clients (sinfo, sbatch, sacct, snakemake, the srun inside a job) find
 # slurm.conf at /run/slurm/conf/slurm.conf while slurmd runs; `. $DSSBT_SLURM_DIR/env` sets SLURM_CONF as well.
 # munged uses the packaged key and /run/munge (the default socket); a munged that already answered before `up`
-# is used and left alone. Partition `debug` (default), account `dssbt` for root (and $SUDO_USER).
+# is used and left alone. Partition `debug` (default), account `dssbt` for root (and $SUDO_USER). The node has two
+# GPU GRES (gres.conf: File=/dev/null, /dev/zero), so that `--gpus=1` jobs are scheduled; the jobs run on the CPU.
 #
 # Test sessions call `up` first and `down` at the end (tests/test_slurm.py); `down` kills only PIDs recorded in
 # pids/ (each checked against its executable) and step daemons that carry this cluster's mark.
@@ -184,7 +185,7 @@ write_configs() {  # write_configs cgroup|jobacct
         memory_lines="ProctrackType=proctrack/cgroup
 TaskPlugin=task/cgroup
 JobAcctGatherType=jobacct_gather/cgroup
-JobAcctGatherFrequency=task=5"
+JobAcctGatherFrequency=task=1"
         cat >"$ETC/cgroup.conf" <<EOF
 CgroupPlugin=cgroup/v$(cgroup_version)
 CgroupAutomount=yes
@@ -203,6 +204,14 @@ JobAcctGatherFrequency=task=1
 JobAcctGatherParams=OverMemoryKill"
         rm -f "$ETC/cgroup.conf"
     fi
+    # GPU GRES on the node, one per CPU, so that a job's --gpus / --gres=gpu request is really scheduled (the jobs run
+    # on the CPU) and two single-GPU jobs can run at once. Each GPU needs a device file (without File= slurmd counts
+    # 0 GPUs and the node goes INVAL): any character device will do. Configless slurmd fetches this file too.
+    cat >"$ETC/gres.conf" <<EOF
+AutoDetect=off
+Name=gpu File=/dev/null
+Name=gpu File=/dev/zero
+EOF
     cat >"$ETC/slurm.conf" <<EOF
 # Written by tests/slurm/cluster.sh (memory enforcement: $mode). A one-node test cluster.
 ClusterName=$CLUSTER
@@ -219,6 +228,8 @@ SlurmdPidFile=$STATE/spool/slurmd.pid
 SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd.log
 SchedulerType=sched/backfill
+# Backfill every 5 s instead of 30: a job behind one that waits for a GPU starts within seconds.
+SchedulerParameters=bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=500
@@ -228,6 +239,9 @@ AccountingStorageHost=localhost
 AccountingStorageEnforce=associations
 # sacct shows the job comment (the plugin writes rule and wildcards there).
 AccountingStoreFlags=job_comment
+# The node's one GPU (gres.conf), scheduled and accounted: sacct's AllocTRES shows gres/gpu of a job that asked.
+GresTypes=gpu
+AccountingStorageTRES=gres/gpu
 # slurmd runs configless: it fetches this file from slurmctld and links it at /run/slurm/conf/slurm.conf, where
 # every client finds it, also the srun that snakemake's job step runs with SLURM_CONF stripped from its
 # environment.
@@ -238,7 +252,7 @@ MinJobAge=300
 # Snakemake outlives SIGTERM and lets its training run on: 5 s keeps a requeue test's job from finishing after it
 # was requeued.
 KillWait=5
-$node State=UNKNOWN
+$node Gres=gpu:2 State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
     (umask 077 && cat >"$ETC/slurmdbd.conf" <<EOF
