@@ -234,7 +234,9 @@ def test_a_retraining_takes_the_architecture_from_its_model_file(task, tmp_path)
     pre, r3 = tmp_path / "pre" / "model.pt", tmp_path / "r3.pt"
     train(task, hp, "skew_hippo", 0, tmp_path / "pre", log=lambda s: None)
     reduce_job(pre, r3, tmp_path / "r3.json", order=3)
-    stated = train(task, hp, "from_reduced", 0, tmp_path / "a", order=3, start=r3, log=lambda s: None)
+    # exact equality of the two trainings: the one here and the `dssbt train` process run with the same threads
+    with same_threads(1):
+        stated = train(task, hp, "from_reduced", 0, tmp_path / "a", order=3, start=r3, log=lambda s: None)
     optim_only = json.dumps({"optim": hp["optim"]})
     p = run_cli(
         "train",
@@ -246,6 +248,8 @@ def test_a_retraining_takes_the_architecture_from_its_model_file(task, tmp_path)
         r3,
         "--hparams",
         optim_only,
+        "--threads",
+        "1",
         "--out",
         tmp_path / "b",
     )
