@@ -85,6 +85,11 @@ def _version(name: str) -> str | None:
         return None
 
 
+@functools.cache  # the installed versions do not change within a process: read them once, like code() and machine()
+def packages() -> dict[str, str | None]:
+    return {name: _version(name) for name in PACKAGES}
+
+
 @functools.cache
 def machine() -> dict[str, Any]:
     """CPU model, vector extensions (from /proc/cpuinfo where there is one), torch's CPU kernel capability."""
@@ -114,7 +119,7 @@ def provenance(device: torch.device | str) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
     return {
         "code": code(),
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": packages(),
         "machine": machine(),
         "device": {"name": str(dev), "gpu": gpu, "threads": torch.get_num_threads()},
     }
@@ -128,7 +133,7 @@ def mixed_provenance(metrics: Iterable[dict[str, Any]]) -> str | None:
         prov = m.get("provenance") or {}
         for label, (section, key) in COMPARED.items():
             value = (prov.get(section) or {}).get(key, "unrecorded") if prov else "unrecorded"
-            seen[label][str(value)[:12] if label in ("commit",) else str(value)] += 1
+            seen[label][str(value)[:12] if label == "commit" else str(value)] += 1
     parts = [
         f"{label} " + ", ".join(f"{value} ({n} runs)" for value, n in counts.most_common())
         for label, counts in seen.items()
