@@ -1,0 +1,54 @@
+"""dssbt.rounding: a verdict held only where both runs say the same thing."""
+
+import pandas as pd
+import pytest
+
+from dssbt import rounding
+
+
+def table(rows):
+    cols = ["task", "order_spec", "init", "versus", "diff", "boot_low", "boot_high", "p_holm", "significant"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+BASE = [
+    ("image", 4, "bt_init", "skew_hippo_equal", 0.05, 0.01, 0.09, 0.01, True),  # ahead
+    ("image", 4, "bt_init", "transplant_init", 0.20, 0.10, 0.30, 0.001, True),  # ahead
+    ("pathfinder", 4, "bt_init", "skew_hippo_equal", 0.02, -0.01, 0.05, 0.3, False),  # no difference
+]
+
+
+def test_a_significant_win_that_loses_significance_in_the_rerun_did_not_hold():
+    rerun = [list(r) for r in BASE]
+    rerun[0][4:] = [0.03, -0.01, 0.07, 0.2, False]  # the first win fades
+    rerun[2][4:] = [0.01, -0.03, 0.04, 0.6, False]  # another non-difference: held
+    out = rounding.compare(table(BASE), table(rerun))
+    assert out["held"].tolist() == [False, True, True]
+    assert out["verdict"].tolist() == [
+        "BT-init ahead",
+        "BT-init ahead",
+        "no measurable difference at this power",
+    ]
+    assert out["verdict_rerun"].iloc[0] == "no measurable difference at this power"
+
+
+def test_a_flipped_direction_did_not_hold():
+    rerun = [list(r) for r in BASE]
+    rerun[1][4:] = [-0.2, -0.3, -0.1, 0.001, True]
+    out = rounding.compare(table(BASE), table(rerun))
+    assert out["held"].tolist() == [True, False, True]
+
+
+def test_a_rerun_of_another_grid_is_refused():
+    with pytest.raises(ValueError, match="not in the rerun.*pathfinder 4 bt_init skew_hippo_equal"):
+        rounding.compare(table(BASE), table(BASE[:2]))
+
+
+def test_the_command_writes_the_comparison_beside_the_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    table(BASE).to_csv(tmp_path / "a" / "differences.csv", index=False)
+    table(BASE).to_csv(tmp_path / "b" / "differences.csv", index=False)
+    assert rounding.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert pd.read_csv(tmp_path / "a" / "rounding.csv")["held"].all()
+    assert "3 of 3 verdicts held" in (tmp_path / "a" / "rounding.md").read_text()
