@@ -338,8 +338,9 @@ DIFFERENCE_COLUMNS = [
 # every larger integer order of the grid and against the full-N model continued (full_continued: the same budget,
 # pretraining + retraining epochs); balancing: a reduction's retrained model against a retrained control (top-energy
 # modes, random modes, transplant: what the reduction adds beyond a naive choice of r modes or the copied weights);
-# controls: a control (retrained control, full_continued) against its baseline; no_retrain: a reduced model as is.
-CLAIMS = ("primary", "claim1", "claim2", "balancing", "controls", "no_retrain")
+# controls: a control (retrained control, full_continued) against its baseline; no_retrain: a reduced model as is;
+# baselines: one baseline against another (Skew-HiPPO against its equal-budget twin).
+CLAIMS = ("primary", "claim1", "claim2", "balancing", "controls", "no_retrain", "baselines")
 
 
 def primary_contrast(primary: dict[str, Any] | None) -> tuple[str, str, str] | None:
@@ -382,6 +383,8 @@ def claim_of(init: str, versus: str, same_order: bool) -> str:
         if versus in BASELINE_LABELS:
             return "claim1"
         return "balancing"
+    if init in BASELINE_LABELS:
+        return "baselines"
     return "controls"
 
 
