@@ -403,6 +403,30 @@ def smallest_detectable_effect(sd: float, n: int, power: float = POWER, alpha: f
     return float(np.squeeze(es)) * float(sd)
 
 
+def sd_from_t_interval(low: float, high: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """The sd of n paired differences behind a two-sided Student-t interval [low, high] of their mean (as
+    ``paired_difference`` and the tables print it): half-width = t_{(1+confidence)/2, n-1} · sd / sqrt(n)
+    (``scipy.stats.t.ppf``). For restating a published table whose raw differences are not at hand."""
+    if n < 2:
+        raise ValueError(f"a t interval needs n >= 2 pairs, got n={n}")
+    return (high - low) / 2 * math.sqrt(n) / float(stats.t.ppf((1 + confidence) / 2, n - 1))
+
+
+def detectable_from_interval(low: float, high: float, n: int, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The smallest paired effect (in the interval's unit) that n pairs detect with ``power`` at level ``alpha``,
+    the sd being the one behind the 95 % t interval [low, high] (``sd_from_t_interval``,
+    ``smallest_detectable_effect``)."""
+    return smallest_detectable_effect(sd_from_t_interval(low, high, n), n, power, alpha)
+
+
+def p_from_t_interval(diff: float, low: float, high: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided p of the paired t test behind a mean difference ``diff`` and its Student-t interval [low,
+    high] over n pairs: t = diff / (sd / sqrt(n)) with the sd of ``sd_from_t_interval``, p = 2 · sf(|t|, n - 1)
+    (``scipy.stats.t``). Rounded inputs give an approximate p."""
+    se = sd_from_t_interval(low, high, n, confidence) / math.sqrt(n)
+    return float(2 * stats.t.sf(abs(diff) / se, n - 1)) if se > 0 else (0.0 if diff else 1.0)
+
+
 def _integer_spec(spec: str) -> bool:
     return str(spec).isdigit()
 
