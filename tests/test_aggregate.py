@@ -571,3 +571,25 @@ def test_smallest_detectable_effect_is_statsmodels_solved_for_the_effect_size():
     sd = np.std(diffs, ddof=1)
     assert seeds_for_power(diffs, smallest_detectable_effect(sd, 12)) == 12
     assert np.isnan(smallest_detectable_effect(0.03, 1)) and smallest_detectable_effect(0.0, 5) == 0.0
+
+
+def test_a_claim2_row_gets_the_seed_item_bootstrap_of_both_arms_predictions(tmp_path):
+    """BT-init at r = 2 against the equal-budget model at r = 4: paired by seed, each arm its own predictions on
+    the same 30 test items; the interval is the two-way bootstrap written out by hand."""
+    rng = np.random.default_rng(4)
+    f, A, B = [], [], []
+    for seed, (k_bt, k_eq) in enumerate([(20, 18), (22, 17), (19, 19)]):
+        f.append(metrics(tmp_path, "pretrain", "t", seed, 8, 0.9))
+        A.append(correctness(k_bt, 30, rng))
+        B.append(correctness(k_eq, 30, rng))
+        f.append(with_predictions(metrics(tmp_path, "bt_init", "t", seed, 2, 0), A[-1]))
+        f.append(with_predictions(metrics(tmp_path, "skew_hippo_equal", "t", seed, 4, 0), B[-1]))
+    d = differences_table(runs_table(f))
+    row = d[(d["claim"] == "claim2")].iloc[0]
+    assert (row["order_spec"], row["versus"], row["versus_order_spec"], row["n_items"]) == (
+        "2",
+        "skew_hippo_equal",
+        "4",
+        30,
+    )
+    assert (row["boot_low"], row["boot_high"]) == pytest.approx(tuple(hand_bootstrap(A, B)), abs=1e-12)
