@@ -443,8 +443,13 @@ def test_the_primary_contrast_comes_first_and_a_missing_one_is_reported(tmp_path
     out = {k: tmp_path / f"out.{k}" for k in ("runs", "csv", "md", "tex", "methods", "dcsv", "dmd")}
     write_tables(f, *out.values(), primary=primary)
     md = out["dmd"].read_text().splitlines()
-    assert md[0].startswith("| task | order | init | versus | diff (pp) | 95 % CI, seeds (t) | 95 % CI, seeds × items")
-    assert md[2].startswith("| t | 2 | BT-init (retrained) (primary) | Skew-HiPPO, equal budget | +28.83 |")
+    assert md[0].startswith(
+        "| task | order | init | versus | versus order | claim | params (init / versus) | diff (pp) | "
+        "95 % CI, seeds (t) | 95 % CI, seeds × items"
+    )
+    assert md[2].startswith(
+        "| t | 2 | BT-init (retrained) (primary) | Skew-HiPPO, equal budget | 2 | primary | 100 / 100 | +28.83 |"
+    )
     assert "| yes |" in md[2]
     assert pd.read_csv(out["dcsv"])["primary"].iloc[0]
     assert "**" in out["md"].read_text() and "Bold: significant" in out["md"].read_text()
@@ -471,3 +476,120 @@ def test_seeds_for_power_is_statsmodels_paired_t_power_at_the_observed_spread(tm
     sd = np.std(np.subtract(acc["transplant_init"], acc["skew_hippo_equal"]), ddof=1)
     n = TTestPower().solve_power(effect_size=0.03 / sd, alpha=0.05, power=0.8, alternative="two-sided")
     assert r["seeds_for_power"] == math.ceil(n) and r["power_effect"] == 0.03
+
+
+# ----- claim 2 and the declared family ------------------------------------------------------------------------------
+
+
+def claim2_runs(tmp_path):
+    """N = 32, orders 2, 4, 8, 16: BT-init at 2 and 4, the equal-budget Skew-HiPPO at every order, full N continued;
+    4 seeds, fixed accuracies (no predictions: no seed x item interval)."""
+    acc = {
+        ("bt_init", 2): (0.70, 0.72, 0.69, 0.75),
+        ("bt_init", 4): (0.80, 0.83, 0.79, 0.84),
+        ("skew_hippo_equal", 2): (0.60, 0.61, 0.66, 0.58),
+        ("skew_hippo_equal", 4): (0.70, 0.74, 0.69, 0.73),
+        ("skew_hippo_equal", 8): (0.75, 0.77, 0.72, 0.80),
+        ("skew_hippo_equal", 16): (0.78, 0.76, 0.80, 0.79),
+        ("full_continued", 32): (0.85, 0.86, 0.80, 0.88),
+    }
+    params = {2: (50, 10), 4: (60, 20), 8: (80, 40), 16: (120, 80), 32: (200, 160)}
+    f = []
+    for seed in range(4):
+        f.append(metrics(tmp_path, "pretrain", "t", seed, 32, 0.9, N=32, params=params[32]))
+        for (kind, r), a in acc.items():
+            f.append(metrics(tmp_path, kind, "t", seed, r, a[seed], N=32, params=params[r]))
+    return f, acc, params
+
+
+def test_claim2_compares_bt_init_at_r_with_the_equal_budget_model_at_every_larger_order_and_full_n(tmp_path):
+    f, acc, params = claim2_runs(tmp_path)
+    d = differences_table(runs_table(f))
+    c2 = d[d["claim"] == "claim2"]
+    got = sorted(zip(c2["order_spec"], c2["versus"], c2["versus_order_spec"]))
+    assert got == sorted(
+        [
+            ("2", "skew_hippo_equal", "4"),
+            ("2", "skew_hippo_equal", "8"),
+            ("2", "skew_hippo_equal", "16"),
+            ("2", "full_continued", "32"),
+            ("4", "skew_hippo_equal", "8"),
+            ("4", "skew_hippo_equal", "16"),
+            ("4", "full_continued", "32"),
+        ]
+    )  # r = 4 against 8, 16 and full N; never against a smaller order (2)
+    for _, row in c2.iterrows():
+        x = np.array(acc[("bt_init", int(row["order_spec"]))])
+        y = np.array(acc[(row["versus"], int(row["versus_order_spec"]))])
+        assert row["diff"] == pytest.approx(np.mean(x - y), abs=1e-12) and row["n_pairs"] == 4
+        assert row["p"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
+        assert row["sd"] == pytest.approx(np.std(x - y, ddof=1), rel=1e-9)
+        assert (row["params_total"], row["params_ssm"]) == params[int(row["order_spec"])]
+        assert (row["versus_params_total"], row["versus_params_ssm"]) == params[int(row["versus_order_spec"])]
+        assert row["versus_order"] == int(row["versus_order_spec"])
+    # the same-order comparisons keep their groups; the summary shows only those
+    same = d[d["versus_order_spec"] == d["order_spec"]]
+    assert set(same.loc[same["init"] == "bt_init", "claim"]) == {"claim1"}
+    s = summary_table(runs_table(f), d).set_index(["order_spec", "init"])
+    assert s.loc[("4", "bt_init"), "diff_vs_skew_hippo_equal"] == pytest.approx(
+        np.mean(np.subtract(acc[("bt_init", 4)], acc[("skew_hippo_equal", 4)]))
+    )
+
+
+def test_holm_runs_over_exactly_the_declared_family_and_the_rest_is_exploratory(tmp_path):
+    from statsmodels.stats.multitest import multipletests
+
+    f, acc, _ = claim2_runs(tmp_path)
+    primary = {"method": "bt", "control": "skew_hippo_equal", "order": 4}
+    d = differences_table(runs_table(f), primary=primary, family=["primary", "claim2"])
+    assert d.loc[0, "claim"] == "primary" and d["primary"].tolist() == [True] + [False] * (len(d) - 1)
+    fam = d["claim"].isin(["primary", "claim2"]).to_numpy()
+    assert list(d["in_family"]) == list(fam) and fam.sum() == 8 and (~fam).sum() > 0
+    # the raw p of the family from the fixed accuracies (scipy), adjusted by statsmodels: the table's Holm p
+    raw = [
+        stats.ttest_rel(acc[("bt_init", int(o))], acc[(v, int(vo))]).pvalue
+        for o, v, vo in zip(d.loc[fam, "order_spec"], d.loc[fam, "versus"], d.loc[fam, "versus_order_spec"])
+    ]
+    np.testing.assert_allclose(d.loc[fam, "p_holm"], multipletests(raw, method="holm")[1], rtol=1e-9)
+    assert d.loc[~fam, "p_holm"].isna().all() and not d.loc[~fam, "significant"].any()
+    assert d.loc[~fam, "p"].notna().all()  # exploratory rows keep their raw p
+    every = differences_table(runs_table(f), primary=primary)  # no family declared: every row with a p
+    assert every["in_family"].all() and len(every) == len(d)
+    with pytest.raises(ValueError, match=r"evidence.family: unknown group\(s\) \['claim3'\]"):
+        differences_table(runs_table(f), family=["primary", "claim3"])
+
+
+def test_smallest_detectable_effect_is_statsmodels_solved_for_the_effect_size():
+    from statsmodels.stats.power import TTestPower
+
+    from dssbt.aggregate import seeds_for_power, smallest_detectable_effect
+
+    x = smallest_detectable_effect(0.03, 10)
+    assert TTestPower().power(effect_size=x / 0.03, nobs=10, alpha=0.05) == pytest.approx(0.8, abs=1e-6)
+    # consistent with the seeds a paired test needs at that effect (the inverse question)
+    diffs = np.array([0.01, 0.05, -0.02, 0.03, 0.0, 0.04])
+    sd = np.std(diffs, ddof=1)
+    assert seeds_for_power(diffs, smallest_detectable_effect(sd, 12)) == 12
+    assert np.isnan(smallest_detectable_effect(0.03, 1)) and smallest_detectable_effect(0.0, 5) == 0.0
+
+
+def test_a_claim2_row_gets_the_seed_item_bootstrap_of_both_arms_predictions(tmp_path):
+    """BT-init at r = 2 against the equal-budget model at r = 4: paired by seed, each arm its own predictions on
+    the same 30 test items; the interval is the two-way bootstrap written out by hand."""
+    rng = np.random.default_rng(4)
+    f, A, B = [], [], []
+    for seed, (k_bt, k_eq) in enumerate([(20, 18), (22, 17), (19, 19)]):
+        f.append(metrics(tmp_path, "pretrain", "t", seed, 8, 0.9))
+        A.append(correctness(k_bt, 30, rng))
+        B.append(correctness(k_eq, 30, rng))
+        f.append(with_predictions(metrics(tmp_path, "bt_init", "t", seed, 2, 0), A[-1]))
+        f.append(with_predictions(metrics(tmp_path, "skew_hippo_equal", "t", seed, 4, 0), B[-1]))
+    d = differences_table(runs_table(f))
+    row = d[(d["claim"] == "claim2")].iloc[0]
+    assert (row["order_spec"], row["versus"], row["versus_order_spec"], row["n_items"]) == (
+        "2",
+        "skew_hippo_equal",
+        "4",
+        30,
+    )
+    assert (row["boot_low"], row["boot_high"]) == pytest.approx(tuple(hand_bootstrap(A, B)), abs=1e-12)

@@ -430,6 +430,8 @@ def test_tiny_run_produces_tables_and_plots(tiny_run):
         "plots/pretrained_vs_bt.png",
         "plots/learning_curves.png",
         "plots/learning_curves.pdf",
+        "plots/forest.png",
+        "plots/forest.pdf",
     ):
         assert (tiny_run / "results" / name).stat().st_size > 0, name
     md = (tiny_run / "results/tables/accuracy.md").read_text()

@@ -62,7 +62,7 @@ from . import grid
 from .evaluate import load_predictions, predictions_path
 from .io import atomic_path
 from .provenance import mixed_provenance
-from .reduction.registry import METHODS
+from .reduction.registry import METHODS, REDUCTIONS
 from .runs import table_init
 
 METHOD_NAMES = {name: m.label for name, m in METHODS.items()}
@@ -137,6 +137,7 @@ def runs_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
                 "test_loss": m["loss"]["test"],
                 "params_total": m["params"]["total"],
                 "params_ssm": m["params"]["ssm"],
+                "n_classes": (m.get("model_config") or {}).get("d_output"),  # None in files without the config
                 "epochs_run": epochs,
                 "diverged": bool(m.get("diverged", False)),  # files written before the key existed: not diverged
                 "wall_time_s": wall,
@@ -306,7 +307,11 @@ DIFFERENCE_COLUMNS = [
     "order",
     "init",
     "versus",
+    "versus_order_spec",
+    "versus_order",
+    "claim",
     "primary",
+    "in_family",
     "diff",
     "ci_low",
     "ci_high",
@@ -314,12 +319,28 @@ DIFFERENCE_COLUMNS = [
     "boot_high",
     "n_pairs",
     "n_items",
+    "sd",
     "p",
     "p_holm",
     "significant",
     "seeds_for_power",
     "power_effect",
+    "detectable_effect",
+    "params_total",
+    "params_ssm",
+    "versus_params_total",
+    "versus_params_ssm",
 ]
+
+# The comparison groups of the ``claim`` column, in the order the tables list them (after the primary contrast):
+# primary: the pre-declared primary contrast; claim1: a reduction's retrained model against a baseline trained from
+# scratch at the same order r; claim2: a reduction's retrained model at r against the equal-budget Skew-HiPPO at
+# every larger integer order of the grid and against the full-N model continued (full_continued: the same budget,
+# pretraining + retraining epochs); balancing: a reduction's retrained model against a retrained control (top-energy
+# modes, random modes, transplant: what the reduction adds beyond a naive choice of r modes or the copied weights);
+# controls: a control (retrained control, full_continued) against its baseline; no_retrain: a reduced model as is;
+# baselines: one baseline against another (Skew-HiPPO against its equal-budget twin).
+CLAIMS = ("primary", "claim1", "claim2", "balancing", "controls", "no_retrain", "baselines")
 
 
 def primary_contrast(primary: dict[str, Any] | None) -> tuple[str, str, str] | None:
@@ -335,62 +356,182 @@ def primary_contrast(primary: dict[str, Any] | None) -> tuple[str, str, str] | N
     return init, str(primary["control"]), str(primary["order"])
 
 
+def check_family(family: Iterable[str] | None) -> list[str] | None:
+    """The declared family (config ``evidence.family``) as a list of ``CLAIMS`` groups; ValueError naming the key
+    and the value for an unknown group; None stays None (every row with a p enters the Holm adjustment)."""
+    if family is None:
+        return None
+    family = [str(f) for f in family]
+    unknown = [f for f in family if f not in CLAIMS]
+    if unknown:
+        raise ValueError(f"evidence.family: unknown group(s) {unknown}; known: {list(CLAIMS)}")
+    return family
+
+
+def is_reduction_init(init: str) -> bool:
+    """Whether ``init`` is a reduction method's retrained model (``bt_init``; not a control's ``transplant_init``)."""
+    return init.endswith("_init") and reduction_method(init) in REDUCTIONS
+
+
+def claim_of(init: str, versus: str, same_order: bool) -> str:
+    """The ``CLAIMS`` group of the comparison ``init`` − ``versus`` (primary is decided by the caller)."""
+    if init.endswith("_no_retrain"):
+        return "no_retrain"
+    if is_reduction_init(init):
+        if not same_order:
+            return "claim2"
+        if versus in BASELINE_LABELS:
+            return "claim1"
+        return "balancing"
+    if init in BASELINE_LABELS:
+        return "baselines"
+    return "controls"
+
+
+def smallest_detectable_effect(sd: float, n: int, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The smallest mean paired difference (in the unit of ``sd``) that a two-sided paired t test over ``n`` pairs
+    at level ``alpha`` detects with probability ``power``, the sd of the differences being ``sd``:
+    ``sd * TTestPower().solve_power(nobs=n, effect_size=None, ...)`` (statsmodels; one-sample on the differences).
+    NaN with n < 2 or sd NaN; 0 for sd 0."""
+    if n < 2 or sd is None or np.isnan(sd):
+        return np.nan
+    if sd == 0:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        es = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(np.squeeze(es)) * float(sd)
+
+
+def sd_from_t_interval(low: float, high: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """The sd of n paired differences behind a two-sided Student-t interval [low, high] of their mean (as
+    ``paired_difference`` and the tables print it): half-width = t_{(1+confidence)/2, n-1} · sd / sqrt(n)
+    (``scipy.stats.t.ppf``). For restating a published table whose raw differences are not at hand."""
+    if n < 2:
+        raise ValueError(f"a t interval needs n >= 2 pairs, got n={n}")
+    return (high - low) / 2 * math.sqrt(n) / float(stats.t.ppf((1 + confidence) / 2, n - 1))
+
+
+def detectable_from_interval(low: float, high: float, n: int, power: float = POWER, alpha: float = ALPHA) -> float:
+    """The smallest paired effect (in the interval's unit) that n pairs detect with ``power`` at level ``alpha``,
+    the sd being the one behind the 95 % t interval [low, high] (``sd_from_t_interval``,
+    ``smallest_detectable_effect``)."""
+    return smallest_detectable_effect(sd_from_t_interval(low, high, n), n, power, alpha)
+
+
+def p_from_t_interval(diff: float, low: float, high: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided p of the paired t test behind a mean difference ``diff`` and its Student-t interval [low,
+    high] over n pairs: t = diff / (sd / sqrt(n)) with the sd of ``sd_from_t_interval``, p = 2 · sf(|t|, n - 1)
+    (``scipy.stats.t``). Rounded inputs give an approximate p."""
+    se = sd_from_t_interval(low, high, n, confidence) / math.sqrt(n)
+    return float(2 * stats.t.sf(abs(diff) / se, n - 1)) if se > 0 else (0.0 if diff else 1.0)
+
+
+def _integer_spec(spec: str) -> bool:
+    return str(spec).isdigit()
+
+
 def differences_table(
     runs: pd.DataFrame,
     primary: dict[str, Any] | None = None,
     power_effect: float = POWER_EFFECT,
     n_boot: int = BOOTSTRAP_B,
     boot_seed: int = BOOTSTRAP_SEED,
+    family: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Long form: per task × order spec × init × baseline (``versus``), the paired difference of test accuracy over
-    the seeds both have (``paired_difference``: diff, the seed-only t interval ci_low/ci_high, n_pairs), the seed ×
-    item interval boot_low/boot_high over n_items test items (``seed_item_bootstrap`` on the runs' predictions),
-    the raw p of the paired t test (``paired_t_pvalue``), its Holm adjustment p_holm over every row with a p,
-    ``significant`` (p_holm < ALPHA and the seed × item interval excludes 0), the seeds needed for POWER power at
-    ``power_effect`` (``seeds_for_power``) and ``primary``: the row of the declared primary contrast
-    (``primary_contrast``), listed first. Baselines: every init against skew_hippo_equal and skew_hippo
-    (``VERSUS``); every retrained init (``*_init``) also against each retrained control (``retrained_controls``).
-    At order N the pretrained model (``skew_hippo``) is the baseline of ``full_continued``. No rows for an init
-    against itself."""
+    """Long form: per task × order spec × init × baseline (``versus`` at ``versus_order_spec``), the paired
+    difference of test accuracy over the seeds both have (``paired_difference``: diff, the seed-only t interval
+    ci_low/ci_high, n_pairs; sd: the sd of the per-seed differences), the seed × item interval boot_low/boot_high
+    over n_items test items (``seed_item_bootstrap`` on the runs' predictions), the raw p of the paired t test
+    (``paired_t_pvalue``), its Holm adjustment p_holm over the family, ``significant`` (p_holm < ALPHA and the seed
+    × item interval excludes 0), the seeds needed for POWER power at ``power_effect`` (``seeds_for_power``), the
+    smallest effect the seeds detect with POWER power (``detectable_effect``, ``smallest_detectable_effect``), both
+    arms' mean parameter counts and ``primary``: the row of the declared primary contrast (``primary_contrast``).
+
+    Rows: every init against skew_hippo_equal and skew_hippo (``VERSUS``) at its own order; every retrained init
+    (``*_init``) also against each retrained control (``retrained_controls``); at order N the pretrained model
+    (``skew_hippo``) is the baseline of ``full_continued``. Claim 2: every reduction's retrained init at an integer
+    order r also against the equal-budget Skew-HiPPO at each larger integer order of the task and against
+    ``full_continued``. ``claim`` names each row's group (``CLAIMS``, ``claim_of``).
+
+    ``family``: the groups of ``CLAIMS`` that enter the Holm adjustment (config ``evidence.family``); rows outside
+    it have ``in_family`` False and p_holm NaN (exploratory: raw p only, never significant). None: every row with
+    a p. Order: the primary contrast first, then by group (``CLAIMS``), then as built. No rows for an init against
+    itself."""
+    family = check_family(family)
     rows = []
     key = primary_contrast(primary)
-    for (task, spec), g in runs.groupby(["task", "order_spec"], sort=False):
-        acc = g.pivot_table(index="seed", columns="init", values="test_accuracy", aggfunc="first")
-        files = g.pivot_table(index="seed", columns="init", values="file", aggfunc="first")
-        controls = retrained_controls(acc.columns)
-        for versus in [*grid.versus(), *controls]:
-            if versus not in acc:
-                continue
-            for init in acc.columns:
-                if init == versus or (versus in controls and not init.endswith("_init")):
+    for task, t in runs.groupby("task", sort=False):
+        t = t.assign(order_spec=t["order_spec"].astype(str))
+        acc = t.pivot_table(index="seed", columns=["order_spec", "init"], values="test_accuracy", aggfunc="first")
+        files = t.pivot_table(index="seed", columns=["order_spec", "init"], values="file", aggfunc="first")
+        arms = t.groupby(["order_spec", "init"])[["order", "params_total", "params_ssm"]].mean()
+        group_order = t.groupby("order_spec", sort=False)["order"].mean()
+
+        def compare(spec: str, init: str, vspec: str, versus: str) -> None:
+            both = pd.DataFrame({init: acc[(spec, init)], versus: acc[(vspec, versus)]}).dropna()
+            pair_files = pd.DataFrame({init: files[(spec, init)], versus: files[(vspec, versus)]})
+            x, y = both[init].to_numpy(), both[versus].to_numpy()  # (n_pairs,) each
+            d = paired_difference(x, y)
+            sd = float(np.std(x - y, ddof=1)) if len(x) > 1 else np.nan
+            is_primary = key == (init, versus, spec) and spec == vspec
+            rows.append(
+                {
+                    "task": task,
+                    "order_spec": spec,
+                    "order": group_order[spec],
+                    "init": init,
+                    "versus": versus,
+                    "versus_order_spec": vspec,
+                    "versus_order": arms.at[(vspec, versus), "order"],
+                    "claim": "primary" if is_primary else claim_of(init, versus, spec == vspec),
+                    "primary": is_primary,
+                    **d,
+                    **_seed_item_interval(pair_files, both, init, versus, n_boot, boot_seed),
+                    "sd": sd,
+                    "p": paired_t_pvalue(x, y),
+                    "seeds_for_power": seeds_for_power(x - y, power_effect),
+                    "power_effect": power_effect,
+                    "detectable_effect": smallest_detectable_effect(sd, len(x)),
+                    "params_total": arms.at[(spec, init), "params_total"],
+                    "params_ssm": arms.at[(spec, init), "params_ssm"],
+                    "versus_params_total": arms.at[(vspec, versus), "params_total"],
+                    "versus_params_ssm": arms.at[(vspec, versus), "params_ssm"],
+                }
+            )
+
+        specs = list(dict.fromkeys(t["order_spec"]))
+        for spec in specs:
+            present = [i for i in acc[spec].columns if acc[(spec, i)].notna().any()]
+            controls = retrained_controls(present)
+            for versus in [*grid.versus(), *controls]:
+                if versus not in present:
                     continue
-                both = acc[[init, versus]].dropna()
-                x, y = both[init].to_numpy(), both[versus].to_numpy()
-                d = paired_difference(x, y)
-                boot = _seed_item_interval(files, both, init, versus, n_boot, boot_seed)
-                rows.append(
-                    {
-                        "task": task,
-                        "order_spec": spec,
-                        "order": g["order"].mean(),
-                        "init": init,
-                        "versus": versus,
-                        "primary": key == (init, versus, str(spec)),
-                        **d,
-                        **boot,
-                        "p": paired_t_pvalue(x, y),
-                        "seeds_for_power": seeds_for_power(x - y, power_effect),
-                        "power_effect": power_effect,
-                    }
-                )
-    table = pd.DataFrame(rows, columns=[c for c in DIFFERENCE_COLUMNS if c not in ("p_holm", "significant")])
+                for init in present:
+                    if init == versus or (versus in controls and not init.endswith("_init")):
+                        continue
+                    compare(spec, init, spec, versus)
+        # claim 2: BT-init at r against more parameters: the equal-budget Skew-HiPPO at larger orders, full N continued
+        integer = sorted((s for s in specs if _integer_spec(s)), key=int)
+        continued = [(s, i) for s in specs for i in CONTINUED_LABELS if (s, i) in acc.columns]
+        for spec in integer:
+            for init in [i for i in acc[spec].columns if is_reduction_init(i) and acc[(spec, i)].notna().any()]:
+                for larger in integer:
+                    if int(larger) > int(spec) and (larger, "skew_hippo_equal") in acc.columns:
+                        compare(spec, init, larger, "skew_hippo_equal")
+                for vspec, versus in continued:
+                    compare(spec, init, vspec, versus)
+    computed = [c for c in DIFFERENCE_COLUMNS if c not in ("in_family", "p_holm", "significant")]
+    table = pd.DataFrame(rows, columns=computed)
+    table["in_family"] = table["claim"].isin(CLAIMS if family is None else family) & table["p"].notna()
     table["p_holm"] = np.nan
-    tested = table["p"].notna().to_numpy()
+    tested = table["in_family"].to_numpy()
     if tested.any():
         table.loc[tested, "p_holm"] = multipletests(table.loc[tested, "p"].to_numpy(), method="holm")[1]
     excludes_0 = (table["boot_low"] > 0) | (table["boot_high"] < 0)  # False where NaN
     table["significant"] = ((table["p_holm"] < ALPHA) & excludes_0).astype(bool)
-    table = table.sort_values("primary", ascending=False, kind="stable", ignore_index=True)
+    table["rank"] = [CLAIMS.index(c) for c in table["claim"]]
+    table = table.sort_values("rank", kind="stable", ignore_index=True)
     return table[DIFFERENCE_COLUMNS]
 
 
@@ -416,9 +557,10 @@ def summary_table(runs: pd.DataFrame, differences: pd.DataFrame | None = None) -
         wall_time_s=("wall_time_s", "mean"),
         total_wall_time_s=("total_wall_time_s", "mean"),
     ).reset_index()
-    d = (differences_table(runs) if differences is None else differences).set_index(
-        ["task", "order_spec", "init", "versus"]
-    )
+    d = differences_table(runs) if differences is None else differences
+    if "versus_order_spec" in d:  # the same order only (claim 2 compares with larger orders: not a summary column)
+        d = d[d["versus_order_spec"].astype(str) == d["order_spec"].astype(str)]
+    d = d.set_index(["task", "order_spec", "init", "versus"])
     for versus in grid.versus():
         key = [(t, o, i, versus) for t, o, i in zip(s["task"], s["order_spec"], s["init"])]
         for col in ("diff", "ci_low", "ci_high", "n_pairs", "significant", "boot_low", "boot_high", "p_holm"):
@@ -464,8 +606,8 @@ def _diff_cell(diff: float, low: float, high: float, n: float, significant: bool
 
 
 SIGNIFICANT_NOTE = (
-    f"Bold: significant, i.e. the Holm-adjusted p of the paired t test over seeds < {ALPHA} (family: every "
-    "comparison in differences.csv) and the 95 % seed × test-item bootstrap interval excludes 0 (differences.md)."
+    f"Bold: significant, i.e. the Holm-adjusted p of the paired t test over seeds < {ALPHA} (family: the groups "
+    "of config evidence.family; differences.csv, column in_family) and the 95 % seed × test-item bootstrap interval excludes 0 (differences.md)."
 )
 
 
@@ -563,6 +705,11 @@ def differences_display(diffs: pd.DataFrame) -> pd.DataFrame:
             "order": diffs["order_spec"],
             "init": [LABELS.get(i, i) + (" (primary)" if p else "") for i, p in zip(diffs["init"], diffs["primary"])],
             "versus": [LABELS.get(v, v) for v in diffs["versus"]],
+            "versus order": [str(v) for v in diffs["versus_order_spec"]],
+            "claim": diffs["claim"],
+            "params (init / versus)": [
+                f"{_count(a)} / {_count(b)}" for a, b in zip(diffs["params_total"], diffs["versus_params_total"])
+            ],
             "diff (pp)": ["" if np.isnan(d) else f"{100 * d:+.2f}" for d in diffs["diff"]],
             f"{level} % CI, seeds (t)": [_interval_cell(lo, hi) for lo, hi in zip(diffs["ci_low"], diffs["ci_high"])],
             f"{level} % CI, seeds × items (bootstrap)": [
@@ -571,7 +718,7 @@ def differences_display(diffs: pd.DataFrame) -> pd.DataFrame:
             "seeds": [str(int(n)) for n in diffs["n_pairs"]],
             "test items": ["" if np.isnan(n) else str(int(n)) for n in diffs["n_items"]],
             "p": [_p_cell(p) for p in diffs["p"]],
-            "p (Holm)": [_p_cell(p) for p in diffs["p_holm"]],
+            "p (Holm)": [_p_cell(p) if f else "exploratory" for p, f in zip(diffs["p_holm"], diffs["in_family"])],
             "significant": ["yes" if s else "no" for s in diffs["significant"]],
             f"seeds for {int(round(100 * POWER))} % power at {100 * effect:g} pp": [
                 "" if np.isnan(n) else str(int(n)) for n in diffs["seeds_for_power"]
@@ -587,7 +734,8 @@ def differences_note(diffs: pd.DataFrame, primary: dict[str, Any] | None) -> str
         f"per-seed differences. Seeds × items: percentile interval of a two-way bootstrap ({BOOTSTRAP_B} "
         f"replicates, generator seed {BOOTSTRAP_SEED}) resampling seeds and test items (one item draw shared by "
         "both arms and every seed); empty where a run has no predictions.npz or fewer than 2 seeds pair. p: paired "
-        "t test over seeds; p (Holm): Holm-adjusted over every row with a p. Significant: p (Holm) < "
+        "t test over seeds; p (Holm): Holm-adjusted over the declared family (config evidence.family: the claim "
+        "groups listed there; exploratory: a row outside it, raw p only). Significant: p (Holm) < "
         f"{ALPHA} and the seeds × items interval excludes 0. Seeds for power: a paired t test's seeds for "
         f"{int(round(100 * POWER))} % power at level {ALPHA}, from the observed sd of the per-seed differences."
     ]
@@ -614,16 +762,18 @@ def write_tables(
     differences_md=None,
     primary: dict[str, Any] | None = None,
     power_effect: float = POWER_EFFECT,
+    family: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Write the long-form runs CSV and the summary as CSV, Markdown and LaTeX (each atomically); ``methods_md``:
     also the side-by-side table of ``methods_table`` as Markdown; ``differences_csv`` / ``differences_md``: the
     paired differences in long form (``differences_table``: columns diff, ci_low, ci_high, boot_low, boot_high,
     p, p_holm, significant, seeds_for_power, ...) as CSV / Markdown, the ``primary`` contrast first
     ({method, control, order}; a warning under the tables where it has no row); ``power_effect``: the effect the
-    seeds_for_power column plans for (accuracy, 0.02 = 2 points)."""
+    seeds_for_power column plans for (accuracy, 0.02 = 2 points); ``family``: the claim groups of the Holm
+    adjustment (``differences_table``; None: every row)."""
     metrics_files = list(metrics_files)
     runs = runs_table(metrics_files)
-    diffs = differences_table(runs, primary, power_effect)
+    diffs = differences_table(runs, primary, power_effect, family=family)
     summary = summary_table(runs, diffs)
     shown = _display(summary)
     notes = [DIVERGED_NOTE] if summary["n_diverged"].any() else []

@@ -53,10 +53,24 @@ rule aggregate:
 rule plot:
     input:
         runs="results/tables/runs.csv",
+        differences="results/tables/differences.csv",
         reports=all_hsv_reports(),
         histories=PLAN.tabled("history.csv", "train"),
     output:
         # each figure as [png, pdf]: the png in the report (a pdf twin with the same labels would replace it there)
+        forest=[
+            report(
+                "results/plots/forest.png",
+                caption="../report/forest.rst",
+                category="Main grid",
+                subcategory="Figures",
+                labels={
+                    "figure": "forest plot (main figure)",
+                    "by": "task, comparison of the Holm family",
+                },
+            ),
+            "results/plots/forest.pdf",
+        ],
         accuracy=[
             report(
                 "results/plots/accuracy_vs_order.png",

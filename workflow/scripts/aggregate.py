@@ -19,5 +19,6 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (injected by Snakemake)
         o.differences_md,
         primary=evidence["primary"],
         power_effect=evidence["power_effect"],
+        family=evidence.get("family"),
     )
     print(summary.to_string())

@@ -11,6 +11,7 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (injected by Snakemake)
     sm = snakemake  # noqa: F821
     runs = pd.read_csv(sm.input.runs)
     settings = dict(sm.params.settings)
+    plots.forest(pd.read_csv(sm.input.differences), sm.output.forest, settings, n=int(runs["N"].max()))
     plots.accuracy_vs_order(runs, sm.output.accuracy, settings)
     plots.hsv_decay(sm.input.reports, sm.output.hsv, settings)
     plots.pretrained_vs_bt(runs, sm.output.scatter, settings)
