@@ -613,6 +613,33 @@ class Plan:
         """``filename`` of every run of the main grid's tables (the kinds with a table key), in catalog order."""
         return [f for k in kinds(command) if k.table_key for f in self.files(k, filename)]
 
+    # -- the evidence studies' points (dssbt.ladder)
+    def ladder_rows(self) -> list[dict[str, Any]]:
+        """One row per task, seed, multiplier and arm of the ladder (none where it is off): the fields and ``chain``,
+        the metrics files of the arm's runs first to last (BT-init: pretraining, reduction, retraining; the
+        equal-budget Skew-HiPPO: its one run), x1 in the main grid's folders."""
+        rows = []
+        for fields in self.runs("ladder_retrain", twins=True):
+            chain = {
+                "bt_init": ["ladder_pretrain", "ladder_reduce", "ladder_retrain"],
+                "skew_hippo_equal": ["ladder_equal"],
+            }
+            if self.enabled(KINDS["ladder_retrain_no_warmup"]):
+                chain["bt_init_no_warmup"] = ["ladder_pretrain", "ladder_reduce", "ladder_retrain_no_warmup"]
+            for arm, names in chain.items():
+                files = [self.run_file(n, fields, "metrics.json") for n in names]
+                rows.append({k: fields[k] for k in ("task", "seed", "mult")} | {"arm": arm, "chain": files})
+        return rows
+
+    def lr_rows(self) -> list[dict[str, Any]]:
+        """One row per task, seed, factor and arm of the lr grid (none where it is off): fields and ``metrics``."""
+        return [
+            {k: fields[k] for k in ("task", "seed", "factor")}
+            | {"arm": arm, "metrics": self.run_file(name, fields, "metrics.json")}
+            for name, arm in (("lr_retrain", "bt_init"), ("lr_equal", "skew_hippo_equal"))
+            for fields in self.runs(name, twins=True)
+        ]
+
     # -- what a run starts from
     def parent_file(self, kind: RunKind, fields: dict[str, str]) -> str | None:
         parent = kind.parent_kind(fields)
