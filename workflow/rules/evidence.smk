@@ -8,9 +8,7 @@
 rule ladder_table:
     input:
         metrics=LADDER_FILES,
-        predictions=[
-            f.replace("metrics.json", "predictions.npz") for f in LADDER_LAST
-        ],
+        predictions=[f.replace("metrics.json", "predictions.npz") for f in LADDER_LAST],
         meta=[f"data/prepared/{task}/meta.json" for task in TASKS],
     output:
         points="results/tables/ladder_points.csv",
