@@ -285,3 +285,28 @@ def test_lr_choice_on_a_fixed_table_without_files():
     table2 = copy.deepcopy(table)
     table2.loc[0, "val_mean"] = 0.5 + 1e-9  # a real (not rounding) difference: the larger factor wins
     assert lr_choice(table2)["factor"].tolist() == [2.0]
+
+
+def test_equal_budget_learning_rates_of_one_task_reach_only_its_equal_budget_runs():
+    """The lr grid's choice for the equal-budget arm goes into task_settings.<task>.equal_budget.optim: it sets that
+    task's equal-budget lr and ssm_lr, and nothing else of any run."""
+    c = config(lr_grid={"factors": [0.5, 1]})
+    before = grid.Plan(copy.deepcopy(c))
+    c["task_settings"]["image"] = {"equal_budget": {"optim": {"lr": 0.02, "ssm_lr": 0.004}}}
+    after = grid.Plan(c)
+    changed = {
+        (k.name, k.path(f))
+        for k in grid.KINDS.values()
+        for f in after.runs(k)
+        if after.run_hparams(k, f) != before.run_hparams(k, f)
+    }
+    assert changed == {
+        ("train_equal_budget", "results/runs/image/seed0/skew_hippo_equal_r4/"),
+        ("train_equal_budget", "results/runs/image/seed1/skew_hippo_equal_r4/"),
+        ("train_equal_budget", "results/runs/image/seed2/skew_hippo_equal_r4/"),
+    } | {("lr_equal", f"results/lr_grid/image/seed{s}/lr0.5/skew_hippo_equal_r4/") for s in range(3)}
+    hp = json.loads(after.hparams("image", "equal_budget"))["optim"]
+    assert (hp["lr"], hp["ssm_lr"]) == (0.02, 0.004)
+    assert hp["epochs"] == json.loads(before.hparams("image", "equal_budget"))["optim"]["epochs"]
+    half = json.loads(after.run_hparams(grid.KINDS["lr_equal"], {"task": "image", "seed": "0", "factor": "0.5"}))
+    assert half["optim"]["lr"] == pytest.approx(0.01) and half["optim"]["ssm_lr"] == pytest.approx(0.002)

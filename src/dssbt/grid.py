@@ -659,7 +659,7 @@ class Plan:
         (``pretrain``) the pretrain overrides or (``retrain``) the retrain overrides, global then per task. A job sees
         only what can change its output, so editing one task, the pretrain or the retrain section reruns only the
         jobs it reaches. ``train``: the Skew-HiPPO baseline; ``equal_budget``: the baseline for the pretraining +
-        retraining epochs (``hparams.equal_budget_hparams``)."""
+        retraining epochs (``hparams.equal_budget_hparams``) with the task's ``equal_budget.optim`` learning rates."""
         key = (task, how)
         if key not in self._hp:
             self._hp[key] = self._hparams(task, how)
@@ -668,9 +668,11 @@ class Plan:
     def _hparams(self, task: str, how: str) -> str:
         config = self.config
         if how == "equal_budget":
-            return equal_budget_hparams(
+            hp = equal_budget_hparams(
                 self.hparams(task, "train"), self.hparams(task, "retrain"), pretrain=self.hparams(task, "pretrain")
             )
+            own = config.get("task_settings", {}).get(task, {}).get("equal_budget", {}).get("optim", {})
+            return with_optim(hp, **own) if own else hp  # its own learning rates (the lr grid's choice), if any
         hp = {"model": config["model"], "optim": config["optim"]}
         task_cfg = config.get("task_settings", {}).get(task, {})
         hp = deep_merge(hp, {k: task_cfg[k] for k in ("model", "optim") if k in task_cfg})
