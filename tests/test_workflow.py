@@ -860,3 +860,34 @@ def test_tiny_ladder_runs_end_to_end_and_a_new_multiplier_schedules_only_its_job
         "ladder_table": 1,
         "ladder": 1,
     }
+
+
+def test_ladder_and_lr_grid_presets_dry_run_job_counts(tmp_path):
+    """ladder.yaml: 2 tasks x 3 seeds x multipliers 1, 2, 4 x (pretraining, reduction, retraining, the no-warmup
+    retraining, equal budget), x1 the main grid's; lr_grid.yaml: the main grid's four runs per task and seed and
+    2 factors x 2 arms of its own."""
+    wf = copy_workflow(tmp_path)
+    data = {"generate": 2, "prepare": 2}
+    assert job_counts(wf, "ladder", "--configfile", "workflow/presets/ladder.yaml") == data | {
+        "pretrain": 6,
+        "reduce": 6,
+        "retrain": 6,
+        "train_equal_budget": 6,
+        "ladder_pretrain": 12,
+        "ladder_reduce": 12,
+        "ladder_retrain": 12,
+        "ladder_equal": 12,
+        "ladder_retrain_no_warmup": 18,
+        "ladder_table": 1,
+        "ladder": 1,
+    }
+    assert job_counts(wf, "lr_grid", "--configfile", "workflow/presets/lr_grid.yaml") == data | {
+        "pretrain": 6,
+        "reduce": 6,
+        "retrain": 6,
+        "train_equal_budget": 6,
+        "lr_retrain": 12,
+        "lr_equal": 12,
+        "lr_grid_table": 1,
+        "lr_grid": 1,
+    }
