@@ -891,3 +891,15 @@ def test_ladder_and_lr_grid_presets_dry_run_job_counts(tmp_path):
         "lr_grid_table": 1,
         "lr_grid": 1,
     }
+
+
+def test_adding_the_ladder_to_a_finished_grid_schedules_only_its_jobs(tiny_run):
+    """x1 of the ladder is the finished grid's runs: adding multipliers 1 and 2 schedules x2's four runs per task and
+    the ladder's table, and no main table (aggregate reads the evidence section without the ladder)."""
+    assert edited(tiny_run, "evidence: {ladder: {multipliers: [1, 2], order: 2}}\n") == {
+        "ladder_pretrain": 2,
+        "ladder_reduce": 2,
+        "ladder_retrain": 2,
+        "ladder_equal": 2,
+        "ladder_table": 1,
+    }
