@@ -16,6 +16,8 @@
 #   results/runs/{task}/seed{s}/{method}_r{order}/    reduced.pt, report.json, metrics.json (reduce)
 #   results/runs/{task}/seed{s}/{method}_init_r{order}/  retrained from the reduced model (retrain)
 #   results/compress/{task}/seed{s}/{variant}/      compressibility study (config compressibility: compress.smk)
+#   results/ladder/{task}/seed{s}/x{m}/             budget ladder (config evidence.ladder: evidence.smk)
+#   results/lr_grid/{task}/seed{s}/lr{f}/           learning-rate grid (config evidence.lr_grid: evidence.smk)
 #   results/tables/, results/plots/                 accuracy tables, figures (aggregate, plot)
 #   logs/{rule}/..., benchmarks/{rule}/...          one log per job; time and memory of training jobs
 
@@ -46,6 +48,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/deploy.smk"
 include: "workflow/rules/correlation.smk"
 include: "workflow/rules/compress.smk"
+include: "workflow/rules/evidence.smk"
 
 
 # resources.<name>: a run kind of dssbt.grid, or a rule that is not a job rule (train, reduce), or default / train
@@ -72,6 +75,8 @@ localrules:
     retrain_all,
     tables,
     compress,
+    ladder,
+    lr_grid,
 
 
 rule all:
@@ -85,6 +90,8 @@ rule all:
         "results/plots/learning_curves.png",
         ["results/tables/correlation.csv"] if CORRELATION else [],
         ["results/tables/compress.csv"] if COMPRESS else [],
+        ["results/plots/ladder.png"] if LADDER_ROWS else [],
+        ["results/tables/lr_choice.csv"] if PLAN.lr_rows() else [],
 
 
 rule data_all:

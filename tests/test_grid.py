@@ -24,6 +24,8 @@ EXAMPLE = {
     "epoch": "2",
     "variant": "hsvreg0.01",
     "keep": "0.5",
+    "mult": "2",
+    "factor": "0.5",
 }
 
 

@@ -769,3 +769,139 @@ def test_tensorboard_switch_reaches_every_training_job_and_only_them(tmp_path):
         train[0]["shell"]
     )
     assert not any("--tensorboard" in j["shell"] for j in on if j["rule"] != "train")
+
+
+# ----- the evidence studies: budget ladder and learning-rate grid (evidence.smk) ---------------------------------
+
+
+def test_ladder_dry_run_job_counts(tmp_path):
+    """Target ladder: per task and seed, x1 is the main grid's pretraining, reduction, retraining and equal-budget
+    run, x2 its own four (and with no_warmup one more retraining per multiplier); as part of all it adds only its
+    own jobs to the default grid's."""
+    wf = copy_workflow(tmp_path)
+    (wf / "ladder.yaml").write_text("evidence: {ladder: {multipliers: [1, 2], order: 4}}\n")
+    per_mult = {"pretrain": 6, "reduce": 6, "retrain": 6, "train_equal_budget": 6}
+    own = {"ladder_pretrain": 6, "ladder_reduce": 6, "ladder_retrain": 6, "ladder_equal": 6}
+    assert job_counts(wf, "ladder", "--configfile", "config.yaml", "ladder.yaml") == per_mult | own | {
+        "generate": 2,
+        "prepare": 2,
+        "ladder_table": 1,
+        "ladder": 1,
+    }
+    assert job_counts(wf, "--configfile", "config.yaml", "ladder.yaml") == job_counts(wf) | own | {"ladder_table": 1}
+    (wf / "warm.yaml").write_text("evidence: {ladder: {multipliers: [1, 2], order: 4, no_warmup: true}}\n")
+    counts = job_counts(wf, "ladder", "--configfile", "config.yaml", "warm.yaml")
+    assert counts["ladder_retrain_no_warmup"] == 12 and counts["ladder_retrain"] == 6
+
+
+def test_lr_grid_dry_run_job_counts(tmp_path):
+    """Target lr_grid on its own seeds (one not in the main grid's): per task, seed and factor other than 1 one
+    retraining and one equal-budget run; factor 1 is the main grid's retraining and equal-budget run, which with
+    the BT-init arm's reduction and pretraining are built for every lr-grid seed."""
+    wf = copy_workflow(tmp_path)
+    (wf / "lr.yaml").write_text("evidence: {lr_grid: {factors: [0.5, 1, 2], seeds: [0, 1, 2, 3]}}\n")
+    assert job_counts(wf, "lr_grid", "--configfile", "config.yaml", "lr.yaml") == {
+        "generate": 2,
+        "prepare": 2,
+        "pretrain": 8,
+        "reduce": 8,
+        "retrain": 8,
+        "train_equal_budget": 8,
+        "lr_retrain": 16,
+        "lr_equal": 16,
+        "lr_grid_table": 1,
+        "lr_grid": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("evidence: {ladder: {multipliers: [0, 2]}}", "0"),
+        ("evidence: {lr_grid: {factors: [-1]}}", "-1"),
+        ("evidence: {ladder: {multipliers: [2], order: 99}}", "evidence.ladder.order = 99"),
+    ],
+)
+def test_bad_evidence_config_fails_at_parse_time(tmp_path, edit, message):
+    wf = copy_workflow(tmp_path)
+    (wf / "bad.yaml").write_text(edit + "\n")
+    p = snakemake(wf, "-n", "--configfile", "config.yaml", "bad.yaml", check=False)
+    assert p.returncode != 0 and message in p.stdout + p.stderr
+
+
+def test_ladder_target_without_a_ladder_section_says_where_one_is(tmp_path):
+    wf = copy_workflow(tmp_path)
+    p = snakemake(wf, "-n", "ladder", check=False)
+    assert p.returncode != 0 and "workflow/presets/ladder.yaml" in p.stdout + p.stderr
+
+
+def test_tiny_ladder_runs_end_to_end_and_a_new_multiplier_schedules_only_its_jobs(tmp_path):
+    """One task, one seed, 1 epoch per stage, multipliers 1 and 2: the x2 runs train twice the epochs, the table
+    and plot are written; then adding x3 schedules only x3's four runs and the table."""
+    wf = copy_workflow(tmp_path)
+    shutil.copy(TINY, wf / "tiny.yaml")
+    (wf / "ladder.yaml").write_text(
+        "tasks: [image]\ncontrols: [skew_hippo_equal]\nevidence: {ladder: {multipliers: [1, 2], order: 2}}\n"
+    )
+    snakemake(wf, "--cores", "2", "ladder", "--configfile", "tiny.yaml", "ladder.yaml")
+    import pandas as pd
+
+    points = pd.read_csv(wf / "results/tables/ladder_points.csv").set_index(["mult", "arm"])
+    assert points.loc[(1, "bt_init"), "epochs"] == 2 and points.loc[(2, "bt_init"), "epochs"] == 4
+    assert points.loc[(1, "skew_hippo_equal"), "epochs"] == 2 and points.loc[(2, "skew_hippo_equal"), "epochs"] == 4
+    x2 = json.loads((wf / "results/ladder/image/seed0/x2/bt_init_r2/metrics.json").read_text())
+    assert x2["epochs_run"] == 2
+    assert (wf / "results/plots/ladder.png").stat().st_size > 0
+    assert len(pd.read_csv(wf / "results/tables/ladder_differences.csv")) == 2
+    (wf / "more.yaml").write_text("evidence: {ladder: {multipliers: [1, 2, 3], order: 2}}\n")
+    assert job_counts(wf, "ladder", "--configfile", "tiny.yaml", "ladder.yaml", "more.yaml") == {
+        "ladder_pretrain": 1,
+        "ladder_reduce": 1,
+        "ladder_retrain": 1,
+        "ladder_equal": 1,
+        "ladder_table": 1,
+        "ladder": 1,
+    }
+
+
+def test_ladder_and_lr_grid_presets_dry_run_job_counts(tmp_path):
+    """ladder.yaml: 2 tasks x 3 seeds x multipliers 1, 2, 4 x (pretraining, reduction, retraining, the no-warmup
+    retraining, equal budget), x1 the main grid's; lr_grid.yaml: the main grid's four runs per task and seed and
+    2 factors x 2 arms of its own."""
+    wf = copy_workflow(tmp_path)
+    data = {"generate": 2, "prepare": 2}
+    assert job_counts(wf, "ladder", "--configfile", "workflow/presets/ladder.yaml") == data | {
+        "pretrain": 6,
+        "reduce": 6,
+        "retrain": 6,
+        "train_equal_budget": 6,
+        "ladder_pretrain": 12,
+        "ladder_reduce": 12,
+        "ladder_retrain": 12,
+        "ladder_equal": 12,
+        "ladder_retrain_no_warmup": 18,
+        "ladder_table": 1,
+        "ladder": 1,
+    }
+    assert job_counts(wf, "lr_grid", "--configfile", "workflow/presets/lr_grid.yaml") == data | {
+        "pretrain": 6,
+        "reduce": 6,
+        "retrain": 6,
+        "train_equal_budget": 6,
+        "lr_retrain": 12,
+        "lr_equal": 12,
+        "lr_grid_table": 1,
+        "lr_grid": 1,
+    }
+
+
+def test_adding_the_ladder_to_a_finished_grid_schedules_only_its_jobs(tiny_run):
+    """x1 of the ladder is the finished grid's runs: adding multipliers 1 and 2 schedules x2's four runs per task and
+    the ladder's table, and no main table (aggregate reads the evidence section without the ladder)."""
+    assert edited(tiny_run, "evidence: {ladder: {multipliers: [1, 2], order: 2}}\n") == {
+        "ladder_pretrain": 2,
+        "ladder_reduce": 2,
+        "ladder_retrain": 2,
+        "ladder_equal": 2,
+        "ladder_table": 1,
+    }

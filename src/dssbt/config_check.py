@@ -84,9 +84,30 @@ def check_config(config: dict[str, Any], plan: grid.Plan) -> None:
             raise ValueError(f"config: the pretraining of task {task}: {e}") from None
     for task in config["tasks"]:
         _check_orders(config, plan, task)
+    _check_evidence_studies(plan)
     for task in config["tasks"]:  # every compressibility variant's pretraining parses (shrink: epochs below total)
         for fields in plan.runs("compress_pretrain"):
             try:
                 parse_hparams(plan.variant_hparams(task, fields["variant"]))
             except ValueError as e:
                 raise ValueError(f"config: compressibility, variant {fields['variant']} of task {task}: {e}") from None
+
+
+def _check_evidence_studies(plan: grid.Plan) -> None:
+    """The ladder's and the lr grid's order below every task's N, and every one of their runs' hyper-parameters
+    valid (e.g. a factor that makes lr negative cannot pass the schema, but a task's own settings are checked here)."""
+    for study in ("ladder", "lr_grid"):
+        if not plan.enabled(grid.KINDS["ladder_retrain" if study == "ladder" else "lr_retrain"]):
+            continue
+        order = int(plan.axis(f"evidence.{study}.order")[0])
+        for task in plan.tasks:
+            N = json.loads(plan.hparams(task, "train"))["model"].get("d_state", DEFAULT_D_STATE)
+            if order >= N:
+                raise ValueError(f"config: evidence.{study}.order = {order} is not below N = {N} (task {task})")
+    for kind in grid.KINDS.values():
+        if kind.switch in ("ladder", "ladder.no_warmup", "lr_grid"):
+            for fields in plan.runs(kind):
+                try:
+                    parse_hparams(plan.run_hparams(kind, fields))
+                except ValueError as e:
+                    raise ValueError(f"config: evidence, run {kind.folder.format(**fields)}: {e}") from None

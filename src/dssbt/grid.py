@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hparams import equal_budget_hparams
+from .hparams import equal_budget_hparams, parse_hparams
 from .orders import parse_order
 from .reduction.registry import CONTROL_METHODS, METHODS, REDUCTIONS
 
@@ -45,6 +45,8 @@ FIELDS = {
     "epoch": r"\d+",
     "variant": r"plain|hsvreg[0-9.eE+-]+|shrink[0-9.eE+-]+",
     "keep": r"[0-9][0-9.eE+-]*",
+    "mult": r"[1-9]\d*",  # a budget multiplier of the ladder (evidence.ladder.multipliers)
+    "factor": r"[0-9][0-9.eE+-]*",  # a learning-rate factor of the lr grid (evidence.lr_grid.factors), as {:g}
 }
 RESULTS = "results/"
 # the file a run of each command leaves for the runs that start from it
@@ -68,6 +70,11 @@ class RunKind:
     versus: int | None = None  # a baseline every other table key is compared with (rank: 0 first)
     rank: int = 99  # table order among the kinds
     deploy: bool = False  # its models are exported by snakemake deploy
+    # (field, value, kind): the runs whose field has this value ARE the runs of that kind (same parent, start and
+    # hyper-parameters: the ladder at x1, the lr grid at factor 1 are the main grid's runs); Plan.runs leaves them
+    # out and RunKind.at() gives the kind whose folder holds them
+    same_as: tuple[str, str, str] | None = None
+    seeds: str | None = None  # a Plan.axis source of its own seeds (default: config seeds)
 
     @property
     def fields(self) -> list[str]:
@@ -75,7 +82,13 @@ class RunKind:
 
     def parent_kind(self, fields: dict[str, str]) -> RunKind | None:
         p = self.parent(fields) if callable(self.parent) else self.parent
-        return None if p is None else KINDS[p]
+        return None if p is None else KINDS[p].at(fields)
+
+    def at(self, fields: dict[str, str]) -> RunKind:
+        """The kind whose folder holds this run: its twin of ``same_as`` where the fields say so, else itself."""
+        if self.same_as is not None and fields.get(self.same_as[0]) == self.same_as[1]:
+            return KINDS[self.same_as[2]]
+        return self
 
     def path(self, fields: dict[str, str], filename: str = "") -> str:
         """The run's folder (``results/.../``) for these fields, with ``filename`` appended."""
@@ -98,6 +111,50 @@ def _compress_parent(fields: dict[str, str]) -> str:
 
 MAIN = "runs/{task}/seed{seed}/"
 COMPRESS = "compress/{task}/seed{seed}/{variant}/"
+LADDER = "ladder/{task}/seed{seed}/x{mult}/"
+LR_GRID = "lr_grid/{task}/seed{seed}/lr{factor}/"
+
+
+def _scaled_epochs(how: str) -> Callable[[Plan, str, dict[str, str]], str]:
+    """Hyper-parameters of a ladder run: the main grid's ``how`` (pretrain | retrain | equal_budget) with optim.epochs
+    times the run's multiplier (``mult``); at x1 the main grid's JSON unchanged."""
+
+    def derive(plan: Plan, task: str, fields: dict[str, str]) -> str:
+        base = plan.hparams(task, how)
+        m = int(fields["mult"])
+        return base if m == 1 else with_optim(base, epochs=m * parse_hparams(base).optim.epochs)
+
+    return derive
+
+
+def _ladder_no_warmup(plan: Plan, task: str, fields: dict[str, str]) -> str:
+    """The ladder's retraining (epochs times the multiplier) without a warmup: BT-init's second cycle is then a pure
+    cosine decay, so the schedules' shapes differ by one warmup less (the difference measured, not assumed)."""
+    return with_optim(_scaled_epochs("retrain")(plan, task, fields), warmup_epochs=0.0)
+
+
+def _lr_scaled(how: str) -> Callable[[Plan, str, dict[str, str]], str]:
+    """Hyper-parameters of an lr-grid run: the main grid's ``how`` (retrain | equal_budget) with optim.lr and
+    optim.ssm_lr times the run's factor; at factor 1 the main grid's JSON unchanged."""
+
+    def derive(plan: Plan, task: str, fields: dict[str, str]) -> str:
+        base = plan.hparams(task, how)
+        f = float(fields["factor"])
+        if f == 1:
+            return base
+        optim = parse_hparams(base).optim
+        return with_optim(base, lr=optim.lr * f, ssm_lr=optim.ssm_lr * f)
+
+    return derive
+
+
+def with_optim(hparams: str, **optim: Any) -> str:
+    """Sorted hyper-parameter JSON with these optim keys set (checked by ``parse_hparams``)."""
+    hp = json.loads(hparams)
+    hp = {**hp, "optim": {**hp.get("optim", {}), **optim}}
+    parse_hparams(hp)
+    return json.dumps(hp, sort_keys=True)
+
 
 KINDS: dict[str, RunKind] = {}
 
@@ -262,6 +319,102 @@ for _kind in (
             "keep": "compressibility.keep",
         },
     ),
+    # the budget ladder (evidence.ladder): the primary arms at m times the main grid's epochs; x1 is the main grid
+    RunKind(
+        "ladder_pretrain",
+        "train",
+        "pretrain",
+        LADDER + "pretrain",
+        hparams=_scaled_epochs("pretrain"),
+        switch="ladder",
+        axes={"mult": "evidence.ladder.multipliers"},
+        same_as=("mult", "1", "pretrain"),
+    ),
+    RunKind(
+        "ladder_reduce",
+        "reduce",
+        "reduce",
+        LADDER + "{method}_r{order}",
+        parent="ladder_pretrain",
+        hparams="reduce",
+        switch="ladder",
+        axes={
+            "mult": "evidence.ladder.multipliers",
+            "method": "evidence.ladder.method",
+            "order": "evidence.ladder.order",
+        },
+        same_as=("mult", "1", "reduce"),
+    ),
+    RunKind(
+        "ladder_retrain",
+        "train",
+        "retrain",
+        LADDER + "{method}_init_r{order}",
+        parent="ladder_reduce",
+        hparams=_scaled_epochs("retrain"),
+        switch="ladder",
+        axes={
+            "mult": "evidence.ladder.multipliers",
+            "method": "evidence.ladder.method",
+            "order": "evidence.ladder.order",
+        },
+        same_as=("mult", "1", "retrain"),
+    ),
+    RunKind(
+        "ladder_equal",
+        "train",
+        "baseline",
+        LADDER + "skew_hippo_equal_r{order}",
+        hparams=_scaled_epochs("equal_budget"),
+        switch="ladder",
+        axes={"mult": "evidence.ladder.multipliers", "order": "evidence.ladder.order"},
+        run_args="--method skew_hippo_equal",
+        same_as=("mult", "1", "train_equal_budget"),
+    ),
+    RunKind(
+        "ladder_retrain_no_warmup",
+        "train",
+        "retrain",
+        LADDER + "{method}_init_r{order}_no_warmup",
+        parent="ladder_reduce",
+        hparams=_ladder_no_warmup,
+        switch="ladder.no_warmup",
+        axes={
+            "mult": "evidence.ladder.multipliers",
+            "method": "evidence.ladder.method",
+            "order": "evidence.ladder.order",
+        },
+    ),
+    # the learning-rate grid (evidence.lr_grid): the primary arms' lr and ssm_lr times a factor, on its own seeds;
+    # the BT-init arm retrains the main grid's reduction; factor 1 is the main grid
+    RunKind(
+        "lr_retrain",
+        "train",
+        "retrain",
+        LR_GRID + "{method}_init_r{order}",
+        parent="reduce",
+        hparams=_lr_scaled("retrain"),
+        switch="lr_grid",
+        axes={
+            "factor": "evidence.lr_grid.factors",
+            "method": "evidence.lr_grid.method",
+            "order": "evidence.lr_grid.order",
+        },
+        same_as=("factor", "1", "retrain"),
+        seeds="evidence.lr_grid.seeds",
+    ),
+    RunKind(
+        "lr_equal",
+        "train",
+        "baseline",
+        LR_GRID + "skew_hippo_equal_r{order}",
+        hparams=_lr_scaled("equal_budget"),
+        switch="lr_grid",
+        axes={"factor": "evidence.lr_grid.factors", "order": "evidence.lr_grid.order"},
+        run_args="--method skew_hippo_equal",
+        same_as=("factor", "1", "train_equal_budget"),
+        seeds="evidence.lr_grid.seeds",
+    ),
 ):
     register(_kind)
 
@@ -387,7 +540,30 @@ class Plan:
             return True
         if kind.switch == "controls":
             return kind.control in self.config.get("controls", [])
+        if kind.switch in ("ladder", "ladder.no_warmup", "lr_grid"):
+            study = self.evidence(kind.switch.split(".")[0])
+            on = bool(study.get("multipliers" if kind.switch.startswith("ladder") else "factors"))
+            return on and (kind.switch != "ladder.no_warmup" or bool(study.get("no_warmup")))
         return bool(self.config.get(kind.switch))
+
+    def evidence(self, study: str) -> dict[str, Any]:
+        """evidence.<study> of the config (ladder, lr_grid), {} where absent (off)."""
+        return (self.config.get("evidence") or {}).get(study) or {}
+
+    def _evidence_axis(self, study: str, key: str) -> list[str]:
+        """A field of the ladder or the lr grid: multipliers, factors ({:g}), seeds, the order (default: the primary
+        contrast's, else 4) and the method (bt: the primary arm's reduction)."""
+        cfg = self.evidence(study)
+        if key == "method":
+            return ["bt"]
+        if key == "order":
+            primary = (self.config.get("evidence") or {}).get("primary") or {}
+            return [str(cfg.get("order", primary.get("order", 4)))]
+        if key == "factors":
+            return [f"{float(f):g}" for f in cfg["factors"]]
+        if key == "seeds":
+            return [str(s) for s in cfg.get("seeds", self.seeds)]
+        return [str(v) for v in cfg[key]]
 
     def axis(self, source: str) -> list[str]:
         """The values of one field: orders, methods, or a study's list (correlation.*, compressibility.*)."""
@@ -396,6 +572,8 @@ class Plan:
         if source == "methods":
             return self.methods()
         study, _, key = source.partition(".")
+        if study == "evidence":
+            return self._evidence_axis(*key.split("."))
         cfg = self.config.get(study) or {}
         if study == "compressibility" and key in ("own_variants", "reduced_variants"):
             variants = compress_variants(cfg)
@@ -407,17 +585,24 @@ class Plan:
         value = cfg[key]
         return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
-    def runs(self, kind: RunKind | str) -> list[dict[str, str]]:
-        """The fields of every run of a kind (none where it is off), task-major."""
+    def runs(self, kind: RunKind | str, twins: bool = False) -> list[dict[str, str]]:
+        """The fields of every run of a kind (none where it is off), task-major; without the runs that are another
+        kind's (``same_as``: the ladder at x1, the lr grid at factor 1) unless ``twins``."""
         kind = KINDS[kind] if isinstance(kind, str) else kind
         if not self.enabled(kind):
             return []
-        out = [{"task": t, "seed": str(s)} for t in self.tasks for s in self.seeds]
+        seeds = self.axis(kind.seeds) if kind.seeds else self.seeds
+        out = [{"task": t, "seed": str(s)} for t in self.tasks for s in seeds]
         for name in kind.fields:
             if name in ("task", "seed"):
                 continue
             out = [f | {name: v} for f in out for v in self.axis(kind.axes[name])]
-        return out
+        return out if twins else [f for f in out if kind.at(f) is kind]
+
+    def run_file(self, kind: RunKind | str, fields: dict[str, str], filename: str) -> str:
+        """``filename`` of one run, in the folder of the kind that holds it (``RunKind.at``)."""
+        kind = KINDS[kind] if isinstance(kind, str) else kind
+        return kind.at(fields).path(fields, filename)
 
     def files(self, kind: RunKind | str, filename: str) -> list[str]:
         """``filename`` of every run of a kind."""
@@ -427,6 +612,33 @@ class Plan:
     def tabled(self, filename: str, command: str | None = None) -> list[str]:
         """``filename`` of every run of the main grid's tables (the kinds with a table key), in catalog order."""
         return [f for k in kinds(command) if k.table_key for f in self.files(k, filename)]
+
+    # -- the evidence studies' points (dssbt.ladder)
+    def ladder_rows(self) -> list[dict[str, Any]]:
+        """One row per task, seed, multiplier and arm of the ladder (none where it is off): the fields and ``chain``,
+        the metrics files of the arm's runs first to last (BT-init: pretraining, reduction, retraining; the
+        equal-budget Skew-HiPPO: its one run), x1 in the main grid's folders."""
+        rows = []
+        for fields in self.runs("ladder_retrain", twins=True):
+            chain = {
+                "bt_init": ["ladder_pretrain", "ladder_reduce", "ladder_retrain"],
+                "skew_hippo_equal": ["ladder_equal"],
+            }
+            if self.enabled(KINDS["ladder_retrain_no_warmup"]):
+                chain["bt_init_no_warmup"] = ["ladder_pretrain", "ladder_reduce", "ladder_retrain_no_warmup"]
+            for arm, names in chain.items():
+                files = [self.run_file(n, fields, "metrics.json") for n in names]
+                rows.append({k: fields[k] for k in ("task", "seed", "mult")} | {"arm": arm, "chain": files})
+        return rows
+
+    def lr_rows(self) -> list[dict[str, Any]]:
+        """One row per task, seed, factor and arm of the lr grid (none where it is off): fields and ``metrics``."""
+        return [
+            {k: fields[k] for k in ("task", "seed", "factor")}
+            | {"arm": arm, "metrics": self.run_file(name, fields, "metrics.json")}
+            for name, arm in (("lr_retrain", "bt_init"), ("lr_equal", "skew_hippo_equal"))
+            for fields in self.runs(name, twins=True)
+        ]
 
     # -- what a run starts from
     def parent_file(self, kind: RunKind, fields: dict[str, str]) -> str | None:
@@ -447,7 +659,7 @@ class Plan:
         (``pretrain``) the pretrain overrides or (``retrain``) the retrain overrides, global then per task. A job sees
         only what can change its output, so editing one task, the pretrain or the retrain section reruns only the
         jobs it reaches. ``train``: the Skew-HiPPO baseline; ``equal_budget``: the baseline for the pretraining +
-        retraining epochs (``hparams.equal_budget_hparams``)."""
+        retraining epochs (``hparams.equal_budget_hparams``) with the task's ``equal_budget.optim`` learning rates."""
         key = (task, how)
         if key not in self._hp:
             self._hp[key] = self._hparams(task, how)
@@ -456,9 +668,11 @@ class Plan:
     def _hparams(self, task: str, how: str) -> str:
         config = self.config
         if how == "equal_budget":
-            return equal_budget_hparams(
+            hp = equal_budget_hparams(
                 self.hparams(task, "train"), self.hparams(task, "retrain"), pretrain=self.hparams(task, "pretrain")
             )
+            own = config.get("task_settings", {}).get(task, {}).get("equal_budget", {}).get("optim", {})
+            return with_optim(hp, **own) if own else hp  # its own learning rates (the lr grid's choice), if any
         hp = {"model": config["model"], "optim": config["optim"]}
         task_cfg = config.get("task_settings", {}).get(task, {})
         hp = deep_merge(hp, {k: task_cfg[k] for k in ("model", "optim") if k in task_cfg})

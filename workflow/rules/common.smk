@@ -313,3 +313,30 @@ def _compress_parent_name(variant):
 
 
 COMPRESS_ROWS = compress_rows()
+
+
+# ----- the evidence studies (evidence.smk): budget ladder, learning-rate grid ------------------------------------
+
+LADDER_ROWS = PLAN.ladder_rows()
+LADDER_FILES = sorted({f for r in LADDER_ROWS for f in r["chain"]})
+LADDER_LAST = [r["chain"][-1] for r in LADDER_ROWS]
+
+
+def ladder_target(wildcards):
+    """The ladder's plot, for target ladder; without an evidence.ladder section, an error saying where one is."""
+    if not LADDER_ROWS:
+        raise ValueError(
+            "config: target ladder needs evidence.ladder.multipliers, e.g. "
+            "--configfile workflow/presets/ladder.yaml"
+        )
+    return "results/plots/ladder.png"
+
+
+def lr_grid_target(wildcards):
+    """The lr choice table, for target lr_grid; without an evidence.lr_grid section, an error saying where one is."""
+    if not PLAN.lr_rows():
+        raise ValueError(
+            "config: target lr_grid needs evidence.lr_grid.factors, e.g. "
+            "--configfile workflow/presets/lr_grid.yaml"
+        )
+    return "results/tables/lr_choice.csv"

@@ -45,7 +45,12 @@ rule aggregate:
     resources:
         **rule_resources("aggregate"),
     params:
-        evidence=config["evidence"],
+        # the contrast and the power figure only: the evidence studies' sections (ladder, lr_grid) are not its input
+        evidence={
+            k: v
+            for k, v in config["evidence"].items()
+            if k not in ("ladder", "lr_grid")
+        },
     script:
         "../scripts/aggregate.py"
 
