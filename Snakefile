@@ -84,6 +84,7 @@ rule all:
         DEPLOY_IN_ALL,
         "results/plots/learning_curves.png",
         ["results/tables/correlation.csv"] if CORRELATION else [],
+        ["results/tables/correlation_design.csv"] if CORRELATION_STUDY else [],
         ["results/tables/compress.csv"] if COMPRESS else [],
 
 
