@@ -277,7 +277,7 @@ def test_correlation_preset_schedules_full_length_pretrainings_and_retraining_se
         seed = int(re.search(r"--seed (\d+)", command).group(1))
         m = re.fullmatch(r"corr/(\w+)/seed(\d)/lr([0-9.]+)/(pretrain|bt_init_r8_s(\d))", run)
         task, pseed, factor, what, rseed = m.groups()
-        own = config["task_settings"][task]["optim"].get("epochs", config["optim"]["epochs"])
+        own = config["task_settings"].get(task, {}).get("optim", {}).get("epochs", config["optim"]["epochs"])
         assert hp["optim"]["epochs"] == own, run  # full length, whatever the knob
         if what == "pretrain":
             assert seed == int(pseed) and "--init skew_hippo" in command
