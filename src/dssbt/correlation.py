@@ -283,7 +283,10 @@ def design_table(points: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -
             row[name] = fn(x, y) if ok else np.nan
             low, high, share = cluster_bootstrap(x, y, fn, n_resamples, seed) if ok else (np.nan, np.nan, np.nan)
             row[f"{name}_low"], row[f"{name}_high"], row[f"{name}_degenerate_share"] = low, high, share
-        fit = mixed_slope(d) if ok else {}
+        try:
+            fit = mixed_slope(d) if ok else {}
+        except (np.linalg.LinAlgError, ValueError) as e:  # e.g. a singular fit: the coefficients still stand
+            fit = {"mixedlm_warning": f"MixedLM failed: {e}"}
         for key in ("slope", "slope_low", "slope_high", "slope_p", "intercept", "mixedlm_warning"):
             row[key] = fit.get(key, np.nan)
         row["n_resamples"] = n_resamples
@@ -304,10 +307,7 @@ def write_correlation_design(
     for path, text in ((points_csv, points.to_csv(index=False)), (table_csv, table.to_csv(index=False))):
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)
-    fits = {
-        task: mixed_slope(d)
-        for task, d in points.groupby("task")
-        if task in set(table.dropna(subset=["slope"])["task"])
-    }
+    fitted = set(table.dropna(subset=["slope"])["task"])  # a task whose MixedLM failed gets no line
+    fits = {task: mixed_slope(d) for task, d in points.groupby("task") if task in fitted}
     correlation_design_plot(points, table, fits, plot_paths, settings, knob=knob)
     return table

@@ -17,7 +17,7 @@ rule correlation:
             caption="../report/correlation.rst",
             category="Correlation",
             subcategory="Tables",
-            labels={"table": "correlation", "rows": "task"},
+            labels={"table": "budget effect (snapshots)", "rows": "task"},
         ),
         plot=[
             report(
@@ -26,7 +26,7 @@ rule correlation:
                 category="Correlation",
                 subcategory="Figures",
                 labels={
-                    "figure": "pretrained vs BT-init accuracy",
+                    "figure": "budget effect: snapshot vs BT-init accuracy",
                     "by": "task, seed, snapshot epoch",
                 },
             ),
