@@ -89,6 +89,7 @@ rule all:
         DEPLOY_IN_ALL,
         "results/plots/learning_curves.png",
         ["results/tables/correlation.csv"] if CORRELATION else [],
+        ["results/tables/correlation_design.csv"] if CORRELATION_STUDY else [],
         ["results/tables/compress.csv"] if COMPRESS else [],
         ["results/plots/ladder.png"] if LADDER_ROWS else [],
         ["results/tables/lr_choice.csv"] if PLAN.lr_rows() else [],

@@ -26,6 +26,8 @@ EXAMPLE = {
     "keep": "0.5",
     "mult": "2",
     "factor": "0.5",
+    "knob": "lr0.5",
+    "rseed": "1",
 }
 
 
@@ -183,3 +185,50 @@ def test_importing_the_catalog_imports_no_torch():
         check=True,
     )
     assert p.stdout.strip() == "False"
+
+
+DESIGN = {"knob": "lr_factor", "values": [0.25, 1.0, 0.5], "seeds": [3, 4], "rseeds": [0, 7], "order": 8}
+
+
+def test_correlation_design_schedules_full_length_pretrainings_and_retraining_seeds():
+    """Per task: seeds x values pretrainings (the study's own seeds, not config seeds), each with the task's full
+    pretraining epochs and its learning rates times the factor (read here from the config file itself); one reduction
+    each; one retraining per rseed, started from that reduction, with the plain retraining hyper-parameters."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text()) | {"correlation_study": DESIGN}
+    plan = grid.Plan(config)
+    K = grid.KINDS
+    pre, red, ret = (plan.runs(k) for k in ("corr_pretrain", "corr_reduce", "corr_retrain"))
+    tasks = config["tasks"]
+    assert len(pre) == len(red) == len(tasks) * 2 * 3 and len(ret) == 2 * len(pre)  # k = 6 per task, 2 rseeds
+    assert {(f["task"], f["seed"], f["knob"]) for f in pre} == {
+        (t, s, k) for t in tasks for s in ("3", "4") for k in ("lr0.25", "lr1", "lr0.5")
+    }
+    for f in pre:
+        hp = json.loads(plan.run_hparams(K["corr_pretrain"], f))
+        own = config["task_settings"].get(f["task"], {}).get("optim", {})
+        assert hp["optim"]["epochs"] == own.get("epochs", config["optim"]["epochs"])  # the full pretraining
+        factor = float(f["knob"][2:])
+        assert hp["optim"]["lr"] == pytest.approx(config["optim"]["lr"] * factor)
+        assert hp["optim"]["ssm_lr"] == pytest.approx(config["optim"]["ssm_lr"] * factor)
+        assert hp["optim"]["weight_decay"] == config["optim"]["weight_decay"]
+        assert plan.start_args(K["corr_pretrain"], f) == "--init skew_hippo"
+    for f in ret:
+        assert K["corr_retrain"].path(f) == (
+            f"results/corr/{f['task']}/seed{f['seed']}/{f['knob']}/bt_init_r8_s{f['rseed']}/"
+        )
+        assert (
+            plan.parent_file(K["corr_retrain"], f)
+            == f"results/corr/{f['task']}/seed{f['seed']}/{f['knob']}/bt_r8/reduced.pt"
+        )
+        assert plan.run_hparams(K["corr_retrain"], f) == plan.hparams(f["task"], "retrain")
+    assert {f["rseed"] for f in ret} == {"0", "7"}
+    for knob, value, where in (
+        ("weight_decay", 0.1, ("optim", "weight_decay")),
+        ("dropout", 0.2, ("model", "dropout")),
+    ):
+        cfg = config | {"correlation_study": DESIGN | {"knob": knob, "values": [value]}}
+        p = grid.Plan(cfg)
+        (f, *_) = p.runs("corr_pretrain")
+        hp = json.loads(p.run_hparams(K["corr_pretrain"], f))
+        assert hp[where[0]][where[1]] == value and hp["optim"]["lr"] == config["optim"]["lr"]
+    assert grid.Plan(config | {"correlation_study": None}).runs("corr_retrain") == []

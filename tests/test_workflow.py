@@ -113,6 +113,13 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
         "deploy": {"enabled": True},
         "controls": ["skew_hippo", "skew_hippo_equal", "full_continued", "transplant"],
         "correlation": {"epochs": [1], "order": 2},
+        "correlation_study": {
+            "knob": "lr_factor",
+            "values": [0.5, 1.0, 2.0],
+            "seeds": [0],
+            "rseeds": [0, 1],
+            "order": 2,
+        },
         "optim": {"epochs": 2},
         "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1]},
         "task_settings": {"listops": {"optim": {"epochs": 2}}},
@@ -241,6 +248,75 @@ def test_correlation_study_runs_end_to_end(tmp_path):
     assert list(points["pretrain_epochs"]) == [1, 2]
     assert (wf / "results/plots/correlation.png").stat().st_size > 0
     assert list(pd.read_csv(wf / "results/tables/correlation.csv")["task"]) == ["image"]
+
+
+def test_correlation_preset_schedules_full_length_pretrainings_and_retraining_seeds(tmp_path):
+    """The preset's target correlation_design: per task 5 seeds x 3 learning-rate factors = 15 pretrainings (k >= 10),
+    each reduced once and retrained once per retraining seed (2); every pretraining runs the task's full pretraining
+    epochs (read from config.yaml here) with its learning rates times the factor, every retraining gets --seed rseed;
+    nothing of the main grid runs."""
+    import yaml
+
+    wf = copy_workflow(tmp_path)
+    args = ("--configfile", "workflow/presets/correlation.yaml", "--", "correlation_design")
+    assert job_counts(wf, *args) == {
+        "generate": 2,
+        "prepare": 2,
+        "corr_pretrain": 30,
+        "corr_reduce": 30,
+        "corr_retrain": 60,
+        "correlation_design": 1,
+    }
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    out = snakemake(wf, "-n", *args).stdout
+    seen = {"pretrain": set(), "retrain": set()}
+    for block in out.split("\nrule train:")[1:]:
+        run = re.search(r"wildcards: run=(\S+)", block).group(1)
+        command = re.search(r"^Shell command: (.*)$", block, re.M).group(1)
+        hp = json.loads(re.search(r"--hparams '([^']*)'", command).group(1))
+        seed = int(re.search(r"--seed (\d+)", command).group(1))
+        m = re.fullmatch(r"corr/(\w+)/seed(\d)/lr([0-9.]+)/(pretrain|bt_init_r8_s(\d))", run)
+        task, pseed, factor, what, rseed = m.groups()
+        own = config["task_settings"].get(task, {}).get("optim", {}).get("epochs", config["optim"]["epochs"])
+        assert hp["optim"]["epochs"] == own, run  # full length, whatever the knob
+        if what == "pretrain":
+            assert seed == int(pseed) and "--init skew_hippo" in command
+            assert hp["optim"]["lr"] == pytest.approx(config["optim"]["lr"] * float(factor))
+            assert hp["optim"]["ssm_lr"] == pytest.approx(config["optim"]["ssm_lr"] * float(factor))
+            seen["pretrain"].add((task, pseed, factor))
+        else:
+            assert (
+                seed == int(rseed) and f"--model results/corr/{task}/seed{pseed}/lr{factor}/bt_r8/reduced.pt" in command
+            )
+            assert (hp["optim"]["lr"], hp["optim"]["ssm_lr"]) == (config["optim"]["lr"], config["optim"]["ssm_lr"])
+            seen["retrain"].add((task, pseed, factor, rseed))
+    assert len(seen["pretrain"]) == 30 and len(seen["retrain"]) == 60
+
+
+def test_correlation_design_runs_end_to_end(tmp_path):
+    """One task, 3 pretrainings (one seed x 3 factors) of the tiny model, each reduced to r = 2 and retrained with 2
+    retraining seeds: the table has x from the pretrainings' validation accuracy, 6 points, and the plot exists."""
+    import pandas as pd
+
+    wf = copy_workflow(tmp_path)
+    shutil.copy(TINY, wf / "tiny.yaml")
+    (wf / "corr.yaml").write_text(
+        "tasks: [image]\ncontrols: []\ncorrelation_study: "
+        "{knob: lr_factor, values: [0.1, 1.0, 3.0], seeds: [0], rseeds: [0, 1], order: 2, n_resamples: 200}\n"
+    )
+    snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml", "corr.yaml", "--", "correlation_design")
+    points = pd.read_csv(wf / "results/tables/correlation_design_points.csv")
+    assert len(points) == 6 and sorted(points["rseed"].unique()) == [0, 1]
+    for _, p in points.iterrows():
+        pre = json.loads((wf / f"results/corr/image/seed0/{p['knob']}/pretrain/metrics.json").read_text())
+        ret = json.loads(
+            (wf / f"results/corr/image/seed0/{p['knob']}/bt_init_r2_s{p['rseed']}/metrics.json").read_text()
+        )
+        assert (p["pretrained_val"], p["retrained_test"]) == (pre["accuracy"]["val"], ret["accuracy"]["test"])
+        assert ret["seed"] == p["rseed"]
+    table = pd.read_csv(wf / "results/tables/correlation_design.csv")
+    assert list(table["task"]) == ["image"] and table.loc[0, "pretrainings"] == 3
+    assert (wf / "results/plots/correlation_design.png").stat().st_size > 0
 
 
 def test_lra_preset_dry_run_needs_no_data(tmp_path):
@@ -379,6 +455,20 @@ def test_methods_preset_dry_run_job_counts(tmp_path):
         ("correlation: {epochs: [1], order: 4}", r"correlation.order = 4 is not below N = 4"),
         ("correlation: {epochs: [1], order: 2}", r"correlation.epochs \[1\] must be below the pretraining epochs"),
         ("correlation: {epochs: [1]}", r"'order' is a required property"),
+        (
+            "correlation_study: {knob: lr_factor, values: [1.0], seeds: [0], rseeds: [0, 1], order: 2}",
+            r"correlation_study: 1 pretrainings per task \(seeds x values\); at least 3 needed",
+        ),
+        (
+            "correlation_study: {knob: lr_factor, values: [0.5, 1.0], seeds: [0, 1], rseeds: [0, 1], order: 4}",
+            r"correlation_study.order = 4 is not below N = 4",
+        ),
+        ("correlation_study: {knob: lr_factor, values: [1.0], seeds: [0], rseeds: [0], order: 2}", r"is too short"),
+        ("correlation_study: {knob: lr, values: [1.0], seeds: [0], rseeds: [0, 1], order: 2}", r"'lr' is not one of"),
+        (
+            "correlation_study: {knob: dropout, values: [0.5, 1.0], seeds: [0, 1], rseeds: [0, 1], order: 2}",
+            r"correlation_study.values: dropout 1.0 is not below 1",
+        ),
         ("orders: [2, 'tol:1.5']", r"config: orders: order 'tol:1.5': the tol must lie in \(0, 1\)"),
         ("orders: [2, 'tol:small']", r"'tol:small' is not valid under any of the given schemas"),
         ("optim: {on_divergence: skip}", r"'skip' is not one of \['fail', 'keep_best'\]"),

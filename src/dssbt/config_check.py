@@ -19,7 +19,7 @@ def check_names(config: dict[str, Any]) -> None:
     lists += [("methods", config["methods"], list(REDUCTIONS))]
     lists += [
         (f"{s}.method", [config[s]["method"]], list(REDUCTIONS))
-        for s in ("correlation", "compressibility")
+        for s in ("correlation", "correlation_study", "compressibility")
         if (config.get(s) or {}).get("method")
     ]
     for key, values, known in lists:
@@ -73,6 +73,29 @@ def _check_orders(config: dict[str, Any], plan: grid.Plan, task: str) -> None:
             )
 
 
+def _check_design(config: dict[str, Any], plan: grid.Plan, task: str) -> None:
+    """The correlation design: k >= 3 pretrainings, its order below N, knob values its hyper-parameters accept, and
+    every pretraining of it as long as the task's pretraining."""
+    study = config.get("correlation_study")
+    if not study:
+        return
+    k = len(study["seeds"]) * len(study["values"])
+    if k < 3:
+        raise ValueError(f"config: correlation_study: {k} pretrainings per task (seeds x values); at least 3 needed")
+    N = json.loads(plan.hparams(task, "train"))["model"].get("d_state", DEFAULT_D_STATE)
+    if study["order"] >= N:
+        raise ValueError(f"config: correlation_study.order = {study['order']} is not below N = {N} (task {task})")
+    if study["knob"] == "lr_factor" and 0 in study["values"]:
+        raise ValueError("config: correlation_study.values: lr_factor 0 would not train at all")
+    if study["knob"] == "dropout" and max(study["values"]) >= 1:
+        raise ValueError(f"config: correlation_study.values: dropout {max(study['values'])} is not below 1")
+    for knob in plan.axis("correlation_study.knob"):
+        try:
+            parse_hparams(plan.design_hparams(task, knob))
+        except ValueError as e:
+            raise ValueError(f"config: correlation_study: the pretraining {knob} of task {task}: {e}") from None
+
+
 def check_config(config: dict[str, Any], plan: grid.Plan) -> None:
     """Every cross-key check; the first failure raises ValueError naming the key and the value."""
     _check_data(config)
@@ -84,6 +107,7 @@ def check_config(config: dict[str, Any], plan: grid.Plan) -> None:
             raise ValueError(f"config: the pretraining of task {task}: {e}") from None
     for task in config["tasks"]:
         _check_orders(config, plan, task)
+        _check_design(config, plan, task)
     _check_evidence_studies(plan)
     for task in config["tasks"]:  # every compressibility variant's pretraining parses (shrink: epochs below total)
         for fields in plan.runs("compress_pretrain"):

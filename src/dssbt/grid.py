@@ -7,13 +7,15 @@ A run kind declares:
     name       the kind (also its resources section ``resources.<name>`` and its log folder); today's rule names
     command    "train" (``dssbt train``) or "reduce" (``dssbt reduce``)
     stage      pretrain | baseline | reduce | retrain | continue | snapshot (what the run's metrics file says)
-    folder     its folder under results/, a pattern over the fields task, seed, order, method, epoch, variant, keep
+    folder     its folder under results/, a pattern over the fields task, seed, order, method, epoch, variant, keep,
+               knob (the correlation design's pretraining knob value, e.g. lr0.5), rseed (a retraining seed)
     parent     the kind whose model it starts from (None: a fresh Skew-HiPPO model), or a function of the fields
     hparams    how its hyper-parameters derive: "pretrain" | "train" | "retrain" | "equal_budget" | "variant" |
                "reduce", or a function (plan, task, fields) -> sorted JSON
     switch     what turns it on: None (always), "controls" (config controls lists ``control``), "correlation",
-               "compressibility"
-    axes       the config lists its fields other than task and seed run over (``Plan.axis``)
+               "correlation_study", "compressibility"
+    axes       the config lists its fields other than task run over (``Plan.axis``); seed too where a study has its own
+               seeds (otherwise config seeds)
     table_key  its key in the accuracy tables (``runs.table_init`` of its metrics), a pattern over {method}
     label      its name in the tables, a pattern over {method} (the method's label) and {init} ("-init" for a
                reduction, "" for a control of the registry)
@@ -47,7 +49,12 @@ FIELDS = {
     "keep": r"[0-9][0-9.eE+-]*",
     "mult": r"[1-9]\d*",  # a budget multiplier of the ladder (evidence.ladder.multipliers)
     "factor": r"[0-9][0-9.eE+-]*",  # a learning-rate factor of the lr grid (evidence.lr_grid.factors), as {:g}
+    "knob": r"(?:lr|wd|dropout)[0-9][0-9.eE+-]*",
+    "rseed": r"\d+",
 }
+# the quality knob of the correlation design (config correlation_study.knob): its folder prefix. lr_factor multiplies
+# optim.lr and optim.ssm_lr, weight_decay sets optim.weight_decay, dropout sets model.dropout; none changes the epochs
+KNOBS = {"lr_factor": "lr", "weight_decay": "wd", "dropout": "dropout"}
 RESULTS = "results/"
 # the file a run of each command leaves for the runs that start from it
 MODEL_FILE = {"train": "model.pt", "reduce": "reduced.pt"}
@@ -155,6 +162,21 @@ def with_optim(hparams: str, **optim: Any) -> str:
     parse_hparams(hp)
     return json.dumps(hp, sort_keys=True)
 
+
+CORR = "corr/{task}/seed{seed}/{knob}/"
+
+
+def _design_hparams(plan: Plan, task: str, fields: dict[str, str]) -> str:
+    return plan.design_hparams(task, fields["knob"])
+
+
+# the axes of the correlation design's kinds (config correlation_study)
+_DESIGN_AXES = {
+    "seed": "correlation_study.seeds",
+    "knob": "correlation_study.knob",
+    "method": "correlation_study.method",
+    "order": "correlation_study.order",
+}
 
 KINDS: dict[str, RunKind] = {}
 
@@ -280,6 +302,37 @@ for _kind in (
         hparams="retrain",
         switch="correlation",
         axes={"epoch": "correlation.epochs", "method": "correlation.method", "order": "correlation.order"},
+    ),
+    # the correlation design (config correlation_study): independent full-length pretrainings, seeds x one quality
+    # knob, each reduced at one order and retrained with several retraining seeds (the retraining's --seed is rseed)
+    RunKind(
+        "corr_pretrain",
+        "train",
+        "pretrain",
+        CORR + "pretrain",
+        hparams=_design_hparams,
+        switch="correlation_study",
+        axes={"seed": "correlation_study.seeds", "knob": "correlation_study.knob"},
+    ),
+    RunKind(
+        "corr_reduce",
+        "reduce",
+        "reduce",
+        CORR + "{method}_r{order}",
+        parent="corr_pretrain",
+        hparams="reduce",
+        switch="correlation_study",
+        axes=_DESIGN_AXES,
+    ),
+    RunKind(
+        "corr_retrain",
+        "train",
+        "retrain",
+        CORR + "{method}_init_r{order}_s{rseed}",
+        parent="corr_reduce",
+        hparams="retrain",
+        switch="correlation_study",
+        axes=_DESIGN_AXES | {"rseed": "correlation_study.rseeds"},
     ),
     # the compressibility study: pretraining variants, each reduced to global state budgets and retrained
     RunKind(
@@ -582,6 +635,8 @@ class Plan:
             return [cfg.get("method", "bt")]
         if key == "keep":
             return [f"{k:g}" for k in cfg["keep"]]
+        if study == "correlation_study" and key == "knob":
+            return [f"{KNOBS[cfg['knob']]}{v:g}" for v in cfg["values"]]
         value = cfg[key]
         return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
@@ -591,7 +646,12 @@ class Plan:
         kind = KINDS[kind] if isinstance(kind, str) else kind
         if not self.enabled(kind):
             return []
-        seeds = self.axis(kind.seeds) if kind.seeds else self.seeds
+        if kind.seeds:  # a study's own seeds (evidence.lr_grid.seeds)
+            seeds = self.axis(kind.seeds)
+        elif "seed" in kind.axes:  # the correlation design's seeds (correlation_study.seeds)
+            seeds = self.axis(kind.axes["seed"])
+        else:
+            seeds = self.seeds
         out = [{"task": t, "seed": str(s)} for t in self.tasks for s in seeds]
         for name in kind.fields:
             if name in ("task", "seed"):
@@ -708,6 +768,28 @@ class Plan:
         }
         return json.dumps(deep_merge(hp, {"optim": optim}), sort_keys=True)
 
+    def design_hparams(self, task: str, knob: str) -> str:
+        """Pretraining of the correlation design at one knob value (folder token ``lr0.5``, ``wd0.1``, ``dropout0.2``
+        of config correlation_study.knob): the task's pretraining hyper-parameters (its full epoch count) with
+        lr_factor: optim.lr and optim.ssm_lr times the value; weight_decay: optim.weight_decay = value; dropout:
+        model.dropout = value."""
+        name = (self.config.get("correlation_study") or {}).get("knob")
+        if name not in KNOBS or not knob.startswith(KNOBS[name]):
+            raise ValueError(f"correlation_study.knob = {name!r}: folder value {knob!r} is not one of its values")
+        value = float(knob[len(KNOBS[name]) :])
+        hp = json.loads(self.hparams(task, "pretrain"))
+        if name == "lr_factor":
+            optim = hp["optim"]
+            change = {"optim": {k: optim[k] * value for k in ("lr", "ssm_lr") if k in optim}}
+            missing = {"lr", "ssm_lr"} - set(optim)
+            if missing:
+                raise ValueError(f"correlation_study.knob = lr_factor: optim has no {sorted(missing)} to scale")
+        elif name == "weight_decay":
+            change = {"optim": {"weight_decay": value}}
+        else:
+            change = {"model": {"dropout": value}}
+        return json.dumps(deep_merge(hp, change), sort_keys=True)
+
     def run_hparams(self, kind: RunKind, fields: dict[str, str]) -> str:
         """The hyper-parameter JSON of one run, as its kind derives it."""
         if callable(kind.hparams):
@@ -728,4 +810,15 @@ class Plan:
         return f"--init {start} --model {self.parent_file(kind, fields)}"
 
 
-__all__ = ["KINDS", "Plan", "RunKind", "compress_variants", "controls", "kinds", "parse", "register", "REDUCTIONS"]
+__all__ = [
+    "KINDS",
+    "KNOBS",
+    "Plan",
+    "RunKind",
+    "compress_variants",
+    "controls",
+    "kinds",
+    "parse",
+    "register",
+    "REDUCTIONS",
+]

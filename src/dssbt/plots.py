@@ -18,6 +18,7 @@ import seaborn as sns  # noqa: E402
 from scipy.stats import linregress, pearsonr  # noqa: E402
 
 from .aggregate import BASELINE_LABELS, CONTINUED_LABELS, LABELS, METHOD_NAMES, reduction_method  # noqa: E402
+from .correlation import budget_label  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .reduction.registry import REDUCTIONS  # noqa: E402
 
@@ -424,7 +425,7 @@ def correlation_plot(points: pd.DataFrame, table: pd.DataFrame, paths: Iterable,
             va="top",
             fontsize="x-small",
         )
-        ax.set_title(task)
+        ax.set_title(f"{task}: {budget_label(d['pretrain_epochs'])}", fontsize="small")
         ax.set_xlabel("pretrained (full N) test accuracy")
         ax.set_ylabel("reduced + retrained test accuracy")
         ax.legend(fontsize="xx-small", loc="lower right")
@@ -514,5 +515,70 @@ def forest(differences: pd.DataFrame, paths: Iterable, settings: dict[str, Any],
     if d.get("significant", pd.Series(dtype=bool)).astype(bool).any():
         handles.append(plt.Line2D([], [], ls="", label="* significant: Holm p < 0.05 and the thick bar excludes 0"))
     ax.legend(handles=handles, fontsize="x-small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    fig.tight_layout()
+    _save(fig, paths, settings.get("dpi", 150))
+
+
+def correlation_design_plot(
+    points: pd.DataFrame,
+    table: pd.DataFrame,
+    fits: dict[str, dict[str, Any]],
+    paths: Iterable,
+    settings: dict[str, Any],
+    knob: str | None = None,
+) -> None:
+    """The correlation design, one panel per task (never pooled): retrained test accuracy (one point per retraining
+    seed) vs the pretrained model's validation accuracy, colour = knob value; the retraining seeds of one pretraining
+    joined by a vertical line, their mean a white-edged marker; the MixedLM fit (``fits[task]``:
+    ``correlation.mixed_slope``) with its 95 % band for the mean, and the coefficients of ``table``
+    (``correlation.design_table``) in the text."""
+    from scipy.stats import norm
+
+    _style(settings)
+    tasks = sorted(points["task"].unique())
+    coeffs = table.set_index("task")
+    values = sorted(points["knob_value"].unique())
+    colours = dict(zip(values, sns.color_palette("viridis", len(values))))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.0), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        d = points[points["task"] == task]
+        for _, g in d.groupby("pretraining"):
+            x, colour = g["pretrained_val"].iloc[0], colours[g["knob_value"].iloc[0]]
+            ax.plot([x, x], [g["retrained_test"].min(), g["retrained_test"].max()], c=colour, lw=1, alpha=0.7)
+            ax.scatter(np.full(len(g), x), g["retrained_test"], color=colour, s=14, alpha=0.8)
+            ax.scatter([x], [g["retrained_test"].mean()], color=colour, s=40, edgecolor="white", zorder=3)
+        for v in values:
+            ax.scatter([], [], color=colours[v], label=f"{knob or 'knob'} = {v:g}")
+        fit = fits.get(task)
+        if fit:
+            xs = np.linspace(d["pretrained_val"].min(), d["pretrained_val"].max(), 50)  # (50,)
+            design = np.stack([np.ones_like(xs), xs], axis=1)  # (50, 2): [1, x]
+            mean = fit["intercept"] + fit["slope"] * xs  # (50,)
+            se = np.sqrt(np.einsum("ij,jk,ik->i", design, fit["cov"], design))  # (50,)
+            z = norm.ppf(0.975)
+            ax.plot(xs, mean, c="0.2", lw=1.2, label="MixedLM fit, 95 % band")
+            ax.fill_between(xs, mean - z * se, mean + z * se, color="0.5", alpha=0.2, lw=0)
+        c = coeffs.loc[task]
+        slope = (
+            "undefined"
+            if np.isnan(c["slope"])
+            else f"{c['slope']:.2f} (95 % CI [{c['slope_low']:.2f}, {c['slope_high']:.2f}])"
+        )
+        ax.text(
+            0.02,
+            0.98,
+            f"Spearman ρ = {_coefficient(c['spearman'], c['spearman_low'], c['spearman_high'])}\n"
+            f"Pearson r = {_coefficient(c['pearson'], c['pearson_low'], c['pearson_high'])}\n"
+            f"MixedLM slope = {slope}\n"
+            f"k = {int(c['pretrainings'])} pretrainings (cluster bootstrap), {int(c['points'])} points",
+            transform=ax.transAxes,
+            va="top",
+            fontsize="x-small",
+        )
+        order = d["order"].iloc[0]
+        ax.set_title(f"{task}: independent pretrainings, fixed budget", fontsize="small")
+        ax.set_xlabel("pretrained model (full N): validation accuracy")
+        ax.set_ylabel(f"BT-init r = {order}, retrained: test accuracy")
+        ax.legend(fontsize="xx-small", loc="lower right")
     fig.tight_layout()
     _save(fig, paths, settings.get("dpi", 150))

@@ -25,7 +25,10 @@ COMPRESS = config.get(
 )  # the compressibility study (dssbt.compress), or None (off)
 CORRELATION = config.get(
     "correlation"
-)  # the within-task correlation study, or None (off)
+)  # the budget-effect study (snapshots of the pretraining), or None (off)
+CORRELATION_STUDY = config.get(
+    "correlation_study"
+)  # the correlation design (independent full-length pretrainings), or None (off)
 
 
 check_names(config)
@@ -100,7 +103,9 @@ def job_hparams(wildcards):
 
 
 def job_seed(wildcards, output):
-    return run_of(wildcards)[1]["seed"]
+    """The run's --seed: its retraining seed where it has one (correlation design), else its seed."""
+    fields = run_of(wildcards)[1]
+    return fields.get("rseed", fields["seed"])
 
 
 def job_method(wildcards, output):
@@ -211,6 +216,20 @@ def correlation_pairs():
                 )
             pre.append(K["pretrain"].path(where) + "metrics.json")
             ret.append(K["retrain"].path(where) + "metrics.json")
+    return pre, ret
+
+
+def correlation_design_pairs():
+    """(pretrained metrics, retrained metrics) files of the correlation design, as two lists in one order: per task,
+    seed and knob value, its pretraining once per retraining seed, with that retraining.
+    """
+    if not CORRELATION_STUDY:
+        return [], []
+    pre, ret = [], []
+    for fields in PLAN.runs("corr_retrain"):
+        parent = grid.KINDS["corr_retrain"].parent_kind(fields).parent_kind(fields)
+        pre.append(parent.path(fields) + "metrics.json")
+        ret.append(grid.KINDS["corr_retrain"].path(fields) + "metrics.json")
     return pre, ret
 
 
