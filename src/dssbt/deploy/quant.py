@@ -87,3 +87,98 @@ def model_bytes(p: StepParams, weights: str, ssm: str = "fp32") -> int:
     if p.final_norm is not None:
         total += 4 * (p.final_norm.weight.size + p.final_norm.bias.size)
     return int(total)
+
+
+STATE_PRECISIONS = ("fp32", "fp16", "int16")
+
+
+def _round_state(x: np.ndarray, state: str, scale: np.ndarray | None) -> np.ndarray:
+    """x complex (B, H, N) rounded to ``state``: fp16 parts, or int16 parts on the calibrated ``scale`` (H, N),
+    saturating beyond it."""
+    if state == "fp32":
+        return x
+    if state == "fp16":
+        return x.real.astype(np.float16).astype(np.float64) + 1j * x.imag.astype(np.float16).astype(np.float64)
+
+    def q(a: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(a / scale), -32767, 32767) * scale
+
+    return q(x.real) + 1j * q(x.imag)
+
+
+def simulate(
+    p: StepParams,
+    x: np.ndarray,
+    lengths: np.ndarray | None = None,
+    weights: str = "fp32",
+    ssm: str = "fp32",
+    state: str = "fp32",
+    state_scales: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run the step over whole sequences in numpy with the linear maps at ``weights``, the SSM parameters at ``ssm``
+    and the state rounded to ``state`` after every update (int16: per-mode scales ``state_scales[i]`` (H, N_i),
+    from ``state_calibration`` on the train split). The measurement tool for precisions that the exported graph does
+    not store (fp16 / int16 state). x: (B, L) ids or (B, L) pixels (d_input 1) or (B, L, d_input).
+    Returns (logits after each sequence's last step (B, d_output), per layer the largest |Re|, |Im| of the state
+    over batch and time (H, N_i))."""
+    check_precision(weights, ssm)
+    if state not in STATE_PRECISIONS:
+        raise ValueError(f"state precision {state!r} is not one of {list(STATE_PRECISIONS)}")
+    if state == "int16" and state_scales is None:
+        raise ValueError("state precision int16 needs state_scales (state_calibration on the train split)")
+    from scipy.special import erf
+
+    bits = WEIGHTS[weights]
+    p = ssm_rounding(p, ssm)
+    B, L = x.shape[:2]
+    lengths = np.full(B, L) if lengths is None else np.asarray(lengths)
+    enc = dequantised(p.enc_weight, bits).astype(np.float64)  # (V, H) | (H, d_input)
+    outs = [dequantised(lay.out_weight, bits).astype(np.float64) for lay in p.layers]
+    dec = dequantised(p.dec_weight, bits).astype(np.float64)
+    xs = [np.zeros((B, p.H, lay.N), complex) for lay in p.layers]
+    peak = [np.zeros((p.H, lay.N)) for lay in p.layers]
+    pool = np.zeros((B, p.H))
+    final = np.zeros((B, p.d_output))
+
+    def norm(n, h):
+        if n.kind == "layer":
+            mu = h.mean(-1, keepdims=True)
+            return (h - mu) / np.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + n.eps) * n.weight + n.bias
+        return h * n.weight + n.bias
+
+    for t in range(int(lengths.max())):
+        if p.encoder == "embedding":
+            h = enc[x[:, t]]  # (B, H)
+        else:
+            h = np.asarray(x[:, t], np.float64).reshape(B, -1) @ enc.T + p.enc_bias
+        for i, lay in enumerate(p.layers):
+            z = norm(lay.norm, h) if p.prenorm else h
+            xs[i] = lay.Lambda_bar * xs[i] + lay.B_bar * z[..., None]  # (B, H, N)
+            live = (t < lengths)[:, None, None]
+            peak[i] = np.maximum(peak[i], np.where(live, np.maximum(abs(xs[i].real), abs(xs[i].imag)), 0).max(0))
+            xs[i] = _round_state(xs[i], state, None if state_scales is None else state_scales[i])
+            y = (lay.C * xs[i]).real.sum(-1) + lay.D * z  # (B, H)
+            if p.activation == "gelu_tanh":
+                y = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
+            else:
+                y = 0.5 * y * (1 + erf(y / np.sqrt(2)))
+            o = y @ outs[i].T + lay.out_bias
+            h = h + (o[:, : p.H] / (1 + np.exp(-o[:, p.H :])) if lay.glu else o)
+            if not p.prenorm:
+                h = norm(lay.norm, h)
+        if p.final_norm is not None:
+            h = norm(p.final_norm, h)
+        if p.pool == "mean":
+            pool += h
+            h = pool / (t + 1)
+        logits = h @ dec.T + p.dec_bias
+        done = lengths == t + 1
+        final[done] = logits[done]
+    return final, peak
+
+
+def state_calibration(p: StepParams, x: np.ndarray, lengths: np.ndarray | None = None, **kw) -> list[np.ndarray]:
+    """Per layer the int16 state scale (H, N_i): the largest |Re| or |Im| of each mode over the (train) sequences
+    ``x`` divided by 32767 (1 where the mode never moves)."""
+    _, peak = simulate(p, x, lengths, **kw)
+    return [np.where(m > 0, m / 32767, 1.0) for m in peak]
