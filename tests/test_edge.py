@@ -254,3 +254,194 @@ def test_cli_export_format_c_prints_flash_and_ram(tmp_path, capsys):
     assert (tmp_path / "c" / "model.c").exists() and (tmp_path / "c" / "model.h").exists()
     src = (tmp_path / "c" / "model.c").read_text()
     assert "malloc" not in src and "static const int8_t" in src
+
+
+def test_simulate_equals_the_numpy_reference_and_state_rounding_is_calibrated():
+    from dssbt.deploy.quant import simulate, state_calibration
+
+    model = random_model("linear_layer_last_postnorm")
+    p = real_step_params(model)
+    x = sequences(model, 4, 30).numpy()
+    for weights, bits in (("fp32", None), ("int8", 8)):
+        got, _ = simulate(p, x, weights=weights)
+        ref = ref_run(p, x, bits)
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    got16, _ = simulate(p, x, ssm="fp16")
+    np.testing.assert_allclose(got16, ref_run(p, x, None, fp16_ssm=True), rtol=1e-5, atol=1e-5)
+    scales = state_calibration(p, x)
+    # the scale is the largest |part| of each mode over the calibration run divided by 32767: a direct recomputation
+    lam, bb = p.layers[0].Lambda_bar, p.layers[0].B_bar
+    h = x[:, :, None] @ p.enc_weight.T[None] + p.enc_bias  # (B, L, H): layer 0's input (postnorm: no norm before)
+    s = np.zeros((4,) + lam.shape, complex)
+    peak = np.zeros(lam.shape)
+    for t in range(30):
+        s = lam * s + bb * h[:, t, :, None]
+        peak = np.maximum(peak, np.maximum(abs(s.real), abs(s.imag)).max(0))
+    np.testing.assert_allclose(scales[0], peak / 32767, rtol=1e-9)
+    full, _ = simulate(p, x)
+    i16, _ = simulate(p, x, state="int16", state_scales=scales)
+    f16, _ = simulate(p, x, state="fp16")
+    e16 = np.abs(i16 - full).max() / np.abs(full).max()
+    assert 0 < e16 < 1e-3 and np.abs(f16 - full).max() > 0
+    with pytest.raises(ValueError, match="needs state_scales"):
+        simulate(p, x, state="int16")
+
+
+# ----- the frontier's scores: LAST and top-energy budget allocations against a direct computation ---------------
+
+
+def direct_mode_scores(model, which):
+    """Per layer (H, N) the modes' H-infinity norms (last) or H2 energies (h2) of the ZOH system, computed here."""
+    out = []
+    for layer in model.dss_layers():
+        ss = {k: v.numpy() for k, v in layer.ss_params().items()}
+        lam, b, c, dt = ss["Lambda"][0], ss["B"][0], ss["C"][0], ss["dt"][:, None]
+        lb = np.exp(dt * lam)
+        bb = (lb - 1) / lam * b
+        if which == "last":
+            out.append(np.abs(c * bb) / (1 - np.abs(lb)))
+        else:
+            out.append(np.abs(c) ** 2 * np.abs(bb) ** 2 / (1 - np.abs(lb) ** 2))
+    return out
+
+
+def direct_allocation(scores, fraction, normalise):
+    """Sort each channel's scores descending, sum the k-th over channels (energies: squared norms for LAST), LAST's
+    s_k = e_k / sum_{j<=k} e_j if ``normalise``, then one state per layer plus the globally largest others."""
+    energies = []
+    for s in scores:
+        e = (-np.sort(-s, axis=-1)) ** (2 if normalise else 1)
+        e = e.sum(0)  # (N,)
+        energies.append(e / np.cumsum(e) if normalise else e)
+    total = sum(len(e) for e in energies)
+    R = max(len(energies), int(np.floor(fraction * total + 0.5)))
+    cand = sorted((-e[k], i, k) for i, e in enumerate(energies) for k in range(1, len(e)))
+    orders = [1] * len(energies)
+    for _, i, _ in cand[: R - len(energies)]:
+        orders[i] += 1
+    return orders
+
+
+def scaled_model():
+    """Three layers whose output scales differ by 100x (LAST's per-layer normalisation then matters)."""
+    import torch
+
+    model = random_model("embedding_layer_mean", layers=3, N=8, H=6)
+    with torch.no_grad():
+        model.dss_layers()[1].C.mul_(10.0)
+        model.dss_layers()[2].C.mul_(0.1)
+    return model
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25, 0.1])
+def test_last_and_top_energy_allocations_equal_a_direct_computation(fraction):
+    from dssbt.orders import parse_order
+    from dssbt.reduction.apply import ModelReducer
+
+    model = scaled_model()
+    red = ModelReducer(model, "discrete")
+    spec = parse_order(f"budget:{fraction}")
+    last = red.choose_orders(spec, "last")
+    assert last["layer_orders"] == direct_allocation(direct_mode_scores(model, "last"), fraction, True)
+    assert last["allocation"] == "last" and sum(last["layer_orders"]) == last["kept"]
+    h2 = red.choose_orders(spec, "h2energy")["layer_orders"]
+    assert h2 == direct_allocation(direct_mode_scores(model, "h2"), fraction, False)
+    assert red.choose_orders(spec)["allocation"] == "hsv"
+
+
+def test_last_normalisation_differs_from_the_plain_energy_ranking():
+    """The per-layer normalisation is what makes LAST LAST: on layers of very different scale the plain global
+    ranking of the same H-infinity energies starves the small layer, LAST does not."""
+    model = scaled_model()
+    scores = direct_mode_scores(model, "last")
+    plain = direct_allocation(scores, 0.25, False)
+    from dssbt.orders import parse_order
+    from dssbt.reduction.apply import ModelReducer
+
+    last = ModelReducer(model, "discrete").choose_orders(parse_order("budget:0.25"), "last")["layer_orders"]
+    assert last != plain and last[2] > plain[2]
+
+
+def test_last_reduction_keeps_each_channels_modes_of_largest_hinf_norm():
+    from dssbt.reduction.apply import reduce_model
+
+    model = scaled_model()
+    reduced, report = reduce_model(model, [3, 5, 2], method="last", kernel_length=32)
+    scores = direct_mode_scores(model, "last")
+    for i, (layer, r) in enumerate(zip(reduced.dss_layers(), [3, 5, 2])):
+        kept = np.sort(np.argsort(-scores[i], axis=-1)[:, :r], axis=-1)  # (H, r)
+        full = model.dss_layers()[i].ss_params()["Lambda"].numpy()[0]
+        np.testing.assert_allclose(
+            layer.ss_params()["Lambda"].numpy()[0], np.take_along_axis(full, kept, -1), rtol=1e-6
+        )
+
+
+def test_allocation_other_than_hsv_needs_a_budget(tmp_path):
+    model = scaled_model()
+    save_model(tmp_path / "m.pt", model, {"task": "x"})
+    out = str(tmp_path / "o.json")
+    assert (
+        main(["orders", "--model", str(tmp_path / "m.pt"), "--spec", "tol:0.1", "--allocation", "last", "--out", out])
+        == 2
+    )
+    assert (
+        main(
+            ["orders", "--model", str(tmp_path / "m.pt"), "--spec", "budget:0.5", "--allocation", "last", "--out", out]
+        )
+        == 0
+    )
+    import json
+
+    assert json.loads((tmp_path / "o.json").read_text())["allocation"] == "last"
+
+
+def test_compress_table_with_several_methods_pairs_each_with_bt_by_seed():
+    import pandas as pd
+    from scipy import stats
+
+    from dssbt.compress import markdown, table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(5):
+        rows.append(
+            dict(
+                task="image",
+                seed=seed,
+                variant="plain",
+                method="bt",
+                keep=1.0,
+                kind="pretrained",
+                accuracy=90.0,
+                states=100,
+                epochs=3,
+            )
+        )
+        for method in ("bt", "last"):
+            for kind in ("reduced", "retrained"):
+                rows.append(
+                    dict(
+                        task="image",
+                        seed=seed,
+                        variant="plain",
+                        method=method,
+                        keep=0.25,
+                        kind=kind,
+                        accuracy=float(rng.uniform(50, 90)),
+                        states=25,
+                        epochs=4,
+                    )
+                )
+    pts = pd.DataFrame(rows)
+    tab = table(pts)
+    assert list(tab["method"]) == ["bt", "last"]
+    r = tab[tab.method == "last"].iloc[0]
+    for kind, prefix in (("retrained", "vs_bt"), ("reduced", "vs_bt_reduced")):
+        a = pts[(pts.method == "last") & (pts.kind == kind)].sort_values("seed")["accuracy"].to_numpy()
+        b = pts[(pts.method == "bt") & (pts.kind == kind)].sort_values("seed")["accuracy"].to_numpy()
+        d = a - b
+        lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+        assert r[f"{prefix}_diff"] == pytest.approx(d.mean()) and r[f"{prefix}_n_pairs"] == 5
+        assert (r[f"{prefix}_ci_low"], r[f"{prefix}_ci_high"]) == pytest.approx((lo, hi))
+    assert np.isnan(tab[tab.method == "bt"].iloc[0]["vs_bt_diff"])
+    assert "| last |" in markdown(tab)

@@ -767,3 +767,20 @@ def test_tensorboard_switch_reaches_every_training_job_and_only_them(tmp_path):
         train[0]["shell"]
     )
     assert not any("--tensorboard" in j["shell"] for j in on if j["rule"] != "train")
+
+
+def test_frontier_preset_dry_run_job_counts(tmp_path):
+    wf = copy_workflow(tmp_path)
+    # 2 tasks x 10 seeds: the main pretraining each; 7 methods x 4 budgets, each reduced and retrained; the HSV
+    # orders per budget (bt, bsp, modal, h2, msp) and LAST's and top-energy's own orders per budget
+    assert job_counts(wf, "compress", "--configfile", "workflow/presets/frontier.yaml") == {
+        "generate": 2,
+        "prepare": 2,
+        "pretrain": 20,
+        "compress_orders": 80,
+        "compress_orders_allocated": 160,
+        "compress_reduce": 560,
+        "compress_retrain": 560,
+        "compress_table": 1,
+        "compress": 1,
+    }
