@@ -445,3 +445,31 @@ def test_compress_table_with_several_methods_pairs_each_with_bt_by_seed():
         assert (r[f"{prefix}_ci_low"], r[f"{prefix}_ci_high"]) == pytest.approx((lo, hi))
     assert np.isnan(tab[tab.method == "bt"].iloc[0]["vs_bt_diff"])
     assert "| last |" in markdown(tab)
+
+
+def test_deploy_measure_of_an_int8_graph_reports_its_own_accuracy_and_bytes(tmp_path):
+    import json
+
+    from test_deploy import prepared_listops
+
+    from dssbt.deploy.table import read_rows
+
+    split = prepared_listops(tmp_path / "data")
+    model = random_model("embedding_layer_mean")
+    save_model(tmp_path / "m.pt", model, {"task": "listops", "l_max": 25, "seed": 0, "init": "skew_hippo"})
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": {"test": 0.25}, "init": "skew_hippo"}))
+    onnx_path = str(tmp_path / "m_int8.onnx")
+    assert main(["export", "--model", str(tmp_path / "m.pt"), "--out", onnx_path, "--weights", "int8"]) == 0
+    args = ["deploy-measure", "--model", str(tmp_path / "m.pt"), "--onnx", onnx_path, "--data", str(tmp_path / "data")]
+    args += ["--metrics", str(tmp_path / "metrics.json"), "--run", "pretrain", "--subset", "2", "--steps", "5"]
+    assert main([*args, "--repeats", "1", "--out", str(tmp_path / "row.json")]) == 0
+    row = json.loads((tmp_path / "row.json").read_text())
+    # the int8 graph's accuracy over the whole test split (6 sequences), from the numpy reference's predictions
+    ref = np.stack(
+        [ref_run(real_step_params(model), split.inputs[i : i + 1, :ln], 8)[0] for i, ln in enumerate(split.lengths)]
+    )
+    assert row["subset"] == 6 and row["accuracy_test"] == pytest.approx(float((ref.argmax(-1) == split.labels).mean()))
+    assert row["weights"] == "int8" and row["model_bytes"] == model_bytes(real_step_params(model), "int8")
+    (tmp_path / "run").mkdir()
+    df = read_rows([tmp_path / "row.json"])
+    assert list(df["weights"]) == ["int8"] and list(df["model_bytes"]) == [row["model_bytes"]]

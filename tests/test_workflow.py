@@ -114,7 +114,8 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
         "controls": ["skew_hippo", "skew_hippo_equal", "full_continued", "transplant"],
         "correlation": {"epochs": [1], "order": 2},
         "optim": {"epochs": 2},
-        "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1]},
+        # two methods, one (last) with its own budget allocation: the rule compress_orders_allocated has jobs
+        "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1], "method": ["bt", "last"]},
         "task_settings": {"listops": {"optim": {"epochs": 2}}},
     }
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))

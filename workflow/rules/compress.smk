@@ -43,7 +43,7 @@ rule compress_orders_allocated:
         CONDA_ENV
     threads: config["threads"]["reduce"]
     resources:
-        **rule_resources("compress_orders"),
+        **rule_resources("compress_orders_allocated"),
     params:
         route=config["reduction"]["route"],
     shell:
