@@ -36,7 +36,7 @@ def save_pretrained(path, seed: int, weights_seed: int = 7):
 
 def test_controls_are_registry_methods_apart_from_the_reductions():
     assert set(CONTROL_METHODS) == {"transplant", "random_modes", "top_energy_modes"}
-    assert list(REDUCTIONS) == ["bt", "bsp", "modal", "h2", "msp", "top_energy"]
+    assert list(REDUCTIONS) == ["bt", "bsp", "modal", "h2", "msp", "top_energy", "last"]
     assert all(not METHODS[m].control for m in REDUCTIONS)
 
 

@@ -121,7 +121,8 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
             "order": 2,
         },
         "optim": {"epochs": 2},
-        "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1]},
+        # two methods, one (last) with its own budget allocation: the rule compress_orders_allocated has jobs
+        "compressibility": {"keep": [0.5], "hsv_reg": [0.01], "reduce_during_epochs": [1], "method": ["bt", "last"]},
         "task_settings": {"listops": {"optim": {"epochs": 2}}},
     }
     (wf / "edit.yaml").write_text(yaml.safe_dump(edit))
@@ -994,4 +995,21 @@ def test_adding_the_ladder_to_a_finished_grid_schedules_only_its_jobs(tiny_run):
         "ladder_retrain": 2,
         "ladder_equal": 2,
         "ladder_table": 1,
+    }
+
+
+def test_frontier_preset_dry_run_job_counts(tmp_path):
+    wf = copy_workflow(tmp_path)
+    # 2 tasks x 10 seeds: the main pretraining each; 7 methods x 4 budgets, each reduced and retrained; the HSV
+    # orders per budget (bt, bsp, modal, h2, msp) and LAST's and top-energy's own orders per budget
+    assert job_counts(wf, "compress", "--configfile", "workflow/presets/frontier.yaml") == {
+        "generate": 2,
+        "prepare": 2,
+        "pretrain": 20,
+        "compress_orders": 80,
+        "compress_orders_allocated": 160,
+        "compress_reduce": 560,
+        "compress_retrain": 560,
+        "compress_table": 1,
+        "compress": 1,
     }

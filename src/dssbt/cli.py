@@ -54,7 +54,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_orders(a: argparse.Namespace) -> None:
     from .stages import orders_job
 
-    c = orders_job(a.model, a.spec, a.out, a.route)
+    c = orders_job(a.model, a.spec, a.out, a.route, a.allocation)
     print(
         f"{a.model}: {c['order_spec']} ({a.route}) -> layer orders {c['layer_orders']} of {c['N']}; "
         f"discarded HSV energy {[f'{x:.2e}' for x in c['discarded_energy']]}"
@@ -239,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="HSVs of the continuous system or of its ZOH discretisation (default: discrete)",
     )
     p.add_argument("--out", required=True, help="orders file (JSON with order_spec and layer_orders) to write")
+    p.add_argument(
+        "--allocation",
+        default="hsv",
+        choices=["hsv", "last", "h2energy"],
+        help="how a budget is split over layers: least discarded HSV energy (hsv, default), LAST's normalised "
+        "H-infinity scores (last) or the modes' H2 energies (h2energy, AIRE-Prune)",
+    )
     common(p)
     p.set_defaults(func=cmd_orders)
     from .data.cli import add_subcommands as add_data_subcommands

@@ -60,6 +60,7 @@ def points(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "task": r["task"],
                 "seed": int(r["seed"]),
                 "variant": r["variant"],
+                "method": r.get("method", "bt"),
                 "keep": float(r["keep"]),
                 "kind": r["kind"],
                 "accuracy": 100.0 * m["accuracy"]["test"],
@@ -71,15 +72,20 @@ def points(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def table(pts: pd.DataFrame) -> pd.DataFrame:
-    """One row per task x variant x kept fraction: the states kept (the largest over seeds), the variant's full-N
-    pretrained accuracy, the accuracy without and after retraining (mean, std, n over seeds; test, %) and the
-    after-retraining difference to ``plain`` at the same fraction, paired by seed, with its 95 % interval."""
+    """One row per task x variant x kept fraction x method: the states kept (the largest over seeds), the variant's
+    full-N pretrained accuracy, the accuracy without and after retraining (mean, std, n over seeds; test, %), the
+    after-retraining difference to ``plain`` at the same fraction and method, paired by seed, with its 95 % interval,
+    and (several methods: the frontier preset) the differences to BT's at the same task, variant and fraction, paired
+    by seed, without (``vs_bt_reduced_*``) and after retraining (``vs_bt_*``)."""
     rows = []
+    if "method" not in pts:
+        pts = pts.assign(method="bt")
     reduced_pts = pts[pts.kind != "pretrained"]
-    for (task, variant, keep), g in reduced_pts.groupby(["task", "variant", "keep"], sort=False):
+    for (task, variant, keep, method), g in reduced_pts.groupby(["task", "variant", "keep", "method"], sort=False):
         row: dict[str, Any] = {
             "task": task,
             "variant": variant,
+            "method": method,
             "label": variant_label(variant),
             "keep": keep,
             "removed_pct": round(100 * (1 - keep)),
@@ -96,7 +102,8 @@ def table(pts: pd.DataFrame) -> pd.DataFrame:
                 a.std(ddof=1) if len(a) > 1 else np.nan,
                 len(a),
             )
-        base = pts[(pts.task == task) & (pts.variant == PLAIN) & (pts.keep == keep) & (pts.kind == "retrained")]
+        same = (pts.task == task) & (pts.keep == keep) & (pts.method == method)
+        base = pts[same & (pts.variant == PLAIN) & (pts.kind == "retrained")]
         pair = g[g.kind == "retrained"].merge(base, on="seed", suffixes=("", "_plain"))
         d = (
             paired_difference(pair["accuracy"].to_numpy(), pair["accuracy_plain"].to_numpy())
@@ -104,13 +111,24 @@ def table(pts: pd.DataFrame) -> pd.DataFrame:
             else {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_pairs": 0}
         )
         row |= {f"vs_plain_{k}": v for k, v in d.items()}
+        if pts["method"].nunique() > 1:
+            at = (pts.task == task) & (pts.keep == keep) & (pts.variant == variant) & (pts.method == "bt")
+            for kind, prefix in (("retrained", "vs_bt"), ("reduced", "vs_bt_reduced")):
+                pair = g[g.kind == kind].merge(pts[at & (pts.kind == kind)], on="seed", suffixes=("", "_bt"))
+                d = (
+                    paired_difference(pair["accuracy"].to_numpy(), pair["accuracy_bt"].to_numpy())
+                    if method != "bt" and len(pair)
+                    else {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_pairs": 0}
+                )
+                row |= {f"{prefix}_{k}": v for k, v in d.items()}
         rows.append(row)
     df = pd.DataFrame(rows)
     order = {v: i for i, v in enumerate(dict.fromkeys(pts["variant"]))}
+    morder = {m: i for i, m in enumerate(dict.fromkeys(pts["method"]))}
     return df.sort_values(
-        ["task", "keep", "variant"],
-        ascending=[True, False, True],
-        key=lambda s: s.map(order) if s.name == "variant" else s,
+        ["task", "keep", "variant", "method"],
+        ascending=[True, False, True, True],
+        key=lambda s: s.map(order) if s.name == "variant" else s.map(morder) if s.name == "method" else s,
     ).reset_index(drop=True)
 
 
@@ -123,11 +141,22 @@ def _cell(mean: float, std: float, n: int) -> str:
 def markdown(tab: pd.DataFrame) -> str:
     """The table as Markdown: test accuracy %, mean ± std over seeds; a difference in bold where its interval
     excludes 0."""
+    several = "vs_bt_diff" in tab
     lines = [
         "| task | states removed | kept states | variant | full N | without retraining | after retraining |"
-        " after retraining − plain |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        " after retraining − plain |"
+        + (" method | without retraining − BT | after retraining − BT |" if several else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- | --- |" if several else ""),
     ]
+
+    def interval(diff: float, lo: float, hi: float, n: int) -> str:
+        if n == 0:
+            return ""
+        if np.isnan(lo):
+            return f"{diff:+.1f} (n = {n}, no interval)"
+        text = f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+        return f"**{text}**" if lo > 0 or hi < 0 else text
+
     for r in tab.itertuples():
         if r.vs_plain_n_pairs == 0:
             diff = ""
@@ -142,6 +171,12 @@ def markdown(tab: pd.DataFrame) -> str:
             f" | {_cell(r.pretrained_mean, r.pretrained_std, r.pretrained_n)}"
             f" | {_cell(r.reduced_mean, r.reduced_std, r.reduced_n)}"
             f" | {_cell(r.retrained_mean, r.retrained_std, r.retrained_n)} | {diff} |"
+            + (
+                f" {r.method} | {interval(r.vs_bt_reduced_diff, r.vs_bt_reduced_ci_low, r.vs_bt_reduced_ci_high, r.vs_bt_reduced_n_pairs)}"
+                f" | {interval(r.vs_bt_diff, r.vs_bt_ci_low, r.vs_bt_ci_high, r.vs_bt_n_pairs)} |"
+                if several
+                else ""
+            )
         )
     n = int(tab["retrained_n"].max()) if len(tab) else 0
     lines.append("")

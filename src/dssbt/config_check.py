@@ -18,7 +18,7 @@ def check_names(config: dict[str, Any]) -> None:
     lists = [("controls", config.get("controls", []), grid.controls())]
     lists += [("methods", config["methods"], list(REDUCTIONS))]
     lists += [
-        (f"{s}.method", [config[s]["method"]], list(REDUCTIONS))
+        (f"{s}.method", m if isinstance(m := config[s]["method"], list) else [m], list(REDUCTIONS))
         for s in ("correlation", "correlation_study", "compressibility")
         if (config.get(s) or {}).get("method")
     ]

@@ -631,8 +631,9 @@ class Plan:
         if study == "compressibility" and key in ("own_variants", "reduced_variants"):
             variants = compress_variants(cfg)
             return variants[1:] if key == "own_variants" else [v for v in variants if not v.startswith("shrink")]
-        if key == "method":
-            return [cfg.get("method", "bt")]
+        if key == "method":  # one method, or a list of them (the frontier preset)
+            method = cfg.get("method", "bt")
+            return [str(m) for m in method] if isinstance(method, list) else [method]
         if key == "keep":
             return [f"{k:g}" for k in cfg["keep"]]
         if study == "correlation_study" and key == "knob":
@@ -707,8 +708,10 @@ class Plan:
 
     def orders_file(self, kind: RunKind, fields: dict[str, str]) -> str | None:
         """The per-layer orders file of a run: a budget order (compressibility) or a per-layer order spec."""
-        if "keep" in fields:
-            return f"{RESULTS}{COMPRESS.format(**fields)}orders_budget{fields['keep']}.json"
+        if "keep" in fields:  # a method with its own budget allocation (LAST, top-energy) has its own orders file
+            alloc = METHODS[fields["method"]].allocation if fields.get("method") in METHODS else "hsv"
+            suffix = "" if alloc == "hsv" else f"_{alloc}"
+            return f"{RESULTS}{COMPRESS.format(**fields)}orders_budget{fields['keep']}{suffix}.json"
         if "order" in fields and not re.fullmatch(r"\d+", fields["order"]):
             return f"{RESULTS}runs/{fields['task']}/seed{fields['seed']}/orders_{fields['order']}.json"
         return None

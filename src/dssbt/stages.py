@@ -90,16 +90,21 @@ def train_job(
     return {"model": folder / "model.pt", "metrics": folder / "metrics.json", "history": folder / "history.csv"}
 
 
-def orders_job(model: PathLike, spec: str, out: PathLike, route: str = "discrete") -> dict[str, Any]:
+def orders_job(
+    model: PathLike, spec: str, out: PathLike, route: str = "discrete", allocation: str = "hsv"
+) -> dict[str, Any]:
     """Choose the per-layer orders of ``spec`` (``tol:<x>``, ``budget:<f>`` or their folder forms ``tol0.3``,
-    ``budget0.25``) for the pretrained model file ``model``; writes them to ``out``."""
+    ``budget0.25``) for the pretrained model file ``model``; writes them to ``out``. ``allocation``: how a budget is
+    split over layers (``ModelReducer.choose_orders``)."""
     from .orders import from_wildcard
 
     order = parse_order(spec) if ":" in spec else from_wildcard(spec)
     if not order.per_layer:
         raise ValueError(f"order {spec!r} is one r for every layer: there are no per-layer orders to choose")
     full, meta = load_model(model)
-    chosen = ModelReducer(full, route).choose_orders(order)
+    if allocation != "hsv" and order.kind != "budget":
+        raise ValueError(f"--allocation {allocation}: only a budget order (budget:<f>) is allocated, got {spec!r}")
+    chosen = ModelReducer(full, route).choose_orders(order, allocation)
     chosen.update(checkpoint=str(model), task=meta.get("task"), seed=meta.get("seed"))
     write_json(out, chosen)
     return chosen

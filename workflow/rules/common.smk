@@ -295,11 +295,15 @@ def compress_rows():
     if not COMPRESS:
         return [], [], []
     K = grid.KINDS
-    method = COMPRESS.get("method", "bt")
+    methods = PLAN.axis("compressibility.method")  # one method, or several (the frontier preset)
     rows, reports = [], []
     for task in TASKS:
         for seed in SEEDS:
-            for variant in grid.compress_variants(COMPRESS):
+            for variant, method in (
+                (v, m)
+                for v in grid.compress_variants(COMPRESS)
+                for m in (methods if not v.startswith("shrink") else methods[:1])
+            ):
                 where = dict(task=task, seed=seed, variant=variant, method=method)
                 if variant.startswith("shrink"):
                     keep = float(variant[len("shrink") :])
@@ -309,7 +313,8 @@ def compress_rows():
                     )
                     continue
                 pre = K[_compress_parent_name(variant)].path(where) + "metrics.json"
-                rows.append(dict(where, keep=1.0, kind="pretrained", metrics=pre))
+                if method == methods[0]:  # one full-N row per variant, whatever the methods
+                    rows.append(dict(where, keep=1.0, kind="pretrained", metrics=pre))
                 for keep in COMPRESS["keep"]:
                     at = where | {"keep": f"{keep:g}"}
                     for kind, name in (

@@ -14,6 +14,7 @@ rule compress_orders:
         "logs/compress_orders/{task}/seed{seed}_{variant}_budget{keep}.log",
     wildcard_constraints:
         variant=r"plain|hsvreg[0-9.eE+-]+",
+        keep=r"[0-9][0-9.eE+-]*",
     conda:
         CONDA_ENV
     threads: config["threads"]["reduce"]
@@ -24,6 +25,30 @@ rule compress_orders:
     shell:
         "python -m dssbt orders --model {input.model} --spec budget:{wildcards.keep} --route {params.route}"
         " --out {output.orders} --threads {threads} > {log} 2>&1"
+
+
+rule compress_orders_allocated:
+    # the same budget split over layers by a method's own scores (registry Method.allocation: LAST, top-energy)
+    input:
+        model=compress_orders_model,
+    output:
+        orders="results/compress/{task}/seed{seed}/{variant}/orders_budget{keep}_{allocation}.json",
+    log:
+        "logs/compress_orders/{task}/seed{seed}_{variant}_budget{keep}_{allocation}.log",
+    wildcard_constraints:
+        variant=r"plain|hsvreg[0-9.eE+-]+",
+        keep=r"[0-9][0-9.eE+-]*",
+        allocation=r"last|h2energy",
+    conda:
+        CONDA_ENV
+    threads: config["threads"]["reduce"]
+    resources:
+        **rule_resources("compress_orders_allocated"),
+    params:
+        route=config["reduction"]["route"],
+    shell:
+        "python -m dssbt orders --model {input.model} --spec budget:{wildcards.keep} --route {params.route}"
+        " --allocation {wildcards.allocation} --out {output.orders} --threads {threads} > {log} 2>&1"
 
 
 rule compress_table:

@@ -19,9 +19,16 @@ DEPLOY_MODELS = [
 ]
 
 
-DEPLOY = {"enabled": False, "subset": 100, "steps": 200, "repeats": 5} | config.get(
-    "deploy", {}
-)
+DEPLOY = {
+    "enabled": False,
+    "subset": 100,
+    "steps": 200,
+    "repeats": 5,
+    "precisions": ["fp32"],
+} | config.get("deploy", {})
+# each model is exported once per weight precision: fp32 as model.onnx, the others as model_<precision>.onnx
+DEPLOY_SUFFIXES = ["" if p == "fp32" else f"_{p}" for p in DEPLOY["precisions"]]
+deploy_weights = lambda wildcards: wildcards.prec.lstrip("_") or "fp32"
 # results/runs/<task>/seed<s>/<run>/model.pt -> results/deploy/<task>/seed<s>/<run>/<name>
 deploy_file = lambda model, name: os.path.join(
     os.path.dirname(model).replace("results/runs/", "results/deploy/", 1), name
@@ -46,19 +53,22 @@ rule export_onnx:
         model="results/runs/{task}/seed{seed}/{run}/model.pt",
         data=prepared("{task}"),
     output:
-        onnx="results/deploy/{task}/seed{seed}/{run}/model.onnx",
-        json="results/deploy/{task}/seed{seed}/{run}/model.json",
+        onnx="results/deploy/{task}/seed{seed}/{run}/model{prec}.onnx",
+        json="results/deploy/{task}/seed{seed}/{run}/model{prec}.json",
     log:
-        "logs/deploy/export/{task}/seed{seed}/{run}.log",
+        "logs/deploy/export/{task}/seed{seed}/{run}{prec}.log",
     wildcard_constraints:
         run=r"[A-Za-z0-9_.]+",
+        prec=r"(_int8|_int16)?",
     conda:
         CONDA_ENV
     threads: 1
     resources:
         **rule_resources("export_onnx"),
+    params:
+        weights=deploy_weights,
     shell:
-        "python -m dssbt export --model {input.model} --out {output.onnx}"
+        "python -m dssbt export --model {input.model} --out {output.onnx} --weights {params.weights}"
         " --data data/prepared/{wildcards.task} > {log} 2>&1"
 
 
@@ -66,15 +76,16 @@ rule deploy_measure:
     input:
         model="results/runs/{task}/seed{seed}/{run}/model.pt",
         metrics="results/runs/{task}/seed{seed}/{run}/metrics.json",
-        onnx="results/deploy/{task}/seed{seed}/{run}/model.onnx",
-        json="results/deploy/{task}/seed{seed}/{run}/model.json",
+        onnx="results/deploy/{task}/seed{seed}/{run}/model{prec}.onnx",
+        json="results/deploy/{task}/seed{seed}/{run}/model{prec}.json",
         data=prepared("{task}"),
     output:
-        "results/deploy/{task}/seed{seed}/{run}/measure.json",
+        "results/deploy/{task}/seed{seed}/{run}/measure{prec}.json",
     log:
-        "logs/deploy/measure/{task}/seed{seed}/{run}.log",
+        "logs/deploy/measure/{task}/seed{seed}/{run}{prec}.log",
     wildcard_constraints:
         run=r"[A-Za-z0-9_.]+",
+        prec=r"(_int8|_int16)?",
     conda:
         CONDA_ENV
     threads: 1
@@ -93,7 +104,9 @@ rule deploy_measure:
 
 rule deploy_table:
     input:
-        rows=[deploy_file(m, "measure.json") for m in DEPLOY_MODELS],
+        rows=[
+            deploy_file(m, f"measure{sfx}.json") for m in DEPLOY_MODELS for sfx in DEPLOY_SUFFIXES
+        ],
     output:
         csv=report(
             "results/tables/deploy.csv",

@@ -13,12 +13,24 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_onnx, sidecar_path
 
     model, meta = load_model(args.model)
+    if args.format == "c":
+        from .cexport import export_c
+
+        if args.ssm != "fp32":
+            raise ValueError(f"--ssm {args.ssm}: the C export keeps the SSM parameters in float32 (--ssm fp32)")
+        info = export_c(model, args.out, args.weights)
+        print(
+            f"{args.model}: wrote {info['c']} and {info['h']} (weights {args.weights}; flash {info['flash_bytes']} "
+            f"bytes of const parameters, RAM {info['ram_bytes']} bytes of state per sequence, stack "
+            f"{info['stack_bytes']} bytes per step; layer states {info['layer_orders']})"
+        )
+        return
     task_meta = load_meta(args.data) if args.data else None
-    info = export_onnx(model, args.out, meta, task_meta)
+    info = export_onnx(model, args.out, meta, task_meta, weights=args.weights, ssm=args.ssm)
     print(
-        f"{args.model}: wrote {args.out} ({info['onnx_bytes'] / 1024:.1f} KiB, layer states "
-        f"{info['layer_orders']}, {info['state_bytes_per_sequence']} state bytes per sequence) and "
-        f"{sidecar_path(args.out)}"
+        f"{args.model}: wrote {args.out} ({info['onnx_bytes'] / 1024:.1f} KiB; weights {args.weights}, SSM "
+        f"{args.ssm}, {info['model_bytes']} parameter bytes; layer states {info['layer_orders']}, "
+        f"{info['state_bytes_per_sequence']} state bytes per sequence) and {sidecar_path(args.out)}"
     )
 
 
@@ -97,7 +109,29 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="the recurrent step of a unidirectional model as an ONNX graph (+ JSON)")
     p.add_argument("--model", required=True, help="model file written by dssbt (full or reduced)")
-    p.add_argument("--out", required=True, help="ONNX file to write; its description goes to the .json beside it")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="onnx: the file to write (its description goes to the .json beside it); c: the folder for model.c/.h",
+    )
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "c"],
+        help="onnx: the step graph (opset 17); c: one self-contained C99 source and header (default: onnx)",
+    )
+    p.add_argument(
+        "--weights",
+        default="fp32",
+        choices=["fp32", "int16", "int8"],
+        help="storage of the linear maps: per-row symmetric integers with float scales (default: fp32)",
+    )
+    p.add_argument(
+        "--ssm",
+        default="fp32",
+        choices=["fp32", "fp16"],
+        help="storage of the SSM parameters Lambda_bar, B_bar, C, D (onnx only; default: fp32)",
+    )
     p.add_argument(
         "--data",
         default=None,

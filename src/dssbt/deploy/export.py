@@ -30,6 +30,7 @@ import numpy as np
 
 from ..io import atomic_path, write_json
 from ..model import S4Model
+from .quant import WEIGHTS, check_precision, model_bytes, quantise_rows
 from .stream import NormParams, StepParams, real_step_params
 
 OPSET = 17
@@ -93,19 +94,47 @@ def _activation(g: _Graph, x: str, name: str) -> str:
     return g.op("Mul", g.op("Mul", x, half), g.op("Add", t, one))
 
 
-def build_graph(p: StepParams, name: str = "dssbt_step"):
-    """The ONNX ModelProto of one step of ``p`` (see the module docstring). Checked with ``onnx.checker``."""
+def _weight(g: _Graph, name: str, w: np.ndarray, weights: str) -> str:
+    """A linear map's weight (K, J) as a float32 tensor name: the constant itself (fp32), or the per-row integer
+    constant ``name`` (int8 / int16) cast to float and multiplied by its scale ``name.scale`` (K, 1)."""
+    bits = WEIGHTS[weights]
+    if bits is None:
+        return g.const(name, w)
+    q, s = quantise_rows(w, bits)
+    from onnx import TensorProto
+
+    qf = g.op("Cast", g.const(name, q, q.dtype), to=TensorProto.FLOAT)
+    return g.op("Mul", qf, g.const(name + ".scale", s[:, None]))
+
+
+def _ssm_const(g: _Graph, name: str, a: np.ndarray, ssm: str) -> str:
+    """An SSM parameter: float32, or stored float16 and cast to float32 (``ssm="fp16"``)."""
+    if ssm == "fp32":
+        return g.const(name, a)
+    from onnx import TensorProto
+
+    return g.op("Cast", g.const(name, a, np.float16), to=TensorProto.FLOAT)
+
+
+def build_graph(p: StepParams, name: str = "dssbt_step", weights: str = "fp32", ssm: str = "fp32"):
+    """The ONNX ModelProto of one step of ``p`` (see the module docstring). Checked with ``onnx.checker``.
+
+    ``weights``: fp32 | int16 | int8, the storage of the linear maps (``dssbt.deploy.quant``: per-row symmetric
+    integers and float32 scales, dequantised in the graph); ``ssm``: fp32 | fp16, the storage of Lambda_bar, B_bar,
+    C and D."""
     import onnx
     from onnx import TensorProto, helper
 
+    check_precision(weights, ssm)
     g = _Graph()
     H = p.H
     if p.encoder == "embedding":
         x_in = helper.make_tensor_value_info("x", TensorProto.INT64, ["batch"])
-        h = g.op("Gather", g.const("encoder.weight", p.enc_weight), "x", axis=0)  # (B, H)
+        h = g.op("Gather", _weight(g, "encoder.weight", p.enc_weight, weights), "x", axis=0)  # (B, H)
     else:
         x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", p.d_input])
-        h = g.op("Gemm", "x", g.const("encoder.weight", p.enc_weight), g.const("encoder.bias", p.enc_bias), transB=1)
+        enc_w = _weight(g, "encoder.weight", p.enc_weight, weights)
+        h = g.op("Gemm", "x", enc_w, g.const("encoder.bias", p.enc_bias), transB=1)
     inputs, outputs = [x_in], []
     axis_last = g.const("const.axis_last", np.array([-1]), np.int64)
     for i, lay in enumerate(p.layers):
@@ -117,11 +146,14 @@ def build_graph(p: StepParams, name: str = "dssbt_step"):
         z = _norm(g, h, lay.norm, f"{pre}.norm") if p.prenorm else h
         u = g.op("Unsqueeze", z, axis_last)  # (B, H, 1)
         ar, ai = (
-            g.const(f"{pre}.Lambda_bar_re", lay.Lambda_bar.real),
-            g.const(f"{pre}.Lambda_bar_im", lay.Lambda_bar.imag),
+            _ssm_const(g, f"{pre}.Lambda_bar_re", lay.Lambda_bar.real, ssm),
+            _ssm_const(g, f"{pre}.Lambda_bar_im", lay.Lambda_bar.imag, ssm),
         )
-        br, bi = g.const(f"{pre}.B_bar_re", lay.B_bar.real), g.const(f"{pre}.B_bar_im", lay.B_bar.imag)
-        cr, ci = g.const(f"{pre}.C_re", lay.C.real), g.const(f"{pre}.C_im", lay.C.imag)
+        br, bi = (
+            _ssm_const(g, f"{pre}.B_bar_re", lay.B_bar.real, ssm),
+            _ssm_const(g, f"{pre}.B_bar_im", lay.B_bar.imag, ssm),
+        )
+        cr, ci = _ssm_const(g, f"{pre}.C_re", lay.C.real, ssm), _ssm_const(g, f"{pre}.C_im", lay.C.imag, ssm)
         xr, xi = names
         new_re = g.op(
             "Add", g.op("Sub", g.op("Mul", xr, ar), g.op("Mul", xi, ai)), g.op("Mul", u, br), out=names[0] + "_out"
@@ -130,11 +162,10 @@ def build_graph(p: StepParams, name: str = "dssbt_step"):
             "Add", g.op("Add", g.op("Mul", xr, ai), g.op("Mul", xi, ar)), g.op("Mul", u, bi), out=names[1] + "_out"
         )
         y = g.op("ReduceSum", g.op("Sub", g.op("Mul", new_re, cr), g.op("Mul", new_im, ci)), axis_last, keepdims=0)
-        y = g.op("Add", y, g.op("Mul", z, g.const(f"{pre}.D", lay.D)))  # (B, H)
+        y = g.op("Add", y, g.op("Mul", z, _ssm_const(g, f"{pre}.D", lay.D, ssm)))  # (B, H)
         y = _activation(g, y, p.activation)
-        y = g.op(
-            "Gemm", y, g.const(f"{pre}.out.weight", lay.out_weight), g.const(f"{pre}.out.bias", lay.out_bias), transB=1
-        )
+        out_w = _weight(g, f"{pre}.out.weight", lay.out_weight, weights)
+        y = g.op("Gemm", y, out_w, g.const(f"{pre}.out.bias", lay.out_bias), transB=1)
         if lay.glu:  # a * sigmoid(b), halves along the last axis
             a, b = g.op("Split", y, g.const(f"{pre}.split", np.array([H, H]), np.int64), axis=-1, n_out=2)
             y = g.op("Mul", a, g.op("Sigmoid", b))
@@ -150,9 +181,8 @@ def build_graph(p: StepParams, name: str = "dssbt_step"):
         s = g.op("Add", "pool_sum", h, out="pool_sum_out")
         c = g.op("Add", "pool_count", g.scalar(1.0), out="pool_count_out")
         h = g.op("Div", s, c)
-    logits = g.op(
-        "Gemm", h, g.const("decoder.weight", p.dec_weight), g.const("decoder.bias", p.dec_bias), transB=1, out="logits"
-    )
+    dec_w = _weight(g, "decoder.weight", p.dec_weight, weights)
+    logits = g.op("Gemm", h, dec_w, g.const("decoder.bias", p.dec_bias), transB=1, out="logits")
     outputs.insert(0, helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", p.d_output]))
     graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dssbt")
@@ -176,7 +206,14 @@ def _tokenizer(task: str | None) -> str:
     return (spec.tokenizer if spec is not None else None) or "whitespace"
 
 
-def describe(model: S4Model, p: StepParams, ckpt_meta: dict[str, Any], task_meta: dict[str, Any] | None) -> dict:
+def describe(
+    model: S4Model,
+    p: StepParams,
+    ckpt_meta: dict[str, Any],
+    task_meta: dict[str, Any] | None,
+    weights: str = "fp32",
+    ssm: str = "fp32",
+) -> dict:
     """The JSON description of an exported step (see the module docstring)."""
     cfg = model.cfg
     task = (task_meta or {}).get("task") or ckpt_meta.get("task")
@@ -240,6 +277,9 @@ def describe(model: S4Model, p: StepParams, ckpt_meta: dict[str, Any], task_meta
         "activation": p.activation,
         "state": states,
         "state_bytes_per_sequence": 4 * state_floats,
+        "weights": weights,
+        "ssm_precision": ssm,
+        "model_bytes": model_bytes(p, weights, ssm),
         "layer_orders": p.orders_by_layer(),
         "d_model": p.H,
         "n_layers": len(p.layers),
@@ -256,17 +296,21 @@ def export_onnx(
     out: str | os.PathLike,
     ckpt_meta: dict[str, Any] | None = None,
     task_meta: dict[str, Any] | None = None,
+    weights: str = "fp32",
+    ssm: str = "fp32",
 ) -> dict[str, Any]:
     """Write ``out`` (the ONNX step graph) and ``sidecar_path(out)`` (its JSON description), each atomically.
 
     ``ckpt_meta``: the checkpoint's metadata (task, l_max, ...); ``task_meta``: the prepared task's meta.json, whose
     vocabulary / pixel normalisation then goes into the JSON (what ``dssbt predict`` needs to encode an input).
+    ``weights`` / ``ssm``: the precisions of ``build_graph``.
     Raises ValueError for a bidirectional or dual model, naming why. Returns the JSON description.
     """
+    check_precision(weights, ssm)
     model = model.eval()
     p = real_step_params(model)
-    info = describe(model, p, ckpt_meta or {}, task_meta)
-    proto = build_graph(p)
+    info = describe(model, p, ckpt_meta or {}, task_meta, weights, ssm)
+    proto = build_graph(p, weights=weights, ssm=ssm)
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(proto.SerializeToString())
     info["onnx_bytes"] = Path(out).stat().st_size

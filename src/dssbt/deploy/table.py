@@ -40,6 +40,8 @@ def read_rows(paths: list[str | os.PathLike]) -> pd.DataFrame:
                 "init": INIT_NAMES.get(init, init),
                 "order": r.get("order_spec") or str(r["order"]),
                 "layer_orders": "/".join(map(str, r["layer_orders"])),
+                "weights": r.get("weights", "fp32"),
+                "model_bytes": r.get("model_bytes"),
                 "onnx_kib": r["onnx_bytes"] / 1024,
                 "state_bytes": r["state_bytes"],
                 "latency_onnxruntime_us": r["latency_us"]["onnxruntime"],
@@ -52,6 +54,10 @@ def read_rows(paths: list[str | os.PathLike]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).sort_values(["task", "seed", "latency_onnxruntime_us"]).reset_index(drop=True)
+
+
+def _point_label(order: str, weights: str) -> str:
+    return order if weights == "fp32" else f"{order} {weights}"
 
 
 def pareto(points: pd.DataFrame, x: str, y: str) -> pd.Series:
@@ -86,6 +92,8 @@ def write_deploy_table(
         "init": "init",
         "order": "order",
         "layer_orders": "states per layer",
+        "weights": "weights",
+        "model_bytes": "parameter bytes",
         "latency_onnxruntime_us": "µs/token (onnxruntime)",
         "latency_torch_fused_us": "µs/token (torch fused)",
         "latency_torch_step_us": "µs/token (S4Model.step)",
@@ -111,7 +119,8 @@ def write_deploy_table(
     with atomic_path(md) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
-    mean = df.groupby(["task", "init", "order"], as_index=False).agg(
+    df = df.assign(point=[_point_label(o, w) for o, w in zip(df["order"], df["weights"])])
+    mean = df.groupby(["task", "init", "point"], as_index=False).agg(
         latency=("latency_onnxruntime_us", "median"), accuracy=("accuracy_test", "mean")
     )
     tasks = sorted(mean["task"].unique())
@@ -122,7 +131,7 @@ def write_deploy_table(
             ax.scatter(g["latency"], g["accuracy"], label=init, s=30)
             for _, p in g.iterrows():
                 ax.annotate(
-                    p["order"], (p["latency"], p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                    p["point"], (p["latency"], p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
                 )
         front = sub[pareto(sub, "latency", "accuracy")].sort_values("latency")
         ax.step(front["latency"], front["accuracy"], where="post", color="k", lw=1, alpha=0.6, label="Pareto front")

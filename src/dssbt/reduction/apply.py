@@ -56,7 +56,7 @@ class ModelReducer:
         """HSVs of every channel, one array (n_dir, H, N) per layer."""
         return [self.factors(i).hsv for i in range(len(self.sizes))]
 
-    def choose_orders(self, spec: OrderSpec) -> dict[str, Any]:
+    def choose_orders(self, spec: OrderSpec, allocation: str = "hsv") -> dict[str, Any]:
         """Per-layer orders of a per-layer spec (``tol:<x>``); returns {"order_spec", "route", "layer_orders",
         "discarded_energy" (per layer, at its order), "N" (per layer)} and, for tol, "tol".
 
@@ -77,10 +77,15 @@ class ModelReducer:
                 orders.append(int(np.argmax(frac[1:] <= spec.value)) + 1)  # frac[N] = 0: some r in [1, N] qualifies
             extra = {"tol": spec.value}
         elif spec.kind == "budget":
-            from .budget import allocate_budget, budget_states
+            from .budget import allocate_budget, allocate_last, budget_states
+            from .registry import allocation_scores
 
-            orders = [int(r) for r in allocate_budget(hsvs, spec.value)]
-            extra = {"budget": spec.value, "kept": budget_states(self.sizes, spec.value)}
+            scores = [
+                allocation_scores(allocation, self.system(i)[0], lambda h=h: h) for i, h in enumerate(hsvs)
+            ]  # per layer (n_dir, H, N_i)
+            rule = allocate_last if allocation == "last" else allocate_budget
+            orders = [int(r) for r in rule(scores, spec.value)]
+            extra = {"budget": spec.value, "kept": budget_states(self.sizes, spec.value), "allocation": allocation}
         else:
             raise ValueError(f"order {spec.label}: no per-layer orders to choose for this kind")
         fractions = [float(discarded_energy_share(hsv)[r]) for hsv, r in zip(hsvs, orders)]

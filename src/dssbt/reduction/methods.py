@@ -93,6 +93,25 @@ def mode_energy(Lambda, B, C, dt: np.ndarray | None = None) -> np.ndarray:
     return np.abs(C) ** 2 * np.abs(Bb) ** 2 / -np.expm1(2.0 * np.asarray(dt)[..., None] * Lambda.real)  # 1 - |Lb|^2
 
 
+def mode_hinf(Lambda, B, C, dt: np.ndarray | None = None) -> np.ndarray:
+    """H-infinity norm of every mode (LAST's per-state score, and modal's dominance): continuous
+    ``|C_n B_n| / |Re Lambda_n|`` (the peak of ``|C_n B_n / (i w - Lambda_n)|``), discrete
+    ``|C_n B_bar_n| / (1 - |Lambda_bar_n|)`` (the peak over the unit circle). Lambda, B, C complex (..., N); dt None
+    or real (...,). Returns float64 (..., N)."""
+    if dt is None:
+        return np.abs(C * B) / -Lambda.real
+    Lb, Bb = zoh(Lambda, B, np.broadcast_to(dt, Lambda.shape[:-1]))
+    return np.abs(C * Bb) / (1.0 - np.abs(Lb))
+
+
+def last_truncation(Lambda, B, C, r: int, dt: np.ndarray | None = None) -> ReducedSystem:
+    """LAST within a channel: keep the r modes of largest H-infinity norm (``mode_hinf``) unchanged. The same modes
+    as modal truncation; LAST differs from modal in how a global budget is split over layers (``Method.allocation``
+    "last": ``budget.allocate_last`` on these norms)."""
+    red = modal_truncation(Lambda, B, C, r, dt)
+    return dataclasses.replace(red, method="last")
+
+
 def top_energy_modes(energy: np.ndarray, r: int) -> np.ndarray:
     """Indices (..., r) of the r modes of largest ``energy`` (..., N) per channel, ascending (the modes' order);
     ties go to the lower index."""

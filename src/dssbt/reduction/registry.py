@@ -39,9 +39,11 @@ if TYPE_CHECKING:  # torch is imported where a control runs: the Snakefile impor
 from .balanced import BalancedFactors, ReducedSystem, truncate
 from .methods import (
     h2_reduction,
+    last_truncation,
     modal_singular_perturbation,
     modal_truncation,
     mode_energy,
+    mode_hinf,
     singular_perturbation,
     top_energy_modes,
     top_energy_truncation,
@@ -94,6 +96,10 @@ class Method:
     options: dict[str, type] = field(default_factory=dict)  # reduction.<name> keys and their types
     control: bool = False  # a control (config `controls`, run(ControlInput, r)), not a reduction (`methods`)
     uses_fresh_model: bool = False  # a control that needs the fresh order-r Skew-HiPPO model of the run's seed
+    # how a global state budget (budget:<f>) is split over layers: "hsv" (least discarded HSV energy,
+    # budget.allocate_budget), "last" (LAST: per-mode H-infinity norms normalised per layer, global threshold,
+    # budget.allocate_last) or "h2energy" (AIRE-Prune: per-mode H2 energies, global top-k, budget.allocate_budget)
+    allocation: str = "hsv"
 
     def check_options(self, options: dict[str, Any]) -> None:
         """ValueError naming any option this method does not take."""
@@ -130,6 +136,26 @@ def _transplant(inp: ControlInput, r: int) -> ControlResult:
 
 def _top_energy(f: None, s: System, r: int) -> ReducedSystem:
     return top_energy_truncation(s.Lambda, s.B, s.C, r, s.dt)
+
+
+def _last(f: None, s: System, r: int) -> ReducedSystem:
+    return last_truncation(s.Lambda, s.B, s.C, r, s.dt)
+
+
+ALLOCATIONS = ("hsv", "last", "h2energy")
+
+
+def allocation_scores(allocation: str, s: System, hsv: Callable[[], np.ndarray]) -> np.ndarray:
+    """The per-mode scores (..., N) a global budget ranks for one layer's channels ``s``: the HSVs (``hsv()``, computed
+    only here), the modes' H-infinity norms (last), or the square roots of their H2 energies (h2energy; squared
+    again by ``budget.layer_energies``)."""
+    if allocation == "hsv":
+        return hsv()
+    if allocation == "last":
+        return mode_hinf(s.Lambda, s.B, s.C, s.dt)
+    if allocation == "h2energy":
+        return np.sqrt(mode_energy(s.Lambda, s.B, s.C, s.dt))
+    raise ValueError(f"unknown budget allocation {allocation!r}; choose one of {list(ALLOCATIONS)}")
 
 
 def _random_modes(inp: ControlInput, r: int) -> ControlResult:
@@ -170,7 +196,8 @@ METHODS: dict[str, Method] = {
         Method("msp", "Modal SP", False, _msp),
         Method("transplant", "Transplant", False, _transplant, control=True, uses_fresh_model=True),
         Method("random_modes", "Random modes", False, _random_modes, control=True),
-        Method("top_energy", "Top energy", False, _top_energy),
+        Method("top_energy", "Top energy", False, _top_energy, allocation="h2energy"),
+        Method("last", "LAST", False, _last, allocation="last"),
         Method("top_energy_modes", "Top-energy modes", False, _top_energy_modes, control=True),
     )
 }
@@ -214,6 +241,7 @@ def check_route(route: str) -> str:
 
 
 __all__ = [
+    "ALLOCATIONS",
     "CONTROL_METHODS",
     "CONTROL_PARAMS",
     "ControlInput",
@@ -224,6 +252,7 @@ __all__ = [
     "ROUTES",
     "System",
     "check_reduction_options",
+    "allocation_scores",
     "check_route",
     "get_method",
 ]
