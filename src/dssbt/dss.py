@@ -159,8 +159,9 @@ MAX_CHUNKS = 8
 
 def _channel_chunks(H: int, B: int, n: int, device: torch.device) -> list[slice]:
     """Slices of channels whose FFT working set (~16 B n bytes per channel, float32) fits ``CHUNK_BYTES``, at most
-    ``MAX_CHUNKS`` of them; one slice of all H off CPU or above ``CHUNK_THREADS`` threads."""
-    if device.type != "cpu" or torch.get_num_threads() > CHUNK_THREADS:
+    ``MAX_CHUNKS`` of them; one slice of all H off CPU, above ``CHUNK_THREADS`` threads, or under ``torch.compile``
+    (``optim.compile``: inductor fuses the padding and products itself; ``get_num_threads`` would break its graph)."""
+    if device.type != "cpu" or torch.compiler.is_compiling() or torch.get_num_threads() > CHUNK_THREADS:
         return [slice(0, H)]
     per = max(1, CHUNK_BYTES // (16 * B * n), -(-H // MAX_CHUNKS))
     return [slice(h, min(h + per, H)) for h in range(0, H, per)]
