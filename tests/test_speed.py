@@ -8,8 +8,10 @@ run on CPU = the per-step loop that every CPU job runs (exact equality: the same
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +184,12 @@ def test_device_loop_reports_the_first_diverged_step_as_the_per_step_loop(task, 
     assert strip_time(b) == strip_time(a)
     warn = [s for s in la if s.startswith("warning: training diverged")]
     assert warn and warn == [s for s in lb if s.startswith("warning: training diverged")]
+
+
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0():
+    """bench/gpu.py on a machine where torch sees no CUDA device (CUDA hidden from it: CUDA_VISIBLE_DEVICES='')."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    p = subprocess.run([sys.executable, "bench/gpu.py"], cwd=root, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "no CUDA device (torch.cuda.is_available() is False): nothing measured" in p.stdout
