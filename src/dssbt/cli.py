@@ -26,7 +26,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     from .eager import skip_dynamo_import
     from .stages import train_job
 
-    skip_dynamo_import()  # this process never compiles: 1.5-2 s less per training job (dssbt.eager)
+    if not a.hparams.get("optim", {}).get("compile"):  # optim.compile: the model is compiled, dynamo is needed
+        skip_dynamo_import()  # this process never compiles: 1.5-2 s less per training job (dssbt.eager)
 
     train_job(
         a.data,

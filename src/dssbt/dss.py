@@ -159,8 +159,9 @@ MAX_CHUNKS = 8
 
 def _channel_chunks(H: int, B: int, n: int, device: torch.device) -> list[slice]:
     """Slices of channels whose FFT working set (~16 B n bytes per channel, float32) fits ``CHUNK_BYTES``, at most
-    ``MAX_CHUNKS`` of them; one slice of all H off CPU or above ``CHUNK_THREADS`` threads."""
-    if device.type != "cpu" or torch.get_num_threads() > CHUNK_THREADS:
+    ``MAX_CHUNKS`` of them; one slice of all H off CPU, above ``CHUNK_THREADS`` threads, or under ``torch.compile``
+    (``optim.compile``: inductor fuses the padding and products itself; ``get_num_threads`` would break its graph)."""
+    if device.type != "cpu" or torch.compiler.is_compiling() or torch.get_num_threads() > CHUNK_THREADS:
         return [slice(0, H)]
     per = max(1, CHUNK_BYTES // (16 * B * n), -(-H // MAX_CHUNKS))
     return [slice(h, min(h + per, H)) for h in range(0, H, per)]
@@ -230,6 +231,23 @@ def _padded(x: Tensor, n: int, buf: Tensor | None) -> Tensor:
     buf = buf[:h]
     buf[..., :L] = x
     return buf
+
+
+def fft_conv_autograd(u: Tensor, k: Tensor, n: int) -> Tensor:
+    """What ``FFTConv.apply(u, k, n)`` computes, in plain torch ops (autograd through ``torch.fft``), the spectra
+    multiplied in real arithmetic: the training path under ``torch.compile`` (``optim.compile``), traced without
+    graph breaks, the backward derived by the compiler. Inductor (torch 2.13, CPU) has no code generation for
+    complex elementwise ops, and its fallback gave wrong kernel gradients (|error| ~ the gradient) both for
+    ``FFTConv`` traced whole and for this function with a complex product, depending on the input's layout;
+    tests/test_speed.py checks compiled = eager on every pipeline shape in float64.
+    u: real (B, H, L), any strides; k: real (H, Lk), Lk <= n. Returns real (B, H, L).
+    """
+    L = u.shape[-1]
+    Ur = torch.view_as_real(torch.fft.rfft(u, n=n))  # (B, H, n//2 + 1, 2)
+    Kr = torch.view_as_real(torch.fft.rfft(k, n=n))  # (H, n//2 + 1, 2)
+    a, b, c, d = Ur[..., 0], Ur[..., 1], Kr[..., 0], Kr[..., 1]
+    Yr = torch.stack([a * c - b * d, a * d + b * c], dim=-1)  # (B, H, n//2 + 1, 2): the product in real arithmetic
+    return torch.fft.irfft(torch.view_as_complex(Yr), n=n)[..., :L]  # (B, H, L)
 
 
 def fft_conv(u: Tensor, k: Tensor) -> Tensor:
@@ -365,6 +383,8 @@ class DSS(nn.Module):
         n = next_fast_len(2 * L - 1)
         k = circular_kernel(self.kernel(L), n)  # (H, L) or (H, n)
         k = torch.cat([k[:, :1] + self.D.unsqueeze(-1), k[:, 1:]], dim=-1)  # D u is the lag-0 tap
+        if torch.compiler.is_compiling():  # optim.compile: plain ops, the backward derived by the compiler
+            return fft_conv_autograd(u.to(k.dtype), k, n)
         return FFTConv.apply(u.to(k.dtype), k, n)  # torch's FFTs take no bfloat16 (and FFTConv needs one dtype)
 
     @float32_region

@@ -5,7 +5,8 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
-               eval_batch_size, amp, hsv_reg, on_divergence, reduce_during, kernels, max_steps_per_epoch},
+               eval_batch_size, amp, hsv_reg, on_divergence, reduce_during, kernels, max_steps_per_epoch,
+               compile},
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only,
                                              which checks them: ``reduction.registry.check_reduction_options``)
 
@@ -73,6 +74,10 @@ class OptimHparams:
     # at most this many training steps per epoch (the first batches of the epoch's shuffled order); the schedule
     # counts the steps taken. 0 = every batch of the training split. For rehearsals and smoke runs at full shapes.
     max_steps_per_epoch: int = 0
+    # torch.compile (inductor) of the model's forward in training and evaluation (its backward through AOT
+    # autograd), on CPU and CUDA; off: eager, and a job imports nothing of torch._dynamo. Results differ from eager
+    # by rounding. Off by default: measured slower per step and per whole job on CPU (docs/benchmarks.md)
+    compile: bool = False
 
 
 ON_DIVERGENCE = ("fail", "keep_best")
@@ -83,7 +88,14 @@ REDUCE_DURING_KEYS = {"at_epochs": list, "tol": float, "budget": float, "moments
 REDUCE_DURING_MOMENTS = ("reset", "mean")
 # Keys added after runs were finished: left out of to_dict() (metrics, resume identity) while at their default, so
 # a job's recorded hyper-parameters, and so everything derived from them, stay as they were before the key existed.
-OPTIM_KEYS_OMITTED_AT_DEFAULT = ("hsv_reg", "on_divergence", "reduce_during", "kernels", "max_steps_per_epoch")
+OPTIM_KEYS_OMITTED_AT_DEFAULT = (
+    "hsv_reg",
+    "on_divergence",
+    "reduce_during",
+    "kernels",
+    "max_steps_per_epoch",
+    "compile",
+)
 
 
 @dataclass
@@ -157,6 +169,11 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
         )
     if optim.kernels not in KERNELS:
         raise ValueError(f"hyper-parameters: optim.kernels={optim.kernels!r} is not one of {list(KERNELS)}")
+    if optim.compile and optim.kernels == "c":
+        raise ValueError(
+            "hyper-parameters: optim.compile=true and optim.kernels='c' exclude each other (torch.compile cannot "
+            "trace the C kernels); under compile the model runs torch's ops (kernels 'auto' means torch there)"
+        )
     for k in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(optim, k) < 1:
             raise ValueError(f"hyper-parameters: optim.{k} must be >= 1, got {getattr(optim, k)}")

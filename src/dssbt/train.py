@@ -208,6 +208,17 @@ def scheduler(opt: torch.optim.Optimizer, hp: Hparams, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def compile_model(model: S4Model, hp: Hparams) -> S4Model:
+    """``optim.compile``: ``model.compile()`` (torch.compile, inductor, in place: the module's call runs the compiled
+    forward, its state dict and parameters unchanged), so training and evaluation run compiled, the backward through
+    AOT autograd. Graphs are cached by inductor on disk (``TORCHINDUCTOR_CACHE_DIR``, default a folder per user under
+    the system's temp dir), so the jobs of one machine compile a shape once. Off: nothing is done and nothing of
+    torch._dynamo is imported. Returns ``model``."""
+    if hp.optim.compile:
+        model.compile()
+    return model
+
+
 # ----- training ----------------------------------------------------------------------------------------------------
 
 
@@ -249,7 +260,7 @@ def train(
     (``curves.EpochLogger``, e.g. ``curves.TensorBoardLogger``); it changes no result.
     """
     hp = parse_hparams(hparams)
-    with fused.kernels(hp.optim.kernels):
+    with fused.kernels("torch" if hp.optim.compile else hp.optim.kernels):  # compile traces torch's ops only
         return _train(
             data_dir,
             hp,
@@ -315,6 +326,7 @@ def _train(
         stage, folder = "snapshot", str(stop_after)
     run = describe_run(stage, method, folder)
     model.to(dev)
+    compile_model(model, hp)
     opt = optimizer(model, hp)
     steps_per_epoch = math.ceil(len(data["train"]) / hp.optim.batch_size)
     if hp.optim.max_steps_per_epoch > 0:
@@ -343,7 +355,7 @@ def _train(
     st = ResumeState.load(state_path, job, log)
     if st is not None:
         if st.layer_orders is not None:  # reduced during training: rebuild at that size, then load
-            model = S4Model(cfg.with_layer_orders(st.layer_orders)).to(dev)
+            model = compile_model(S4Model(cfg.with_layer_orders(st.layer_orders)).to(dev), hp)
             opt = optimizer(model, hp)
             sched = scheduler(opt, hp, steps_per_epoch)
         model.load_state_dict(st.model)
@@ -446,6 +458,13 @@ def _train(
     return metrics
 
 
+# Devices whose training loop reads nothing back per step (``_train_epoch``): loss, accuracy and the divergence check
+# stay on the device and are read every DEVICE_CHECK_STEPS steps and at the end of the epoch. On CPU a read costs
+# nothing and the loop checks every step, as it always has; tests run the device loop on CPU by adding "cpu" here.
+SYNC_FREE_DEVICES = ("cuda",)
+DEVICE_CHECK_STEPS = 50
+
+
 def _train_epoch(
     model: S4Model,
     split: Split,
@@ -459,10 +478,24 @@ def _train_epoch(
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One pass over the training split in the order drawn from ``shuffle`` (its first ``steps`` batches); returns
-    its mean loss and accuracy, and the steps skipped by the fp16 gradient ``scaler`` (overflowing gradients)."""
+    its mean loss and accuracy, and the steps skipped by the fp16 gradient ``scaler`` (overflowing gradients).
+
+    On a device of ``SYNC_FREE_DEVICES`` (CUDA) the step never waits for the device: the loss sum (float64) and the
+    correct count accumulate there, and a device flag records the first step whose loss or gradient norm is not
+    finite; they are read every ``DEVICE_CHECK_STEPS`` steps and at the end. A divergence found at a read raises
+    ``Diverged`` naming that first step, its value and its learning rates, as the per-step check does (the steps
+    after it ran on, on weights that are dropped: the job fails, or keeps the best checkpoint of an earlier epoch).
+    The returned metrics equal the per-step loop's (same sums in the same order)."""
     model.train()
     perm = torch.randperm(len(split), generator=shuffle)
+    sync_free = dev.type in SYNC_FREE_DEVICES and scaler is None  # fp16's scaler reads the device every step anyway
     loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
+    if sync_free:
+        loss_acc = torch.zeros((), dtype=torch.float64, device=dev)
+        correct_acc = torch.zeros((), dtype=torch.int64, device=dev)
+        first_bad = torch.zeros(3, dtype=torch.float64, device=dev)  # (step, loss, norm) of the first bad step
+        step_dev = torch.zeros(1, dtype=torch.float64, device=dev)  # the step number, counted on the device
+        lrs: dict[int, tuple[float, float]] = {}  # the scheduled rates of the steps since the last read
     tty = sys.stderr.isatty()
     bar = tqdm(
         total=steps,
@@ -488,19 +521,29 @@ def _train_epoch(
             norm = torch.nn.utils.clip_grad_norm_(params, hp.optim.grad_clip)  # the norm before clipping
         else:
             norm = _total_norm([p.grad for p in params if p.grad is not None])
-        # Checked before the step (one sync per step, as loss.item() alone was): a non-finite gradient would make
-        # every weight NaN, clipping included (it scales by the norm)
-        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
-        if not math.isfinite(loss_value):
-            raise Diverged("training loss", loss_value, epoch, step, *_lrs(opt))
-        if not math.isfinite(norm_value) and (scaler is None or scaler.get_scale() < 1.0):
-            raise Diverged("gradient norm", norm_value, epoch, step, *_lrs(opt))
-        if scaler is None:
+        if sync_free:
+            lrs[step] = _lrs(opt)
+            pair = torch.stack([loss.detach().double(), norm.double()])  # (2,)
+            step_dev += 1
+            bad = ~torch.isfinite(pair).all() & (first_bad[0] == 0)
+            first_bad.copy_(torch.where(bad, torch.cat([step_dev, pair]), first_bad))
+            loss_acc += pair[0] * len(y)
+            correct_acc += (logits.argmax(-1) == y).sum()
             opt.step()
-        else:  # skips the step where the gradients overflowed (and halves the scale), else steps and may grow it
-            skipped += not math.isfinite(norm_value)
-            scaler.step(opt)
-            scaler.update()
+        else:
+            # Checked before the step (one sync per step, as loss.item() alone was): a non-finite gradient would
+            # make every weight NaN, clipping included (it scales by the norm)
+            loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
+            if not math.isfinite(loss_value):
+                raise Diverged("training loss", loss_value, epoch, step, *_lrs(opt))
+            if not math.isfinite(norm_value) and (scaler is None or scaler.get_scale() < 1.0):
+                raise Diverged("gradient norm", norm_value, epoch, step, *_lrs(opt))
+            if scaler is None:
+                opt.step()
+            else:  # skips the step where the gradients overflowed (and halves the scale), else steps and may grow it
+                skipped += not math.isfinite(norm_value)
+                scaler.step(opt)
+                scaler.update()
         if hp.optim.schedule == "cosine":
             if scaler is None:
                 sched.step()
@@ -508,15 +551,32 @@ def _train_epoch(
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
                     sched.step()
-        loss_sum += loss_value * len(y)
-        correct += int((logits.argmax(-1) == y).sum())
         seen += len(y)
+        last = step == steps  # optim.max_steps_per_epoch
+        if sync_free:
+            if step % DEVICE_CHECK_STEPS == 0 or last:
+                _check_device(first_bad, lrs, epoch)
+                loss_sum, correct = loss_acc.item(), int(correct_acc)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        else:
+            loss_sum += loss_value * len(y)
+            correct += int((logits.argmax(-1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.update()
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-        if step == steps:  # optim.max_steps_per_epoch
+        if last:
             break
     bar.close()
     return {"loss": loss_sum / seen, "accuracy": correct / seen, "skipped": skipped}
+
+
+def _check_device(first_bad: torch.Tensor, lrs: dict[int, tuple[float, float]], epoch: int) -> None:
+    """The device loop's read: ``Diverged`` at the first non-finite step recorded in ``first_bad`` (step, loss,
+    norm), with its scheduled rates from ``lrs``; else forget the rates read."""
+    step, loss_value, norm_value = first_bad.tolist()
+    if step:
+        what, value = ("training loss", loss_value) if not math.isfinite(loss_value) else ("gradient norm", norm_value)
+        raise Diverged(what, value, epoch, int(step), *lrs[int(step)])
+    lrs.clear()
 
 
 def grad_scaler(dev: torch.device, hp: Hparams) -> torch.amp.GradScaler | None:
@@ -592,6 +652,7 @@ def _reduce_during(
     model, opt, _ = shrink_model(
         model, opt, orders, ssm_moments=rd.get("moments", "reset"), kernel_length=int(meta.get("l_max") or 1024)
     )
+    compile_model(model, hp)  # the reduced model is a new module (new shapes: compiled afresh)
     move_scheduler(sched, opt)
     st.layer_orders = list(orders)
     st.reductions.append(
