@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from dssbt.frontier import differences, frontier_points, markdown, plot
+from dssbt.frontier import COLUMNS, differences, frontier_points, markdown, plot, write
 
 # (method, kind, keep) -> test accuracy (%) per seed 0, 1, 2, 3
 ACC = {
@@ -154,3 +154,26 @@ def test_plot_writes_both_files_with_one_line_per_method_and_kind(tmp_path):
         assert [ln.get_linestyle() for ln in ax.get_lines()].count("-.") == 1  # the full model
         assert [ln.get_linestyle() for ln in ax.get_lines()].count(":") == 1  # chance
         assert list(ax.get_xticks()) == [50, 75, 90, 95]
+
+
+def test_write_gives_the_table_markdown_and_plot_and_an_empty_table_for_bt_alone(tmp_path):
+    labels = np.arange(6) % 3
+    rows = []
+    for method in ("bt", "last"):
+        for s in range(2):
+            where = dict(task="image", seed=s, variant="plain", method=method)
+            if method == "bt":
+                f = write_run(tmp_path / "pre" / f"seed{s}", labels, labels, orders=(8, 8))
+                rows.append(dict(where, keep=1.0, kind="pretrained", metrics=f))
+            for kind in ("reduced", "retrained"):
+                pred = np.where(np.arange(6) < 3 + (s + 1) * (method == "bt"), labels, (labels + 1) % 3)
+                f = write_run(tmp_path / method / kind / f"seed{s}", pred, labels)
+                rows.append(dict(where, keep=0.5, kind=kind, metrics=f))
+    out = [tmp_path / n for n in ("d.csv", "d.md", "f.png", "f.pdf")]
+    tab = write(rows, out[0], out[1], out[2:], {"dpi": 50})
+    assert all(p.exists() for p in out)
+    assert list(pd.read_csv(out[0])["kind"]) == ["reduced", "retrained"] == list(tab["kind"])
+    assert tab["diff"].to_numpy() == pytest.approx([-25.0, -25.0])  # seeds: 3 - 4 and 3 - 5 of 6 items
+    alone = [r for r in rows if r["method"] == "bt"]
+    tab = write(alone, out[0], out[1], out[2:], {"dpi": 50})
+    assert len(tab) == 0 and list(pd.read_csv(out[0]).columns) == COLUMNS

@@ -337,6 +337,12 @@ def _compress_parent_name(variant):
 
 
 COMPRESS_ROWS = compress_rows()
+# the predictions beside each reduced or retrained run's metrics (the frontier's seed x item bootstrap)
+COMPRESS_PREDICTIONS = [
+    m.replace("metrics.json", "predictions.npz")
+    for r, m in zip(COMPRESS_ROWS[0], COMPRESS_ROWS[1])
+    if r["kind"] != "pretrained"
+]
 
 
 # ----- the evidence studies (evidence.smk): budget ladder, learning-rate grid ------------------------------------

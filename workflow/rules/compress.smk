@@ -2,7 +2,7 @@
 # pretraining variants (plain = the main grid's pretraining; hsvreg<lambda>: with the Hankel nuclear-norm penalty),
 # each reduced to global state budgets (budget:<f> orders) and retrained; and in-training reduction runs
 # (shrink<f>) over the same total epochs. Its runs are kinds of dssbt.grid (compress_pretrain, compress_reduce,
-# compress_retrain: rules train and reduce); here are its orders and its table.
+# compress_retrain: rules train and reduce); here are its orders, its table and the frontier (dssbt.frontier).
 
 
 rule compress_orders:
@@ -55,6 +55,7 @@ rule compress_table:
     input:
         metrics=COMPRESS_ROWS[1],
         reports=COMPRESS_ROWS[2],
+        predictions=COMPRESS_PREDICTIONS,
     output:
         csv=report(
             "results/tables/compress.csv",
@@ -76,6 +77,25 @@ rule compress_table:
                 labels={"figure": "HSV decay by variant", "by": "task, variant"},
             ),
             "results/plots/compress_hsv_decay.pdf",
+        ],
+        # the compression frontier (dssbt.frontier): every method minus BT at each budget, and the frontier plot
+        frontier=report(
+            "results/tables/frontier_differences.csv",
+            caption="../report/compress.rst",
+            category="Compressibility",
+            subcategory="Tables",
+            labels={"table": "frontier differences", "rows": "task, budget, method, retraining"},
+        ),
+        frontier_md="results/tables/frontier_differences.md",
+        frontier_plot=[
+            report(
+                "results/plots/frontier.png",
+                caption="../report/compress.rst",
+                category="Compressibility",
+                subcategory="Figures",
+                labels={"figure": "compression frontier", "by": "task, method, retraining"},
+            ),
+            "results/plots/frontier.pdf",
         ],
     log:
         "logs/compress_table.log",
