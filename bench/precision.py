@@ -1,7 +1,12 @@
 """The precision table: test accuracy, model bytes, state bytes and per-token latency of fp32 / int16 / int8 weights
 (and fp16 SSM parameters, fp16 / int16 state, simulated), for tiny models trained here on two synthetic tasks.
 
-    python bench/precision.py [--steps 300] [--out precision.md]
+    python bench/precision.py [--quick] [--steps 300] [--out precision.md]
+
+``--quick`` (bench/run.py --quick, tests/test_bench.py): 5 training steps and short latency loops; keeps the script
+working, its accuracies and timings mean nothing. Needs onnx and onnxruntime (the deploy extra) and a C compiler.
+Prints CHECK lines (every variant scored the whole test split; int8 weights make a smaller model than fp32) and
+one RATIO line per task (int8 / fp32 model bytes).
 
 Tasks (generated in this script, seeds fixed; train 2,000 / test 1,000 sequences):
 
@@ -30,6 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import check  # noqa: E402
 
 from dssbt.deploy.cexport import export_c  # noqa: E402
 from dssbt.deploy.export import export_onnx  # noqa: E402
@@ -135,7 +142,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true", help="5 training steps, short latency loops (for the tests)")
     args = ap.parse_args()
+    if args.quick:
+        args.steps = min(args.steps, 5)
+    ort_kw = dict(repeats=1, steps=30) if args.quick else {}
     torch.set_num_threads(1)
     rows = []
     for task in TASKS:
@@ -163,7 +174,7 @@ def main() -> None:
                             acc=acc,
                             model_bytes=info["model_bytes"],
                             state_bytes=info["state_bytes_per_sequence"],
-                            ort_us=ort_latency(path, xte[0]) if ssm == "fp32" else None,
+                            ort_us=ort_latency(path, xte[0], **ort_kw) if ssm == "fp32" else None,
                             c_us=c_us,
                             flash=flash,
                             ram=ram,
@@ -203,6 +214,20 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
+    n_test = 1000
+    check(
+        "precision every variant scored the whole test split",
+        len(rows) == 8 * len(TASKS) and all(0 <= r["acc"] <= 1 and (r["acc"] * n_test).is_integer() for r in rows),
+        f"{len(rows)} rows",
+    )
+    by = {(r["task"], r["weights"], r["ssm"], r["state"]): r for r in rows}
+    smaller = [
+        by[(t, "int8", "fp32", "fp32")]["model_bytes"] < by[(t, "fp32", "fp32", "fp32")]["model_bytes"] for t in TASKS
+    ]
+    check("precision int8 weights make a smaller model than fp32", all(smaller))
+    for t in TASKS:
+        ratio = by[(t, "int8", "fp32", "fp32")]["model_bytes"] / by[(t, "fp32", "fp32", "fp32")]["model_bytes"]
+        print(f"RATIO precision {t} model bytes int8 / fp32: {ratio:.2f}x  info")
     if args.out:
         Path(args.out).write_text(text + "\n")
 

@@ -12,7 +12,9 @@ summary of every RATIO / TARGET / CHECK line and the wall time of each benchmark
 its timings mean nothing. Exit status 1 if a benchmark failed or one of its checks failed.
 
 reduce_model (BT core vs model-level reduction with its report), bt_route (continuous vs discrete Gramians on a
-trained model; trains for minutes) and plan_scale (planning time of generated grids up to ~10,000 jobs) run too. Needs the benchmark extra (``pip install -e '.[bench]'``: python-control
+trained model; trains for minutes), plan_scale (planning time of generated grids up to ~10,000 jobs) and precision
+(accuracy, bytes and per-token latency of fp32 / int16 / int8 exports of tiny trained models; needs onnx and
+onnxruntime, in the benchmark extra, and a C compiler) run too. Needs the benchmark extra (``pip install -e '.[bench]'``: python-control
 and slycot, the library oracles).
 """
 
@@ -41,6 +43,7 @@ NAMES = {
     "prepare_memory": "prepare_memory.py",
     "job_startup": "job_startup.py",
     "kernels_pair": "kernels_pair.py",
+    "precision": "precision.py",
 }
 
 
@@ -87,6 +90,10 @@ def main() -> None:
         sys.exit(
             f"bench/run.py: the library oracles {missing} are not installed; install the benchmark extra: "
             "pip install -e '.[bench]'"
+        )
+    if "precision" in names and importlib.util.find_spec("onnxruntime") is None:
+        sys.exit(
+            "bench/run.py: precision needs onnx and onnxruntime; install the benchmark extra: pip install -e '.[bench]'"
         )
     print(f"machine: {machine()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

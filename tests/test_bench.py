@@ -45,6 +45,8 @@ EXPECTED_CHECKS = {
     "plan_scale job counts grow with the grid",
     "job_startup eager never imports torch._dynamo",
     "job_startup plain torch.optim imports torch._dynamo",
+    "precision every variant scored the whole test split",
+    "precision int8 weights make a smaller model than fp32",
 } | {
     f"prepare_memory {t} sizes are the generated ones"
     for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
@@ -64,6 +66,7 @@ EXPECTED_FIGURES = [
     r"^MEMORY inference r=\d+: weights",
     r"^TARGET workflow LRA dry run.*: median [\d.]+ s",
     r"^SAVED job_startup per training job: median -?[\d.]+ s",
+    r"^RATIO precision tokens model bytes int8 / fp32: [\d.]+x",
 ] + [
     rf"^MEMORY prepare {t}: peak RSS \d+ MiB" for t in ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 ]
@@ -83,6 +86,7 @@ EXPECTED_C_FIGURES = [
 def test_quick_benchmarks_run_and_every_check_passes():
     need_module("control", "the reduction benchmark compares with python-control (test extra)")
     need_module("slycot", "python-control's balred needs slycot (test extra)")
+    need_module("onnxruntime", "the precision benchmark runs the exported graphs (test extra)")
     p = subprocess.run(
         [sys.executable, "bench/run.py", "--quick"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=900
     )
@@ -110,6 +114,7 @@ def test_quick_benchmarks_run_and_every_check_passes():
         "prepare_memory",
         "job_startup",
         "kernels_pair",
+        "precision",
     ):
         assert re.search(rf"^{name}: ok, [\d.]+ s wall$", p.stdout, re.M), name
 
