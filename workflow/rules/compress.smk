@@ -84,7 +84,10 @@ rule compress_table:
             caption="../report/compress.rst",
             category="Compressibility",
             subcategory="Tables",
-            labels={"table": "frontier differences", "rows": "task, budget, method, retraining"},
+            labels={
+                "table": "frontier differences",
+                "rows": "task, budget, method, retraining",
+            },
         ),
         frontier_md="results/tables/frontier_differences.md",
         frontier_plot=[
@@ -93,7 +96,10 @@ rule compress_table:
                 caption="../report/compress.rst",
                 category="Compressibility",
                 subcategory="Figures",
-                labels={"figure": "compression frontier", "by": "task, method, retraining"},
+                labels={
+                    "figure": "compression frontier",
+                    "by": "task, method, retraining",
+                },
             ),
             "results/plots/frontier.pdf",
         ],
