@@ -105,7 +105,9 @@ rule deploy_measure:
 rule deploy_table:
     input:
         rows=[
-            deploy_file(m, f"measure{sfx}.json") for m in DEPLOY_MODELS for sfx in DEPLOY_SUFFIXES
+            deploy_file(m, f"measure{sfx}.json")
+            for m in DEPLOY_MODELS
+            for sfx in DEPLOY_SUFFIXES
         ],
     output:
         csv=report(
