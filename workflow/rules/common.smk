@@ -295,9 +295,8 @@ def compress_rows():
     if not COMPRESS:
         return [], [], []
     K = grid.KINDS
-    methods = PLAN.axis(
-        "compressibility.method"
-    )  # one method, or several (the frontier preset)
+    # one method, or several (the frontier preset)
+    methods = PLAN.axis("compressibility.method")
     rows, reports = [], []
     for task in TASKS:
         for seed in SEEDS:
@@ -315,9 +314,8 @@ def compress_rows():
                     )
                     continue
                 pre = K[_compress_parent_name(variant)].path(where) + "metrics.json"
-                if (
-                    method == methods[0]
-                ):  # one full-N row per variant, whatever the methods
+                # one full-N row per variant, whatever the methods
+                if method == methods[0]:
                     rows.append(dict(where, keep=1.0, kind="pretrained", metrics=pre))
                 for keep in COMPRESS["keep"]:
                     at = where | {"keep": f"{keep:g}"}
