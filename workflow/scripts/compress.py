@@ -12,7 +12,5 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (injected by Snakemake)
     rows = [dict(r, metrics=m) for r, m in zip(sm.params.rows, sm.input.metrics)]
     table = write(rows, sm.output.csv, sm.output.md)
     hsv_decay_by_variant(list(sm.input.reports), sm.output.hsv, dict(sm.params.settings))
-    frontier.write(
-        rows, sm.output.frontier, sm.output.frontier_md, sm.output.frontier_plot, dict(sm.params.settings)
-    )
+    frontier.write(rows, sm.output.frontier, sm.output.frontier_md, sm.output.frontier_plot, dict(sm.params.settings))
     print(table.to_string())
