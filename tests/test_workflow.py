@@ -97,6 +97,8 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
         "tables",
         "deploy",
         "compress",
+        "ladder",
+        "lr_grid",
     }
     assert set(grid.COMMANDS) <= rules
     sections = (rules - set(grid.COMMANDS)) | set(grid.KINDS)
@@ -119,6 +121,11 @@ def test_every_rule_has_its_resource_section_honoured(tmp_path):
             "seeds": [0],
             "rseeds": [0, 1],
             "order": 2,
+        },
+        # the evidence studies' kinds and tables have jobs only where switched on
+        "evidence": {
+            "ladder": {"multipliers": [1, 2], "order": 2, "no_warmup": True},
+            "lr_grid": {"factors": [0.5, 1], "seeds": [0], "order": 2},
         },
         "optim": {"epochs": 2},
         # two methods, one (last) with its own budget allocation: the rule compress_orders_allocated has jobs
