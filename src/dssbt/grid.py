@@ -178,6 +178,13 @@ _DESIGN_AXES = {
     "order": "correlation_study.order",
 }
 
+# the axes of the ladder's BT-init chain (reduction, retraining, retraining without warmup)
+_LADDER_CHAIN_AXES = {
+    "mult": "evidence.ladder.multipliers",
+    "method": "evidence.ladder.method",
+    "order": "evidence.ladder.order",
+}
+
 KINDS: dict[str, RunKind] = {}
 
 
@@ -391,11 +398,7 @@ for _kind in (
         parent="ladder_pretrain",
         hparams="reduce",
         switch="ladder",
-        axes={
-            "mult": "evidence.ladder.multipliers",
-            "method": "evidence.ladder.method",
-            "order": "evidence.ladder.order",
-        },
+        axes=_LADDER_CHAIN_AXES,
         same_as=("mult", "1", "reduce"),
     ),
     RunKind(
@@ -406,11 +409,7 @@ for _kind in (
         parent="ladder_reduce",
         hparams=_scaled_epochs("retrain"),
         switch="ladder",
-        axes={
-            "mult": "evidence.ladder.multipliers",
-            "method": "evidence.ladder.method",
-            "order": "evidence.ladder.order",
-        },
+        axes=_LADDER_CHAIN_AXES,
         same_as=("mult", "1", "retrain"),
     ),
     RunKind(
@@ -432,11 +431,7 @@ for _kind in (
         parent="ladder_reduce",
         hparams=_ladder_no_warmup,
         switch="ladder.no_warmup",
-        axes={
-            "mult": "evidence.ladder.multipliers",
-            "method": "evidence.ladder.method",
-            "order": "evidence.ladder.order",
-        },
+        axes=_LADDER_CHAIN_AXES,
     ),
     # the learning-rate grid (evidence.lr_grid): the primary arms' lr and ssm_lr times a factor, on its own seeds;
     # the BT-init arm retrains the main grid's reduction; factor 1 is the main grid
