@@ -95,3 +95,36 @@ def test_the_check_fails_when_a_committed_study_changes(study_root, capsys):
     d.to_csv(path, index=False)
     assert results.main(["--check"]) == 1
     assert "README.md differs from the committed results" in capsys.readouterr().err
+
+
+def test_the_readme_says_whether_a_verdict_held_when_only_rounding_changed(study_root):
+    """A rerun folder whose primary contrast turns significant: the run's row says **no** naming the rerun and its verdict, the
+    rerun's row says whose rerun it is; docs/results.md shows the rounding table."""
+    root, _ = study_root
+    base = root / "docs" / "results" / "evidence"
+    rerun = root / "docs" / "results" / "evidence-kernels-c"
+    rerun.mkdir()
+    shutil.copy(base / "runs.csv", rerun / "runs.csv")
+    d = pd.read_csv(base / "differences.csv")
+    assert not d.loc[d["primary"], "significant"].any()  # the synthetic primary contrast: no measurable difference
+    d.loc[d["primary"], ["diff", "boot_low", "boot_high", "p_holm", "significant"]] = [0.05, 0.02, 0.08, 0.001, True]
+    d.to_csv(rerun / "differences.csv", index=False)
+    from dssbt import rounding
+
+    assert rounding.main([str(base), str(rerun)]) == 0
+    assert results.main([]) == 0 and results.main(["--check"]) == 0
+    rows = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| evidence")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| evidence | t |")
+    assert rows[0].endswith("| **no** (evidence-kernels-c: BT-init ahead) |")
+    assert rows[1].startswith("| evidence-kernels-c | t |") and rows[1].endswith("| rerun of evidence |")
+    page = (root / "docs" / "results.md").read_text()
+    assert "### Verdicts when only float rounding changed (`rounding.md`)" in page
+    assert "verdicts held when only float rounding changed (evidence vs evidence-kernels-c)" in page
+
+
+def test_without_a_rerun_the_readme_says_not_rerun(study_root):
+    root, _ = study_root
+    assert results.main([]) == 0
+    row = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("| evidence"))
+    assert row.endswith("| not rerun |")

@@ -11,6 +11,11 @@ of every committed study and task, with its seed × item interval, Holm-adjusted
 holds, per study, every comparison by claim (the primary contrast, claim 2, balancing, then the rest) with its
 verdict, and the tables the run wrote.
 
+A rerun that changed only float rounding (``optim.kernels: c``, another thread count or CPU) is a study folder of its
+own (e.g. ``evidence-kernels-c``); ``python -m dssbt.rounding docs/results/evidence docs/results/evidence-kernels-c``
+writes ``rounding.csv``/``rounding.md`` into the run's folder, and the README's table says per primary contrast
+whether its verdict held there ("not rerun" where no rerun is committed).
+
 A verdict names a direction ("BT-init ahead") only for a significant difference (Holm-adjusted p < 0.05 and the
 seed × item interval excludes 0); otherwise it says "no measurable difference at this power" with the smallest
 effect the study's seeds detect with 80 % power (``aggregate.smallest_detectable_effect``: statsmodels'
@@ -131,13 +136,47 @@ def comparison_table(rows: pd.DataFrame, runs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rounding_checks() -> dict[str, pd.DataFrame]:
+    """Per study with a ``rounding.csv`` (``python -m dssbt.rounding``: the study against a rerun that changed only
+    float rounding), that table; its ``rerun`` column names the rerun's folder."""
+    out = {}
+    for p in sorted(results_dir().glob("*/rounding.csv")):
+        table = pd.read_csv(p, dtype={"order_spec": str})
+        if "rerun" not in table:
+            raise ValueError(f"{p}: no rerun column (rewrite it with python -m dssbt.rounding RUN RERUN)")
+        out[p.parent.name] = table
+    return out
+
+
+def held_under_rounding(study: str, row: pd.Series, checks: dict[str, pd.DataFrame]) -> str:
+    """Whether ``row``'s verdict (a difference of ``study``) held in the rerun that changed only rounding: "yes" or
+    "**no**" naming the rerun, "rerun of <study>" for a rerun's own rows, "not rerun" where none was run."""
+    if study in checks:
+        t = checks[study]
+        match = t[
+            (t["task"] == row["task"])
+            & (t["order_spec"].astype(str) == str(row["order_spec"]))
+            & (t["init"] == row["init"])
+            & (t["versus"] == row["versus"])
+        ]
+        if match.empty:
+            raise ValueError(f"docs/results/{study}/rounding.csv lacks {row['task']} {row['init']} − {row['versus']}")
+        m = match.iloc[0]
+        return f"yes ({m['rerun']})" if bool(m["held"]) else f"**no** ({m['rerun']}: {m['verdict_rerun']})"
+    bases = [base for base, t in checks.items() if (t["rerun"] == study).any()]
+    return f"rerun of {', '.join(bases)}" if bases else "not rerun"
+
+
 def primary_table(studies: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
     """Markdown: the primary contrast of every study and task (difference, seed × item interval, Holm p,
-    verdict); ValueError naming a study whose differences have no primary contrast."""
+    verdict, and whether the verdict held when only float rounding changed); ValueError naming a study whose
+    differences have no primary contrast."""
     lines = [
-        "| study | task | comparison | seeds | difference (pp) | 95 % CI, seeds × items | p (Holm) | verdict |",
-        "|" + " --- |" * 8,
+        "| study | task | comparison | seeds | difference (pp) | 95 % CI, seeds × items | p (Holm) | verdict "
+        "| held when only rounding changed |",
+        "|" + " --- |" * 9,
     ]
+    checks = rounding_checks()
     for study, (differences, runs) in studies.items():
         rows = differences[differences["primary"].astype(bool)]
         if rows.empty:
@@ -146,7 +185,8 @@ def primary_table(studies: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
             lines.append(
                 f"| {study} | {r['task']} | {arm(r['init'])} − {arm(r['versus'])}, r = {r['order_spec']} | "
                 f"{int(r['n_pairs'])} | {_pp(r['diff'])} | {_interval(r['boot_low'], r['boot_high'])} | "
-                f"{_p(r['p_holm'])} | {verdict(r, detectable_effect(r, runs))} |"
+                f"{_p(r['p_holm'])} | {verdict(r, detectable_effect(r, runs))} | "
+                f"{held_under_rounding(study, r, checks)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -194,7 +234,11 @@ def results_page() -> str:
                 if len(rows):
                     parts.append(f"### {title}\n")
                     parts.append(comparison_table(rows, runs))
-        for name, title in (("accuracy.md", "Accuracy"), ("differences.md", "Paired differences")):
+        for name, title in (
+            ("accuracy.md", "Accuracy"),
+            ("differences.md", "Paired differences"),
+            ("rounding.md", "Verdicts when only float rounding changed"),
+        ):
             if (folder / name).exists():
                 parts.append(f"### {title} (`{name}`)\n")
                 parts.append((folder / name).read_text().strip() + "\n")

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{path} does not exist")
         tables.append(pd.read_csv(path))
     table = compare(*tables)
+    table["rerun"] = args.rerun.name  # the rerun's folder: docs/results/<run>/ names the run it was checked against
     table.to_csv(args.run / "rounding.csv", index=False)
     (args.run / "rounding.md").write_text(markdown(table, args.run.name, args.rerun.name))
     print(f"{int(table['held'].sum())} of {len(table)} verdicts held; wrote {args.run / 'rounding.csv'}")
