@@ -24,7 +24,8 @@ from dssbt.hparams import parse_hparams
 from dssbt.model import ModelConfig, S4Model
 from dssbt.train import train
 
-pytestmark = pytest.mark.xdist_group("test_train")
+# its own module fixture: a group of its own, free to go to another worker than test_train
+pytestmark = pytest.mark.xdist_group("test_speed")
 
 # config.yaml's model and task_settings, and lra.yaml's dual head (as bench/train_step.py's SHAPES), at small batch
 BASE = dict(d_model=32, d_state=32, n_layers=2, norm="layer", prenorm=True, output="glu", pool="mean", dropout=0.0)
