@@ -101,10 +101,11 @@ def check_config(config: dict[str, Any], plan: grid.Plan) -> None:
     _check_data(config)
     _check_reduce_during(config)
     for task in config["tasks"]:
-        try:
-            parse_hparams(plan.hparams(task, "pretrain"))
-        except ValueError as e:
-            raise ValueError(f"config: the pretraining of task {task}: {e}") from None
+        for how, stage in (("pretrain", "pretraining"), ("retrain", "retraining")):
+            try:
+                parse_hparams(plan.hparams(task, how))
+            except ValueError as e:
+                raise ValueError(f"config: the {stage} of task {task}: {e}") from None
     for task in config["tasks"]:
         _check_orders(config, plan, task)
         _check_design(config, plan, task)

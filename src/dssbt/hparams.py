@@ -6,7 +6,7 @@ The JSON has these sections; every key is optional (defaults below) and unknown 
     {"model": {d_model, d_state, n_layers, dropout, norm, prenorm, output, pool, bidirectional, dt_min, dt_max},
      "optim": {epochs, batch_size, lr, ssm_lr, weight_decay, warmup_epochs, schedule, grad_clip, patience,
                eval_batch_size, amp, hsv_reg, on_divergence, reduce_during, kernels, max_steps_per_epoch,
-               compile},
+               compile, qat},
      "reduction": {"h2": {tol, max_iter}}}   (options of a reduction method; used by ``dssbt reduce`` only,
                                              which checks them: ``reduction.registry.check_reduction_options``)
 
@@ -78,12 +78,17 @@ class OptimHparams:
     # autograd), on CPU and CUDA; off: eager, and a job imports nothing of torch._dynamo. Results differ from eager
     # by rounding. Off by default: measured slower per step and per whole job on CPU (docs/benchmarks.md)
     compile: bool = False
+    # quantisation-aware training (dssbt.qat), meant for the retraining: "int8" | "int16" runs every forward pass of
+    # training, validation and the final evaluation through fake-quantised weights of the linear maps the int8 /
+    # int16 export quantises (straight-through gradient to the float masters, which model.pt keeps); "none" = off
+    qat: str = "none"
 
 
 ON_DIVERGENCE = ("fail", "keep_best")
 AMP = ("none", "bf16", "fp16")
 AMP_FROM_BOOL = {False: "none", True: "bf16"}  # optim.amp of configs and metrics written when it was a bool
 KERNELS = ("auto", "c", "torch")
+QAT = ("int8", "int16")  # optim.qat besides "none" (off); dssbt.qat.QAT maps them to bits
 REDUCE_DURING_KEYS = {"at_epochs": list, "tol": float, "budget": float, "moments": str}
 REDUCE_DURING_MOMENTS = ("reset", "mean")
 # Keys added after runs were finished: left out of to_dict() (metrics, resume identity) while at their default, so
@@ -95,6 +100,7 @@ OPTIM_KEYS_OMITTED_AT_DEFAULT = (
     "kernels",
     "max_steps_per_epoch",
     "compile",
+    "qat",
 )
 
 
@@ -169,6 +175,10 @@ def parse_hparams(source: str | dict[str, Any]) -> Hparams:
         )
     if optim.kernels not in KERNELS:
         raise ValueError(f"hyper-parameters: optim.kernels={optim.kernels!r} is not one of {list(KERNELS)}")
+    if optim.qat not in ("none", *QAT):
+        raise ValueError(
+            f"hyper-parameters: optim.qat={optim.qat!r} is not one of {list(QAT)} (or none, the default: off)"
+        )
     if optim.compile and optim.kernels == "c":
         raise ValueError(
             "hyper-parameters: optim.compile=true and optim.kernels='c' exclude each other (torch.compile cannot "

@@ -20,6 +20,11 @@ Divergence: a non-finite training loss, or a non-finite gradient norm after the 
 before the optimiser steps. With ``optim.on_divergence = "fail"`` (the default) ``train`` raises ValueError naming
 the job (task, seed, init, order), the epoch and step and the learning rates, and writes no output; with
 ``"keep_best"`` it finishes with the best checkpoint of the epochs before and marks the metrics ``diverged``.
+
+Quantisation-aware training (``optim.qat``: int8 | int16, ``dssbt.qat``): every forward pass (training steps, the
+per-epoch validation that picks the best checkpoint and drives early stopping, the final evaluation and
+predictions) runs through fake-quantised weights of the linear maps the export quantises, so the metrics are those
+of the quantised model; ``model.pt`` holds the float master weights under the usual keys.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import fused
+from . import fused, qat
 from .batches import batches
 from .checkpoint import load_model, read_config, save_model
 from .curves import EpochLogger
@@ -326,6 +331,7 @@ def _train(
         stage, folder = "snapshot", str(stop_after)
     run = describe_run(stage, method, folder)
     model.to(dev)
+    qat.enable(model, hp.optim.qat)  # optim.qat: every forward through fake-quantised weights
     compile_model(model, hp)
     opt = optimizer(model, hp)
     steps_per_epoch = math.ceil(len(data["train"]) / hp.optim.batch_size)
@@ -355,7 +361,7 @@ def _train(
     st = ResumeState.load(state_path, job, log)
     if st is not None:
         if st.layer_orders is not None:  # reduced during training: rebuild at that size, then load
-            model = compile_model(S4Model(cfg.with_layer_orders(st.layer_orders)).to(dev), hp)
+            model = compile_model(qat.enable(S4Model(cfg.with_layer_orders(st.layer_orders)).to(dev), hp.optim.qat), hp)
             opt = optimizer(model, hp)
             sched = scheduler(opt, hp, steps_per_epoch)
         model.load_state_dict(st.model)
@@ -652,6 +658,7 @@ def _reduce_during(
     model, opt, _ = shrink_model(
         model, opt, orders, ssm_moments=rd.get("moments", "reset"), kernel_length=int(meta.get("l_max") or 1024)
     )
+    qat.enable(model, hp.optim.qat)
     compile_model(model, hp)  # the reduced model is a new module (new shapes: compiled afresh)
     move_scheduler(sched, opt)
     st.layer_orders = list(orders)
