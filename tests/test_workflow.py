@@ -1026,16 +1026,16 @@ def test_frontier_preset_dry_run_job_counts(tmp_path):
 
 def test_frontier_small_preset_dry_run_job_counts(tmp_path):
     wf = copy_workflow(tmp_path)
-    # 2 tasks x 5 seeds: the main pretraining each; 4 methods x 2 budgets, each reduced and retrained; the HSV orders
-    # per budget (bt, modal) and LAST's and top-energy's own orders per budget
+    # 2 tasks x 5 seeds: the main pretraining each; 3 methods x 2 budgets, each reduced and retrained; BT's HSV
+    # orders per budget and LAST's and top-energy's own orders per budget
     assert job_counts(wf, "compress", "--configfile", "workflow/presets/frontier_small.yaml") == {
         "generate": 2,
         "prepare": 2,
         "pretrain": 10,
         "compress_orders": 20,
         "compress_orders_allocated": 40,
-        "compress_reduce": 80,
-        "compress_retrain": 80,
+        "compress_reduce": 60,
+        "compress_retrain": 60,
         "compress_table": 1,
         "compress": 1,
     }
