@@ -128,3 +128,22 @@ def test_without_a_rerun_the_readme_says_not_rerun(study_root):
     assert results.main([]) == 0
     row = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("| evidence"))
     assert row.endswith("| not rerun |")
+
+
+def test_a_frontier_folder_is_shown_with_its_tables_and_figure(study_root):
+    """A folder without differences.csv (a compressibility run) is no study of the README's table, but
+    docs/results.md shows its README, compress.md, frontier_differences.md and links its figures."""
+    root, _ = study_root
+    folder = root / "docs" / "results" / "frontier_small"
+    folder.mkdir()
+    (folder / "README.md").write_text("How it was run.\n")
+    (folder / "compress.md").write_text("| task | kept |\n| --- | --- |\n| image | 0.1 |\n")
+    (folder / "frontier_differences.md").write_text("| task | method |\n| --- | --- |\n| image | last |\n")
+    (folder / "frontier.png").write_bytes(b"\x89PNG")
+    assert results.main([]) == 0 and results.main(["--check"]) == 0
+    page = (root / "docs" / "results.md").read_text()
+    assert "## `frontier_small`\n\nHow it was run." in page
+    assert "### Accuracy at global state budgets (`compress.md`)\n\n| task | kept |" in page
+    assert "### Each method − BT at the same budget (`frontier_differences.md`)\n\n| task | method |" in page
+    assert "![frontier](results/frontier_small/frontier.png)" in page
+    assert "frontier_small" not in (root / "README.md").read_text()

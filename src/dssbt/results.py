@@ -4,7 +4,8 @@
     python -m dssbt.results --check    # exit 1 (naming the file) where either differs from what the results give
 
 ``docs/results/<study>/`` holds the tables a finished run wrote (``results/tables/``: runs.csv, differences.csv and,
-optionally, accuracy.md, differences.md and a README.md saying how it was run), copied there by hand after the run:
+optionally, accuracy.md, differences.md, a compressibility run's compress.md and frontier_differences.md, figures
+(.png) and a README.md saying how it was run), copied there by hand after the run:
 ``default`` (the embedded default) and ``evidence`` (``workflow/presets/evidence.yaml``) when committed. The README
 keeps one short table: the primary contrast (``evidence.primary``, e.g. BT-init − equal-budget Skew-HiPPO at r = 4)
 of every committed study and task, with its seed × item interval, Holm-adjusted p and verdict; ``docs/results.md``
@@ -238,10 +239,14 @@ def results_page() -> str:
             ("accuracy.md", "Accuracy"),
             ("differences.md", "Paired differences"),
             ("rounding.md", "Verdicts when only float rounding changed"),
+            ("compress.md", "Accuracy at global state budgets"),
+            ("frontier_differences.md", "Each method − BT at the same budget"),
         ):
             if (folder / name).exists():
                 parts.append(f"### {title} (`{name}`)\n")
                 parts.append((folder / name).read_text().strip() + "\n")
+        for png in sorted(folder.glob("*.png")):  # a study's committed figures, linked from docs/results.md
+            parts.append(f"![{png.stem}](results/{folder.name}/{png.name})\n")
     return "\n".join(parts)
 
 
