@@ -116,7 +116,7 @@ def test_the_readme_says_whether_a_verdict_held_when_only_rounding_changed(study
     rows = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| evidence")]
     assert len(rows) == 2
     assert rows[0].startswith("| evidence | t |")
-    assert rows[0].endswith("| **no** (evidence-kernels-c: BT-init ahead) |")
+    assert rows[0].endswith("| **no**: not a conclusion (evidence-kernels-c: BT-init ahead) |")
     assert rows[1].startswith("| evidence-kernels-c | t |") and rows[1].endswith("| rerun of evidence |")
     page = (root / "docs" / "results.md").read_text()
     assert "### Verdicts when only float rounding changed (`rounding.md`)" in page

@@ -52,3 +52,26 @@ def test_the_command_writes_the_comparison_beside_the_run(tmp_path):
     assert rounding.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert pd.read_csv(tmp_path / "a" / "rounding.csv")["held"].all()
     assert "3 of 3 verdicts held" in (tmp_path / "a" / "rounding.md").read_text()
+
+
+def test_claim_two_rows_are_matched_by_the_versus_order_too():
+    """BT-init r=4 against the equal-budget control at r=4 (primary) and at r=8 (claim 2) share task, order, init and
+    versus: each is matched with its own row of the rerun, never the other's (a merge on four keys crossed them)."""
+    cols = ["task", "order_spec", "versus_order_spec", "init", "versus", "diff", "boot_low", "boot_high", "p_holm"]
+    rows = [
+        ("image", 4, 4, "bt_init", "skew_hippo_equal", 0.028, 0.010, 0.048, 0.009),  # ahead
+        ("image", 4, 8, "bt_init", "skew_hippo_equal", -0.003, -0.02, 0.015, 1.0),  # no difference
+        ("image", 4, None, "bt_no_retrain", "skew_hippo_equal", -0.5, -0.6, -0.4, None),  # no versus order: r itself
+    ]
+    base = pd.DataFrame(rows, columns=cols)
+    base["significant"] = [True, False, False]
+    rerun = base.copy()
+    rerun.loc[0, ["diff", "p_holm", "significant"]] = [0.029, 0.011, True]
+    out = rounding.compare(base, rerun)
+    assert len(out) == 3
+    assert out["versus_order_spec"].tolist() == ["4", "8", "4"]
+    assert out["diff_rerun"].tolist() == [0.029, -0.003, -0.5]
+    assert out["held"].tolist() == [True, True, True]
+    twice = pd.concat([base, base.iloc[[0]]])
+    with pytest.raises(ValueError, match="repeat a comparison"):
+        rounding.compare(twice, rerun)

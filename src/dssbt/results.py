@@ -142,28 +142,35 @@ def rounding_checks() -> dict[str, pd.DataFrame]:
     float rounding), that table; its ``rerun`` column names the rerun's folder."""
     out = {}
     for p in sorted(results_dir().glob("*/rounding.csv")):
-        table = pd.read_csv(p, dtype={"order_spec": str})
-        if "rerun" not in table:
-            raise ValueError(f"{p}: no rerun column (rewrite it with python -m dssbt.rounding RUN RERUN)")
+        table = pd.read_csv(p, dtype={"order_spec": str, "versus_order_spec": str})
+        if "rerun" not in table or "versus_order_spec" not in table:
+            raise ValueError(
+                f"{p}: written by an older dssbt.rounding (rewrite it: python -m dssbt.rounding RUN RERUN)"
+            )
         out[p.parent.name] = table
     return out
 
 
 def held_under_rounding(study: str, row: pd.Series, checks: dict[str, pd.DataFrame]) -> str:
     """Whether ``row``'s verdict (a difference of ``study``) held in the rerun that changed only rounding: "yes" or
-    "**no**" naming the rerun, "rerun of <study>" for a rerun's own rows, "not rerun" where none was run."""
+    "**no**: not a conclusion" naming the rerun and its verdict, "rerun of <study>" for a rerun's own rows, "not rerun" where none was run."""
     if study in checks:
         t = checks[study]
+        vspec = row.get("versus_order_spec", np.nan)
+        vspec = str(row["order_spec"]) if pd.isna(vspec) else str(vspec)
         match = t[
             (t["task"] == row["task"])
             & (t["order_spec"].astype(str) == str(row["order_spec"]))
             & (t["init"] == row["init"])
             & (t["versus"] == row["versus"])
+            & (t["versus_order_spec"].astype(str) == vspec)
         ]
         if match.empty:
             raise ValueError(f"docs/results/{study}/rounding.csv lacks {row['task']} {row['init']} − {row['versus']}")
         m = match.iloc[0]
-        return f"yes ({m['rerun']})" if bool(m["held"]) else f"**no** ({m['rerun']}: {m['verdict_rerun']})"
+        if bool(m["held"]):
+            return f"yes ({m['rerun']})"
+        return f"**no**: not a conclusion ({m['rerun']}: {m['verdict_rerun']})"
     bases = [base for base, t in checks.items() if (t["rerun"] == study).any()]
     return f"rerun of {', '.join(bases)}" if bases else "not rerun"
 

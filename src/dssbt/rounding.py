@@ -15,11 +15,19 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .results import verdict
 
 KEY = ["task", "order_spec", "init", "versus"]
+
+
+def _spec(value) -> str:
+    """An order spec as text: 4, 4.0 (a column that also holds NaN reads as float) and "4" are "4"; "tol:0.1" stays."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def compare(base: pd.DataFrame, rerun: pd.DataFrame) -> pd.DataFrame:
@@ -32,13 +40,21 @@ def compare(base: pd.DataFrame, rerun: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"the {name}'s differences table lacks columns {missing}")
     a, b = base.copy(), rerun.copy()
     for df in (a, b):
-        df["order_spec"] = df["order_spec"].astype(str)
+        df["order_spec"] = df["order_spec"].map(_spec)
+        # the versus arm's order (claim 2 compares r with 2r): a row without one compares at its own order
+        versus = df["versus_order_spec"] if "versus_order_spec" in df else pd.Series(np.nan, index=df.index)
+        df["versus_order_spec"] = versus.where(versus.notna(), df["order_spec"]).map(_spec)
         df["verdict"] = df.apply(verdict, axis=1)
-    cols = KEY + ["diff", "boot_low", "boot_high", "p_holm", "verdict"]
-    out = a[cols].merge(b[cols], on=KEY, how="left", suffixes=("", "_rerun"), indicator=True)
+    key = KEY + ["versus_order_spec"]
+    for name, df in (("run", a), ("rerun", b)):
+        dup = df[df.duplicated(key, keep=False)]
+        if not dup.empty:
+            raise ValueError(f"the {name}'s differences repeat a comparison: {dup[key].iloc[0].tolist()}")
+    cols = key + ["diff", "boot_low", "boot_high", "p_holm", "verdict"]
+    out = a[cols].merge(b[cols], on=key, how="left", suffixes=("", "_rerun"), indicator=True)
     absent = out[out["_merge"] != "both"]
     if not absent.empty:
-        rows = "; ".join(" ".join(str(r[k]) for k in KEY) for _, r in absent.head(5).iterrows())
+        rows = "; ".join(" ".join(str(r[k]) for k in key) for _, r in absent.head(5).iterrows())
         raise ValueError(f"{len(absent)} differences of the run are not in the rerun (e.g. {rows}): not the same grid")
     out = out.drop(columns="_merge")
     out["held"] = out["verdict"] == out["verdict_rerun"]
@@ -48,13 +64,14 @@ def compare(base: pd.DataFrame, rerun: pd.DataFrame) -> pd.DataFrame:
 def markdown(table: pd.DataFrame, base_name: str, rerun_name: str) -> str:
     """The comparison as a markdown table (differences in points) with a one-line count."""
     lines = [
-        f"| task | r | init | versus | diff (pp), {base_name} | diff (pp), {rerun_name} | p (Holm), {base_name} | "
+        f"| task | r | init | versus | versus r | diff (pp), {base_name} | diff (pp), {rerun_name} | p (Holm), {base_name} | "
         f"p (Holm), {rerun_name} | verdict, {base_name} | verdict, {rerun_name} | held |",
-        "|" + " --- |" * 11,
+        "|" + " --- |" * 12,
     ]
     for _, r in table.iterrows():
         lines.append(
-            f"| {r['task']} | {r['order_spec']} | {r['init']} | {r['versus']} | {100 * r['diff']:+.1f} | "
+            f"| {r['task']} | {r['order_spec']} | {r['init']} | {r['versus']} | {r['versus_order_spec']} | "
+            f"{100 * r['diff']:+.1f} | "
             f"{100 * r['diff_rerun']:+.1f} | {r['p_holm']:.3f} | {r['p_holm_rerun']:.3f} | {r['verdict']} | "
             f"{r['verdict_rerun']} | {'yes' if r['held'] else '**no**'} |"
         )
