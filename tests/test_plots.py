@@ -144,3 +144,25 @@ def test_forest_plots_exactly_the_family_grouped_by_task_primary_first(tmp_path,
     monkeypatch.undo()
     plots.forest(d, paths, {"dpi": 40})
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_hsv_decay_skips_the_reports_of_methods_without_hsvs(tmp_path):
+    """The frontier reduces one pretrained model by bt, top_energy and last; only BT's report holds HSVs (the others
+    NaN). The compressibility HSV plot uses the finite ones and is written (it raised on an all-NaN log axis)."""
+    import json
+
+    from dssbt.compress import hsv_decay_by_variant
+    from dssbt.plots import normalised_hsv
+
+    hsv = np.array([[[4.0, 2.0, 1.0, 0.5], [2.0, 1.0, 0.25, 0.0]]])  # (n_dir, H, N)
+    assert np.array_equal(normalised_hsv({"hsv": hsv.tolist()}), hsv[0] / hsv[0][:, :1])
+    assert normalised_hsv({"hsv": np.full_like(hsv, np.nan).tolist()}) is None
+    files = []
+    for method, values in (("bt", hsv), ("top_energy", np.full_like(hsv, np.nan)), ("last", np.full_like(hsv, np.nan))):
+        path = tmp_path / "image" / "seed0" / "plain" / f"{method}_rbudget0.1" / "report.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"layers": [{"hsv": values.tolist()}]}))  # NaN as the reduce job writes it
+        files.append(path)
+    out = [tmp_path / "hsv.png", tmp_path / "hsv.pdf"]
+    hsv_decay_by_variant(files, out, {"dpi": 60})
+    assert all(p.stat().st_size > 0 for p in out)

@@ -212,10 +212,13 @@ def accuracy_vs_order(runs: pd.DataFrame, paths: Iterable, settings: dict[str, A
 
 def normalised_hsv(layer: dict[str, Any]) -> np.ndarray | None:
     """sigma_k / sigma_1 of every channel of one layer of a reduce report, (n_dir * H, N); None for a layer kept
-    unchanged (a per-layer order that kept it whole has no HSVs in the report)."""
+    unchanged (a per-layer order that kept it whole has no HSVs in the report) and for a method that computes no
+    HSVs (modal, top_energy, last, ...: its report holds NaN, reduction/methods.py)."""
     if "hsv" not in layer:
         return None
-    hsv = np.asarray(layer["hsv"])
+    hsv = np.asarray(layer["hsv"], dtype=float)
+    if not np.isfinite(hsv).all():
+        return None
     hsv = hsv.reshape(-1, hsv.shape[-1])  # (n_dir * H, N)
     return hsv / np.where(hsv[:, :1] > 0, hsv[:, :1], 1.0)
 
