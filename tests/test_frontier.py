@@ -177,3 +177,21 @@ def test_write_gives_the_table_markdown_and_plot_and_an_empty_table_for_bt_alone
     alone = [r for r in rows if r["method"] == "bt"]
     tab = write(alone, out[0], out[1], out[2:], {"dpi": 50})
     assert len(tab) == 0 and list(pd.read_csv(out[0]).columns) == COLUMNS
+
+
+def test_the_compress_table_never_bolds_an_unadjusted_method_difference():
+    """compress.md's method − BT cells carry seed-only t intervals without multiplicity control: shown, never bold
+    (a clearly non-zero one included), and the footnote points to frontier_differences.md."""
+    from dssbt.compress import markdown
+
+    row = dict(
+        task="image", removed_pct=75, states=512, label="plain", method="top_energy",
+        pretrained_mean=73.4, pretrained_std=3.6, pretrained_n=5, reduced_mean=18.8, reduced_std=4.3, reduced_n=5,
+        retrained_mean=83.5, retrained_std=1.5, retrained_n=5, vs_plain_n_pairs=0, vs_plain_diff=np.nan,
+        vs_plain_ci_low=np.nan, vs_plain_ci_high=np.nan, vs_bt_reduced_diff=-28.1, vs_bt_reduced_ci_low=-46.0,
+        vs_bt_reduced_ci_high=-10.3, vs_bt_reduced_n_pairs=5, vs_bt_diff=-1.3, vs_bt_ci_low=-3.8,
+        vs_bt_ci_high=1.3, vs_bt_n_pairs=5,
+    )  # fmt: skip
+    md = markdown(pd.DataFrame([row]))
+    assert "| top_energy | -28.1 [-46.0, -10.3] | -1.3 [-3.8, +1.3] |" in md and "**" not in md
+    assert "frontier_differences.md" in md

@@ -139,8 +139,8 @@ def _cell(mean: float, std: float, n: int) -> str:
 
 
 def markdown(tab: pd.DataFrame) -> str:
-    """The table as Markdown: test accuracy %, mean ± std over seeds; a difference in bold where its interval
-    excludes 0."""
+    """The table as Markdown: test accuracy %, mean ± std over seeds; a difference to the plain pretraining in bold
+    where its interval excludes 0; a method − BT difference never (frontier_differences.md adjusts those)."""
     several = "vs_bt_diff" in tab
     lines = [
         "| task | states removed | kept states | variant | full N | without retraining | after retraining |"
@@ -154,8 +154,8 @@ def markdown(tab: pd.DataFrame) -> str:
             return ""
         if np.isnan(lo):
             return f"{diff:+.1f} (n = {n}, no interval)"
-        text = f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-        return f"**{text}**" if lo > 0 or hi < 0 else text
+        # never bold: these intervals are unadjusted; the adjusted verdicts are frontier_differences.md's
+        return f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
     for r in tab.itertuples():
         if r.vs_plain_n_pairs == 0:
@@ -185,6 +185,12 @@ def markdown(tab: pd.DataFrame) -> str:
         "and layer (the largest over seeds); after retraining − plain: the difference to the plain "
         "pretraining at the same fraction, paired by seed, with its 95 % Student-t interval (bold: it "
         "excludes 0). Every row has the same total training epochs (pretraining + retraining)."
+        + (
+            " Method − BT: paired by seed, 95 % Student-t interval, unadjusted (never bold); the comparison with "
+            "the seed × item bootstrap and Holm-adjusted p is frontier_differences.md."
+            if several
+            else ""
+        )
     )
     return "\n".join(lines) + "\n"
 
