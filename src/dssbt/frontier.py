@@ -11,8 +11,8 @@ p (``statsmodels.stats.multitest.multipletests(method="holm")``), and ``signific
 bootstrap interval excludes 0 (DESIGN.md section 8, as ``aggregate.differences_table``).
 
 ``plot``: one panel per task, x = % of all states removed, y = test accuracy (mean ± sd over seeds), one colour per
-method, solid after retraining, dashed without; reference lines: the full model (pretrained, mean over seeds) and
-chance (1 / the model's ``d_output``).
+method, solid after retraining, dashed without; reference lines: the full model (pretrained: the pretraining's
+epochs only, fewer than a retrained point's; mean over seeds) and chance (1 / the model's ``d_output``).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def plot(pts: pd.DataFrame, paths: Iterable, settings: dict[str, Any]):
         if len(full):
             ax.axhline(full.mean(), c="0.2", lw=1, ls="-.")
             ax.annotate(
-                f"full model {full.mean():.1f}",
+                f"full N, pretraining only {full.mean():.1f}",
                 (0.01, full.mean()),
                 xycoords=("axes fraction", "data"),
                 va="bottom",
@@ -256,7 +256,8 @@ def plot(pts: pd.DataFrame, paths: Iterable, settings: dict[str, Any]):
     handles += [
         Line2D([], [], color="0.3", ls="-", label="after retraining"),
         Line2D([], [], color="0.3", ls="--", label="without retraining"),
-        Line2D([], [], color="0.2", ls="-.", label="full model (mean over seeds)"),
+        # its budget: the pretraining alone, fewer epochs than a retrained point (pretraining + retraining)
+        Line2D([], [], color="0.2", ls="-.", label="full N, pretraining epochs only (mean over seeds)"),
         Line2D([], [], color="0.55", ls=":", label="chance (1 / classes)"),
     ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
