@@ -137,6 +137,26 @@ def comparison_table(rows: pd.DataFrame, runs: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+COMPARISON = ["task", "order_spec", "init", "versus", "versus_order_spec"]  # what names one paired difference
+
+
+def _spec(value) -> str:
+    """An order spec as text: 4, 4.0 (a column that also holds NaN reads as float) and "4" are "4"; "tol:0.1" stays."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def with_comparison_key(differences: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``differences`` whose COMPARISON columns are comparable text: order specs as ``_spec`` writes them,
+    and the versus arm's order (claim 2 compares r with 2r) filled with the row's own order where it has none."""
+    out = differences.copy()
+    out["order_spec"] = out["order_spec"].map(_spec)
+    versus = out["versus_order_spec"] if "versus_order_spec" in out else pd.Series(np.nan, index=out.index)
+    out["versus_order_spec"] = versus.where(versus.notna(), out["order_spec"]).map(_spec)
+    return out
+
+
 def rounding_checks() -> dict[str, pd.DataFrame]:
     """Per study with a ``rounding.csv`` (``python -m dssbt.rounding``: the study against a rerun that changed only
     float rounding), that table; its ``rerun`` column names the rerun's folder."""
@@ -152,19 +172,12 @@ def rounding_checks() -> dict[str, pd.DataFrame]:
 
 
 def held_under_rounding(study: str, row: pd.Series, checks: dict[str, pd.DataFrame]) -> str:
-    """Whether ``row``'s verdict (a difference of ``study``) held in the rerun that changed only rounding: "yes" or
-    "**no**: not a conclusion" naming the rerun and its verdict, "rerun of <study>" for a rerun's own rows, "not rerun" where none was run."""
+    """Whether ``row``'s verdict (a difference of ``study``, keyed by ``with_comparison_key``) held in the rerun that
+    changed only rounding: "yes" or "**no**: not a conclusion" naming the rerun and its verdict, "rerun of <study>"
+    for a rerun's own rows, "not rerun" where none was run."""
     if study in checks:
         t = checks[study]
-        vspec = row.get("versus_order_spec", np.nan)
-        vspec = str(row["order_spec"]) if pd.isna(vspec) else str(vspec)
-        match = t[
-            (t["task"] == row["task"])
-            & (t["order_spec"].astype(str) == str(row["order_spec"]))
-            & (t["init"] == row["init"])
-            & (t["versus"] == row["versus"])
-            & (t["versus_order_spec"].astype(str) == vspec)
-        ]
+        match = t[(t[COMPARISON] == row[COMPARISON]).all(axis=1)]
         if match.empty:
             raise ValueError(f"docs/results/{study}/rounding.csv lacks {row['task']} {row['init']} − {row['versus']}")
         m = match.iloc[0]
@@ -189,7 +202,7 @@ def primary_table(studies: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
         rows = differences[differences["primary"].astype(bool)]
         if rows.empty:
             raise ValueError(f"docs/results/{study}/differences.csv has no primary contrast (config evidence.primary)")
-        for _, r in rows.iterrows():
+        for _, r in with_comparison_key(rows).iterrows():
             lines.append(
                 f"| {study} | {r['task']} | {arm(r['init'])} − {arm(r['versus'])}, r = {r['order_spec']} | "
                 f"{int(r['n_pairs'])} | {_pp(r['diff'])} | {_interval(r['boot_low'], r['boot_high'])} | "

@@ -15,19 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .results import verdict
+from .results import COMPARISON, verdict, with_comparison_key
 
-KEY = ["task", "order_spec", "init", "versus"]
-
-
-def _spec(value) -> str:
-    """An order spec as text: 4, 4.0 (a column that also holds NaN reads as float) and "4" are "4"; "tol:0.1" stays."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+KEY = ["task", "order_spec", "init", "versus"]  # required columns; versus_order_spec is optional (results.COMPARISON)
 
 
 def compare(base: pd.DataFrame, rerun: pd.DataFrame) -> pd.DataFrame:
@@ -38,14 +30,10 @@ def compare(base: pd.DataFrame, rerun: pd.DataFrame) -> pd.DataFrame:
         missing = [c for c in KEY + ["diff", "boot_low", "boot_high", "p_holm", "significant"] if c not in df]
         if missing:
             raise ValueError(f"the {name}'s differences table lacks columns {missing}")
-    a, b = base.copy(), rerun.copy()
+    a, b = with_comparison_key(base), with_comparison_key(rerun)
     for df in (a, b):
-        df["order_spec"] = df["order_spec"].map(_spec)
-        # the versus arm's order (claim 2 compares r with 2r): a row without one compares at its own order
-        versus = df["versus_order_spec"] if "versus_order_spec" in df else pd.Series(np.nan, index=df.index)
-        df["versus_order_spec"] = versus.where(versus.notna(), df["order_spec"]).map(_spec)
         df["verdict"] = df.apply(verdict, axis=1)
-    key = KEY + ["versus_order_spec"]
+    key = COMPARISON
     for name, df in (("run", a), ("rerun", b)):
         dup = df[df.duplicated(key, keep=False)]
         if not dup.empty:
