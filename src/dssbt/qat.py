@@ -28,7 +28,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-QAT = {"int8": 8, "int16": 16}  # optim.qat -> bits (optim.qat "none": off)
+from .deploy.quant import WEIGHTS
+
+# optim.qat -> bits: the export's integer weight precisions (optim.qat "none": off)
+QAT = {name: bits for name, bits in WEIGHTS.items() if bits is not None}
 
 
 def fake_quantise_rows(w: Tensor, bits: int) -> Tensor:

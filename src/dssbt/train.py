@@ -224,6 +224,12 @@ def compile_model(model: S4Model, hp: Hparams) -> S4Model:
     return model
 
 
+def as_job_runs_it(model: S4Model, hp: Hparams) -> S4Model:
+    """``model`` as a training job runs it, wherever one is built (start, resume at a reduced size, in-training
+    reduction): fake-quantised forwards where ``optim.qat`` (``dssbt.qat``), then compiled where ``optim.compile``."""
+    return compile_model(qat.enable(model, hp.optim.qat), hp)
+
+
 # ----- training ----------------------------------------------------------------------------------------------------
 
 
@@ -330,9 +336,7 @@ def _train(
     if stop_after is not None:
         stage, folder = "snapshot", str(stop_after)
     run = describe_run(stage, method, folder)
-    model.to(dev)
-    qat.enable(model, hp.optim.qat)  # optim.qat: every forward through fake-quantised weights
-    compile_model(model, hp)
+    model = as_job_runs_it(model.to(dev), hp)
     opt = optimizer(model, hp)
     steps_per_epoch = math.ceil(len(data["train"]) / hp.optim.batch_size)
     if hp.optim.max_steps_per_epoch > 0:
@@ -361,7 +365,7 @@ def _train(
     st = ResumeState.load(state_path, job, log)
     if st is not None:
         if st.layer_orders is not None:  # reduced during training: rebuild at that size, then load
-            model = compile_model(qat.enable(S4Model(cfg.with_layer_orders(st.layer_orders)).to(dev), hp.optim.qat), hp)
+            model = as_job_runs_it(S4Model(cfg.with_layer_orders(st.layer_orders)).to(dev), hp)
             opt = optimizer(model, hp)
             sched = scheduler(opt, hp, steps_per_epoch)
         model.load_state_dict(st.model)
@@ -658,8 +662,7 @@ def _reduce_during(
     model, opt, _ = shrink_model(
         model, opt, orders, ssm_moments=rd.get("moments", "reset"), kernel_length=int(meta.get("l_max") or 1024)
     )
-    qat.enable(model, hp.optim.qat)
-    compile_model(model, hp)  # the reduced model is a new module (new shapes: compiled afresh)
+    model = as_job_runs_it(model, hp)  # the reduced model is a new module (new shapes: compiled afresh)
     move_scheduler(sched, opt)
     st.layer_orders = list(orders)
     st.reductions.append(
